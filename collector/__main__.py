@@ -1,0 +1,4 @@
+from collector.cli import main
+from hearth.cli import run_main
+
+run_main(main)

@@ -1,0 +1,55 @@
+"""``python -m collector``: ingest service and the operator's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hearth.cli import configure_logging
+from hearth.db import connect
+from hearth.migrate import MigrationError, migrate
+from hearth.settings import get_settings
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    with connect(settings.database_url, autocommit=True) as conn:
+        try:
+            result = migrate(conn)
+        except MigrationError as exc:
+            print(f"error: migrate: {exc}", file=sys.stderr)
+            return 1
+    edition = (
+        "Apache edition" if result.edition == "apache" else f"{result.edition} (Community) edition"
+    )
+    print(f"TimescaleDB {result.timescaledb_version}, {edition}")
+    if result.applied:
+        for m in result.applied:
+            print(f"applied {m.version:04d}_{m.name}")
+        print(f"schema now at version {result.current_version}")
+    else:
+        print(f"schema already at version {result.current_version}; nothing to do")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m collector",
+        description="Hearth collector: MQTT ingest into TimescaleDB, registry, consent.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    p.set_defaults(func=cmd_migrate)
+    # Each command family registers its own sub-commands, next to its code.
+    from collector import admin_cli, service
+
+    service.register(sub)
+    admin_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(get_settings().log_level)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,48 @@
+"""What every ``python -m <package>`` entry point shares: one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from hearth.db import DatabaseUnavailable
+from hearth.settings import ConfigError
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service we need is down or refused us
+EXIT_CONFIG = 78  # sysexits EX_CONFIG
+
+
+class ServiceUnavailable(Exception):
+    """A required service (broker, database) is unreachable; message is one line."""
+
+
+class UsageError(Exception):
+    """The user asked for something impossible (unknown user, bad flag combination)."""
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run ``main`` and turn the errors a user can fix into one line on stderr."""
+    try:
+        code = main()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except (DatabaseUnavailable, ServiceUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_UNAVAILABLE
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
