@@ -1,9 +1,123 @@
-"""Sub-commands of ``python -m features`` for the report."""
+"""Sub-commands of ``python -m features`` for the report.
+
+``python -m features report --ground-truth CSV --out DIR`` trains the reference model on
+point-in-time features at each user's application date and writes ``DIR/report.html``,
+``DIR/report.json`` and ``DIR/model/``; the headline numbers go to stdout.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hearth.cli import UsageError
+from hearth.settings import get_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this family's sub-commands."""
+    parser = sub.add_parser(
+        "report",
+        help="model-validation report (HTML + JSON) from a labelled set",
+        description=(
+            "Train the reference model out of time on point-in-time features at each user's "
+            "application date and write report.html, report.json and model/ to --out."
+        ),
+    )
+    parser.add_argument(
+        "--ground-truth",
+        type=Path,
+        default=Path("out/ground_truth.csv"),
+        help="labelled CSV: user_id, default, application_date[, latent_score] "
+        "(default: out/ground_truth.csv, written by device_sim)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("out/report"), help="output directory (created)"
+    )
+    parser.add_argument(
+        "--features-source",
+        choices=("engine", "snapshots", "csv"),
+        default="engine",
+        help="engine: compute point-in-time now (default); snapshots: stored snapshots at the "
+        "application dates; csv: --features-file",
+    )
+    parser.add_argument(
+        "--features-file", type=Path, help="CSV of user_id + feature columns (csv source)"
+    )
+    parser.add_argument(
+        "--leaky-features-file",
+        type=Path,
+        help="CSV of features computed AFTER the application date (csv source's leakage check)",
+    )
+    parser.add_argument(
+        "--leaky-shift-days",
+        type=float,
+        default=14.0,
+        help="leakage check: also compute features as of application date + N days with the "
+        "engine (default 14; 0 disables)",
+    )
+    parser.add_argument("--model", choices=("logistic", "hgb"), default="logistic")
+    parser.add_argument(
+        "--test-share",
+        type=float,
+        default=0.3,
+        help="share of the latest applications held out as the test set (default 0.3)",
+    )
+    parser.set_defaults(func=run_report)
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        print(f"[report] {label}: {done}/{total} users", file=sys.stderr, flush=True)
+
+    return show
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from features import report_data as data
+    from features.report import build_report, format_headline, write_report
+
+    if not 0 < args.test_share < 1:
+        raise UsageError("--test-share must be between 0 and 1")
+    if args.features_source == "csv" and args.features_file is None:
+        raise UsageError("--features-source csv needs --features-file FILE")
+    truth = data.load_ground_truth(args.ground_truth)
+    rows = data.application_rows(truth)
+    leaky_rows = data.shifted_rows(truth, args.leaky_shift_days) if args.leaky_shift_days else []
+    leaky: data.FeatureTable | None = None
+    if args.features_source == "csv":
+        honest = data.features_from_csv(args.features_file, truth.user_ids)
+        if args.leaky_features_file is not None:
+            leaky = data.features_from_csv(args.leaky_features_file, truth.user_ids)
+    else:
+        url = get_settings().database_url
+        if args.features_source == "engine":
+            honest = data.features_from_engine(url, rows, _progress("features at application"))
+        else:
+            honest = data.features_from_snapshots(url, rows)
+        if leaky_rows:
+            label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
+            leaky = data.features_from_engine(url, leaky_rows, _progress(label))
+    if not honest.scored.any():
+        raise UsageError(
+            f"no user in {args.ground_truth} has features from {honest.source} "
+            "(did the collector store their data, with consent?)"
+        )
+    try:
+        report, fitted, plots = build_report(
+            truth,
+            honest,
+            leaky,
+            kind=args.model,
+            test_share=args.test_share,
+            leaky_shift_days=args.leaky_shift_days if leaky is not None else None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    json_path, html_path = write_report(args.out, report, fitted, plots)
+    print(format_headline(report))
+    print(f"report: {html_path}")
+    print(f"json:   {json_path}")
+    return 0

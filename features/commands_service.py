@@ -4,6 +4,43 @@ from __future__ import annotations
 
 import argparse
 
+from hearth.settings import get_settings
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this family's sub-commands."""
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP feature service",
+        description="Serve feature vectors, training rows and admin endpoints over HTTP "
+        "(OpenAPI document at /openapi.json; bearer tokens from HEARTH_API_TOKENS).",
+    )
+    serve.add_argument("--host", help="bind address (default: HEARTH_HTTP_HOST)")
+    serve.add_argument("--port", type=int, help="port (default: HEARTH_HTTP_PORT)")
+    serve.add_argument(
+        "--cache-entries",
+        type=int,
+        default=100_000,
+        help="in-process vector cache size; 0 disables it (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--cache-ttl",
+        type=float,
+        default=5.0,
+        help="seconds a cached vector lives (default: %(default)s)",
+    )
+    serve.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from features.service.app import run_service
+
+    settings = get_settings()
+    run_service(
+        settings,
+        args.host or settings.http_host,
+        args.port or settings.http_port,
+        cache_entries=max(0, args.cache_entries),
+        cache_ttl_s=max(0.0, args.cache_ttl),
+    )
+    return 0

@@ -7,6 +7,7 @@ definition.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,3 +104,180 @@ def consented_categories(conn: Conn, user_id: str, at: datetime) -> set[Category
     """Categories the user had consented to (credit scoring, current notice) at ``at``."""
     sql, params = _consent_params(at, user_id)
     return {Category(str(c)) for _, c in conn.execute(sql, params).fetchall()}
+
+
+# --- Consent history -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    """One append-only ledger entry: a grant or a withdrawal of one category for one purpose."""
+
+    event_id: int
+    user_id: str
+    purpose: str
+    category: Category
+    notice_version: str
+    action: str  # "grant" | "withdraw"
+    at: datetime
+    evidence_hash: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "purpose": self.purpose,
+            "category": str(self.category),
+            "notice_version": self.notice_version,
+            "action": self.action,
+            "at": self.at.isoformat(),
+            "evidence_hash": self.evidence_hash,
+        }
+
+
+CONSENT_EVENT_COLUMNS = (
+    "event_id, user_id, purpose, category, notice_version, action, at, evidence_hash"
+)
+
+
+def consent_event_from_row(row: tuple[object, ...]) -> ConsentEvent:
+    event_id, user_id, purpose, category, notice, action, at, evidence = row
+    assert isinstance(event_id, int) and isinstance(at, datetime)
+    return ConsentEvent(
+        event_id=event_id,
+        user_id=str(user_id),
+        purpose=str(purpose),
+        category=Category(str(category)),
+        notice_version=str(notice),
+        action=str(action),
+        at=at,
+        evidence_hash=None if evidence is None else str(evidence),
+    )
+
+
+def consent_history(conn: Conn, user_id: str) -> list[ConsentEvent]:
+    """Every ledger event of the user, oldest first (the order "active at T" resolves ties in)."""
+    rows = conn.execute(
+        f"SELECT {CONSENT_EVENT_COLUMNS} FROM consent_events WHERE user_id = %s "
+        "ORDER BY at, event_id",
+        (user_id,),
+    ).fetchall()
+    return [consent_event_from_row(r) for r in rows]
+
+
+# --- Consent change notifications ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentChange:
+    """What a NOTIFY on :data:`CONSENT_CHANNEL` says.
+
+    The statement trigger of migration 0002 sends an empty payload on every ledger change
+    (reload everything); the admin operations additionally send a JSON payload naming the user,
+    category and action, after a purge too, so a cache can drop just that user's vectors.
+    ``user_id``/``category`` are None for the empty payload: treat it as "anything changed".
+    """
+
+    action: str | None
+    user_id: str | None
+    category: Category | None
+
+
+def parse_consent_notification(payload: str) -> ConsentChange:
+    if not payload:
+        return ConsentChange(None, None, None)
+    try:
+        data = json.loads(payload)
+        category = data.get("category")
+        return ConsentChange(
+            action=data.get("action"),
+            user_id=data.get("user_id"),
+            category=Category(category) if category else None,
+        )
+    except (ValueError, AttributeError):
+        return ConsentChange(None, None, None)
+
+
+def consent_notification(action: str, user_id: str, category: Category | None) -> str:
+    return json.dumps(
+        {"action": action, "user_id": user_id, "category": str(category) if category else None}
+    )
+
+
+# --- Device topics (broker ACL, credentials, dead-letter attribution) ------------------------
+
+# First topic levels a device-chosen id may not take: they belong to other formats or to the
+# broker, so a Shelly called "owntracks" could otherwise publish into every OwnTracks topic.
+RESERVED_TOPIC_ROOTS = frozenset(
+    {"hearth", "owntracks", "zigbee2mqtt", "tele", "cmnd", "stat", "shellies", "$share", "$SYS"}
+)
+
+
+def device_topics(format: str, external_id: str, device_id: str) -> tuple[str, ...]:
+    """Topics (MQTT filters) the device may publish on, by format (DESIGN §2, §5).
+
+    The broker ACL grants exactly these to the device's username, so a device can never publish
+    as another one; the collector maps each topic back to (format, external id).
+    """
+    match format:
+        case "hearth":
+            return (f"hearth/v1/{device_id}/#",)
+        case "owntracks":  # external id "<user>/<device>" as in the topic
+            return (f"owntracks/{external_id}/#",)
+        case "zigbee2mqtt":
+            return (f"zigbee2mqtt/{external_id}", f"zigbee2mqtt/{external_id}/availability")
+        case "tasmota":
+            return (f"tele/{external_id}/#",)
+        case "shelly":
+            return (f"{external_id}/events/rpc", f"{external_id}/online")
+        case _:
+            raise ValueError(f"unknown device format {format!r}; known: {', '.join(FORMATS)}")
+
+
+FORMATS = ("hearth", "owntracks", "zigbee2mqtt", "tasmota", "shelly")
+
+
+# --- Batch reads for the feature engine (features.engine) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserDevice:
+    """A device ever bound to a user (retired ones included: their past data still counts)."""
+
+    device_id: str
+    user_id: str
+    kind: str
+
+
+def user_timezones(conn: Conn, user_ids: Iterable[str]) -> dict[str, str]:
+    """IANA zone of each *known* user among ``user_ids`` (unknown ids are absent)."""
+    rows = conn.execute(
+        "SELECT user_id, tz FROM users WHERE user_id = ANY(%s)", (list(user_ids),)
+    ).fetchall()
+    return {str(u): str(tz) for u, tz in rows}
+
+
+def devices_of_users(conn: Conn, user_ids: Iterable[str]) -> list[UserDevice]:
+    """Every device bound to one of ``user_ids``, retired or not, ordered by device id."""
+    rows = conn.execute(
+        "SELECT device_id, user_id, kind FROM devices WHERE user_id = ANY(%s) ORDER BY device_id",
+        (list(user_ids),),
+    ).fetchall()
+    return [UserDevice(str(d), str(u), str(k)) for d, u, k in rows]
+
+
+def consented_categories_many(
+    conn: Conn, user_ids: Iterable[str], at: datetime
+) -> dict[str, set[Category]]:
+    """:func:`consented_categories` for many users in one query (users without any: absent)."""
+    sql = _ACTIVE_CONSENT_SQL.format(user_filter="AND user_id = ANY(%(users)s)")
+    params: dict[str, object] = {
+        "purpose": PURPOSE_CREDIT_SCORING,
+        "at": at,
+        "notice": CURRENT_NOTICE_VERSION,
+        "users": list(user_ids),
+    }
+    out: dict[str, set[Category]] = {}
+    for u, c in conn.execute(sql, params).fetchall():
+        out.setdefault(str(u), set()).add(Category(str(c)))
+    return out

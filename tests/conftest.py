@@ -122,6 +122,10 @@ def start_broker(state_dir: Path, auth: str = "allow_anonymous true") -> Broker:
         .replace("@MQTT_PORT@", str(port))
         .replace("@AUTH@", auth)
     )
+    if os.geteuid() == 0:
+        # Mosquitto started as root switches to the `mosquitto` user, which cannot write into
+        # pytest's private (0700) temp dirs; stay root for this throwaway broker.
+        conf += "\nuser root\n"
     conf_path = state_dir / "mosquitto" / "mosquitto.conf"
     conf_path.write_text(conf)
     proc = subprocess.Popen(

@@ -1,0 +1,176 @@
+"""The ingest pipeline for one MQTT message, in one direction and without I/O.
+
+size check → adapt → check readings → identify → event time → consent gate → minimise → batch.
+
+A message is atomic: either all of its rows go into the batch, or it becomes exactly one dead
+letter with a reason code. Nothing here touches the network or the database, so the hot path is
+plain Python that unit tests can drive directly; the registry and consent caches are read from
+:class:`Caches`, which the service swaps wholesale when LISTEN/NOTIFY says they changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from collector.adapters.base import DeviceMessage, Reason, Rejected
+from collector.adapters.registry import find_adapter
+from collector.minimise import Minimiser
+from collector.validate import check_readings, resolve_event_time
+from hearth.ledger import DeviceRecord
+from hearth.settings import Settings
+from hearth.signals import SIGNALS, Category
+
+log = logging.getLogger(__name__)
+
+# (time, device_id, user_id, signal, value, time_received) — the column order of the staging
+# tables in collector.writer.
+NumericRow = tuple[datetime, str, str, str, float, bool]
+CategoricalRow = tuple[datetime, str, str, str, str, bool]
+# (topic, reason, detail, payload or None when redacted, payload_bytes, digest)
+DeadLetterRow = tuple[str, str, str, bytes | None, int, bytes]
+
+
+@dataclass(slots=True)
+class Caches:
+    """Registry and consent snapshots; replaced as a whole on reload, never mutated."""
+
+    devices: dict[tuple[str, str], DeviceRecord] = field(default_factory=dict)
+    consents: frozenset[tuple[str, Category]] = frozenset()
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything a group of messages turns into, committed in one transaction."""
+
+    numeric: list[NumericRow] = field(default_factory=list)
+    categorical: list[CategoricalRow] = field(default_factory=list)
+    dead_letters: list[DeadLetterRow] = field(default_factory=list)
+    messages: int = 0
+    dead_by_reason: Counter[str] = field(default_factory=Counter)
+    dropped_by_category: Counter[str] = field(default_factory=Counter)
+    latest_event: datetime | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def __len__(self) -> int:
+        return self.messages
+
+
+def digest_of(topic: str, payload: bytes) -> bytes:
+    """Identity of a delivery for dead-letter deduplication: sha256(topic NUL payload)."""
+    return hashlib.sha256(topic.encode("utf-8", "surrogateescape") + b"\0" + payload).digest()
+
+
+class Pipeline:
+    """Turns (topic, payload) into rows or a dead letter, appended to a :class:`Batch`."""
+
+    def __init__(self, settings: Settings, minimiser: Minimiser, caches: Caches) -> None:
+        self.caches = caches
+        self._minimiser = minimiser
+        self._max_payload = settings.max_payload_bytes
+        self._dead_payload_bytes = settings.dead_letter_payload_bytes
+        self._max_skew_s = settings.max_clock_skew_s
+        self._max_age_days = settings.max_event_age_days
+
+    def process(
+        self, topic: str, payload: bytes, batch: Batch, received_at: datetime | None = None
+    ) -> None:
+        batch.messages += 1
+        if received_at is None:
+            received_at = datetime.now(UTC)
+        try:
+            self._process(topic, payload, batch, received_at)
+        except Rejected as rej:
+            self._dead_letter(batch, topic, payload, rej.reason, rej.detail)
+        except Exception as exc:  # an adapter bug must quarantine one message, not kill us
+            log.exception("event=pipeline_error topic_len=%d error=%s", len(topic), type(exc))
+            self._dead_letter(
+                batch, topic, payload, Reason.SCHEMA, f"unexpected error: {type(exc).__name__}"
+            )
+
+    def _process(self, topic: str, payload: bytes, batch: Batch, received_at: datetime) -> None:
+        size = len(payload)
+        if size > self._max_payload:
+            raise Rejected(Reason.TOO_LARGE, f"{size} bytes > {self._max_payload}")
+        adapter = find_adapter(topic)
+        if adapter is None:
+            raise Rejected(Reason.UNKNOWN_TOPIC, "no adapter claims this topic")
+        messages = adapter.adapt(topic, payload)
+        devices = self.caches.devices
+        consents = self.caches.consents
+        numeric: list[NumericRow] = []
+        categorical: list[CategoricalRow] = []
+        dropped: list[str] = []
+        latest: datetime | None = None
+        for msg in messages:
+            check_readings(msg)
+            device = self._identify(devices, msg)
+            when, time_received = resolve_event_time(
+                msg.event_time,
+                received_at=received_at,
+                tz=device.tz,
+                max_skew_s=self._max_skew_s,
+                max_age_days=self._max_age_days,
+            )
+            user = device.user_id
+            readings = [r for r in msg.readings if (user, SIGNALS[r.signal].category) in consents]
+            if len(readings) != len(msg.readings):
+                dropped.extend(
+                    SIGNALS[r.signal].category
+                    for r in msg.readings
+                    if (user, SIGNALS[r.signal].category) not in consents
+                )
+            if not readings:
+                continue
+            dev = device.device_id
+            for stored in self._minimiser.minimise(readings):
+                if stored.kind == "numeric":
+                    numeric.append(
+                        (when, dev, user, stored.signal, float(stored.value), time_received)
+                    )
+                else:
+                    categorical.append(
+                        (when, dev, user, stored.signal, str(stored.value), time_received)
+                    )
+            if latest is None or when > latest:
+                latest = when
+        if dropped:
+            batch.dropped_by_category.update(dropped)
+            if not numeric and not categorical:
+                # Redacted: a user who did not consent must not have the content kept anywhere.
+                self._dead_letter(batch, topic, payload, Reason.NO_CONSENT, "", redact=True)
+                return
+        batch.numeric.extend(numeric)
+        batch.categorical.extend(categorical)
+        if latest is not None and (batch.latest_event is None or latest > batch.latest_event):
+            batch.latest_event = latest
+
+    @staticmethod
+    def _identify(devices: dict[tuple[str, str], DeviceRecord], msg: DeviceMessage) -> DeviceRecord:
+        device = devices.get((msg.format, msg.external_id))
+        if device is None:
+            raise Rejected(Reason.UNKNOWN_DEVICE, f"no live {msg.format} device with this id")
+        claimed = msg.claimed_id
+        if claimed is not None and claimed not in (device.external_id, device.device_id):
+            raise Rejected(Reason.SPOOFED, "payload device id differs from the topic's device")
+        return device
+
+    def _dead_letter(
+        self,
+        batch: Batch,
+        topic: str,
+        payload: bytes,
+        reason: Reason,
+        detail: str,
+        *,
+        redact: bool = False,
+    ) -> None:
+        kept = None if redact else payload[: self._dead_payload_bytes]
+        batch.dead_letters.append(
+            (topic, str(reason), detail, kept, len(payload), digest_of(topic, payload))
+        )
+        batch.dead_by_reason[str(reason)] += 1

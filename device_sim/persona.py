@@ -1,0 +1,265 @@
+"""Personas: a latent stability score per household, traits drawn from it, and the credit outcome.
+
+Model (documented in device_sim/README.md, "Ground truth"):
+
+* Each household has one user with latent stability ``s ~ N(0, 1)`` (higher = more stable).
+* Every trait uses its own noisy copy ``z = rho·s + sqrt(1-rho²)·ε`` (rho ≈ 0.55), so traits overlap
+  between stable and unstable people and no single trait is an oracle.
+* Default: ``default = 1[a - b·s + sigma·η + ε > 0]`` with ``η ~ N(0, 1)`` and
+  ``ε ~ Logistic(0, 1)``, i.e. ``P(default | s, η) = sigmoid(a - b·s + sigma·η)``. The
+  intercept ``a`` is calibrated on the fleet so the realised default rate is the target rate
+  (rounded to whole users, kept inside the band): a logistic model whose base rate is exactly
+  what the caller asked for.
+* After the application date, future defaulters behave as if their stability dropped by
+  ``distress_shift`` (more erratic routines, outages, low battery): a feature computed from data
+  after the application date leaks the label and scores a much higher AUC than an honest one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from device_sim.config import CATEGORIES, SimConfig
+from device_sim.world import CITIES, City, FloatArray, offset_point
+
+DEFAULT_SLOPE = 1.2  # b: log-odds of default per SD of (-s)
+DEFAULT_NOISE_SD = 0.5  # sigma: unexplained heterogeneity on the log-odds scale
+TRAIT_LOADING = 0.55  # rho: how strongly each trait follows s
+
+# Share of users declining each category at onboarding (location is the sensitive one).
+DECLINE_SHARE: dict[str, float] = {
+    "location": 0.15,
+    "connectivity": 0.05,
+    "device_health": 0.03,
+    "energy": 0.05,
+    "presence": 0.08,
+    "climate": 0.05,
+    "usage": 0.10,
+}
+WITHDRAW_SHARE = 0.03  # users who later withdraw one granted category
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """Fleet-level draws: latent scores, labels and application times of every household."""
+
+    stability: FloatArray
+    default: np.ndarray  # bool per household
+    default_probability: FloatArray
+    intercept: float
+    application_ts: np.ndarray  # int64 epoch seconds
+
+
+def draw_fleet(cfg: SimConfig) -> Fleet:
+    n = cfg.households
+    rng = np.random.default_rng([cfg.seed, 0xF1EE7])
+    s = rng.normal(size=n)
+    eta = rng.normal(size=n)
+    eps = rng.logistic(size=n)
+    score = -DEFAULT_SLOPE * s + DEFAULT_NOISE_SD * eta + eps  # default iff a + score > 0
+    lo, hi = cfg.default_band
+    k = round(cfg.default_rate * n)
+    k = min(max(k, math.ceil(lo * n - 1e-9)), math.floor(hi * n + 1e-9))
+    k = min(max(k, 0), n)
+    order = np.sort(score)[::-1]
+    if k == 0:
+        intercept = -float(order[0]) - 1.0
+    elif k == n:
+        intercept = -float(order[-1]) + 1.0
+    else:
+        intercept = -float(order[k - 1] + order[k]) / 2.0
+    default = score + intercept > 0
+    prob = np.array(
+        [
+            _sigmoid(intercept - DEFAULT_SLOPE * si + DEFAULT_NOISE_SD * ei)
+            for si, ei in zip(s, eta, strict=False)
+        ]
+    )
+    # Application 7-21 days before the end of history, on the hour.
+    back = rng.uniform(7 * 86400, 21 * 86400, size=n).astype(np.int64)
+    application_ts = ((cfg.end_ts - back) // 3600) * 3600
+    return Fleet(s, default, prob, intercept, application_ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Traits:
+    """Behavioural parameters of one persona in one phase (normal, or post-application distress)."""
+
+    wake_sd_h: float
+    sleep_sd_h: float
+    weekend_shift_h: float
+    commute_prob: float
+    return_sd_h: float
+    night_home_prob: float
+    mobility_km: float
+    outage_rate: float  # household outages per day
+    outage_mean_h: float
+    phone_gap_rate: float  # phone offline episodes per day
+    energy_cv: float
+    overnight_charge_prob: float
+    charge_sd_h: float
+    low_battery_pct: float  # daytime chargers plug in around this level
+    door_extra_rate: float
+    night_activity_prob: float
+
+
+def _logistic(x: float) -> float:
+    return _sigmoid(x)
+
+
+def traits_from(z: FloatArray) -> Traits:
+    """Map per-trait stability draws (higher = more stable) to behaviour."""
+    e = math.exp
+    return Traits(
+        wake_sd_h=0.35 * e(-0.5 * z[0]),
+        sleep_sd_h=0.45 * e(-0.5 * z[1]),
+        weekend_shift_h=0.8 * e(-0.3 * z[2]),
+        commute_prob=_logistic(1.6 + 0.8 * z[3]),
+        return_sd_h=0.5 * e(-0.5 * z[4]),
+        night_home_prob=_logistic(2.6 + 0.9 * z[5]),
+        mobility_km=4.0 * e(-0.35 * z[6]),
+        outage_rate=0.015 * e(-0.9 * z[7]),
+        outage_mean_h=1.5 * e(-0.4 * z[7]),
+        phone_gap_rate=0.012 * e(-1.0 * z[8]),
+        energy_cv=0.18 * e(-0.45 * z[9]),
+        overnight_charge_prob=_logistic(1.4 + 1.0 * z[10]),
+        charge_sd_h=0.5 * e(-0.5 * z[11]),
+        low_battery_pct=float(np.clip(30 + 10 * z[12], 3, 60)),
+        door_extra_rate=1.0 * e(-0.3 * z[13]),
+        night_activity_prob=0.08 * e(-0.6 * z[14]),
+    )
+
+
+N_TRAITS = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Holiday:
+    start_day: int
+    days: int
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    index: int
+    household_id: str
+    user_id: str
+    stability: float
+    defaults: bool
+    default_probability: float
+    application_ts: int
+    city: City
+    homes: tuple[tuple[int, float, float], ...]  # (from_day, lat, lon): residential moves
+    work: tuple[float, float]
+    wake_mean_h: float
+    sleep_mean_h: float
+    return_mean_h: float
+    energy_kwh_day: float
+    drain_pct_per_h: float
+    normal: Traits
+    distress: Traits  # used after the application date if the user will default
+    holidays: tuple[Holiday, ...]
+    sim_change_days: tuple[int, ...]
+    device_change_day: int | None
+    devices: tuple[str, ...]  # kinds present in the household besides the phone
+    plug_format: str
+    declined: tuple[str, ...]
+    withdrawn: tuple[str, ...]
+    grant_offset_days: float  # consent granted this many days before the history starts
+
+
+def _pick_city(rng: np.random.Generator) -> City:
+    weights = np.array([c.weight for c in CITIES])
+    return CITIES[int(rng.choice(len(CITIES), p=weights / weights.sum()))]
+
+
+def draw_persona(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
+    rng = np.random.default_rng([cfg.seed, 1, index])
+    s = float(fleet.stability[index])
+    eps = rng.normal(size=N_TRAITS)
+    z = TRAIT_LOADING * s + math.sqrt(1 - TRAIT_LOADING**2) * eps
+    normal = traits_from(z)
+    distress = traits_from(z - cfg.distress_shift)
+    city = _pick_city(rng)
+    years = cfg.days / 365.0
+    z_moves = float(z[6])
+    home = offset_point(city.lat, city.lon, *(rng.normal(size=2) * 6.0))
+    homes: list[tuple[int, float, float]] = [(0, home[0], home[1])]
+    n_moves = min(3, int(rng.poisson(years * 0.5 * math.exp(-0.9 * z_moves))))
+    for day in sorted(rng.integers(1, max(2, cfg.days), size=n_moves).tolist()):
+        lat, lon = offset_point(city.lat, city.lon, *(rng.normal(size=2) * 6.0))
+        homes.append((int(day), lat, lon))
+    angle = rng.uniform(0, 2 * math.pi)
+    dist = float(rng.gamma(2.0, 3.0))
+    work = offset_point(home[0], home[1], dist * math.sin(angle), dist * math.cos(angle))
+    wake = float(np.clip(6.6 + 0.8 * rng.normal(), 4.5, 10.0))
+    holidays: list[Holiday] = []
+    for _ in range(int(rng.poisson(years * 3.0))):
+        other = CITIES[int(rng.integers(len(CITIES)))]
+        if rng.random() < 0.6:  # most trips are regional
+            dest = offset_point(home[0], home[1], *(rng.normal(size=2) * 120.0))
+        else:
+            dest = offset_point(other.lat, other.lon, *(rng.normal(size=2) * 3.0))
+        holidays.append(
+            Holiday(int(rng.integers(0, cfg.days)), int(rng.integers(2, 10)), dest[0], dest[1])
+        )
+    z_dev = float(z[10])
+    n_sim = min(3, int(rng.poisson(years * 0.4 * math.exp(-1.0 * z_dev))))
+    sim_days = tuple(sorted(int(d) for d in rng.integers(1, max(2, cfg.days), size=n_sim)))
+    device_change: int | None = None
+    if rng.random() < 1 - math.exp(-years * 0.4 * math.exp(-0.8 * z_dev)):
+        device_change = int(rng.integers(1, max(2, cfg.days)))
+    kinds: list[str] = []
+    for kind, share in (
+        ("phone_app", 0.5),
+        ("router", 0.65),
+        ("plug", 0.75),
+        ("door", 0.55),
+        ("motion", 0.45),
+        ("climate", 0.40),
+    ):
+        if rng.random() < share:
+            kinds.append(kind)
+    plug_format = "tasmota" if rng.random() < 0.5 else "zigbee2mqtt"
+    declined = tuple(c for c in CATEGORIES if rng.random() < DECLINE_SHARE[c])
+    granted = [c for c in CATEGORIES if c not in declined]
+    withdrawn: tuple[str, ...] = ()
+    if granted and rng.random() < WITHDRAW_SHARE:
+        withdrawn = (granted[int(rng.integers(len(granted)))],)
+    prefix = cfg.prefix
+    return Persona(
+        index=index,
+        household_id=f"{prefix}-h{index:05d}",
+        user_id=f"{prefix}-u{index:05d}",
+        stability=s,
+        defaults=bool(fleet.default[index]),
+        default_probability=float(fleet.default_probability[index]),
+        application_ts=int(fleet.application_ts[index]),
+        city=city,
+        homes=tuple(homes),
+        work=work,
+        wake_mean_h=wake,
+        sleep_mean_h=float(np.clip(wake + 16.2 + 0.6 * rng.normal(), 20.5, 26.5)),
+        return_mean_h=float(np.clip(18.0 + 0.8 * rng.normal(), 15.0, 21.5)),
+        energy_kwh_day=float(math.exp(math.log(1.2) + 0.5 * rng.normal())),
+        drain_pct_per_h=float(np.clip(5.0 + 1.5 * rng.normal(), 2.5, 10.0)),
+        normal=normal,
+        distress=distress,
+        holidays=tuple(holidays),
+        sim_change_days=sim_days,
+        device_change_day=device_change,
+        devices=tuple(kinds),
+        plug_format=plug_format,
+        declined=declined,
+        withdrawn=withdrawn,
+        grant_offset_days=float(rng.uniform(1, 60)),
+    )

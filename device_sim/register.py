@@ -1,0 +1,95 @@
+"""Registration and consent through the product's admin CLI, run as subprocesses.
+
+The simulator never imports the collector (DESIGN §1); it registers like an operator would:
+
+* ``python -m collector devices add --batch FILE`` — FILE has JSON lines ``{"user_id", "kind",
+  "format", "external_id", "tz", "user_tz"}``; stdout has JSON lines with ``device_id``,
+  ``external_id``, ``format``, ``mqtt_username``, ``mqtt_password``, ``topics``.
+* ``python -m collector consent grant --batch FILE`` — ``{"user_id", "category", "at"}`` with
+  ``at`` backdated before the simulated history, so point-in-time features see consent.
+* ``python -m collector consent withdraw --batch FILE`` — run at the end of a run (the CLI stamps
+  withdrawals with the current time).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from device_sim.publish import Credentials
+
+
+class RegistrationError(Exception):
+    """The admin CLI failed; the message carries its stderr (one line)."""
+
+
+def _run(args: list[str], timeout_s: float = 600.0) -> str:
+    cmd = [sys.executable, "-m", "collector", *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RegistrationError(f"{' '.join(cmd[2:])}: no answer in {timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise RegistrationError(f"{' '.join(cmd[2:5])} exited {proc.returncode}: {last}")
+    return proc.stdout
+
+
+def load_devices(out_dir: Path) -> list[dict[str, Any]]:
+    with (out_dir / "devices.jsonl").open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def register_devices(out_dir: Path) -> Credentials:
+    """Register every generated device; return device key → (username, password)."""
+    devices = load_devices(out_dir)
+    batch = out_dir / "register_devices.jsonl"
+    fields = ("user_id", "kind", "format", "external_id", "tz", "user_tz")
+    with batch.open("w") as f:
+        for dev in devices:
+            f.write(json.dumps({k: dev[k] for k in fields}, separators=(",", ":")) + "\n")
+    stdout = _run(["devices", "add", "--batch", str(batch)])
+    by_external = {(d["format"], d["external_id"]): d["key"] for d in devices}
+    creds: Credentials = {}
+    records = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        rec = json.loads(line)
+        key = by_external.get((rec.get("format"), rec.get("external_id")))
+        if key is None:
+            continue
+        records.append(rec)
+        user, password = rec.get("mqtt_username"), rec.get("mqtt_password")
+        if user and password:
+            creds[key] = (str(user), str(password))
+    # Keep what the registry answered (device ids, topics) next to the stream; the passwords
+    # stay in this file only, which lives in the output directory the operator chose.
+    with (out_dir / "registered_devices.jsonl").open("w") as f:
+        for rec in records:
+            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+    if len(records) != len(devices):
+        raise RegistrationError(
+            f"devices add answered for {len(records)} of {len(devices)} devices"
+        )
+    return creds
+
+
+def grant_consent(out_dir: Path) -> int:
+    path = out_dir / "consent_grants.jsonl"
+    lines = sum(1 for line in path.open() if line.strip())
+    if lines:
+        _run(["consent", "grant", "--batch", str(path)])
+    return lines
+
+
+def withdraw_consent(out_dir: Path) -> int:
+    path = out_dir / "consent_withdrawals.jsonl"
+    lines = sum(1 for line in path.open() if line.strip())
+    if lines:
+        _run(["consent", "withdraw", "--batch", str(path)])
+    return lines

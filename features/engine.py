@@ -1,0 +1,670 @@
+"""Point-in-time feature engine (DESIGN §3.8): features for (user, T) from data with event time
+< T, ingest time ≤ T, of categories consented at T.
+
+Read path, per chunk of users and one as-of time T (one SQL round trip for numeric bins):
+
+* the user's devices and the signals of the categories consented at T give (device, signal)
+  pairs; only those are read (a withdrawn category contributes nothing);
+* an hourly rollup row is used as is when its bucket ended by T and every raw row in it was
+  ingested by T (``max_ingested_at ≤ T``);
+* every other bucket — late rows ingested after T, the bucket containing T, rows newer than the
+  rollup watermark — is recomputed from raw rows filtered by ``time < T AND ingested_at ≤ T``
+  with the same aggregate expressions the rollup job uses (features.rollups);
+* numeric bins arrive as one binary COPY of fixed-width records parsed by ``np.frombuffer``
+  (no Python object per row), categorical bins (a few a day) as ordinary rows.
+
+The feature functions (features.library) then run vectorised over the chunk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+import psycopg
+
+from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
+from features.library import SPECS, Window
+from features.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins
+from features.rollups import CATEGORICAL_AGGREGATE_FROM, NUMERIC_AGGREGATE, read_watermark
+from hearth import ledger
+from hearth.signals import SIGNALS, Category
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+GRID_DAYS = 90  # the longest window; shorter windows are the tail of this grid
+NUMERIC_SIGNALS = tuple(s.name for s in SIGNALS.values() if s.kind == "numeric")
+CATEGORICAL_SIGNALS = tuple(s.name for s in SIGNALS.values() if s.kind == "categorical")
+SIGNAL_INDEX = {name: i for i, name in enumerate(NUMERIC_SIGNALS + CATEGORICAL_SIGNALS)}
+DEFAULT_CHUNK_USERS = 500
+
+
+@dataclass(frozen=True)
+class FeatureValue:
+    value: float | None
+    coverage: float
+
+
+@dataclass(frozen=True)
+class FeatureVector:
+    user_id: str
+    as_of: datetime
+    feature_set_version: str
+    computed_at: datetime
+    values: dict[str, FeatureValue] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "user_id": self.user_id,
+            "as_of": self.as_of.isoformat(),
+            "feature_set_version": self.feature_set_version,
+            "computed_at": self.computed_at.isoformat(),
+            "features": self.vector_json(),
+        }
+
+    def vector_json(self) -> dict[str, dict[str, float | None]]:
+        """The ``feature_snapshots.vector`` shape: {name: {"value": x|null, "coverage": c}}."""
+        return {k: {"value": v.value, "coverage": v.coverage} for k, v in self.values.items()}
+
+
+@dataclass
+class Timings:
+    """Where the time went (the benchmark prints the split)."""
+
+    sql_s: float = 0.0
+    python_s: float = 0.0
+
+
+# --- grid and local time ----------------------------------------------------------------------
+
+
+def grid_bounds(as_of: datetime) -> tuple[datetime, datetime, int]:
+    """(start, end, hours) of the 90-day hourly grid ending at the hour that contains T."""
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    as_of = as_of.astimezone(UTC)
+    end = as_of.replace(minute=0, second=0, microsecond=0)
+    if end < as_of:
+        end += timedelta(hours=1)
+    hours = GRID_DAYS * 24
+    return end - timedelta(hours=hours), end, hours
+
+
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+@lru_cache(maxsize=256)
+def _local_clock(tz: str, start: datetime, hours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local time of day (hours), local day index and weekday of each grid hour, across DST."""
+    zone = _zone(tz)
+    tod = np.empty(hours)
+    day = np.empty(hours, dtype=np.int64)
+    wd = np.empty(hours, dtype=np.int64)
+    base = start.astimezone(zone).date().toordinal()
+    for h in range(hours):
+        local = (start + timedelta(hours=h)).astimezone(zone)
+        tod[h] = local.hour + local.minute / 60.0
+        d = local.toordinal()
+        day[h] = d - base
+        wd[h] = local.weekday()
+    return tod, day, wd
+
+
+def local_grid(tzs: Sequence[str], start: datetime, hours: int) -> LocalGrid:
+    parts = [_local_clock(tz, start, hours) for tz in tzs]
+    if not parts:
+        empty = np.zeros((0, hours))
+        return LocalGrid(empty, empty.astype(np.int64), empty.astype(np.int64))
+    return LocalGrid(
+        tod=np.stack([p[0] for p in parts]),
+        day=np.stack([p[1] for p in parts]),
+        weekday=np.stack([p[2] for p in parts]),
+    )
+
+
+# --- SQL ---------------------------------------------------------------------------------------
+
+_DEVICES_CTE = """
+    dv AS MATERIALIZED (SELECT device_id, user_id, uidx, didx,
+                  CASE WHEN signals = '*' THEN NULL ELSE string_to_array(signals, ',') END AS sigs
+             FROM unnest(%(d_device)s::text[], %(d_user)s::text[], %(d_uidx)s::int4[],
+                         %(d_didx)s::int4[], %(d_signals)s::text[])
+                  AS dv(device_id, user_id, uidx, didx, signals)),
+    sg AS (SELECT * FROM unnest(%(s_name)s::text[], %(s_idx)s::int4[]) AS sg(signal, sidx))
+"""
+_HOUR = "(date_part('epoch', b.bucket - %(start)s) / 3600)::int4"
+_NUMERIC_OUT = f"""{_HOUR}, b.n, b.sum, b.min, b.max, b.first, b.last,
+               date_part('epoch', b.first_time - b.bucket),
+               date_part('epoch', b.last_time - b.bucket)"""
+_CATEGORICAL_OUT = f"{_HOUR}, b.value, b.share, b.n"
+
+
+def _rollup_sql(kind: str) -> str:
+    """Pass 1: the stored hourly rollups of the consented (device, signal) pairs in [start, T),
+    read per device through the primary key, each flagged *usable as is* (bucket ended by T
+    and every row in it ingested by T). ``dv.sigs`` NULL means every signal is consented."""
+    out = _NUMERIC_OUT if kind == "numeric" else _CATEGORICAL_OUT
+    return f"""
+    WITH {_DEVICES_CTE}
+    SELECT dv.uidx, dv.didx, array_position(%(s_name)s::text[], b.signal) - 1, {out},
+           (b.bucket + INTERVAL '1 hour' <= %(as_of)s
+            AND b.max_ingested_at <= %(as_of)s)::int4 AS usable
+      FROM dv CROSS JOIN LATERAL (
+           SELECT * FROM rollup_{kind}_hourly r
+            WHERE r.device_id = dv.device_id
+              AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
+              AND r.bucket >= %(start)s AND r.bucket < %(as_of)s
+              AND r.user_id = dv.user_id) b
+     WHERE array_position(%(s_name)s::text[], b.signal) IS NOT NULL
+    """
+
+
+def _new_raw_sql(kind: str) -> str:
+    """Buckets holding raw rows the rollups have not seen yet (ingested after the watermark)
+    but known at T. Only needed when the watermark is before T."""
+    return f"""
+    WITH {_DEVICES_CTE}
+    SELECT DISTINCT dv.didx, sg.sidx,
+           (extract(epoch FROM time_bucket(INTERVAL '1 hour', r.time) - %(start)s)
+            / 3600)::int4
+      FROM {kind}_readings r JOIN dv ON r.device_id = dv.device_id AND r.user_id = dv.user_id
+      JOIN sg ON sg.signal = r.signal
+     WHERE r.ingested_at > %(watermark)s AND r.ingested_at <= %(as_of)s
+       AND r.time >= %(start)s AND r.time < %(as_of)s
+       AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
+    """
+
+
+def _recompute_sql(kind: str) -> str:
+    """Pass 2: the dirty buckets recomputed from raw rows with time < T and ingested_at ≤ T,
+    with the rollup job's own aggregate expressions (features.rollups)."""
+    where = """WHERE r.device_id = k.device_id AND r.signal = k.signal
+                 AND r.user_id = k.user_id AND r.time >= k.bucket
+                 AND r.time < k.bucket + INTERVAL '1 hour'
+                 AND r.time < %(as_of)s AND r.ingested_at <= %(as_of)s"""
+    if kind == "numeric":
+        agg = f"SELECT {NUMERIC_AGGREGATE} FROM numeric_readings r {where} GROUP BY 1, 2, 3, 4"
+        out = _NUMERIC_OUT
+    else:
+        agg = CATEGORICAL_AGGREGATE_FROM.format(source="categorical_readings r", where=where)
+        out = _CATEGORICAL_OUT
+    return f"""
+    WITH k AS (SELECT * FROM unnest(%(k_device)s::text[], %(k_user)s::text[],
+                                    %(k_signal)s::text[], %(k_bucket)s::timestamptz[],
+                                    %(k_uidx)s::int4[], %(k_didx)s::int4[], %(k_sidx)s::int4[])
+                    AS k(device_id, user_id, signal, bucket, uidx, didx, sidx))
+    SELECT k.uidx, k.didx, k.sidx, {out}
+      FROM k CROSS JOIN LATERAL ({agg}) b
+    """
+
+
+_SQL = {
+    (step, kind): fn(kind)
+    for kind in ("numeric", "categorical")
+    for step, fn in (("rollup", _rollup_sql), ("new", _new_raw_sql), ("recompute", _recompute_sql))
+}
+
+# Earliest reading before the grid (tenure), from rollups fully ingested by T.
+_FIRST_SEEN_SQL = f"""
+    WITH {_DEVICES_CTE}
+    SELECT dv.uidx, min(f.first) FROM dv CROSS JOIN LATERAL (
+        SELECT min(r.first_time) AS first FROM rollup_numeric_hourly r
+         WHERE r.device_id = dv.device_id AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
+           AND r.bucket < %(start)s AND r.max_ingested_at <= %(as_of)s
+           AND r.user_id = dv.user_id
+        UNION ALL
+        SELECT min(r.bucket) FROM rollup_categorical_hourly r
+         WHERE r.device_id = dv.device_id AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
+           AND r.bucket < %(start)s AND r.max_ingested_at <= %(as_of)s
+           AND r.user_id = dv.user_id
+    ) f
+    WHERE f.first IS NOT NULL
+    GROUP BY dv.uidx
+"""
+
+_NUMERIC_FIELDS = (
+    ("u", ">i4"),
+    ("d", ">i4"),
+    ("s", ">i4"),
+    ("h", ">i4"),
+    ("n", ">i4"),
+    ("sum", ">f8"),
+    ("min", ">f8"),
+    ("max", ">f8"),
+    ("first", ">f8"),
+    ("last", ">f8"),
+    ("first_off", ">f8"),
+    ("last_off", ">f8"),
+    ("usable", ">i4"),
+)
+_NUMERIC_RECORD = np.dtype(
+    [("fc", ">i2")]
+    + [item for name, typ in _NUMERIC_FIELDS for item in ((f"len_{name}", ">i4"), (name, typ))]
+)
+_COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
+_INT_FIELDS = ("u", "d", "s", "h")
+_FLOAT_FIELDS = ("n", "sum", "min", "max", "first", "last", "first_off", "last_off")
+
+
+def parse_numeric_copy(buf: bytes | bytearray | memoryview) -> tuple[NumericBins, np.ndarray]:
+    """Fixed-width binary COPY records → (bins, usable flags); every field is NOT NULL."""
+    size = len(buf) - _COPY_HEADER - 2  # trailer: int16 -1
+    if size <= 0:
+        return _numeric_from_columns({}), np.zeros(0, dtype=bool)
+    if size % _NUMERIC_RECORD.itemsize:
+        raise ValueError("unexpected binary COPY layout (NULL in a numeric bin?)")
+    count = size // _NUMERIC_RECORD.itemsize
+    rec = np.frombuffer(buf, dtype=_NUMERIC_RECORD, count=count, offset=_COPY_HEADER)
+    cols = {k: rec[k] for k in _INT_FIELDS + _FLOAT_FIELDS}
+    return _numeric_from_columns(cols), rec["usable"] == 1
+
+
+def _numeric_from_columns(cols: dict[str, object]) -> NumericBins:
+    ints = {k: np.asarray(cols.get(k, ()), dtype=np.int64) for k in _INT_FIELDS}
+    floats = {k: np.asarray(cols.get(k, ()), dtype=np.float64) for k in _FLOAT_FIELDS}
+    return NumericBins(**ints, **floats)  # type: ignore[arg-type]
+
+
+def _categorical_from_rows(rows: Sequence[Sequence[object]]) -> tuple[CategoricalBins, list[str]]:
+    """(u, d, s, h, value, share, n) rows → bins with value codes (the chunk's dictionary)."""
+    if not rows:
+        z = np.zeros(0, dtype=np.int64)
+        return CategoricalBins(z, z, z, z, z, z.astype(float), z.astype(float)), []
+    u, d, s, h, value, share, n = zip(*rows, strict=True)
+    values, code = np.unique(np.array(value, dtype=str), return_inverse=True)
+    bins = CategoricalBins(
+        u=np.array(u, dtype=np.int64),
+        d=np.array(d, dtype=np.int64),
+        s=np.array(s, dtype=np.int64),
+        h=np.array(h, dtype=np.int64),
+        code=code.astype(np.int64).ravel(),
+        share=np.array(share, dtype=np.float64),
+        n=np.array(n, dtype=np.float64),
+    )
+    return bins, [str(v) for v in values]
+
+
+def _parse_categorical_csv(buf: bytes | bytearray) -> tuple[CategoricalBins, list[str], np.ndarray]:
+    """CSV COPY of (u, d, s, h, value, share, n, usable) → bins, value dictionary, usable."""
+    if not buf:
+        bins, values = _categorical_from_rows([])
+        return bins, values, np.zeros(0, dtype=bool)
+    frame = pd.read_csv(
+        io.BytesIO(buf),
+        header=None,
+        names=["u", "d", "s", "h", "value", "share", "n", "usable"],
+        dtype={"value": str},
+        keep_default_na=False,
+    )
+    codes, uniques = pd.factorize(frame["value"], sort=True)
+    bins = CategoricalBins(
+        u=frame["u"].to_numpy(np.int64),
+        d=frame["d"].to_numpy(np.int64),
+        s=frame["s"].to_numpy(np.int64),
+        h=frame["h"].to_numpy(np.int64),
+        code=np.asarray(codes, dtype=np.int64),
+        share=frame["share"].to_numpy(np.float64),
+        n=frame["n"].to_numpy(np.float64),
+    )
+    return bins, [str(v) for v in uniques], frame["usable"].to_numpy() == 1
+
+
+# --- loading a chunk ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    params: dict[str, object]
+    devices: list[ledger.UserDevice]
+    consented: dict[Category, np.ndarray]
+
+
+def _pairs(conn: Conn, users: Sequence[str], as_of: datetime) -> _Pairs:
+    """Parameters naming the chunk's devices and, per device, the signals consented at T."""
+    consent = ledger.consented_categories_many(conn, users, as_of)
+    devices = ledger.devices_of_users(conn, users)
+    uidx = {u: i for i, u in enumerate(users)}
+    signals_of: dict[frozenset[Category], str] = {frozenset(Category): "*"}
+    d_signals = []
+    for dev in devices:
+        cats = frozenset(consent.get(dev.user_id, ()))
+        if cats not in signals_of:
+            signals_of[cats] = ",".join(
+                n for n in NUMERIC_SIGNALS + CATEGORICAL_SIGNALS if SIGNALS[n].category in cats
+            )
+        d_signals.append(signals_of[cats])
+    params: dict[str, object] = {
+        "d_device": [d.device_id for d in devices],
+        "d_user": [d.user_id for d in devices],
+        "d_uidx": [uidx[d.user_id] for d in devices],
+        "d_didx": list(range(len(devices))),
+        "d_signals": d_signals,
+        "s_name": list(SIGNAL_INDEX),
+        "s_idx": list(SIGNAL_INDEX.values()),
+    }
+    consented = {
+        c: np.array([c in consent.get(u, ()) for u in users], dtype=bool) for c in Category
+    }
+    return _Pairs(params, devices, consented)
+
+
+_SIGNAL_NAMES = list(SIGNAL_INDEX)
+
+
+def _dirty_keys(
+    conn: Conn,
+    kind: str,
+    params: dict[str, object],
+    stale: tuple[np.ndarray, np.ndarray, np.ndarray],
+    check_new_raw: bool,
+) -> np.ndarray:
+    """(device, signal, hour) keys [K, 3] of buckets to recompute from raw."""
+    parts = [np.stack(stale, axis=1)] if stale[0].size else []
+    if check_new_raw:
+        rows = conn.execute(_SQL[("new", kind)], params).fetchall()
+        if rows:
+            parts.append(np.array(rows, dtype=np.int64))
+    if not parts:
+        return np.zeros((0, 3), dtype=np.int64)
+    return np.unique(np.concatenate(parts).astype(np.int64), axis=0)
+
+
+def _key(d: np.ndarray, s: np.ndarray, h: np.ndarray, hours: int) -> np.ndarray:
+    return (d.astype(np.int64) * len(SIGNAL_INDEX) + s) * (hours + 1) + h
+
+
+def _recompute(
+    conn: Conn,
+    kind: str,
+    keys: np.ndarray,
+    pairs: _Pairs,
+    start: datetime,
+    as_of: datetime,
+) -> list[tuple[object, ...]]:
+    devices = [pairs.devices[int(d)] for d in keys[:, 0]]
+    params = {
+        "k_device": [d.device_id for d in devices],
+        "k_user": [d.user_id for d in devices],
+        "k_signal": [_SIGNAL_NAMES[int(s)] for s in keys[:, 1]],
+        "k_bucket": [start + timedelta(hours=int(h)) for h in keys[:, 2]],
+        "k_uidx": [int(pairs.params["d_uidx"][int(d)]) for d in keys[:, 0]],  # type: ignore[index]
+        "k_didx": [int(d) for d in keys[:, 0]],
+        "k_sidx": [int(s) for s in keys[:, 1]],
+        "start": start,
+        "as_of": as_of,
+    }
+    return conn.execute(_SQL[("recompute", kind)], params).fetchall()
+
+
+def load_chunk(
+    conn: Conn,
+    users: Sequence[str],
+    tzs: Sequence[str],
+    as_of: datetime,
+    watermark: datetime | None,
+    timings: Timings | None = None,
+) -> Chunk:
+    """Read everything the features of ``users`` (all known) need as of ``as_of``.
+
+    Pass 1 streams the rollups; buckets not usable as is (late rows, the bucket containing
+    T) and buckets with raw rows newer than the rollup watermark are recomputed from raw in
+    pass 2 and replace their rollup rows.
+    """
+    t0 = time.perf_counter()
+    start, _, hours = grid_bounds(as_of)
+    pairs = _pairs(conn, users, as_of)
+    params = dict(pairs.params)
+    params.update(start=start, as_of=as_of, watermark=watermark or "-infinity")
+    check_new_raw = watermark is None or watermark < as_of
+    buf = bytearray()
+    with conn.cursor() as cur:
+        sql = f"COPY ({_SQL[('rollup', 'numeric')]}) TO STDOUT (FORMAT BINARY)"
+        with cur.copy(sql, params) as copy:
+            for data in copy:
+                buf += data
+        cat_buf = bytearray()
+        sql = f"COPY ({_SQL[('rollup', 'categorical')]}) TO STDOUT (FORMAT CSV)"
+        with cur.copy(sql, params) as copy:
+            for data in copy:
+                cat_buf += data
+        first_rows = cur.execute(_FIRST_SEEN_SQL, params).fetchall()
+    sql_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    numeric, usable = parse_numeric_copy(buf)
+    del buf
+    categorical, value_list, cat_usable = _parse_categorical_csv(cat_buf)
+    del cat_buf
+    py_s = time.perf_counter() - t1
+
+    # Pass 2: corrections from raw rows (usually nothing to do).
+    t2 = time.perf_counter()
+    fixed_numeric: list[tuple[object, ...]] = []
+    fixed_cat: list[tuple[object, ...]] = []
+    for kind, bins, ok in (("numeric", numeric, usable), ("categorical", categorical, cat_usable)):
+        stale = (bins.d[~ok], bins.s[~ok], bins.h[~ok])
+        keys = _dirty_keys(conn, kind, params, stale, check_new_raw)
+        if keys.size == 0:
+            if kind == "numeric":
+                numeric = numeric.select(ok)
+            else:
+                categorical = _select_cat(categorical, ok)
+            continue
+        drop = np.isin(_key(bins.d, bins.s, bins.h, hours), _key(*keys.T, hours))
+        rows = _recompute(conn, kind, keys, pairs, start, as_of)
+        if kind == "numeric":
+            numeric = numeric.select(ok & ~drop)
+            fixed_numeric = rows
+        else:
+            categorical = _select_cat(categorical, ok & ~drop)
+            fixed_cat = rows
+    sql_s += time.perf_counter() - t2
+    t3 = time.perf_counter()
+    if fixed_numeric:
+        cols = dict(zip(_INT_FIELDS + _FLOAT_FIELDS, zip(*fixed_numeric, strict=True), strict=True))
+        numeric = _concat_numeric(numeric, _numeric_from_columns(cols))  # type: ignore[arg-type]
+    if fixed_cat:
+        all_rows = [
+            (u, d, s, h, value_list[c], sh, n)
+            for u, d, s, h, c, sh, n in zip(
+                categorical.u, categorical.d, categorical.s, categorical.h,
+                categorical.code, categorical.share, categorical.n, strict=True,
+            )
+        ] + list(fixed_cat)  # fmt: skip
+        categorical, value_list = _categorical_from_rows(all_rows)
+
+    # Tenure: the first bin in the grid, or earlier history from the rollups.
+    first_h = np.full(len(users), np.inf)
+    for b in (numeric, categorical):
+        if b.u.size:
+            np.minimum.at(first_h, b.u, b.h.astype(np.float64))
+    end_hours = (as_of - start).total_seconds() / 3600.0
+    first_seen = np.where(np.isinf(first_h), np.nan, end_hours - first_h)
+    for ui, t in first_rows:
+        assert isinstance(ui, int) and isinstance(t, datetime)
+        first_seen[ui] = (as_of - t).total_seconds() / 3600.0
+    chunk = Chunk(
+        n_users=len(users),
+        hours=hours,
+        numeric=numeric,
+        categorical=categorical,
+        categorical_values=value_list,
+        grid=local_grid(tzs, start, hours),
+        signal_index=SIGNAL_INDEX,
+        first_seen_hours=first_seen,
+        consented=pairs.consented,
+        device_kinds=[d.kind for d in pairs.devices],
+    )
+    if timings is not None:
+        timings.sql_s += sql_s
+        timings.python_s += py_s + time.perf_counter() - t3
+    return chunk
+
+
+def _select_cat(b: CategoricalBins, mask: np.ndarray) -> CategoricalBins:
+    return CategoricalBins(
+        **{k: getattr(b, k)[mask] for k in ("u", "d", "s", "h", "code", "share", "n")}
+    )
+
+
+def _concat_numeric(a: NumericBins, b: NumericBins) -> NumericBins:
+    return NumericBins(
+        **{k: np.concatenate([getattr(a, k), getattr(b, k)]) for k in _INT_FIELDS + _FLOAT_FIELDS}
+    )
+
+
+# --- computing ---------------------------------------------------------------------------------
+
+
+def compute_chunk(chunk: Chunk) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every definition's (value[U], coverage[U]) for a loaded chunk.
+
+    One window at a time (its cached matrices are freed before the next one) keeps the peak
+    memory at one window's worth.
+    """
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for days in sorted({d or GRID_DAYS for spec in SPECS for d in spec.windows}):
+        w = Window(chunk, days)
+        for spec in SPECS:
+            for d in spec.windows:
+                if (d or GRID_DAYS) != days:
+                    continue
+                name = spec.base_name if d == 0 else f"{spec.base_name}_{d}d"
+                value, coverage = spec.fn(w)
+                out[name] = (
+                    np.asarray(value, dtype=np.float64),
+                    np.clip(np.nan_to_num(np.asarray(coverage, dtype=np.float64)), 0.0, 1.0),
+                )
+        del w
+    return out
+
+
+def _vectors(
+    users: Sequence[str],
+    as_of: datetime,
+    results: dict[str, tuple[np.ndarray, np.ndarray]],
+    computed_at: datetime,
+) -> list[FeatureVector]:
+    names = [d.name for d in DEFINITIONS]
+    vals = {n: results[n][0].tolist() for n in names}
+    covs = {n: results[n][1].tolist() for n in names}
+    out = []
+    for i, user in enumerate(users):
+        values = {}
+        for n in names:
+            v = vals[n][i]
+            values[n] = FeatureValue(
+                None if (v is None or not math.isfinite(v)) else float(v), round(covs[n][i], 6)
+            )
+        out.append(FeatureVector(user, as_of, FEATURE_SET_VERSION, computed_at, values))
+    return out
+
+
+def iter_chunk_results(
+    conn: Conn,
+    user_ids: Sequence[str],
+    as_of: datetime,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_USERS,
+    timings: Timings | None = None,
+) -> Iterator[tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]]:
+    """(known users of the chunk, feature arrays) per chunk; unknown users are skipped."""
+    as_of = as_of.astimezone(UTC)
+    watermark = read_watermark(conn)
+    for i in range(0, len(user_ids), chunk_size):
+        part = list(dict.fromkeys(user_ids[i : i + chunk_size]))
+        tz = ledger.user_timezones(conn, part)
+        known = [u for u in part if u in tz]
+        if not known:
+            continue
+        chunk = load_chunk(conn, known, [tz[u] for u in known], as_of, watermark, timings)
+        t0 = time.perf_counter()
+        results = compute_chunk(chunk)
+        if timings is not None:
+            timings.python_s += time.perf_counter() - t0
+        yield known, results
+
+
+def compute_vectors(
+    conn: Conn,
+    user_ids: Sequence[str],
+    as_of: datetime,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_USERS,
+) -> list[FeatureVector]:
+    """On-demand vectors of the known users among ``user_ids`` as of ``as_of``.
+
+    Unknown users are omitted (the caller decides what that means).
+    """
+    computed_at = datetime.now(UTC)
+    out: list[FeatureVector] = []
+    for known, results in iter_chunk_results(conn, user_ids, as_of, chunk_size=chunk_size):
+        out.extend(_vectors(known, as_of.astimezone(UTC), results, computed_at))
+    return out
+
+
+def compute_historical(
+    conn: Conn, rows: Sequence[tuple[str, datetime]]
+) -> list[FeatureVector | None]:
+    """One vector per (user, as_of) row, in order; None where the user is unknown."""
+    by_time: dict[datetime, list[str]] = {}
+    for user, at in rows:
+        by_time.setdefault(at.astimezone(UTC), []).append(user)
+    found: dict[tuple[str, datetime], FeatureVector] = {}
+    for at, users in by_time.items():
+        for vec in compute_vectors(conn, users, at):
+            found[(vec.user_id, at)] = vec
+    return [found.get((u, at.astimezone(UTC))) for u, at in rows]
+
+
+# --- snapshots ---------------------------------------------------------------------------------
+
+
+def latest_snapshot(
+    conn: Conn, user_id: str, as_of: datetime, version: str = FEATURE_SET_VERSION
+) -> FeatureVector | None:
+    """The stored snapshot with the latest as_of ≤ ``as_of`` for the current feature set."""
+    row = conn.execute(
+        """SELECT as_of, computed_at, vector FROM feature_snapshots
+            WHERE user_id = %s AND feature_set_version = %s AND as_of <= %s
+            ORDER BY as_of DESC LIMIT 1""",
+        (user_id, version, as_of),
+    ).fetchone()
+    if row is None:
+        return None
+    return _from_row(user_id, version, row)
+
+
+def read_snapshots(
+    conn: Conn, user_ids: Sequence[str], as_of: datetime, version: str = FEATURE_SET_VERSION
+) -> dict[str, FeatureVector]:
+    """Snapshots stored for exactly ``as_of`` for the given users."""
+    rows = conn.execute(
+        """SELECT user_id, as_of, computed_at, vector FROM feature_snapshots
+            WHERE user_id = ANY(%s) AND feature_set_version = %s AND as_of = %s""",
+        (list(user_ids), version, as_of),
+    ).fetchall()
+    return {str(r[0]): _from_row(str(r[0]), version, r[1:]) for r in rows}
+
+
+def _from_row(user_id: str, version: str, row: Sequence[object]) -> FeatureVector:
+    as_of, computed_at, vector = row
+    assert isinstance(as_of, datetime) and isinstance(computed_at, datetime)
+    data = vector if isinstance(vector, dict) else json.loads(str(vector))
+    values = {
+        k: FeatureValue(v.get("value"), float(v.get("coverage", 0.0))) for k, v in data.items()
+    }
+    return FeatureVector(user_id, as_of, version, computed_at, values)

@@ -1,0 +1,315 @@
+"""The model-validation report: train the reference model out of time and tell a risk analyst
+whether the features carry signal, stay stable, can be explained, and do not leak.
+
+``build_report`` takes the labelled set and point-in-time feature tables (see
+:mod:`features.report_data`), trains :class:`~features.model.ReferenceModel` on the earlier
+applications and validates it on the later ones, and returns the machine-readable summary that
+``report.json`` holds. ``write_report`` adds ``report.html`` (one self-contained file, plots
+embedded as PNG) and the saved model.
+
+Oracle. ``oracle_auc`` is the AUC of the simulator's latent stability score (negated: lower
+stability means default) on the same test users and labels. The labels are drawn from the latent
+score plus noise, so the oracle is the best any model of behaviour could do; a model well above
+it has seen something it should not have.
+
+Leakage check. The same pipeline is run on features computed *after* the application date (as of
+``application date + shift``). The simulator plants post-application distress in future
+defaulters, so that variant must score a much higher AUC: this proves the check can fail. The
+honest pipeline passes when it stays at or below the oracle (plus a small tolerance) and no
+feature has an IV above 0.5 that the report does not explain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features import validation as v
+from features.model import ModelKind, ReferenceModel, time_split
+from features.report_data import FeatureTable, GroundTruth
+
+# A leaky variant must beat the honest one by at least this much AUC for the check to "fire".
+LEAKY_MIN_GAIN = 0.05
+# The honest model may beat the oracle by sampling noise only.
+ORACLE_TOLERANCE = 0.02
+REASON_EXAMPLES = 8
+
+
+@dataclass(frozen=True)
+class FittedVariant:
+    """One trained pipeline and what it scored on the test users."""
+
+    model: ReferenceModel
+    feature_names: list[str]
+    p_train: np.ndarray
+    p_test: np.ndarray
+    auc: float
+    auc_train: float
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _fit_variant(
+    table: FeatureTable,
+    rows: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    kind: ModelKind,
+) -> FittedVariant:
+    """Train on the rows' training part, keeping only features somebody had in training."""
+    x = table.values[rows]
+    usable = ~np.isnan(x[train]).all(axis=0)
+    if not usable.any():
+        raise ValueError(
+            f"no feature from {table.source} has any value in the training population "
+            "(point-in-time: data ingested after an application date is invisible as of it)"
+        )
+    names = [n for n, keep in zip(table.names, usable, strict=True) if keep]
+    model = ReferenceModel(names, kind=kind, feature_set_version=table.feature_set_version)
+    model.fit(x[train][:, usable], y[train])
+    p_train = model.predict_proba(x[train][:, usable])
+    p_test = model.predict_proba(x[test][:, usable])
+    return FittedVariant(
+        model=model,
+        feature_names=names,
+        p_train=p_train,
+        p_test=p_test,
+        auc=v.auc(y[test], p_test),
+        auc_train=v.auc(y[train], p_train),
+    )
+
+
+def _sample(values: np.ndarray, limit: int = 200) -> list[float]:
+    """At most ``limit`` evenly spaced points of a curve, for the JSON."""
+    if values.size <= limit:
+        return [float(x) for x in values]
+    idx = np.linspace(0, values.size - 1, limit).round().astype(int)
+    return [float(x) for x in values[idx]]
+
+
+def build_report(
+    truth: GroundTruth,
+    honest: FeatureTable,
+    leaky: FeatureTable | None = None,
+    *,
+    kind: ModelKind = "logistic",
+    test_share: float = 0.3,
+    leaky_shift_days: float | None = None,
+) -> tuple[dict[str, Any], FittedVariant, dict[str, Any]]:
+    """Train, validate and summarise. Returns (report JSON, honest variant, plot data)."""
+    scored = honest.scored.copy()
+    if leaky is not None:
+        scored &= leaky.scored  # both variants on exactly the same users
+    rows = np.flatnonzero(scored)
+    if rows.size < 20:
+        raise ValueError(f"only {rows.size} users have features; need at least 20")
+    y = truth.defaulted[rows]
+    times = [truth.application_times[i] for i in rows]
+    train, test, cutoff = time_split(times, test_share)
+    for part, mask in (("training", train), ("test", test)):
+        if np.unique(y[mask]).size < 2:
+            raise ValueError(f"the {part} population needs both defaulters and non-defaulters")
+
+    fitted = _fit_variant(honest, rows, y, train, test, kind)
+    y_test = y[test]
+    p_test = fitted.p_test
+    ks = v.ks_curve(y_test, p_test)
+    latent = truth.latent_score[rows]
+    oracle_auc: float | None = None
+    if not np.isnan(latent[test]).any():
+        oracle_auc = v.auc(y_test, -latent[test])
+
+    # Per-feature statistics on the honest features of every scored user.
+    x_all = honest.values[rows]
+    iv: dict[str, float] = {}
+    iv_tables: dict[str, list[dict[str, Any]]] = {}
+    psi_feature: dict[str, float] = {}
+    coverage: dict[str, dict[str, float | None]] = {}
+    for j, name in enumerate(honest.names):
+        column = x_all[:, j]
+        binning = v.woe_binning(column, y, feature=name)
+        iv[name] = binning.iv
+        iv_tables[name] = [
+            {k: _finite(val) if isinstance(val, float) else val for k, val in asdict(b).items()}
+            for b in binning.bins
+        ]
+        if not np.isnan(column[train]).all():
+            psi_feature[name] = v.psi(column[train], column[test]).psi
+        cov_column = honest.coverage[rows, j]
+        coverage[name] = {
+            "non_null_share": float((~np.isnan(column)).mean()),
+            "mean_coverage": (
+                float(np.nanmean(cov_column)) if not np.isnan(cov_column).all() else None
+            ),
+        }
+    score_psi = v.psi(fitted.p_train, p_test)
+    max_iv_feature = max(iv, key=lambda n: iv[n]) if iv else None
+    suspect = sorted(n for n, val in iv.items() if val > 0.5)
+
+    # Leakage: the same pipeline on features computed after the application date.
+    leakage: dict[str, Any] = {
+        "shift_days": leaky_shift_days,
+        "auc_honest": fitted.auc,
+        "auc_leaky": None,
+        "auc_gain": None,
+        "min_gain": LEAKY_MIN_GAIN,
+        "leaky_variant_detected": None,
+        "honest_above_oracle": (
+            None if oracle_auc is None else fitted.auc > oracle_auc + ORACLE_TOLERANCE
+        ),
+        "oracle_tolerance": ORACLE_TOLERANCE,
+        "suspect_iv_features": suspect,
+    }
+    if leaky is not None:
+        leaky_fit = _fit_variant(leaky, rows, y, train, test, kind)
+        leakage["auc_leaky"] = leaky_fit.auc
+        leakage["auc_gain"] = leaky_fit.auc - fitted.auc
+        leakage["leaky_variant_detected"] = leaky_fit.auc - fitted.auc >= LEAKY_MIN_GAIN
+    leakage["honest_passed"] = not suspect and not leakage["honest_above_oracle"]
+
+    test_rows = rows[test]
+    scores = fitted.model.score(
+        x_all[test][:, [honest.names.index(n) for n in fitted.feature_names]]
+    )
+    riskiest = np.argsort(-p_test, kind="mergesort")[:REASON_EXAMPLES]
+    examples = [
+        {
+            "user_id": truth.user_ids[test_rows[i]],
+            "probability": scores[i].probability,
+            "defaulted": int(y_test[i]),
+            "reason_codes": [
+                {"feature": r.feature, "contribution": r.contribution, "value": r.value}
+                for r in scores[i].reason_codes
+            ],
+            "feature_set_version": scores[i].feature_set_version,
+            "model_version": scores[i].model_version,
+        }
+        for i in riskiest
+    ]
+
+    report: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "auc": fitted.auc,
+        "auc_train": fitted.auc_train,
+        "oracle_auc": oracle_auc,
+        "auc_vs_oracle": None if not oracle_auc else fitted.auc / oracle_auc,
+        "ks": ks.ks,
+        "ks_threshold": ks.ks_threshold,
+        "gini": 2 * fitted.auc - 1,
+        "max_iv": iv[max_iv_feature] if max_iv_feature else None,
+        "max_iv_feature": max_iv_feature,
+        "n_users": len(truth),
+        "n_scored": int(rows.size),
+        "n_unscored": int(len(truth) - rows.size),
+        "n_train": int(train.sum()),
+        "n_test": int(test.sum()),
+        "default_rate_train": float(y[train].mean()),
+        "default_rate_test": float(y_test.mean()),
+        "split_cutoff": cutoff.isoformat(),
+        "test_share": test_share,
+        "model_kind": kind,
+        "model_version": fitted.model.model_version,
+        "feature_set_version": honest.feature_set_version,
+        "features_source": honest.source,
+        "n_features": len(honest.names),
+        "model_features": fitted.feature_names,
+        "iv": iv,
+        "iv_strength": {n: v.iv_strength(val) for n, val in iv.items()},
+        "iv_bins": iv_tables,
+        "psi": psi_feature,
+        "psi_score": score_psi.psi,
+        "psi_score_status": score_psi.status,
+        "psi_score_bins": [asdict(b) for b in score_psi.bins],
+        "coverage": coverage,
+        "families": honest.families,
+        "categories": honest.categories,
+        "calibration": [asdict(r) for r in v.calibration_table(y_test, p_test)],
+        "leakage": leakage,
+        "auc_honest": fitted.auc,
+        "auc_leaky": leakage["auc_leaky"],
+        "reason_code_examples": examples,
+    }
+    roc = v.roc_curve(y_test, p_test)
+    oracle_roc = v.roc_curve(y_test, -latent[test]) if oracle_auc is not None else None
+    plots: dict[str, Any] = {
+        "roc": roc,
+        "oracle_roc": oracle_roc,
+        "ks": ks,
+        "y_test": y_test,
+        "p_test": p_test,
+    }
+    report["roc_curve"] = {
+        "fpr": _sample(roc.false_positive_rate),
+        "tpr": _sample(roc.true_positive_rate),
+    }
+    return report, fitted, plots
+
+
+def write_report(
+    out_dir: Path,
+    report: dict[str, Any],
+    fitted: FittedVariant,
+    plots: dict[str, Any],
+) -> tuple[Path, Path]:
+    """Write ``report.json``, ``report.html`` and ``model/`` into ``out_dir``."""
+    from features.report_html import render_html
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fitted.model.save(out_dir / "model")
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True) + "\n")
+    html_path = out_dir / "report.html"
+    html_path.write_text(render_html(report, plots), encoding="utf-8")
+    return json_path, html_path
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf → null (JSON has neither), numpy scalars → Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(val) for k, val in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(val) for val in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def headline(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The numbers printed at the end of a run and shown at the top of the HTML."""
+
+    def fmt(value: Any, digits: int = 3) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    leak = report["leakage"]
+    return [
+        ("users (scored / total)", f"{report['n_scored']} / {report['n_users']}"),
+        ("train / test", f"{report['n_train']} / {report['n_test']}"),
+        ("test AUC", fmt(report["auc"])),
+        ("oracle AUC", fmt(report["oracle_auc"])),
+        ("AUC / oracle", fmt(report["auc_vs_oracle"])),
+        ("Gini", fmt(report["gini"])),
+        ("KS", fmt(report["ks"])),
+        ("max IV", f"{fmt(report['max_iv'])} ({report['max_iv_feature']})"),
+        ("score PSI train→test", f"{fmt(report['psi_score'])} ({report['psi_score_status']})"),
+        ("leaky-variant AUC", fmt(leak["auc_leaky"])),
+        ("model version", str(report["model_version"])),
+        ("feature-set version", str(report["feature_set_version"])),
+    ]
+
+
+def format_headline(report: dict[str, Any]) -> str:
+    rows: Sequence[tuple[str, str]] = headline(report)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {val}" for k, val in rows)

@@ -1,0 +1,326 @@
+"""Inputs of the validation report: the labelled set and point-in-time feature tables.
+
+The labelled set is the simulator's ``ground_truth.csv`` (or any CSV with the same columns):
+``user_id``, ``default`` (1 = defaulted), ``application_time`` or ``application_date`` (ISO-8601
+timestamp or date, naive means UTC; the most precise column present wins) and, when known,
+``latent_score`` (the simulator's hidden stability, higher = more stable), which the report
+uses as the oracle.
+
+Feature tables come from one of three sources, always *as of each user's application date*:
+
+* ``engine``: the feature engine's point-in-time computation (``features.engine``);
+* ``snapshots``: stored snapshots in ``feature_snapshots`` whose ``as_of`` equals the
+  application date (users without one are reported as unscored);
+* ``csv``: a file with ``user_id`` and one column per feature (empty = missing) and optional
+  ``coverage__<feature>`` columns; for tests, and for data exported elsewhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hearth.cli import ServiceUnavailable, UsageError
+from hearth.db import connect
+
+COVERAGE_PREFIX = "coverage__"
+# Most precise first: the simulator writes application_time (RFC 3339) and a local-date
+# application_date; other labelled sets may have only one of them.
+TIME_COLUMNS = ("application_time", "application_ts", "application_at", "application_date")
+ENGINE_BATCH_ROWS = 500
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    user_ids: list[str]
+    defaulted: NDArray[np.int64]
+    application_times: list[datetime]
+    latent_score: FloatArray  # NaN where unknown
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def parse_time(text: str) -> datetime:
+    """ISO date, ISO timestamp (``Z`` allowed; naive = UTC) or epoch seconds."""
+    raw = text.strip()
+    try:
+        return datetime.fromtimestamp(float(raw), tz=UTC)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _label(text: str) -> int:
+    value = text.strip().lower()
+    if value in ("1", "true", "t", "yes"):
+        return 1
+    if value in ("0", "false", "f", "no"):
+        return 0
+    raise ValueError(f"default must be 0/1 or true/false, got {text!r}")
+
+
+def load_ground_truth(path: Path) -> GroundTruth:
+    """Read the labelled set; one-line :class:`UsageError` on a missing file or column."""
+    if not path.is_file():
+        raise UsageError(
+            f"--ground-truth: no such file {str(path)!r} (run python -m device_sim run first)"
+        )
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or ())
+        time_column = next(
+            (c for c in TIME_COLUMNS if c in columns),
+            None,
+        )
+        missing = {"user_id", "default"} - columns
+        if missing or time_column is None:
+            need = sorted(missing | ({"application_date"} if time_column is None else set()))
+            raise UsageError(f"--ground-truth {path}: missing column(s) {', '.join(need)}")
+        users: list[str] = []
+        labels: list[int] = []
+        times: list[datetime] = []
+        latent: list[float] = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                users.append(row["user_id"].strip())
+                labels.append(_label(row["default"]))
+                times.append(parse_time(row[time_column]))
+                text = (row.get("latent_score") or "").strip()
+                latent.append(float(text) if text else math.nan)
+            except (ValueError, AttributeError) as exc:
+                raise UsageError(f"--ground-truth {path}:{line}: {exc}") from None
+    if not users:
+        raise UsageError(f"--ground-truth {path}: no rows")
+    return GroundTruth(
+        user_ids=users,
+        defaulted=np.asarray(labels, dtype=np.int64),
+        application_times=times,
+        latent_score=np.asarray(latent, dtype=np.float64),
+    )
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """Feature values for the ground-truth rows, in the same order; NaN = missing.
+
+    ``scored[i]`` is False when the source had no vector at all for row ``i`` (unknown user,
+    no consent at the date, no snapshot): such rows cannot be scored and are left out.
+    """
+
+    names: list[str]
+    values: FloatArray  # [rows, features]
+    coverage: FloatArray  # [rows, features]; NaN when the source does not say
+    scored: NDArray[np.bool_]
+    feature_set_version: str
+    families: dict[str, str]
+    categories: dict[str, str]
+    source: str
+
+
+def feature_catalogue() -> tuple[str, dict[str, str], dict[str, str], list[str]]:
+    """(feature-set version, family by name, category by name, names in catalogue order).
+
+    Empty when ``features.definitions`` is not importable (e.g. a CSV-only run).
+    """
+    try:
+        from features import definitions
+    except ImportError:
+        return "unknown", {}, {}, []
+    raw: Any = getattr(definitions, "DEFINITIONS", [])
+    items: Iterable[Any] = raw.values() if isinstance(raw, Mapping) else raw
+    families: dict[str, str] = {}
+    categories: dict[str, str] = {}
+    order: list[str] = []
+    for item in items:
+        name = str(getattr(item, "name", ""))
+        if not name:
+            continue
+        order.append(name)
+        families[name] = str(getattr(item, "family", "other"))
+        categories[name] = str(getattr(item, "category", ""))
+    version = str(getattr(definitions, "FEATURE_SET_VERSION", "unknown"))
+    return version, families, categories, order
+
+
+def _table_from_vectors(
+    vectors: Sequence[Mapping[str, tuple[float | None, float | None]] | None],
+    version: str,
+    source: str,
+) -> FeatureTable:
+    catalogue_version, families, categories, order = feature_catalogue()
+    seen = {name for vec in vectors if vec is not None for name in vec}
+    if version == "unknown" and seen & set(order):
+        version = catalogue_version
+    names = [n for n in order if n in seen] + sorted(seen - set(order))
+    position = {name: j for j, name in enumerate(names)}
+    values = np.full((len(vectors), len(names)), np.nan)
+    coverage = np.full((len(vectors), len(names)), np.nan)
+    scored = np.zeros(len(vectors), dtype=np.bool_)
+    for i, vec in enumerate(vectors):
+        if vec is None:
+            continue
+        scored[i] = True
+        for name, (value, cov) in vec.items():
+            j = position[name]
+            if value is not None and math.isfinite(value):
+                values[i, j] = value
+            if cov is not None:
+                coverage[i, j] = cov
+    return FeatureTable(
+        names=names,
+        values=values,
+        coverage=coverage,
+        scored=scored,
+        feature_set_version=version,
+        families={n: families.get(n, "other") for n in names},
+        categories={n: categories.get(n, "") for n in names},
+        source=source,
+    )
+
+
+def _as_float(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return float(value) if isinstance(value, bool) else None
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def _vector_cells(vector: Any) -> dict[str, tuple[float | None, float | None]]:
+    """Engine ``FeatureVector.values`` → {name: (value, coverage)}."""
+    cells: dict[str, tuple[float | None, float | None]] = {}
+    for name, cell in vector.values.items():
+        cells[str(name)] = (
+            _as_float(getattr(cell, "value", None)),
+            _as_float(getattr(cell, "coverage", None)),
+        )
+    return cells
+
+
+def features_from_engine(
+    database_url: str,
+    rows: Sequence[tuple[str, datetime]],
+    progress: Callable[[int, int], None] | None = None,
+) -> FeatureTable:
+    """Point-in-time vectors from ``features.engine.compute_historical``, in batches."""
+    try:
+        from features.engine import compute_historical
+    except ImportError as exc:
+        raise ServiceUnavailable(f"feature engine not available ({exc})") from None
+    vectors: list[dict[str, tuple[float | None, float | None]] | None] = [None] * len(rows)
+    version = "unknown"
+    # The engine computes one as-of time at a time: batches of time-sorted rows keep each
+    # application hour in as few calls as possible.
+    order = sorted(range(len(rows)), key=lambda i: rows[i][1])
+    with connect(database_url) as conn:
+        for start in range(0, len(order), ENGINE_BATCH_ROWS):
+            batch = order[start : start + ENGINE_BATCH_ROWS]
+            computed = compute_historical(conn, [rows[i] for i in batch])
+            for i, vector in zip(batch, computed, strict=True):
+                if vector is not None:
+                    version = str(getattr(vector, "feature_set_version", version))
+                    vectors[i] = _vector_cells(vector)
+            conn.rollback()  # read-only work; end the snapshot between batches
+            if progress is not None:
+                progress(min(start + ENGINE_BATCH_ROWS, len(rows)), len(rows))
+    return _table_from_vectors(vectors, version, "engine")
+
+
+SNAPSHOT_SQL = """
+SELECT r.ord, s.feature_set_version, s.vector
+  FROM unnest(%(users)s::text[], %(as_ofs)s::timestamptz[]) WITH ORDINALITY
+       AS r(user_id, as_of, ord)
+  JOIN LATERAL (
+        SELECT f.feature_set_version, f.vector
+          FROM feature_snapshots f
+         WHERE f.user_id = r.user_id AND f.as_of = r.as_of
+           AND (%(version)s::text IS NULL OR f.feature_set_version = %(version)s)
+         ORDER BY f.computed_at DESC
+         LIMIT 1
+  ) s ON true
+"""
+
+
+def features_from_snapshots(
+    database_url: str, rows: Sequence[tuple[str, datetime]], version: str | None = None
+) -> FeatureTable:
+    """Stored snapshots at exactly each application date (``materialize`` them first)."""
+    import psycopg
+
+    vectors: list[dict[str, tuple[float | None, float | None]] | None] = [None] * len(rows)
+    seen_version = "unknown"
+    with connect(database_url) as conn:
+        try:
+            cur = conn.execute(
+                SNAPSHOT_SQL,
+                {
+                    "users": [u for u, _ in rows],
+                    "as_ofs": [t for _, t in rows],
+                    "version": version,
+                },
+            )
+        except psycopg.errors.UndefinedTable:
+            raise ServiceUnavailable(
+                "feature_snapshots table missing: run python -m collector migrate"
+            ) from None
+        for ordinal, fs_version, vector in cur.fetchall():
+            seen_version = str(fs_version)
+            payload = json.loads(vector) if isinstance(vector, str) else vector
+            vectors[int(ordinal) - 1] = {
+                str(name): (_as_float(cell.get("value")), _as_float(cell.get("coverage")))
+                for name, cell in payload.items()
+            }
+    return _table_from_vectors(vectors, seen_version, "snapshots")
+
+
+def features_from_csv(path: Path, user_ids: Sequence[str]) -> FeatureTable:
+    """Feature columns from a CSV keyed by ``user_id``; users absent from it are unscored."""
+    if not path.is_file():
+        raise UsageError(f"--features-file: no such file {str(path)!r}")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or ())
+        if "user_id" not in columns:
+            raise UsageError(f"--features-file {path}: needs a user_id column")
+        skip = {"user_id", "as_of", "application_date", "default", "latent_score"}
+        names = [c for c in columns if c not in skip and not c.startswith(COVERAGE_PREFIX)]
+        by_user: dict[str, dict[str, tuple[float | None, float | None]]] = {}
+        for line, row in enumerate(reader, start=2):
+            cells: dict[str, tuple[float | None, float | None]] = {}
+            for name in names:
+                try:
+                    text = (row.get(name) or "").strip()
+                    cov = (row.get(COVERAGE_PREFIX + name) or "").strip()
+                    cells[name] = (
+                        float(text) if text else None,
+                        float(cov) if cov else None,
+                    )
+                except ValueError:
+                    raise UsageError(
+                        f"--features-file {path}:{line}: {name} is not a number"
+                    ) from None
+            by_user[row["user_id"].strip()] = cells
+    vectors = [by_user.get(u) for u in user_ids]
+    return _table_from_vectors(vectors, "unknown", f"csv:{path.name}")
+
+
+def shifted_rows(truth: GroundTruth, days: float) -> list[tuple[str, datetime]]:
+    """(user, application date + ``days``): the as-of times of the deliberately leaky variant."""
+    shift = timedelta(days=days)
+    return [(u, t + shift) for u, t in zip(truth.user_ids, truth.application_times, strict=True)]
+
+
+def application_rows(truth: GroundTruth) -> list[tuple[str, datetime]]:
+    return list(zip(truth.user_ids, truth.application_times, strict=True))

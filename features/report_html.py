@@ -1,0 +1,382 @@
+"""``report.html``: one self-contained page (plots embedded as base64 PNG, no external assets)
+that a risk analyst opens in a browser. The page skeleton and CSS live in
+``features/templates/report.html``; this module draws the plots and fills the sections.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to memory only
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Patch
+
+TEMPLATE = Path(__file__).with_name("templates") / "report.html"
+FAMILY_COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+IV_BANDS = ((0.02, "useless"), (0.1, "weak"), (0.3, "medium"), (0.5, "strong"))
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="" src="data:image/png;base64,{data}">'
+
+
+def _roc_plot(report: dict[str, Any], plots: dict[str, Any]) -> str:
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    roc = plots["roc"]
+    ax.plot(
+        roc.false_positive_rate,
+        roc.true_positive_rate,
+        label=f"model (AUC {report['auc']:.3f})",
+        lw=2,
+    )
+    oracle = plots.get("oracle_roc")
+    if oracle is not None:
+        ax.plot(
+            oracle.false_positive_rate,
+            oracle.true_positive_rate,
+            label=f"oracle: latent score (AUC {oracle.auc:.3f})",
+            lw=1.5,
+            ls="--",
+        )
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls=":", label="random")
+    ax.set_xlabel("false-positive rate (goods flagged)")
+    ax.set_ylabel("true-positive rate (defaulters caught)")
+    ax.set_title("ROC, out-of-time test set")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def _ks_plot(plots: dict[str, Any]) -> str:
+    ks = plots["ks"]
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.step(ks.thresholds, ks.cdf_bad, where="post", label="F_bad (defaulters)", color="#d62728")
+    ax.step(ks.thresholds, ks.cdf_good, where="post", label="F_good", color="#2ca02c")
+    i = int(np.searchsorted(ks.thresholds, ks.ks_threshold))
+    ax.vlines(
+        ks.ks_threshold,
+        ks.cdf_bad[i],
+        ks.cdf_good[i],
+        color="black",
+        lw=2,
+        label=f"KS = {ks.ks:.3f}",
+    )
+    ax.set_xlabel("predicted probability of default")
+    ax.set_ylabel("cumulative share")
+    ax.set_title("KS curve")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def _distribution_plot(plots: dict[str, Any]) -> str:
+    y, p = plots["y_test"], plots["p_test"]
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    bins = np.linspace(float(p.min()), float(p.max()) + 1e-12, 30)
+    ax.hist(p[y == 0], bins=bins.tolist(), density=True, alpha=0.6, label="repaid", color="#2ca02c")
+    ax.hist(
+        p[y == 1], bins=bins.tolist(), density=True, alpha=0.6, label="defaulted", color="#d62728"
+    )
+    ax.set_xlabel("predicted probability of default")
+    ax.set_ylabel("density")
+    ax.set_title("Score distribution by outcome")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _calibration_plot(report: dict[str, Any]) -> str:
+    rows = report["calibration"]
+    predicted = [r["mean_predicted"] for r in rows]
+    observed = [r["observed_rate"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    top = max([*predicted, *observed, 0.01]) * 1.1
+    ax.plot([0, top], [0, top], color="grey", ls=":", lw=1, label="perfect calibration")
+    ax.plot(predicted, observed, marker="o", lw=2, label="deciles of the test set")
+    ax.set_xlabel("mean predicted PD")
+    ax.set_ylabel("observed default rate")
+    ax.set_title("Calibration")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _family_colours(families: dict[str, str]) -> dict[str, str]:
+    ordered = sorted(set(families.values()))
+    return {f: FAMILY_COLOURS[i % len(FAMILY_COLOURS)] for i, f in enumerate(ordered)}
+
+
+def _iv_plot(report: dict[str, Any]) -> str:
+    iv: dict[str, float] = report["iv"]
+    families: dict[str, str] = report["families"]
+    names = sorted(iv, key=lambda n: iv[n])
+    colours = _family_colours(families)
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.24 * len(names) + 1.2)))
+    ax.barh(
+        names,
+        [iv[n] for n in names],
+        color=[colours[families.get(n, "other")] for n in names],
+    )
+    for threshold, _ in IV_BANDS:
+        ax.axvline(threshold, color="grey", lw=0.8, ls=":")
+    ax.axvline(0.5, color="#d62728", lw=1.2, ls="--")
+    handles = [Patch(color=c) for c in colours.values()]
+    ax.legend(handles, list(colours), title="family", fontsize=8, loc="lower right")
+    ax.set_xlabel("Information Value (dotted: 0.02 / 0.1 / 0.3; red dashed: 0.5 leakage alarm)")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title("Information Value by feature")
+    return _png(fig)
+
+
+def _coverage_plot(report: dict[str, Any]) -> str:
+    coverage: dict[str, dict[str, float | None]] = report["coverage"]
+    names = sorted(coverage, key=lambda n: coverage[n]["non_null_share"] or 0.0)
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.24 * len(names) + 1.2)))
+    y = np.arange(len(names))
+    ax.barh(
+        y - 0.2,
+        [coverage[n]["non_null_share"] or 0.0 for n in names],
+        height=0.4,
+        label="users with a value",
+        color="#1f77b4",
+    )
+    ax.barh(
+        y + 0.2,
+        [coverage[n]["mean_coverage"] or 0.0 for n in names],
+        height=0.4,
+        label="mean coverage (share of window days with data)",
+        color="#aec7e8",
+    )
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share")
+    ax.set_title("Coverage per feature")
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _badge(text: str, kind: str) -> str:
+    return f'<span class="badge {kind}">{html.escape(text)}</span>'
+
+
+PSI_BADGE = {"stable": "ok", "watch": "warn", "shifted": "bad"}
+IV_BADGE = {"useless": "muted", "weak": "", "medium": "ok", "strong": "ok", "suspect": "bad"}
+
+
+def _feature_table(report: dict[str, Any]) -> str:
+    from features.validation import psi_status
+
+    rows: list[list[str]] = []
+    for name in sorted(report["iv"], key=lambda n: -report["iv"][n]):
+        iv = report["iv"][name]
+        strength = report["iv_strength"][name]
+        psi = report["psi"].get(name)
+        cov = report["coverage"][name]
+        rows.append(
+            [
+                html.escape(name),
+                html.escape(report["families"].get(name, "")),
+                html.escape(report["categories"].get(name, "")),
+                f"{iv:.4f} {_badge(strength, IV_BADGE[strength])}",
+                "n/a"
+                if psi is None
+                else f"{psi:.4f} {_badge(psi_status(psi), PSI_BADGE[psi_status(psi)])}",
+                _fmt(cov["non_null_share"]),
+                _fmt(cov["mean_coverage"]),
+            ]
+        )
+    return _table(
+        [
+            "feature",
+            "family",
+            "data category",
+            "IV",
+            "PSI train→test",
+            "users with value",
+            "mean coverage",
+        ],
+        rows,
+        "features",
+    )
+
+
+def _psi_score_table(report: dict[str, Any]) -> str:
+    rows = [
+        [
+            html.escape(b["label"]),
+            f"{b['expected_share']:.3f}",
+            f"{b['actual_share']:.3f}",
+            f"{b['contribution']:.4f}",
+        ]
+        for b in report["psi_score_bins"]
+    ]
+    return _table(["score bin", "train share", "test share", "PSI term"], rows)
+
+
+def _reason_table(report: dict[str, Any]) -> str:
+    rows = []
+    for ex in report["reason_code_examples"]:
+        reasons = "<br>".join(
+            f"{html.escape(r['feature'])} = "
+            f"{'missing' if r['value'] is None else format(r['value'], '.4g')} "
+            f"(+{r['contribution']:.3f})"
+            for r in ex["reason_codes"]
+        )
+        rows.append(
+            [
+                html.escape(ex["user_id"]),
+                f"{ex['probability']:.3f}",
+                "defaulted" if ex["defaulted"] else "repaid",
+                reasons or "—",
+            ]
+        )
+    return _table(["user", "PD", "outcome", "reason codes (added log-odds)"], rows)
+
+
+def _leakage_section(report: dict[str, Any]) -> str:
+    leak = report["leakage"]
+    items = [
+        f"<li>Honest pipeline (features as of each application date): AUC "
+        f"<b>{_fmt(leak['auc_honest'])}</b>; oracle {_fmt(report['oracle_auc'])}.</li>"
+    ]
+    if leak["auc_leaky"] is not None:
+        detected = leak["leaky_variant_detected"]
+        items.append(
+            f"<li>Deliberately leaky variant (features as of application date + "
+            f"{_fmt(leak['shift_days'], 0)} days): AUC <b>{_fmt(leak['auc_leaky'])}</b> "
+            f"(gain {_fmt(leak['auc_gain'])}; the check "
+            f"{'fires' if detected else 'does NOT fire'} at ≥ {leak['min_gain']}). "
+            f"{_badge('check has power', 'ok') if detected else _badge('no power', 'bad')}</li>"
+        )
+    else:
+        items.append("<li>Leaky variant not run (no features after the application date).</li>")
+    above = leak["honest_above_oracle"]
+    if above is not None:
+        items.append(
+            "<li>Honest AUC vs oracle: "
+            + (
+                _badge("above oracle: investigate leakage", "bad")
+                if above
+                else _badge("within oracle", "ok")
+            )
+            + "</li>"
+        )
+    suspect = leak["suspect_iv_features"]
+    if suspect:
+        items.append(
+            "<li>Features with IV &gt; 0.5 (leakage alarm): "
+            + ", ".join(html.escape(s) for s in suspect)
+            + ". An IV this high on behavioural data usually means the feature saw the outcome;"
+            " check its window ends before the application date.</li>"
+        )
+    else:
+        items.append("<li>No feature has IV &gt; 0.5. " + _badge("no IV alarm", "ok") + "</li>")
+    verdict = _badge("PASSED", "ok") if leak["honest_passed"] else _badge("REVIEW", "bad")
+    return f"<p>Verdict for the honest pipeline: {verdict}</p><ul>{''.join(items)}</ul>"
+
+
+def render_html(report: dict[str, Any], plots: dict[str, Any]) -> str:
+    from features.report import headline
+
+    cards = "".join(
+        f'<div class="card"><div class="k">{html.escape(k)}</div>'
+        f'<div class="v">{html.escape(val)}</div></div>'
+        for k, val in headline(report)
+    )
+    charts = "".join(
+        f'<figure class="chart">{img}</figure>'
+        for img in (
+            _roc_plot(report, plots),
+            _ks_plot(plots),
+            _distribution_plot(plots),
+            _calibration_plot(report),
+        )
+    )
+    calibration = _table(
+        ["decile", "n", "mean predicted", "observed"],
+        [
+            [
+                str(r["bucket"]),
+                str(r["n"]),
+                f"{r['mean_predicted']:.4f}",
+                f"{r['observed_rate']:.4f}",
+            ]
+            for r in report["calibration"]
+        ],
+    )
+    sections = f"""
+<section><h2>Ranking power and calibration</h2>
+<p>Out-of-time validation: the model trained on the {report["n_train"]} applications before
+{html.escape(report["split_cutoff"])} and is scored on the {report["n_test"]} after it.
+Gini = 2·AUC &minus; 1; KS = max |F<sub>bad</sub> &minus; F<sub>good</sub>|.</p>
+<div class="grid">{charts}</div>
+<details><summary>Calibration table</summary>{calibration}</details>
+</section>
+<section><h2>Information Value by feature and family</h2>
+<p>IV = Σ(%good &minus; %bad)·WOE over quantile bins plus a separate Missing bin.
+&lt; 0.02 useless, 0.02&ndash;0.1 weak, 0.1&ndash;0.3 medium, 0.3&ndash;0.5 strong,
+&gt; 0.5 suspect leakage.</p>
+{_iv_plot(report)}
+</section>
+<section><h2>Stability (PSI, training vs test population)</h2>
+<p>PSI = Σ(A &minus; E)·ln(A/E); &lt; 0.1 stable, 0.1&ndash;0.25 watch, &gt; 0.25 shifted.
+Score PSI: <b>{_fmt(report["psi_score"])}</b>
+{_badge(report["psi_score_status"], PSI_BADGE[report["psi_score_status"]])}</p>
+{_psi_score_table(report)}
+</section>
+<section><h2>Features: IV, PSI and coverage</h2>
+{_feature_table(report)}
+{_coverage_plot(report)}
+</section>
+<section><h2>Leakage check</h2>{_leakage_section(report)}</section>
+<section><h2>Reason codes (riskiest test applicants)</h2>
+<p>Each score carries its top reasons: the features that added most log-odds of default
+relative to the average training applicant, with the model and feature-set versions.</p>
+{_reason_table(report)}
+</section>
+"""
+    page = Template(TEMPLATE.read_text(encoding="utf-8"))
+    return page.substitute(
+        title="Hearth model validation report",
+        generated_at=html.escape(report["generated_at"]),
+        model_version=html.escape(str(report["model_version"])),
+        feature_set_version=html.escape(str(report["feature_set_version"])),
+        model_kind=html.escape(str(report["model_kind"])),
+        source=html.escape(str(report["features_source"])),
+        cards=cards,
+        sections=sections,
+    )

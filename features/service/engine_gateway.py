@@ -1,0 +1,94 @@
+"""The feature engine as the service sees it: current feature-set version, definitions, and
+on-demand computation for (user, as_of) pairs that have no snapshot.
+
+The engine is synchronous psycopg code; it runs in a worker thread on a connection from a sync
+pool so it never blocks the event loop. Imports are lazy so the service (and its tests of the
+snapshot path) still start if the engine module is missing; such requests then answer 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from features.service.errors import ApiError
+
+
+@dataclass(frozen=True, slots=True)
+class ComputedVector:
+    computed_at: datetime
+    features_json: str  # {"name": {"value": x|null, "coverage": c}}, ready to splice into output
+
+
+def _unavailable(what: str) -> ApiError:
+    return ApiError(503, "engine_unavailable", f"feature engine not available ({what})")
+
+
+def feature_set_version() -> str:
+    try:
+        from features.definitions import (  # type: ignore[import-untyped,unused-ignore]
+            FEATURE_SET_VERSION,
+        )
+    except ImportError:
+        raise _unavailable("features.definitions") from None
+    return str(FEATURE_SET_VERSION)
+
+
+def definitions_json() -> list[dict[str, Any]]:
+    try:
+        from features.definitions import (  # type: ignore[import-untyped,unused-ignore]
+            DEFINITIONS,
+        )
+    except ImportError:
+        raise _unavailable("features.definitions") from None
+    items = DEFINITIONS.values() if isinstance(DEFINITIONS, dict) else DEFINITIONS
+    return [d.to_json() for d in items]
+
+
+def feature_names() -> list[str]:
+    return [str(d["name"]) for d in definitions_json()]
+
+
+def _features_json(vector: Any) -> str:
+    values = {
+        name: {"value": cell.value, "coverage": cell.coverage}
+        for name, cell in vector.values.items()
+    }
+    return json.dumps(values, allow_nan=False)
+
+
+def _convert(vector: Any) -> ComputedVector | None:
+    if vector is None:
+        return None
+    return ComputedVector(computed_at=vector.computed_at, features_json=_features_json(vector))
+
+
+class EngineGateway:
+    """Runs the engine's point-in-time computation on a sync pool connection in a thread."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def _historical(self, rows: Sequence[tuple[str, datetime]]) -> list[ComputedVector | None]:
+        try:
+            from features.engine import (  # type: ignore[import-untyped,unused-ignore]
+                compute_historical,
+            )
+        except ImportError:
+            raise _unavailable("features.engine") from None
+        with self._pool.connection() as conn:
+            vectors = compute_historical(conn, rows)
+        if len(vectors) != len(rows):  # the contract is one per row; never misalign rows
+            raise RuntimeError("engine returned a different number of vectors than rows")
+        return [_convert(v) for v in vectors]
+
+    async def historical(self, rows: Sequence[tuple[str, datetime]]) -> list[ComputedVector | None]:
+        if not rows:
+            return []
+        return await asyncio.to_thread(self._historical, rows)

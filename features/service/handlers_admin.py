@@ -1,0 +1,127 @@
+"""Admin endpoints (scope ``admin``): thin HTTP wrappers around :mod:`hearth.admin`.
+
+The admin functions are synchronous and each runs its own transaction, so they run in a worker
+thread on an autocommit connection of the sync pool. Their one-line :class:`AdminError`
+messages become JSON errors: unknown user/device → 404, already registered/exists → 409,
+anything else the caller got wrong → 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from aiohttp import web
+
+from features.service.errors import ApiError, read_model
+from features.service.models import (
+    USER_ID_PATTERN,
+    ConsentGrantRequest,
+    ConsentWithdrawRequest,
+    CreateUserRequest,
+    RegisterDeviceRequest,
+)
+from features.service.state import state_of
+from hearth import admin
+from hearth.admin import AdminError
+
+ADMIN_MAX_BODY = 64 * 1024
+_NOT_FOUND = re.compile(r"^unknown (user|device) '")
+_CONFLICT = re.compile(r"already (registered|exists)")
+_ID = re.compile(USER_ID_PATTERN)
+
+T = TypeVar("T")
+
+
+def _admin_error(exc: Exception) -> ApiError:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if _NOT_FOUND.search(message):
+        return ApiError(404, "not_found", message)
+    if _CONFLICT.search(message):
+        return ApiError(409, "conflict", message)
+    return ApiError(400, "invalid_request", message)
+
+
+async def _run(request: web.Request, call: Callable[[psycopg.Connection[Any]], T]) -> T:
+    pool = state_of(request).sync_pool
+
+    def work() -> T:
+        with pool.connection() as conn:
+            return call(conn)
+
+    try:
+        return await asyncio.to_thread(work)
+    except AdminError as exc:
+        raise _admin_error(exc) from None
+    except psycopg.errors.IntegrityError:
+        raise ApiError(409, "conflict", "the change conflicts with existing data") from None
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(body, default=str), status=status, content_type="application/json"
+    )
+
+
+def _path_id(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not _ID.fullmatch(value):
+        raise ApiError(
+            400, "invalid_request", "invalid path parameter", [(name, f"must match {_ID.pattern}")]
+        )
+    return value
+
+
+async def create_user(request: web.Request) -> web.Response:
+    body = await read_model(request, CreateUserRequest, ADMIN_MAX_BODY)
+    await _run(request, lambda conn: admin.add_user(conn, body.user_id, body.tz))
+    return _json({"user_id": body.user_id, "tz": body.tz}, status=201)
+
+
+async def register_device(request: web.Request) -> web.Response:
+    body = await read_model(request, RegisterDeviceRequest, ADMIN_MAX_BODY)
+    creds = await _run(request, lambda conn: admin.register_device(conn, **body.model_dump()))
+    return _json(creds.to_json(), status=201)
+
+
+async def retire_device(request: web.Request) -> web.Response:
+    device_id = _path_id(request, "device_id")
+    info = await _run(request, lambda conn: admin.retire_device(conn, device_id))
+    return _json(info.to_json())
+
+
+async def grant_consent(request: web.Request) -> web.Response:
+    body = await read_model(request, ConsentGrantRequest, ADMIN_MAX_BODY)
+    kwargs: dict[str, Any] = body.model_dump(exclude_none=True)
+    kwargs["category"] = body.category.value
+    event = await _run(request, lambda conn: admin.grant_consent(conn, **kwargs))
+    return _json(event.to_json(), status=201)
+
+
+async def withdraw_consent(request: web.Request) -> web.Response:
+    body = await read_model(request, ConsentWithdrawRequest, ADMIN_MAX_BODY)
+    kwargs: dict[str, Any] = body.model_dump(exclude_none=True)
+    kwargs["category"] = body.category.value
+    report = await _run(request, lambda conn: admin.withdraw_consent(conn, **kwargs))
+    return _json(report.to_json())
+
+
+async def consent_history(request: web.Request) -> web.Response:
+    user_id = _path_id(request, "user_id")
+    events = await _run(request, lambda conn: admin.consent_history(conn, user_id))
+    return _json({"user_id": user_id, "events": [e.to_json() for e in events]})
+
+
+async def export_user(request: web.Request) -> web.Response:
+    user_id = _path_id(request, "user_id")
+    return _json(await _run(request, lambda conn: admin.export_user(conn, user_id)))
+
+
+async def erase_user(request: web.Request) -> web.Response:
+    user_id = _path_id(request, "user_id")
+    report = await _run(request, lambda conn: admin.erase_user(conn, user_id))
+    return _json(report.to_json())

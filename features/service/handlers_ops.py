@@ -1,0 +1,32 @@
+"""Operational endpoints: liveness, readiness (database reachable), metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from features.service.state import state_of
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ok = await state_of(request).store.ping()
+    return web.json_response(
+        {"status": "ready" if ok else "unavailable", "database": ok}, status=200 if ok else 503
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(state_of(request).metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from features.service.openapi import build_openapi
+
+    return web.Response(text=json.dumps(build_openapi()), content_type="application/json")

@@ -1,0 +1,204 @@
+"""Request and response shapes of the feature service, as pydantic v2 models.
+
+They are the single source of truth for three things: input validation (strict, unknown fields
+rejected, 400 with the field and the reason), the OpenAPI document (``openapi.py`` renders their
+JSON Schemas) and the documentation of what the handlers write.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from hearth.signals import Category
+
+# Same rule as the users.user_id CHECK constraint in migration 0001.
+USER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+
+
+def _to_utc(value: datetime) -> datetime:
+    """Normalise to UTC: PostgreSQL rejects some offsets Python accepts (e.g. +23:59)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("instant out of range") from None
+
+
+# RFC 3339 with an offset, normalised to UTC.
+Instant = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+MAX_ONLINE_USERS = 1_000
+MAX_HISTORICAL_ROWS = 100_000
+
+# Why a requested vector is not returned. Rows are never dropped: they carry one of these.
+Reason = Literal[
+    "unknown_user",  # no such user (never registered, or erased)
+    "no_active_consent",  # the user has no active credit-scoring consent now (e.g. withdrawn)
+    "no_consent_at_as_of",  # the user had no active consent at the requested as_of
+    "not_computed",  # no snapshot and the engine produced no vector
+]
+REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
+
+
+class _Input(BaseModel):
+    """Strict input: no coercion of types, unknown fields are an error."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# --- features -------------------------------------------------------------------------------
+
+
+class FeatureCell(_Output):
+    value: float | None = Field(description="null when the feature is undefined (see coverage)")
+    coverage: float = Field(ge=0, le=1, description="share of the window with data behind value")
+
+
+class FeatureVectorOut(_Output):
+    user_id: str
+    as_of: datetime
+    feature_set_version: str
+    computed_at: datetime
+    stale: bool = Field(
+        description="latest snapshot served and its as_of is older than the configured age"
+    )
+    source: Literal["snapshot", "computed"]
+    features: dict[str, FeatureCell]
+
+
+class OnlineRequest(_Input):
+    user_ids: list[UserId] = Field(min_length=1, max_length=MAX_ONLINE_USERS)
+    as_of: Instant | None = Field(
+        default=None, description="RFC 3339 with offset; omitted = latest snapshot"
+    )
+
+
+class MissingUser(_Output):
+    user_id: str
+    reason: Reason
+
+
+class OnlineResponse(_Output):
+    feature_set_version: str
+    vectors: list[FeatureVectorOut]
+    missing: list[MissingUser]
+
+
+class HistoricalRowIn(_Input):
+    user_id: UserId
+    as_of: Instant
+
+
+class HistoricalRequest(_Input):
+    rows: list[HistoricalRowIn] = Field(min_length=1, max_length=MAX_HISTORICAL_ROWS)
+
+
+class HistoricalRowOut(_Output):
+    """One NDJSON line; exactly one per input row, in input order (``row`` is its index)."""
+
+    row: int = Field(ge=0)
+    user_id: str
+    as_of: datetime
+    feature_set_version: str
+    reason: Reason | None = None
+    source: Literal["snapshot", "computed"] | None = None
+    computed_at: datetime | None = None
+    features: dict[str, FeatureCell] | None = None
+
+
+class FeatureDefinitionOut(_Output):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    name: str
+    family: str
+    version: str | int
+    description: str
+    unit: str
+    window_days: int | None
+    category: str
+    null_semantics: str
+    formula: str
+    citation: str | None = None
+
+
+class DefinitionsResponse(_Output):
+    feature_set_version: str
+    definitions: list[FeatureDefinitionOut]
+
+
+# --- admin ----------------------------------------------------------------------------------
+
+
+class CreateUserRequest(_Input):
+    user_id: UserId
+    tz: ShortText = Field(default="UTC", description="IANA time zone, e.g. Europe/Berlin")
+
+
+class RegisterDeviceRequest(_Input):
+    user_id: UserId
+    kind: ShortText
+    format: ShortText
+    external_id: ShortText
+    tz: ShortText | None = None
+    user_tz: ShortText | None = Field(
+        default=None, description="create the user with this zone if it does not exist yet"
+    )
+
+
+class ConsentGrantRequest(_Input):
+    user_id: UserId
+    category: Category
+    purpose: Literal["credit_scoring"] = "credit_scoring"
+    notice_version: ShortText | None = Field(default=None, description="default: current notice")
+    at: Instant | None = None
+    evidence: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+
+
+class ConsentWithdrawRequest(_Input):
+    user_id: UserId
+    category: Category
+    purpose: Literal["credit_scoring"] = "credit_scoring"
+    at: Instant | None = None
+
+
+class AdminResult(_Output):
+    """What the admin operation returned (shape owned by ``hearth.admin``)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    result: Any
+
+
+# --- operations and errors ------------------------------------------------------------------
+
+
+class Health(_Output):
+    status: Literal["ok"]
+
+
+class Readiness(_Output):
+    status: Literal["ready", "unavailable"]
+    database: bool
+
+
+class ErrorDetail(_Output):
+    field: str
+    reason: str
+
+
+class ErrorBody(_Output):
+    code: str
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorResponse(_Output):
+    error: ErrorBody

@@ -1,0 +1,278 @@
+"""The route table: method, path, handler, scope, request model and documented responses.
+
+One table drives both the aiohttp router (``app.py``) and the OpenAPI document (``openapi.py``),
+so the document cannot list an endpoint, scope or status the service does not have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel
+
+from features.service import handlers_admin as admin
+from features.service import handlers_features as feats
+from features.service import handlers_ops as ops
+from features.service.errors import Handler
+from features.service.models import (
+    ConsentGrantRequest,
+    ConsentWithdrawRequest,
+    CreateUserRequest,
+    DefinitionsResponse,
+    FeatureVectorOut,
+    Health,
+    HistoricalRequest,
+    HistoricalRowOut,
+    OnlineRequest,
+    OnlineResponse,
+    Readiness,
+    RegisterDeviceRequest,
+)
+
+Scope = Literal["features:read", "admin"]
+
+
+@dataclass(frozen=True)
+class Body:
+    """A documented response body: a pydantic model, or a raw JSON Schema for free shapes."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    schema: dict[str, object] | None = None
+    media_type: str = "application/json"
+    alternatives: tuple[tuple[str, dict[str, object]], ...] = ()  # (media type, schema)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    location: Literal["path", "query"]
+    schema: dict[str, object]
+    description: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    summary: str
+    tag: str
+    scope: Scope | None
+    ok: dict[int, Body]
+    request: type[BaseModel] | None = None
+    params: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = field(default=())
+
+
+USER_ID_PARAM = Param(
+    "user_id", "path", {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,64}$"}, "pseudonymous id"
+)
+DEVICE_ID_PARAM = Param(
+    "device_id", "path", {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,64}$"}, "device id"
+)
+AS_OF_PARAM = Param(
+    "as_of",
+    "query",
+    {"type": "string", "format": "date-time"},
+    "RFC 3339 instant with offset; omitted = latest snapshot",
+    required=False,
+)
+ANY_OBJECT: dict[str, object] = {"type": "object", "additionalProperties": True}
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET",
+        "/v1/users/{user_id}/features",
+        feats.get_user_features,
+        "getUserFeatures",
+        "One user's feature vector: the snapshot at as_of (or the latest), else computed",
+        "features",
+        "features:read",
+        {200: Body("the vector", FeatureVectorOut)},
+        params=(USER_ID_PARAM, AS_OF_PARAM),
+        errors=(400, 404, 503),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/features/online",
+        feats.post_online,
+        "getOnlineFeatures",
+        "Vectors of up to 1,000 users; users without one are listed in missing with a reason",
+        "features",
+        "features:read",
+        {200: Body("vectors and missing users", OnlineResponse)},
+        request=OnlineRequest,
+        errors=(400, 413, 503),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/features/historical",
+        feats.post_historical,
+        "getHistoricalFeatures",
+        "Point-in-time vectors: exactly one output row per input row, in order, streamed "
+        "(NDJSON, one HistoricalRow per line; CSV with Accept: text/csv)",
+        "features",
+        "features:read",
+        {
+            200: Body(
+                "one line per input row",
+                HistoricalRowOut,
+                media_type="application/x-ndjson",
+                alternatives=(("text/csv", {"type": "string"}),),
+            )
+        },
+        request=HistoricalRequest,
+        errors=(400, 413, 503),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/feature-definitions",
+        feats.get_definitions,
+        "getFeatureDefinitions",
+        "The feature catalogue of the current feature-set version",
+        "features",
+        "features:read",
+        {200: Body("definitions", DefinitionsResponse)},
+        errors=(503,),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/users",
+        admin.create_user,
+        "createUser",
+        "Register a pseudonymous user with an IANA time zone (idempotent)",
+        "admin",
+        "admin",
+        {201: Body("the user", schema=ANY_OBJECT)},
+        request=CreateUserRequest,
+        errors=(400, 409, 413),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/devices",
+        admin.register_device,
+        "registerDevice",
+        "Register and bind a device; returns its MQTT credentials once",
+        "admin",
+        "admin",
+        {201: Body("device credentials", schema=ANY_OBJECT)},
+        request=RegisterDeviceRequest,
+        errors=(400, 404, 409, 413),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/admin/devices/{device_id}",
+        admin.retire_device,
+        "retireDevice",
+        "Retire a device (its data stays; its credential is destroyed)",
+        "admin",
+        "admin",
+        {200: Body("the retired device", schema=ANY_OBJECT)},
+        params=(DEVICE_ID_PARAM,),
+        errors=(400, 404),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/consent/grant",
+        admin.grant_consent,
+        "grantConsent",
+        "Append a consent grant for one data category",
+        "admin",
+        "admin",
+        {201: Body("the ledger event", schema=ANY_OBJECT)},
+        request=ConsentGrantRequest,
+        errors=(400, 404, 413),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/consent/withdraw",
+        admin.withdraw_consent,
+        "withdrawConsent",
+        "Withdraw consent for one category and purge that category's data",
+        "admin",
+        "admin",
+        {200: Body("what was purged", schema=ANY_OBJECT)},
+        request=ConsentWithdrawRequest,
+        errors=(400, 404, 413),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/admin/users/{user_id}/consent",
+        admin.consent_history,
+        "getConsentHistory",
+        "The user's consent ledger, oldest first",
+        "admin",
+        "admin",
+        {200: Body("ledger events", schema=ANY_OBJECT)},
+        params=(USER_ID_PARAM,),
+        errors=(400, 404),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/admin/users/{user_id}/export",
+        admin.export_user,
+        "exportUser",
+        "Data-subject access: everything stored about the user",
+        "admin",
+        "admin",
+        {200: Body("the export", schema=ANY_OBJECT)},
+        params=(USER_ID_PARAM,),
+        errors=(400, 404),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/admin/users/{user_id}",
+        admin.erase_user,
+        "eraseUser",
+        "Erase the user and every row about them",
+        "admin",
+        "admin",
+        {200: Body("what was erased", schema=ANY_OBJECT)},
+        params=(USER_ID_PARAM,),
+        errors=(400, 404),
+    ),
+    Endpoint(
+        "GET",
+        "/healthz",
+        ops.healthz,
+        "healthz",
+        "Liveness",
+        "ops",
+        None,
+        {200: Body("ok", Health)},
+    ),
+    Endpoint(
+        "GET",
+        "/readyz",
+        ops.readyz,
+        "readyz",
+        "Readiness: the database answers",
+        "ops",
+        None,
+        {200: Body("ready", Readiness), 503: Body("database unreachable", Readiness)},
+    ),
+    Endpoint(
+        "GET",
+        "/metrics",
+        ops.metrics,
+        "metrics",
+        "Prometheus metrics",
+        "ops",
+        None,
+        {200: Body("exposition format", schema={"type": "string"}, media_type="text/plain")},
+    ),
+    Endpoint(
+        "GET",
+        "/openapi.json",
+        ops.openapi,
+        "openapi",
+        "This document",
+        "ops",
+        None,
+        {200: Body("OpenAPI 3.1 document", schema=ANY_OBJECT)},
+    ),
+)

@@ -1,0 +1,35 @@
+"""What handlers share, stored once on the aiohttp application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from features.service.cache import ConsentListener, VectorCache
+from features.service.engine_gateway import EngineGateway
+from features.service.metrics import ServiceMetrics
+from features.service.store import SnapshotStore
+from features.service.vectors import Outcome, VectorResolver
+from hearth.settings import Settings
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    async_pool: AsyncConnectionPool
+    sync_pool: ConnectionPool
+    store: SnapshotStore
+    engine: EngineGateway
+    cache: VectorCache[Outcome]
+    listener: ConsentListener | None
+    resolver: VectorResolver
+    metrics: ServiceMetrics
+
+
+STATE = web.AppKey("state", ServiceState)
+
+
+def state_of(request: web.Request) -> ServiceState:
+    return request.app[STATE]

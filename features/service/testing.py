@@ -1,0 +1,147 @@
+"""Helpers to run the service for tests and benchmarks: as a subprocess (``python -m features
+serve``, the real thing) or in a background thread (same process, so tests can patch it), and
+to seed users, consent and snapshots straight into the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+from aiohttp import web
+
+from features.service.app import create_app
+from hearth.ledger import CURRENT_NOTICE_VERSION
+from hearth.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(base_url: str, deadline_s: float = 20.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(base_url + "/readyz", timeout=1) as r:  # noqa: S310
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"feature service at {base_url} not ready after {deadline_s}s")
+
+
+def tokens_env(tokens: Mapping[str, Sequence[str]]) -> str:
+    return json.dumps({t: list(s) for t, s in tokens.items()})
+
+
+@contextmanager
+def serve_subprocess(
+    database_url: str,
+    tokens: Mapping[str, Sequence[str]],
+    *,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """``python -m features serve`` on a free port; yields its base URL."""
+    port = free_port()
+    proc_env = {
+        **os.environ,
+        **(env or {}),
+        "HEARTH_DATABASE_URL": database_url,
+        "HEARTH_API_TOKENS": tokens_env(tokens),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "features", "serve", "--port", str(port), *extra_args],
+        cwd=ROOT,
+        env=proc_env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def serve_in_thread(settings: Settings, **app_options: object) -> Iterator[str]:
+    """The app on a free port in a thread with its own event loop; yields its base URL."""
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(create_app(settings, **app_options), access_log=None)  # type: ignore[arg-type]
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=20)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url)
+        yield base_url
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=20)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def seed_user(
+    conn: psycopg.Connection[tuple[object, ...]],
+    user_id: str,
+    *,
+    consent_from: datetime | None,
+    categories: Sequence[str] = ("energy", "presence"),
+    tz: str = "UTC",
+) -> None:
+    """A user with grants under the current notice from ``consent_from`` (None: no consent)."""
+    conn.execute(
+        "INSERT INTO users (user_id, tz) VALUES (%s, %s) ON CONFLICT DO NOTHING", (user_id, tz)
+    )
+    if consent_from is None:
+        return
+    for category in categories:
+        conn.execute(
+            "INSERT INTO consent_events (user_id, category, notice_version, action, at) "
+            "VALUES (%s, %s, %s, 'grant', %s)",
+            (user_id, category, CURRENT_NOTICE_VERSION, consent_from),
+        )
+
+
+def seed_snapshot(
+    conn: psycopg.Connection[tuple[object, ...]],
+    user_id: str,
+    as_of: datetime,
+    version: str,
+    vector: Mapping[str, Mapping[str, float | None]],
+) -> None:
+    conn.execute(
+        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
+        "VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
+        (user_id, as_of, version, json.dumps(vector)),
+    )

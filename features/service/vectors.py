@@ -1,0 +1,224 @@
+"""Resolve (user, as_of) requests into outcomes — a vector or a reason — and render them.
+
+Order of decisions for each row (first match wins):
+1. ``unknown_user``: no such user.
+2. ``no_active_consent``: the user has no active credit-scoring consent now (withdrawn or never
+   given) — nothing of theirs is served, not even old snapshots.
+3. ``no_consent_at_as_of``: a requested ``as_of`` at which no category was consented.
+4. the snapshot for exactly that ``as_of`` (or the latest one when ``as_of`` is omitted);
+5. otherwise computed on demand by the engine (point-in-time), at ``as_of`` or now;
+6. ``not_computed`` when the engine produced nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from features.service.cache import VectorCache
+from features.service.engine_gateway import ComputedVector, EngineGateway
+from features.service.errors import ApiError
+from features.service.store import Lookup, SnapshotStore
+
+Source = Literal["snapshot", "computed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    user_id: str
+    as_of: datetime  # the vector's as_of (requested, latest snapshot's, or computation time)
+    latest: bool  # as_of was not requested
+    reason: str | None = None
+    source: Source | None = None
+    computed_at: datetime | None = None
+    features_json: str | None = None
+
+
+class VectorResolver:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        engine: EngineGateway,
+        cache: VectorCache[Outcome],
+        stale_after: timedelta,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.cache = cache
+        self.stale_after = stale_after
+
+    async def resolve(
+        self,
+        rows: Sequence[tuple[str, datetime | None]],
+        version: str,
+        *,
+        use_cache: bool = True,
+    ) -> list[Outcome]:
+        """One outcome per row, in order."""
+        out: list[Outcome | None] = [None] * len(rows)
+        todo: list[int] = []
+        for i, (user_id, as_of) in enumerate(rows):
+            cached = self.cache.get((user_id, as_of, version)) if use_cache else None
+            if cached is not None:
+                out[i] = cached
+            else:
+                todo.append(i)
+        if todo:
+            generation = self.cache.generation
+            lookups = await self.store.lookup([rows[i] for i in todo], version)
+            now = datetime.now(UTC)
+            pending: list[tuple[int, str, datetime]] = []
+            for i, lookup in zip(todo, lookups, strict=True):
+                user_id, as_of = rows[i]
+                outcome = _decide(user_id, as_of, lookup, now)
+                if outcome is None:
+                    pending.append((i, user_id, as_of or now))
+                else:
+                    out[i] = outcome
+            if pending:
+                computed = await self._compute([(u, t) for _, u, t in pending])
+                for (i, user_id, at), vector in zip(pending, computed, strict=True):
+                    out[i] = _from_engine(user_id, at, rows[i][1] is None, vector)
+            if use_cache:
+                for i in todo:
+                    outcome = out[i]
+                    assert outcome is not None
+                    user_id, as_of = rows[i]
+                    self.cache.put((user_id, as_of, version), outcome, generation)
+        return [o for o in out if o is not None]
+
+    async def _compute(self, rows: list[tuple[str, datetime]]) -> list[ComputedVector | None]:
+        try:
+            return await self.engine.historical(rows)
+        except ApiError:  # engine not installed: say so per row instead of failing the batch
+            return [None] * len(rows)
+
+    def is_stale(self, outcome: Outcome, now: datetime) -> bool:
+        return (
+            outcome.latest
+            and outcome.source == "snapshot"
+            and now - outcome.as_of > self.stale_after
+        )
+
+
+def _decide(user_id: str, as_of: datetime | None, lookup: Lookup, now: datetime) -> Outcome | None:
+    latest = as_of is None
+    at = as_of or now
+    if not lookup.known:
+        return Outcome(user_id, at, latest, reason="unknown_user")
+    if not lookup.consented_now:
+        return Outcome(user_id, at, latest, reason="no_active_consent")
+    if not lookup.consented_at_as_of:
+        return Outcome(user_id, at, latest, reason="no_consent_at_as_of")
+    if lookup.vector_json is not None:
+        assert lookup.snapshot_as_of is not None
+        return Outcome(
+            user_id,
+            as_of or lookup.snapshot_as_of,
+            latest,
+            source="snapshot",
+            computed_at=lookup.computed_at,
+            features_json=lookup.vector_json,
+        )
+    return None
+
+
+def _from_engine(
+    user_id: str, at: datetime, latest: bool, vector: ComputedVector | None
+) -> Outcome:
+    if vector is None:
+        return Outcome(user_id, at, latest, reason="not_computed")
+    return Outcome(
+        user_id,
+        at,
+        latest,
+        source="computed",
+        computed_at=vector.computed_at,
+        features_json=vector.features_json,
+    )
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()
+
+
+def _splice(head: dict[str, Any], features_json: str | None) -> str:
+    """``head`` as JSON with ``"features": <stored JSON text>`` appended, without re-parsing."""
+    text = json.dumps(head)
+    if features_json is None:
+        return text[:-1] + ',"features":null}'
+    return text[:-1] + ',"features":' + features_json + "}"
+
+
+def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
+    """A ``FeatureVectorOut`` document (the outcome must carry a vector)."""
+    head = {
+        "user_id": outcome.user_id,
+        "as_of": _iso(outcome.as_of),
+        "feature_set_version": version,
+        "computed_at": _iso(outcome.computed_at),
+        "stale": stale,
+        "source": outcome.source,
+    }
+    return _splice(head, outcome.features_json)
+
+
+def historical_line(row: int, outcome: Outcome, version: str) -> str:
+    """A ``HistoricalRowOut`` document."""
+    head = {
+        "row": row,
+        "user_id": outcome.user_id,
+        "as_of": _iso(outcome.as_of),
+        "feature_set_version": version,
+        "reason": outcome.reason,
+        "source": outcome.source,
+        "computed_at": _iso(outcome.computed_at),
+    }
+    return _splice(head, outcome.features_json)
+
+
+CSV_FIXED_COLUMNS = (
+    "row",
+    "user_id",
+    "as_of",
+    "feature_set_version",
+    "reason",
+    "source",
+    "computed_at",
+)
+
+
+def csv_header(feature_names: Sequence[str]) -> list[str]:
+    cols = list(CSV_FIXED_COLUMNS)
+    for name in feature_names:
+        cols += [name, f"{name}__coverage"]
+    return cols
+
+
+def csv_record(
+    row: int, outcome: Outcome, version: str, feature_names: Sequence[str]
+) -> list[object]:
+    record: list[object] = [
+        row,
+        outcome.user_id,
+        _iso(outcome.as_of),
+        version,
+        outcome.reason or "",
+        outcome.source or "",
+        _iso(outcome.computed_at) or "",
+    ]
+    cells: dict[str, dict[str, Any]] = (
+        json.loads(outcome.features_json) if outcome.features_json else {}
+    )
+    for name in feature_names:
+        cell = cells.get(name)
+        value = None if cell is None else cell.get("value")
+        coverage = None if cell is None else cell.get("coverage")
+        record += ["" if value is None else value, "" if coverage is None else coverage]
+    return record

@@ -1,0 +1,230 @@
+"""Registry and data-subject operations (hearth.admin) against the real database."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from hearth import admin
+from hearth.admin import AdminError, verify_mosquitto_password
+from hearth.signals import Category
+from tests.integration.consent_fixtures import (
+    FEATURES,
+    count_signal_rows,
+    seed_user,
+    snapshot_features,
+    unique,
+)
+from tests.integration.privacy_scan import find_references
+
+
+def test_add_user_is_idempotent_and_validates_zone(db: psycopg.Connection) -> None:
+    user = unique("u")
+    admin.add_user(db, user, "Asia/Shanghai")
+    admin.add_user(db, user, "Asia/Shanghai")  # same again: no-op
+    with pytest.raises(AdminError, match="already exists with time zone Asia/Shanghai"):
+        admin.add_user(db, user, "Europe/Berlin")
+    with pytest.raises(AdminError, match="unknown IANA time zone"):
+        admin.add_user(db, unique("u"), "Mars/Olympus")
+    with pytest.raises(AdminError, match="user id"):
+        admin.add_user(db, "no spaces allowed", "UTC")
+
+
+def test_register_device_mints_hashed_credentials(db: psycopg.Connection) -> None:
+    user = unique("u")
+    creds = admin.register_device(
+        db, user_id=user, kind="phone", format="owntracks", external_id=f"{user}/p", user_tz="UTC"
+    )
+    assert creds.topics == (f"owntracks/{user}/p/#",)
+    assert creds.mqtt_username == creds.device_id and len(creds.mqtt_password) >= 32
+    stored = db.execute(
+        "SELECT mqtt_password_hash FROM devices WHERE device_id = %s", (creds.device_id,)
+    ).fetchone()
+    assert stored is not None and stored[0].startswith("$7$101$")
+    assert creds.mqtt_password not in stored[0]
+    assert verify_mosquitto_password(creds.mqtt_password, stored[0])
+    assert not verify_mosquitto_password("wrong", stored[0])
+    assert set(creds.to_json()) == {
+        "device_id", "user_id", "kind", "format", "external_id", "mqtt_username",
+        "mqtt_password", "topics",
+    }  # fmt: skip
+
+    canonical = admin.register_device(
+        db, user_id=user, kind="router", format="hearth", external_id=unique("r")
+    )
+    assert canonical.device_id == canonical.external_id
+    assert canonical.topics == (f"hearth/v1/{canonical.device_id}/#",)
+
+
+def test_register_device_errors_are_clear(db: psycopg.Connection) -> None:
+    with pytest.raises(AdminError, match="unknown user"):
+        admin.register_device(
+            db, user_id=unique("nobody"), kind="plug", format="tasmota", external_id="x1"
+        )
+    user = unique("u")
+    admin.add_user(db, user)
+    ext = unique("plug")
+    admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id=ext)
+    with pytest.raises(AdminError, match="already registered"):
+        admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id=ext)
+    with pytest.raises(AdminError, match="unknown device format"):
+        admin.register_device(db, user_id=user, kind="plug", format="x10", external_id="a")
+    with pytest.raises(AdminError, match="one topic level"):
+        admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id="a/b")
+    with pytest.raises(AdminError, match="reserved"):
+        admin.register_device(db, user_id=user, kind="plug", format="shelly", external_id="tele")
+    with pytest.raises(AdminError, match="reserved"):
+        admin.register_device(
+            db, user_id=user, kind="x", format="hearth", external_id="hearth-collector"
+        )
+
+
+def test_retire_destroys_credential_and_frees_external_id(db: psycopg.Connection) -> None:
+    user = unique("u")
+    admin.add_user(db, user)
+    ext = unique("plug")
+    first = admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id=ext)
+    info = admin.retire_device(db, first.device_id)
+    assert info.retired_at is not None
+    assert admin.retire_device(db, first.device_id).retired_at == info.retired_at  # idempotent
+    row = db.execute(
+        "SELECT mqtt_password_hash FROM devices WHERE device_id = %s", (first.device_id,)
+    ).fetchone()
+    assert row == (None,)
+    second = admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id=ext)
+    assert second.device_id != first.device_id
+    listed = {d.device_id: d for d in admin.list_devices(db, user)}
+    assert listed[first.device_id].retired_at is not None
+    assert listed[second.device_id].retired_at is None
+    with pytest.raises(AdminError, match="unknown device"):
+        admin.retire_device(db, "d-does-not-exist")
+
+
+def test_withdraw_purges_category_everywhere_and_audits(db: psycopg.Connection) -> None:
+    seeded = seed_user(db)
+    user = seeded.user_id
+    before = count_signal_rows(db, user, Category.LOCATION)
+    assert all(n > 0 for n in before.values()), before
+    energy_before = count_signal_rows(db, user, Category.ENERGY)
+
+    report = admin.withdraw_consent(db, user_id=user, category="location", settle_s=0)
+
+    assert count_signal_rows(db, user, Category.LOCATION) == dict.fromkeys(before, 0)
+    assert count_signal_rows(db, user, Category.ENERGY) == energy_before  # untouched
+    features = snapshot_features(db, user)
+    assert "test_home_nights_share" not in features
+    assert {"test_plug_energy_cv", "test_battery_low_share"} <= features
+    assert report.counts["numeric_readings"] == seeded.rows_per_signal  # region_event
+    assert report.counts["categorical_readings"] == seeded.rows_per_signal  # geohash
+    assert report.counts["feature_snapshots.features"] == 1
+    # The audit record: keyed-hash subject, counts per table, no personal data.
+    row = db.execute(
+        "SELECT action, subject_ref, details FROM audit_log WHERE id = %s", (report.audit_id,)
+    ).fetchone()
+    assert row is not None
+    action, subject, details = row
+    assert action == "purge_category" and subject == admin.audit_subject(user)
+    assert details["category"] == "location"
+    assert details["counts"]["categorical_readings"] == seeded.rows_per_signal
+    leaked = [
+        f for f in find_references(db, [user, *seeded.device_ids]) if f.table == "public.audit_log"
+    ]
+    assert leaked == []
+    # The ledger now says "withdrawn".
+    assert [e.action for e in admin.consent_history(db, user) if e.category == "location"] == [
+        "grant",
+        "withdraw",
+    ]
+
+
+def test_withdraw_second_pass_removes_rows_of_a_late_collector_batch(
+    database_url: str, db: psycopg.Connection
+) -> None:
+    """A collector transaction that began before the withdrawal and commits after the first
+    purge pass (it checked consent before the NOTIFY) is cleaned up by the settle pass."""
+    seeded = seed_user(db)
+    user, phone = seeded.user_id, seeded.device_ids[0]
+    late = psycopg.connect(database_url)  # a "collector" batch, still open
+    late.execute(
+        "INSERT INTO categorical_readings (time, device_id, user_id, signal, value) "
+        "VALUES (now(), %s, %s, 'geohash', 'u33dc0d')",
+        (phone, user),
+    )
+    result: dict[str, admin.PurgeReport] = {}
+
+    def withdraw() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            result["r"] = admin.withdraw_consent(
+                conn, user_id=user, category="location", settle_s=0.2
+            )
+
+    worker = threading.Thread(target=withdraw)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not any(e.action == "withdraw" for e in admin.consent_history(db, user)):
+        assert time.monotonic() < deadline, "withdrawal never committed"
+        time.sleep(0.02)
+    late.commit()  # the late batch lands after the first pass
+    late.close()
+    worker.join(timeout=30)
+    assert count_signal_rows(db, user, Category.LOCATION)["categorical_readings"] == 0
+    assert result["r"].counts["categorical_readings"] == seeded.rows_per_signal + 1
+
+
+def test_export_then_erase_leaves_no_reference(db: psycopg.Connection) -> None:
+    seeded = seed_user(db)
+    user = seeded.user_id
+    other = seed_user(db)  # must survive
+    admin.withdraw_consent(db, user_id=user, category="energy", settle_s=0)  # an audit record
+
+    export = admin.export_user(db, user)
+    assert export["user"]["user_id"] == user
+    assert {d["device_id"] for d in export["devices"]} == set(seeded.device_ids)
+    assert all("mqtt_password_hash" not in d for d in export["devices"])
+    tables = export["tables"]
+    n = seeded.rows_per_signal
+    assert len(tables["numeric_readings"]) == 2 * n  # region_event + battery (energy withdrawn)
+    assert len(tables["categorical_readings"]) == n
+    assert len(tables["rollup_numeric_hourly"]) == 2
+    assert len(tables["rollup_categorical_hourly"]) == 1
+    assert len(tables["feature_snapshots"]) == 1
+    assert len(export["consent_history"]) == 4  # 3 grants + 1 withdrawal
+    assert len(export["dead_letters"]) == 1
+    assert [a["action"] for a in export["audit"]] == ["purge_category"]
+
+    report = admin.erase_user(db, user, settle_s=0)
+
+    assert report.counts["users"] == 1 and report.counts["devices"] == 2
+    assert report.counts["consent_events"] == 4 and report.counts["dead_letters"] == 1
+    assert report.counts["numeric_readings"] == 2 * n
+    needles = [user, *seeded.device_ids, f"plug-{user}"]
+    assert find_references(db, needles) == []
+    # The other user is intact, and the erasure is audited by keyed hash only.
+    assert admin.export_user(db, other.user_id)["tables"]["numeric_readings"]
+    audit = db.execute(
+        "SELECT details FROM audit_log WHERE action = 'erase_user' AND subject_ref = %s",
+        (admin.audit_subject(user),),
+    ).fetchone()
+    assert audit is not None and audit[0]["counts"]["users"] == 1
+    with pytest.raises(AdminError, match="unknown user"):
+        admin.export_user(db, user)
+
+
+def test_unknown_user_errors(db: psycopg.Connection) -> None:
+    for call in (
+        lambda: admin.grant_consent(db, user_id="ghost-1", category="energy"),
+        lambda: admin.withdraw_consent(db, user_id="ghost-1", category="energy", settle_s=0),
+        lambda: admin.consent_history(db, "ghost-1"),
+        lambda: admin.erase_user(db, "ghost-1", settle_s=0),
+        lambda: admin.list_devices(db, "ghost-1"),
+    ):
+        with pytest.raises(AdminError, match="unknown user 'ghost-1'"):
+            call()
+    user = unique("u")
+    admin.add_user(db, user)
+    with pytest.raises(AdminError, match="unknown data category"):
+        admin.grant_consent(db, user_id=user, category="dreams")
+    assert FEATURES  # fixture catalogue is in use

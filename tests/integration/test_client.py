@@ -1,0 +1,130 @@
+"""The Python client (sync and async) and the scikit-learn transformer, end to end against a
+running service: ``python -m features serve`` as a subprocess once the engine is installed,
+else the same app in a thread with a stand-in feature-set version."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from features.client import AsyncHearthClient, HearthClient, HearthError, RetryPolicy
+from features.service import engine_gateway
+from features.service.testing import seed_snapshot, seed_user, serve_in_thread, serve_subprocess
+from features.transformer import HearthFeatures
+from hearth.settings import load_settings
+
+TOKEN = "client-token-0123456789"
+AS_OF = datetime(2026, 2, 1, tzinfo=UTC)
+NAMES = ["f_a", "f_b"]
+
+
+def _vector(i: int) -> dict[str, dict[str, float | None]]:
+    return {
+        "f_a": {"value": float(i), "coverage": 1.0},
+        "f_b": {"value": None if i % 2 else i / 10, "coverage": 0.5},
+    }
+
+
+@pytest.fixture(scope="module")
+def service(database_url: str) -> Iterator[tuple[str, str]]:
+    """(base URL, feature-set version) of a running service with 20 seeded users."""
+    tokens = {TOKEN: ["features:read"]}
+    try:
+        version = engine_gateway.feature_set_version()
+        engine = True
+    except Exception:
+        version, engine = "test-v1", False
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for i in range(20):
+            seed_user(conn, f"cl-{i}", consent_from=datetime(2025, 1, 1, tzinfo=UTC))
+            seed_snapshot(conn, f"cl-{i}", AS_OF, version, _vector(i))
+    if engine:
+        with serve_subprocess(database_url, tokens) as url:
+            yield url, version
+        return
+    mp = pytest.MonkeyPatch()
+    mp.setattr(engine_gateway, "feature_set_version", lambda: version)
+    mp.setattr(engine_gateway, "definitions_json", lambda: [{"name": n} for n in NAMES])
+    settings = load_settings(database_url=database_url, api_tokens={TOKEN: ["features:read"]})
+    with serve_in_thread(settings) as url:
+        yield url, version
+    mp.undo()
+
+
+def test_sync_client(service: tuple[str, str]) -> None:
+    url, version = service
+    client = HearthClient(url, TOKEN)
+    vector = client.get_features("cl-3", AS_OF)
+    assert vector.feature_set_version == version and vector.as_of == AS_OF
+    assert vector.features["f_a"].value == 3.0 and vector.features["f_b"].value is None
+    online = client.online(["cl-1", "cl-2", "ghost"], AS_OF)
+    assert [v.user_id for v in online.vectors] == ["cl-1", "cl-2"]
+    assert online.missing == {"ghost": "unknown_user"}
+    frame = online.to_frame(include_coverage=True)
+    assert frame.loc["cl-2", "f_b"] == pytest.approx(0.2)
+    assert frame.loc["cl-2", "f_b__coverage"] == 0.5
+    with pytest.raises(HearthError) as err:
+        client.get_features("ghost")
+    assert err.value.status == 404 and err.value.code == "unknown_user"
+    with pytest.raises(HearthError) as err:
+        HearthClient(url, "wrong-token-0123456789").get_features("cl-1")
+    assert err.value.status == 401
+
+
+def test_sync_historical_to_frame(service: tuple[str, str]) -> None:
+    url, _ = service
+    rows = [(f"cl-{i % 20}", AS_OF) for i in range(50)] + [("ghost", AS_OF)]
+    result = HearthClient(url, TOKEN).historical(rows)
+    frame = result.to_frame(features=NAMES)
+    assert len(frame) == 51 and list(frame["user_id"]) == [u for u, _ in rows]
+    assert frame["f_a"].iloc[:50].tolist() == [float(i % 20) for i in range(50)]
+    assert frame["reason"].iloc[50] == "unknown_user" and math.isnan(frame["f_a"].iloc[50])
+
+
+def test_retries_then_fails_on_connection_error() -> None:
+    client = HearthClient(
+        "http://127.0.0.1:9", TOKEN, retry=RetryPolicy(attempts=3, backoff_s=0.01)
+    )
+    with pytest.raises(ConnectionError):
+        client.get_features("cl-1")
+
+
+async def test_async_client(service: tuple[str, str]) -> None:
+    url, _ = service
+    async with AsyncHearthClient(url, TOKEN) as client:
+        vector = await client.get_features("cl-4", AS_OF)
+        assert vector.features["f_a"].value == 4.0
+        online = await client.online(["cl-5", "ghost"])
+        assert [v.user_id for v in online.vectors] == ["cl-5"] and "ghost" in online.missing
+        result = await client.historical([("cl-6", AS_OF), ("cl-7", AS_OF)])
+        assert [r.features["f_a"].value for r in result.rows if r.features] == [6.0, 7.0]
+        assert [d["name"] for d in await client.feature_definitions()]
+
+
+def test_transformer_in_pipeline(service: tuple[str, str]) -> None:
+    url, _ = service
+    X = pd.DataFrame({"user_id": [f"cl-{i}" for i in range(20)], "as_of": [AS_OF] * 20})
+    y = np.array([i % 2 for i in range(20)])
+    hearth = HearthFeatures(url, TOKEN, features=NAMES, include_coverage=True)
+    matrix = hearth.fit(X).transform(X)
+    assert matrix.shape == (20, 4) and np.isnan(matrix[1, 2]) and matrix[3, 0] == 3.0
+    assert list(hearth.get_feature_names_out()) == ["f_a", "f_a__coverage", "f_b", "f_b__coverage"]
+    pipe = Pipeline(
+        [
+            ("hearth", HearthFeatures(url, TOKEN, features=NAMES)),
+            ("impute", SimpleImputer(keep_empty_features=True)),
+            ("model", LogisticRegression()),
+        ]
+    )
+    pipe.fit(X, y)
+    assert pipe.predict_proba(X).shape == (20, 2)
+    assert list(pipe[:-1].get_feature_names_out()) == NAMES

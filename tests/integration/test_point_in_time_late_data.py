@@ -1,0 +1,107 @@
+"""Point-in-time: late rows, ingest time and consent withdrawal (DESIGN §3.8)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from features.engine import compute_historical, compute_vectors
+from features.materialize import materialize
+from features.rollups import refresh_rollups
+from features.testing import add_device, add_user, consent, insert_categorical, insert_numeric
+from hearth.signals import Category
+
+T1 = datetime(2026, 6, 1, tzinfo=UTC)
+ING = timedelta(minutes=2)
+
+
+def _battery_days(conn: psycopg.Connection[tuple[object, ...]], user: str, device: str) -> None:
+    rows = []
+    for d in range(40):
+        t = T1 - timedelta(days=d, hours=10)
+        rows.append((t, device, user, "battery_pct", 60.0, t + ING))
+    insert_numeric(conn, rows)
+
+
+def test_late_row_changes_only_as_of_after_its_arrival(db: psycopg.Connection) -> None:
+    add_user(db, "late-1", granted_at=T1 - timedelta(days=200))
+    add_device(db, "late-1-phone", "late-1", "phone")
+    _battery_days(db, "late-1", "late-1-phone")
+    refresh_rollups(db, full=True)
+    materialize(db, T1, users=["late-1"], progress=False)
+    stored = db.execute(
+        "SELECT vector FROM feature_snapshots WHERE user_id = 'late-1' AND as_of = %s", (T1,)
+    ).fetchone()
+    assert stored is not None
+    before = compute_vectors(db, ["late-1"], T1)[0]
+    assert before.values["low_battery_day_share_30d"].value == 0.0
+    assert stored[0]["low_battery_day_share_30d"]["value"] == 0.0
+
+    # A reading from 5 days before T1 (and an hour that already has a reading) arrives 2 days
+    # after T1; a second one lands in an hour of its own.
+    arrival = T1 + timedelta(days=2)
+    same_hour = T1 - timedelta(days=5, hours=10) + timedelta(minutes=30)
+    own_hour = T1 - timedelta(days=6, hours=3)
+    insert_numeric(
+        db,
+        [
+            (same_hour, "late-1-phone", "late-1", "battery_pct", 5.0, arrival),
+            (own_hour, "late-1-phone", "late-1", "battery_pct", 4.0, arrival),
+        ],
+    )
+    refresh_rollups(db, full=True)  # back-dated ingest times: rebuild (see refresh_rollups)
+
+    again = compute_vectors(db, ["late-1"], T1)[0]
+    assert again.values == before.values
+    after = compute_vectors(db, ["late-1"], arrival + timedelta(hours=1))[0]
+    share = after.values["low_battery_day_share_30d"].value
+    assert share is not None and share > 0.0
+    # Historical API: one row per input row, in order, None for an unknown user.
+    just_before = arrival - timedelta(seconds=1)
+    hist = compute_historical(db, [("late-1", T1), ("ghost", T1), ("late-1", just_before)])
+    assert hist[1] is None
+    assert hist[0] is not None and hist[0].values == before.values
+    assert hist[2] is not None and hist[2].values["low_battery_day_share_30d"].value == 0.0
+
+
+def test_rows_after_t_are_invisible_even_with_old_ingest(db: psycopg.Connection) -> None:
+    add_user(db, "late-2", granted_at=T1 - timedelta(days=200))
+    add_device(db, "late-2-phone", "late-2", "phone")
+    _battery_days(db, "late-2", "late-2-phone")
+    t = T1 + timedelta(minutes=10)  # event after T (e.g. clock skew), ingested "before" T
+    insert_numeric(db, [(t, "late-2-phone", "late-2", "battery_pct", 1.0, T1 - timedelta(1))])
+    refresh_rollups(db, full=True)
+    vec = compute_vectors(db, ["late-2"], T1)[0]
+    assert vec.values["low_battery_day_share_30d"].value == 0.0
+    # As of 30 minutes after T the reading is known and in the (partial) current hour.
+    later = compute_vectors(db, ["late-2"], T1 + timedelta(minutes=30))[0]
+    assert (later.values["low_battery_day_share_30d"].value or 0.0) > 0.0
+
+
+def test_withdrawn_category_contributes_nothing_after_withdrawal(db: psycopg.Connection) -> None:
+    add_user(db, "wd-1", granted_at=T1 - timedelta(days=200))
+    add_device(db, "wd-1-phone", "wd-1", "phone")
+    _battery_days(db, "wd-1", "wd-1-phone")
+    rows = []
+    for d in range(40):
+        for h, cell in ((2, "u33dc0c"), (14, "u33dc1b")):
+            t = T1 - timedelta(days=d) + timedelta(hours=h)
+            rows.append((t, "wd-1-phone", "wd-1", "geohash", cell, t + ING))
+    insert_categorical(db, rows)
+    refresh_rollups(db, full=True)
+    withdrawn_at = T1 + timedelta(days=3)
+    consent(db, "wd-1", Category.LOCATION, "withdraw", withdrawn_at)
+
+    before = compute_vectors(db, ["wd-1"], T1)[0]
+    rg = before.values["radius_of_gyration_km_30d"]
+    assert rg.value is not None and rg.value > 0 and rg.coverage > 0.9
+    for at in (withdrawn_at, withdrawn_at + timedelta(days=10)):
+        vec = compute_vectors(db, ["wd-1"], at)[0]
+        loc = [n for n in vec.values if n.startswith(("radius", "location_", "home_", "week_"))]
+        assert loc
+        for name in loc:
+            assert vec.values[name].value is None, name
+            assert vec.values[name].coverage == 0.0, name
+        # Other categories still count.
+        assert vec.values["mean_daily_min_battery_pct_90d"].value == 60.0
