@@ -200,7 +200,7 @@ def main() -> int:
             for n in steps:
                 result = materialize(
                     conn, AS_OF, users=users[:n], chunk_size=args.chunk_size,
-                    force=True, progress=False,
+                    force=True, progress=False, database_url=url,
                 )  # fmt: skip
                 results.append((n, result.seconds, result.timings.sql_s, result.timings.python_s))
                 print(f"  {n:>6} users: {result.seconds:6.1f}s", flush=True)

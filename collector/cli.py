@@ -32,6 +32,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    # Imported here: the service pulls in paho, aiohttp and prometheus (~2 s), which the
+    # operator's short commands do not need.
+    from collector.service import cmd_run as run_service
+
+    return run_service(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m collector",
@@ -40,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
     p.set_defaults(func=cmd_migrate)
-    # Each command family registers its own sub-commands, next to its code.
-    from collector import admin_cli, service
+    p = sub.add_parser("run", help="run a collector replica until SIGTERM, then drain and exit 0")
+    p.set_defaults(func=cmd_run)
+    # The operator's commands register themselves, next to their code.
+    from collector import admin_cli
 
-    service.register(sub)
     admin_cli.register(sub)
     return parser
 

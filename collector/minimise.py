@@ -166,3 +166,30 @@ def _stored_as(raw_signal: str) -> str:
     if target is None:  # a catalogue edit that forgot stored_as must fail at start, loudly
         raise RuntimeError(f"signal {raw_signal!r} is raw but has no stored_as")
     return target
+
+
+# --- Dead-letter payloads ---------------------------------------------------------------------
+# A rejected message is kept for diagnosis, but it may be a location fix with one bad field:
+# invariant 7 holds for dead letters too. Scrubbing works on bytes, so it also covers payloads
+# that are not valid JSON (truncated, binary, wrong encoding).
+_COORDINATE = re.compile(rb"-?\b\d{1,3}\.\d{3,}")  # ≥ 3 decimals ≈ finer than a geohash-7 cell
+_MAC_ADDRESS = re.compile(rb"(?i)\b[0-9a-f]{1,2}(?:[:-][0-9a-f]{1,2}){5}\b")
+_PHONE_NUMBER = re.compile(rb"\+\d{7,15}\b")
+_IDENTIFIER_VALUE = re.compile(
+    rb'(?i)("(?:ssid|bssid|wifi_ssid|wifi_bssid|sim_id|imsi|iccid|imei|msisdn|phone)"\s*:\s*)'
+    rb'"(?:[^"\\]|\\.)*"'
+)
+
+
+def scrub_payload(payload: bytes, limit: int) -> bytes:
+    """The first ``limit`` bytes of a rejected payload with identifiers and coordinates masked.
+
+    Masks decimal numbers with three or more decimals (coordinates; also some sensor values,
+    an acceptable loss for a quarantine copy), MAC addresses, ``+``-prefixed phone numbers and
+    the string values of identifier keys (SSID, BSSID, SIM ids, ...).
+    """
+    kept = payload[:limit]
+    kept = _IDENTIFIER_VALUE.sub(rb'\1"<redacted>"', kept)
+    kept = _MAC_ADDRESS.sub(b"<mac>", kept)
+    kept = _PHONE_NUMBER.sub(b"<phone>", kept)
+    return _COORDINATE.sub(b"<num>", kept)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from collector.adapters.base import DeviceMessage, Reason, Rejected
 from collector.adapters.registry import find_adapter
-from collector.minimise import Minimiser
+from collector.minimise import Minimiser, scrub_payload
 from collector.validate import check_readings, resolve_event_time
 from hearth.ledger import DeviceRecord
 from hearth.settings import Settings
@@ -169,7 +169,7 @@ class Pipeline:
         *,
         redact: bool = False,
     ) -> None:
-        kept = None if redact else payload[: self._dead_payload_bytes]
+        kept = None if redact else scrub_payload(payload, self._dead_payload_bytes)
         batch.dead_letters.append(
             (topic, str(reason), detail, kept, len(payload), digest_of(topic, payload))
         )

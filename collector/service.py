@@ -238,9 +238,3 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = get_settings()
     collector = Collector(settings)  # ConfigError (no pseudonym key) before any connection
     return asyncio.run(collector.run())
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``run`` sub-command."""
-    p = sub.add_parser("run", help="run a collector replica until SIGTERM, then drain and exit 0")
-    p.set_defaults(func=cmd_run)

@@ -79,7 +79,8 @@ def _materialize(args: argparse.Namespace) -> int:
     if args.chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1")
     users = _users(args)
-    with connect(get_settings().database_url, autocommit=True) as conn:
+    url = get_settings().database_url
+    with connect(url, autocommit=True) as conn:
         result = materialize(
             conn,
             as_of,
@@ -87,6 +88,7 @@ def _materialize(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             force=args.force,
             progress=not args.no_progress,
+            database_url=url,
         )
     print(
         f"as_of={result.as_of.isoformat()} version={result.feature_set_version} "

@@ -8,6 +8,8 @@ be explained by the catalogue of the same version.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import math
@@ -18,6 +20,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 import psycopg
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from features.definitions import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
 from features.engine import DEFAULT_CHUNK_USERS, Timings, iter_chunk_results
@@ -55,6 +65,21 @@ def vector_json(results: dict[str, tuple[np.ndarray, np.ndarray]], n_users: int)
     return docs
 
 
+def _fixed_mmap_threshold() -> None:
+    """Keep big numpy buffers in mmap'd memory that is returned to the OS when freed.
+
+    glibc raises its mmap threshold after each freed large block, after which chunk-sized
+    arrays come from the heap, fragment it and peak RSS creeps up with the number of chunks
+    (two threads make two heaps). Setting the threshold explicitly turns that off. Linux/glibc
+    only; elsewhere a no-op.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
+    except (OSError, AttributeError):
+        pass
+
+
 def all_users(conn: Conn) -> list[str]:
     return [str(r[0]) for r in conn.execute("SELECT user_id FROM users ORDER BY user_id")]
 
@@ -68,9 +93,15 @@ def materialize(
     force: bool = False,
     refresh: bool = True,
     progress: bool = True,
+    database_url: str | None = None,
 ) -> MaterializeResult:
-    """Compute and store snapshots as of ``as_of`` for ``users`` (default: every user)."""
+    """Compute and store snapshots as of ``as_of`` for ``users`` (default: every user).
+
+    With ``database_url`` a second connection reads the next chunk while this one is
+    computed and written.
+    """
     started = time.monotonic()
+    _fixed_mmap_threshold()
     as_of = as_of.astimezone(UTC)
     if refresh:
         refresh_rollups(conn)
@@ -89,18 +120,19 @@ def materialize(
         todo = [u for u in wanted if u not in done]
     timings = Timings()
     written = 0
-    bar = _progress(progress, len(todo))
-    with bar as p:
+    bar = _progress(progress)
+    loader = psycopg.connect(database_url, autocommit=True) if database_url and todo else None
+    with bar as p, loader or contextlib.nullcontext():
         task = p.add_task("materialise", total=len(todo)) if p else None
         for known, results in iter_chunk_results(
-            conn, todo, as_of, chunk_size=chunk_size, timings=timings
+            conn, todo, as_of, chunk_size=chunk_size, timings=timings, loader=loader
         ):
             t0 = time.perf_counter()
             docs = vector_json(results, len(known))
-            timings.python_s += time.perf_counter() - t0
+            timings.add(python_s=time.perf_counter() - t0)
             t0 = time.perf_counter()
             _write(conn, known, as_of, docs)
-            timings.sql_s += time.perf_counter() - t0
+            timings.add(sql_s=time.perf_counter() - t0)
             written += len(known)
             if p is not None and task is not None:
                 p.update(task, completed=written)
@@ -142,26 +174,10 @@ def _write(conn: Conn, users: Sequence[str], as_of: datetime, docs: Sequence[str
         )
 
 
-class _NoProgress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress(enabled: bool, total: int):  # type: ignore[no-untyped-def]
+def _progress(enabled: bool) -> contextlib.AbstractContextManager[Progress | None]:
+    """A rich progress bar (users done of total), or nothing."""
     if not enabled:
-        return _NoProgress()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+        return contextlib.nullcontext()
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

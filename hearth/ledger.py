@@ -57,6 +57,30 @@ _ACTIVE_CONSENT_SQL = """
 """
 
 
+def any_active_consent_sql(user_expr: str, at_expr: str) -> str:
+    """An SQL boolean: user ``user_expr`` had active consent for *some* category at ``at_expr``.
+
+    The same rule as :data:`_ACTIVE_CONSENT_SQL`, as a clause for queries that check many
+    (user, T) rows at once (the feature service). The caller binds ``%(purpose)s`` and
+    ``%(notice)s`` (see :func:`consent_rule_params`); both expressions are trusted SQL.
+    """
+    return f"""
+    EXISTS (
+        SELECT 1 FROM (
+            SELECT DISTINCT ON (c.category) c.action, c.notice_version
+              FROM consent_events c
+             WHERE c.user_id = {user_expr} AND c.purpose = %(purpose)s AND c.at <= {at_expr}
+             ORDER BY c.category, c.at DESC, c.event_id DESC
+        ) latest
+         WHERE latest.action = 'grant' AND latest.notice_version = %(notice)s
+    )"""
+
+
+def consent_rule_params() -> dict[str, object]:
+    """The parameters :func:`any_active_consent_sql` needs."""
+    return {"purpose": PURPOSE_CREDIT_SCORING, "notice": CURRENT_NOTICE_VERSION}
+
+
 def _devices(rows: Iterable[tuple[object, ...]]) -> dict[tuple[str, str], DeviceRecord]:
     out = {}
     for r in rows:

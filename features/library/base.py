@@ -190,7 +190,8 @@ class Window:
 
     @cached_property
     def days_per_user(self) -> F64:
-        return (self.day.max(axis=1) + 1).astype(np.float64)
+        out: F64 = (self.day.max(axis=1) + 1).astype(np.float64)
+        return out
 
     @cached_property
     def _flat_day(self) -> I64:
@@ -199,9 +200,10 @@ class Window:
     def daily_sum(self, x: F64) -> F64:
         """[U, D] sum of an [U, H] matrix per local day (NaN treated as 0)."""
         w = np.nan_to_num(x, nan=0.0).ravel()
-        return np.bincount(self._flat_day, weights=w, minlength=self.U * self.D).reshape(
-            self.U, self.D
+        out: F64 = np.bincount(self._flat_day, weights=w, minlength=self.U * self.D).astype(
+            np.float64
         )
+        return out.reshape(self.U, self.D)
 
     def daily_min(self, x: F64) -> F64:
         """[U, D] minimum per local day, NaN where the day has no value."""
@@ -274,9 +276,9 @@ class Window:
             out[flat[idx]] = getattr(b, stat)[idx]
         else:
             raise KeyError(stat)
-        out = out.reshape(self.U, self.H)
-        self._cache[key] = out
-        return out
+        matrix: F64 = out.astype(np.float64).reshape(self.U, self.H)
+        self._cache[key] = matrix
+        return matrix
 
     def n(self, signal: str) -> F64:
         """Readings per hour (0 where none)."""
@@ -358,9 +360,9 @@ class Window:
         take[1:] = flat[order][1:] != flat[order][:-1]
         out = np.full(self.U * self.H, -1, dtype=np.int64)
         out[flat[order[take]]] = code[order[take]]
-        out = out.reshape(self.U, self.H)
-        self._cache[key] = out
-        return out
+        codes: I64 = out.reshape(self.U, self.H)
+        self._cache[key] = codes
+        return codes
 
     @property
     def values(self) -> list[str]:

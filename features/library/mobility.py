@@ -156,11 +156,11 @@ def week_churn(w: Window) -> Result:
     match = pos_ok & (keys[np.minimum(pos, keys.size - 1)] == nxt)
     dot = np.zeros(w.U * n_weeks)
     np.add.at(dot, uw[match], cnt[match] * cnt[np.minimum(pos, keys.size - 1)][match])
-    norm2 = norm2.reshape(w.U, n_weeks)
-    dot = dot.reshape(w.U, n_weeks)
-    both = (norm2[:, :-1] > 0) & (norm2[:, 1:] > 0)
+    norm2_w = norm2.reshape(w.U, n_weeks)
+    dot_w = dot.reshape(w.U, n_weeks)
+    both = (norm2_w[:, :-1] > 0) & (norm2_w[:, 1:] > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        churn = 1.0 - dot[:, :-1] / np.sqrt(norm2[:, :-1] * norm2[:, 1:])
+        churn = 1.0 - dot_w[:, :-1] / np.sqrt(norm2_w[:, :-1] * norm2_w[:, 1:])
     npairs = both.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.where(both, churn, 0.0).sum(axis=1) / npairs

@@ -18,25 +18,14 @@ from typing import Final
 
 from psycopg_pool import AsyncConnectionPool
 
-from hearth.ledger import CURRENT_NOTICE_VERSION
-from hearth.signals import PURPOSE_CREDIT_SCORING
+from hearth.ledger import any_active_consent_sql, consent_rule_params
 
-_ACTIVE_AT = """
-    EXISTS (
-        SELECT 1 FROM (
-            SELECT DISTINCT ON (c.category) c.action, c.notice_version
-              FROM consent_events c
-             WHERE c.user_id = r.user_id AND c.purpose = %(purpose)s AND c.at <= {at}
-             ORDER BY c.category, c.at DESC, c.event_id DESC
-        ) latest
-         WHERE latest.action = 'grant' AND latest.notice_version = %(notice)s
-    )
-"""
-
+_CONSENTED_NOW = any_active_consent_sql("r.user_id", "'infinity'::timestamptz")
+_CONSENTED_AT_AS_OF = any_active_consent_sql("r.user_id", "r.as_of")
 LOOKUP_SQL: Final = f"""
 SELECT u.user_id IS NOT NULL,
-       u.user_id IS NOT NULL AND {_ACTIVE_AT.format(at="'infinity'::timestamptz")},
-       u.user_id IS NOT NULL AND (r.as_of IS NULL OR {_ACTIVE_AT.format(at="r.as_of")}),
+       u.user_id IS NOT NULL AND {_CONSENTED_NOW},
+       u.user_id IS NOT NULL AND (r.as_of IS NULL OR {_CONSENTED_AT_AS_OF}),
        s.as_of, s.computed_at, s.vector::text
   FROM unnest(%(users)s::text[], %(as_ofs)s::timestamptz[]) WITH ORDINALITY
        AS r(user_id, as_of, ord)
@@ -77,8 +66,7 @@ class SnapshotStore:
             "users": [u for u, _ in rows],
             "as_ofs": [a for _, a in rows],
             "version": version,
-            "purpose": PURPOSE_CREDIT_SCORING,
-            "notice": CURRENT_NOTICE_VERSION,
+            **consent_rule_params(),
         }
         async with self._pool.connection() as conn:
             cur = await conn.execute(LOOKUP_SQL, params, prepare=True)

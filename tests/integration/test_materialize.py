@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from features.commands_engine import parse_as_of
 from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
 from features.engine import latest_snapshot, read_snapshots
 from features.materialize import materialize
+from features.rollups import refresh_rollups
 from features.testing import add_device, add_user, insert_numeric
 from hearth.cli import UsageError
 
@@ -41,6 +43,7 @@ def users(db: psycopg.Connection) -> list[str]:
             t = AS_OF - timedelta(days=d, hours=3)
             rows.append((t, f"{u}-phone", u, "battery_pct", 40.0 + d, t + timedelta(minutes=1)))
         insert_numeric(db, rows)
+    refresh_rollups(db, full=True)  # back-dated ingest stamps: below any watermark
     return ids
 
 
@@ -50,7 +53,7 @@ def test_materialize_command_is_idempotent_and_resumable(
     first = materialize(db, AS_OF, users=users[:1], progress=False)
     assert first.written == 1
     proc = _cli(database_url, "materialize", "--as-of", "2026-05-01",
-                "--users", ",".join(users + ["not-a-user"]), "--no-progress")  # fmt: skip
+                "--users", ",".join([*users, "not-a-user"]), "--no-progress")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "skipped=1" in proc.stdout and "written=2" in proc.stdout
     rows = db.execute(
@@ -73,9 +76,10 @@ def test_materialize_command_is_idempotent_and_resumable(
     assert (again.skipped, again.written) == (3, 0)
     forced = materialize(db, AS_OF, users=users, force=True, progress=False, chunk_size=2)
     assert forced.written == 3
-    assert read_snapshots(db, users, AS_OF)[users[0]].values == latest_snapshot(
-        db, users[0], AS_OF + timedelta(days=1)
-    ).values  # type: ignore[union-attr]
+    assert (
+        read_snapshots(db, users, AS_OF)[users[0]].values
+        == latest_snapshot(db, users[0], AS_OF + timedelta(days=1)).values
+    )  # type: ignore[union-attr]
 
 
 def test_cli_errors_are_one_line(database_url: str) -> None:
@@ -98,3 +102,18 @@ def test_parse_as_of() -> None:
     assert parse_as_of("2026-05-01T00:00:00Z") == AS_OF
     with pytest.raises(UsageError):
         parse_as_of("2026-05-01T00:00:00")
+
+
+def test_rollup_loop_runs_until_sigterm(database_url: str) -> None:
+    env = dict(os.environ, HEARTH_DATABASE_URL=database_url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "features", "rollup", "--loop", "0.2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]  # two runs: it loops
+        assert all(line.startswith("numeric_buckets=") for line in lines), lines
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -62,7 +62,9 @@ def vectors(database_url: str) -> dict[str, FeatureVector]:
         rows = []
         for i, day in enumerate(_local_days(ZoneInfo("UTC"))):
             t = day.replace(hour=12).astimezone(UTC)
-            rows.append((t, "ref-home-plug", "ref-home", "energy_total_kwh", 100 + 2.5 * i, t + ING))
+            rows.append(
+                (t, "ref-home-plug", "ref-home", "energy_total_kwh", 100 + 2.5 * i, t + ING)
+            )
             t = day.replace(hour=8).astimezone(UTC)
             rows.append((t, "ref-home-door", "ref-home", "contact_open", 1.0, t + ING))
             t2 = t + timedelta(minutes=5)
@@ -108,9 +110,7 @@ def test_one_geohash_has_zero_radius_and_entropy(
 
 
 @pytest.mark.parametrize("window", ["30d", "90d"])
-def test_constant_daily_energy_has_zero_cv(
-    vectors: dict[str, FeatureVector], window: str
-) -> None:
+def test_constant_daily_energy_has_zero_cv(vectors: dict[str, FeatureVector], window: str) -> None:
     assert value(vectors["ref-home"], f"daily_kwh_cv_{window}") == pytest.approx(0.0, abs=1e-9)
 
 

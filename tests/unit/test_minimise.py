@@ -186,3 +186,17 @@ def test_unvalidated_readings_fail_loudly() -> None:
         m.minimise([Reading("geohash", "wtw3sjqxyzab")])
     with pytest.raises(TypeError):
         m.minimise([Reading("position", "31,121")])
+
+
+def test_scrub_payload_masks_coordinates_and_identifiers() -> None:
+    from collector.minimise import scrub_payload
+
+    raw = (
+        b'{"_type":"location","lat":52.5200086,"lon":13.404954,"SSID":"HomeNet-5G",'
+        b'"BSSID":"AA:bb:cc:dd:ee:ff","tel":"+4915112345678","batt":"x"'
+    )
+    out = scrub_payload(raw, 4096)
+    for secret in (b"52.5200086", b"13.404954", b"HomeNet-5G", b"AA:bb:cc", b"4915112345678"):
+        assert secret not in out
+    assert b'"batt":"x"' in out  # the diagnostic part survives
+    assert scrub_payload(raw, 10) == raw[:10]

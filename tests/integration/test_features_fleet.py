@@ -1,0 +1,115 @@
+"""On a simulated fleet, each feature family moves with the latent stability as expected.
+
+The whole chain: ``python -m device_sim run`` publishes a seeded fleet to a private broker,
+``python -m collector run`` stores it, the rollups and the engine compute features, and the
+sign of Spearman's rank correlation with the simulator's latent score is checked per family.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import psycopg
+import pytest
+
+from features.engine import compute_vectors
+from features.rollups import refresh_rollups
+from tests.conftest import free_port
+
+if TYPE_CHECKING:
+    from tests.conftest import Broker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (feature, expected sign of the rank correlation with latent stability), one or more per
+# family, from the simulator's traits (device_sim/README.md): stable people have fewer phone
+# gaps, a steadier charging time, more nights at home, a smaller radius, more overnight
+# charging and fewer household outages.
+EXPECTED = [
+    ("coverage", "longest_gap_days_90d", -1),
+    ("routine", "charge_start_circvar_90d", -1),
+    ("residential", "home_night_share_90d", +1),
+    ("mobility", "radius_of_gyration_km_90d", -1),
+    ("phone_care", "overnight_charge_share_90d", +1),
+    ("infrastructure", "router_outages_per_30d_90d", -1),
+]
+
+
+def _rows(conn: psycopg.Connection) -> int:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM numeric_readings) + (SELECT count(*) FROM "
+        "categorical_readings)"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.slow
+def test_feature_families_follow_latent_stability(
+    database_url: str, broker: Broker, tmp_path: Path
+) -> None:
+    env = dict(
+        os.environ,
+        HEARTH_DATABASE_URL=database_url,
+        HEARTH_MQTT_URL=broker.url,
+        HEARTH_COLLECTOR_HTTP_PORT=str(free_port()),
+    )
+    log = (tmp_path / "collector.log").open("w")
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "collector", "run"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    try:
+        sim = subprocess.run(
+            [sys.executable, "-m", "device_sim", "run", "--households", "150", "--days", "45",
+             "--seed", "7", "--id-prefix", "fleet", "--mqtt-url", broker.url,
+             "--out", str(tmp_path / "sim")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert sim.returncode == 0, sim.stderr[-2000:]
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            # Drained when the row count stops growing for a few seconds.
+            deadline, last, stable_since = time.monotonic() + 300, -1, time.monotonic()
+            while time.monotonic() < deadline:
+                n = _rows(conn)
+                if n != last:
+                    last, stable_since = n, time.monotonic()
+                elif time.monotonic() - stable_since > 5:
+                    break
+                time.sleep(0.5)
+            assert last > 10_000, (tmp_path / "collector.log").read_text()[-3000:]
+    finally:
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(timeout=60)
+        log.close()
+
+    truth = pd.read_csv(tmp_path / "sim" / "ground_truth.csv")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        refresh_rollups(conn, full=True)
+        vectors = compute_vectors(conn, list(truth["user_id"]), datetime.now(UTC))
+    assert len(vectors) == len(truth)
+    frame = pd.DataFrame(
+        [{name: cell.value for name, cell in v.values.items()} | {"user_id": v.user_id}
+         for v in vectors]
+    ).merge(truth[["user_id", "latent_score"]], on="user_id")  # fmt: skip
+    rhos = {
+        c: frame[c].corr(frame["latent_score"], method="spearman")
+        for c in frame.columns
+        if c not in ("user_id", "latent_score") and frame[c].notna().sum() >= 30
+    }
+    table = "\n".join(f"{rho:+.2f} {name}" for name, rho in sorted(rhos.items()))
+    print(table)
+    for family, feature, sign in EXPECTED:
+        pair = frame[[feature, "latent_score"]].dropna()
+        assert len(pair) >= 30, f"{feature}: only {len(pair)} users with a value"
+        rho = pair[feature].corr(pair["latent_score"], method="spearman")
+        assert rho * sign > 0, (
+            f"{family}: {feature} rank correlation {rho:+.2f}, expected {sign:+d}"
+        )
