@@ -60,6 +60,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--model", choices=("logistic", "hgb"), default="logistic")
     parser.add_argument(
+        "--knowledge",
+        choices=("ingested", "event"),
+        default="ingested",
+        help="engine source: when a row counts as known at T. 'ingested' (default): ingested by "
+        "T, for live data; 'event': at its event time, for history replayed after the fact "
+        "(the simulator's fleet) — event time < T still holds, so nothing after T leaks",
+    )
+    parser.add_argument(
         "--test-share",
         type=float,
         default=0.3,
@@ -94,12 +102,14 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         url = get_settings().database_url
         if args.features_source == "engine":
-            honest = data.features_from_engine(url, rows, _progress("features at application"))
+            honest = data.features_from_engine(
+                url, rows, _progress("features at application"), args.knowledge
+            )
         else:
             honest = data.features_from_snapshots(url, rows)
         if leaky_rows:
             label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
-            leaky = data.features_from_engine(url, leaky_rows, _progress(label))
+            leaky = data.features_from_engine(url, leaky_rows, _progress(label), args.knowledge)
     if not honest.scored.any():
         raise UsageError(
             f"no user in {args.ground_truth} has features from {honest.source} "

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -171,7 +172,7 @@ def _rollup_sql(kind: str) -> str:
     WITH {_DEVICES_CTE}
     SELECT dv.uidx, dv.didx, array_position(%(s_name)s::text[], b.signal) - 1, {out},
            (b.bucket + INTERVAL '1 hour' <= %(as_of)s
-            AND b.max_ingested_at <= %(as_of)s)::int4 AS usable
+            AND b.max_ingested_at <= %(known_by)s)::int4 AS usable
       FROM dv CROSS JOIN LATERAL (
            SELECT * FROM rollup_{kind}_hourly r
             WHERE r.device_id = dv.device_id
@@ -196,7 +197,7 @@ _NUMERIC_ROLLUP_ARRAYS_SQL = f"""
                   array_agg(date_part('epoch', b.first_time - b.bucket)) AS first_off,
                   array_agg(date_part('epoch', b.last_time - b.bucket)) AS last_off,
                   array_agg((b.bucket + INTERVAL '1 hour' <= %(as_of)s
-                             AND b.max_ingested_at <= %(as_of)s)::int4) AS usable
+                             AND b.max_ingested_at <= %(known_by)s)::int4) AS usable
              FROM rollup_numeric_hourly b
             WHERE b.device_id = dv.device_id
               AND (dv.sigs IS NULL OR b.signal = ANY(dv.sigs))
@@ -282,7 +283,7 @@ def _new_raw_sql(kind: str) -> str:
             / 3600)::int4
       FROM {kind}_readings r JOIN dv ON r.device_id = dv.device_id AND r.user_id = dv.user_id
       JOIN sg ON sg.signal = r.signal
-     WHERE r.ingested_at > %(watermark)s AND r.ingested_at <= %(as_of)s
+     WHERE r.ingested_at > %(watermark)s AND r.ingested_at <= %(known_by)s
        AND r.time >= %(start)s AND r.time < %(as_of)s
        AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
     """
@@ -294,7 +295,7 @@ def _recompute_sql(kind: str) -> str:
     where = """WHERE r.device_id = k.device_id AND r.signal = k.signal
                  AND r.user_id = k.user_id AND r.time >= k.bucket
                  AND r.time < k.bucket + INTERVAL '1 hour'
-                 AND r.time < %(as_of)s AND r.ingested_at <= %(as_of)s"""
+                 AND r.time < %(as_of)s AND r.ingested_at <= %(known_by)s"""
     if kind == "numeric":
         agg = f"SELECT {NUMERIC_AGGREGATE} FROM numeric_readings r {where} GROUP BY 1, 2, 3, 4"
         out = _NUMERIC_OUT
@@ -323,12 +324,12 @@ _FIRST_SEEN_SQL = f"""
     SELECT dv.uidx, min(f.first) FROM dv CROSS JOIN LATERAL (
         SELECT min(r.first_time) AS first FROM rollup_numeric_hourly r
          WHERE r.device_id = dv.device_id AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
-           AND r.bucket < %(start)s AND r.max_ingested_at <= %(as_of)s
+           AND r.bucket < %(start)s AND r.max_ingested_at <= %(known_by)s
            AND r.user_id = dv.user_id
         UNION ALL
         SELECT min(r.bucket) FROM rollup_categorical_hourly r
          WHERE r.device_id = dv.device_id AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
-           AND r.bucket < %(start)s AND r.max_ingested_at <= %(as_of)s
+           AND r.bucket < %(start)s AND r.max_ingested_at <= %(known_by)s
            AND r.user_id = dv.user_id
     ) f
     WHERE f.first IS NOT NULL
@@ -404,6 +405,27 @@ def _parse_categorical_csv(buf: bytes | bytearray) -> tuple[CategoricalBins, lis
     return bins, [str(v) for v in uniques], frame["usable"].to_numpy() == 1
 
 
+# --- what was known at T ----------------------------------------------------------------------
+
+
+class Knowledge(StrEnum):
+    """When a stored row counts as known, for "as of T" (DESIGN §3.8).
+
+    ``INGESTED`` (the default, production): a row is known at T only if it was ingested by T, so
+    a late reading never changes a past snapshot. ``EVENT``: a row counts as known at its event
+    time — only for history *replayed* through the pipeline after the fact (the simulator, a
+    migration import), where every row was ingested "now" and INGESTED would see nothing at a
+    past T. Event time < T holds in both, so nothing from after T leaks in either.
+    """
+
+    INGESTED = "ingested"
+    EVENT = "event"
+
+
+def _known_by(as_of: datetime, knowledge: Knowledge) -> datetime | str:
+    return as_of if knowledge is Knowledge.INGESTED else "infinity"
+
+
 # --- loading a chunk ------------------------------------------------------------------------
 
 
@@ -476,6 +498,7 @@ def _recompute(
     pairs: _Pairs,
     start: datetime,
     as_of: datetime,
+    knowledge: Knowledge,
 ) -> list[tuple[object, ...]]:
     devices = [pairs.devices[int(d)] for d in keys[:, 0]]
     params = {
@@ -488,6 +511,7 @@ def _recompute(
         "k_sidx": [int(s) for s in keys[:, 1]],
         "start": start,
         "as_of": as_of,
+        "known_by": _known_by(as_of, knowledge),
     }
     return conn.execute(_SQL[("recompute", kind)], params).fetchall()
 
@@ -499,6 +523,7 @@ def load_chunk(
     as_of: datetime,
     watermark: datetime | None,
     timings: Timings | None = None,
+    knowledge: Knowledge = Knowledge.INGESTED,
 ) -> Chunk:
     """Read everything the features of ``users`` (all known) need as of ``as_of``.
 
@@ -510,8 +535,14 @@ def load_chunk(
     start, _, hours = grid_bounds(as_of)
     pairs = _pairs(conn, users, as_of)
     params = dict(pairs.params)
-    params.update(start=start, as_of=as_of, watermark=watermark or "-infinity")
-    check_new_raw = watermark is None or watermark < as_of
+    params.update(
+        start=start,
+        as_of=as_of,
+        known_by=_known_by(as_of, knowledge),
+        watermark=watermark or "-infinity",
+    )
+    # Replayed history (EVENT) may hold rows ingested after the watermark at any past T.
+    check_new_raw = watermark is None or watermark < as_of or knowledge is Knowledge.EVENT
     parser = ArrayRowsParser()
     with conn.cursor() as cur:
         sig_hash = {
@@ -557,7 +588,7 @@ def load_chunk(
         drop = np.isin(
             _key(bins.d, bins.s, bins.h, hours), _key(keys[:, 0], keys[:, 1], keys[:, 2], hours)
         )
-        rows = _recompute(conn, kind, keys, pairs, start, as_of)
+        rows = _recompute(conn, kind, keys, pairs, start, as_of, knowledge)
         if kind == "numeric":
             numeric = numeric.select(ok & ~drop)
             fixed_numeric = rows
@@ -673,6 +704,7 @@ def iter_chunk_results(
     chunk_size: int = DEFAULT_CHUNK_USERS,
     timings: Timings | None = None,
     loader: Conn | None = None,
+    knowledge: Knowledge = Knowledge.INGESTED,
 ) -> Iterator[tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]]:
     """(known users of the chunk, feature arrays) per chunk; unknown users are skipped.
 
@@ -689,7 +721,8 @@ def iter_chunk_results(
         known = [u for u in part if u in tz]
         if not known:
             return None
-        return known, load_chunk(db, known, [tz[u] for u in known], as_of, watermark, timings)
+        tzs = [tz[u] for u in known]
+        return known, load_chunk(db, known, tzs, as_of, watermark, timings, knowledge)
 
     starts = list(range(0, len(user_ids), chunk_size))
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -716,6 +749,7 @@ def compute_vectors(
     as_of: datetime,
     *,
     chunk_size: int = DEFAULT_CHUNK_USERS,
+    knowledge: Knowledge = Knowledge.INGESTED,
 ) -> list[FeatureVector]:
     """On-demand vectors of the known users among ``user_ids`` as of ``as_of``.
 
@@ -723,13 +757,17 @@ def compute_vectors(
     """
     computed_at = datetime.now(UTC)
     out: list[FeatureVector] = []
-    for known, results in iter_chunk_results(conn, user_ids, as_of, chunk_size=chunk_size):
+    chunks = iter_chunk_results(conn, user_ids, as_of, chunk_size=chunk_size, knowledge=knowledge)
+    for known, results in chunks:
         out.extend(_vectors(known, as_of.astimezone(UTC), results, computed_at))
     return out
 
 
 def compute_historical(
-    conn: Conn, rows: Sequence[tuple[str, datetime]]
+    conn: Conn,
+    rows: Sequence[tuple[str, datetime]],
+    *,
+    knowledge: Knowledge = Knowledge.INGESTED,
 ) -> list[FeatureVector | None]:
     """One vector per (user, as_of) row, in order; None where the user is unknown."""
     by_time: dict[datetime, list[str]] = {}
@@ -737,7 +775,7 @@ def compute_historical(
         by_time.setdefault(at.astimezone(UTC), []).append(user)
     found: dict[tuple[str, datetime], FeatureVector] = {}
     for at, users in by_time.items():
-        for vec in compute_vectors(conn, users, at):
+        for vec in compute_vectors(conn, users, at, knowledge=knowledge):
             found[(vec.user_id, at)] = vec
     return [found.get((u, at.astimezone(UTC))) for u, at in rows]
 

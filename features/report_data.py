@@ -213,10 +213,15 @@ def features_from_engine(
     database_url: str,
     rows: Sequence[tuple[str, datetime]],
     progress: Callable[[int, int], None] | None = None,
+    knowledge: str = "ingested",
 ) -> FeatureTable:
-    """Point-in-time vectors from ``features.engine.compute_historical``, in batches."""
+    """Point-in-time vectors from ``features.engine.compute_historical``, in batches.
+
+    ``knowledge`` is :class:`features.engine.Knowledge`: "event" for history replayed through
+    the pipeline after the fact (the simulator), "ingested" for data collected live.
+    """
     try:
-        from features.engine import compute_historical
+        from features.engine import Knowledge, compute_historical
     except ImportError as exc:
         raise ServiceUnavailable(f"feature engine not available ({exc})") from None
     vectors: list[dict[str, tuple[float | None, float | None]] | None] = [None] * len(rows)
@@ -227,7 +232,9 @@ def features_from_engine(
     with connect(database_url) as conn:
         for start in range(0, len(order), ENGINE_BATCH_ROWS):
             batch = order[start : start + ENGINE_BATCH_ROWS]
-            computed = compute_historical(conn, [rows[i] for i in batch])
+            computed = compute_historical(
+                conn, [rows[i] for i in batch], knowledge=Knowledge(knowledge)
+            )
             for i, vector in zip(batch, computed, strict=True):
                 if vector is not None:
                     version = str(getattr(vector, "feature_set_version", version))

@@ -121,7 +121,19 @@ def test_chain_recovers_the_planted_signal(
     subprocess.run([python, "-m", "features", "rollup"], cwd=ROOT, env=e2e_env, check=True)
     out = tmp_path / "report"
     subprocess.run(
-        [python, "-m", "features", "report", "--ground-truth", str(truth), "--out", str(out)],
+        # The fleet's history was replayed just now: rows count as known at their event time.
+        [
+            python,
+            "-m",
+            "features",
+            "report",
+            "--ground-truth",
+            str(truth),
+            "--out",
+            str(out),
+            "--knowledge",
+            "event",
+        ],
         cwd=ROOT,
         env=e2e_env,
         check=True,

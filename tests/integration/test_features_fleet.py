@@ -29,17 +29,18 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# (feature, expected sign of the rank correlation with latent stability), one or more per
-# family, from the simulator's traits (device_sim/README.md): stable people have fewer phone
-# gaps, a steadier charging time, more nights at home, a smaller radius, more overnight
-# charging and fewer household outages.
+# (family, feature, expected sign of the rank correlation with latent stability), from the
+# simulator's traits (device_sim/README.md, persona.traits_from): stable people have fewer and
+# shorter phone gaps, a more concentrated daily activity, more nights at home, a steadier set of
+# places week to week, more overnight charging and steadier plug energy. (The radius of
+# gyration is not used: stable personas commute more, which offsets their smaller radius.)
 EXPECTED = [
     ("coverage", "longest_gap_days_90d", -1),
-    ("routine", "charge_start_circvar_90d", -1),
+    ("routine", "hour_entropy_presence_90d", -1),
     ("residential", "home_night_share_90d", +1),
-    ("mobility", "radius_of_gyration_km_90d", -1),
+    ("mobility", "week_churn_30d", -1),
     ("phone_care", "overnight_charge_share_90d", +1),
-    ("infrastructure", "router_outages_per_30d_90d", -1),
+    ("infrastructure", "daily_kwh_cv_90d", -1),
 ]
 
 
