@@ -38,13 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hearth.migrate import migrate  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, start_broker  # noqa: E402
 from tests.integration.fleet import (  # noqa: E402
     CollectorProcess,
     canonical_messages,
     publish_all,
     register_fleet,
-    start_private_broker,
     wait_until,
 )
 
@@ -210,7 +209,7 @@ def main() -> None:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
     url = with_db(BASE_URL, name)
     tmp = Path(tempfile.mkdtemp(prefix="hearth-bench-"))
-    broker = start_private_broker(tmp)
+    broker = start_broker(tmp)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)

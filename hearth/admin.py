@@ -27,7 +27,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -713,16 +713,7 @@ def export_user(conn: Conn, user_id: str) -> dict[str, object]:
         devices = list_devices(conn, user_id)
         device_ids = [d.device_id for d in devices]
         tables: dict[str, list[dict[str, object]]] = {}
-        for table, columns in sorted(user_tables(conn).items()):
-            if table in ("users", "devices", "consent_events"):
-                continue
-            where: sql.Composable
-            if "user_id" in columns:
-                where = sql.SQL("user_id = %(user)s")
-            elif "device_id" in columns:
-                where = sql.SQL("device_id = ANY(%(devices)s)")
-            else:
-                continue
+        for table, where in _user_row_filters(conn):
             rows = _rows(
                 conn,
                 sql.SQL("SELECT * FROM {} WHERE {}").format(_ident(table), where),
@@ -750,20 +741,24 @@ def export_user(conn: Conn, user_id: str) -> dict[str, object]:
     }
 
 
-def _erase_rows(conn: Conn, user_id: str, device_ids: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _user_row_filters(conn: Conn) -> Iterator[tuple[str, sql.Composable]]:
+    """(table, WHERE) for every table holding rows of a user or of the user's devices, beside
+    the registry itself. Export reads and erasure deletes exactly these rows, so an export
+    before erasure returns everything the erasure removes. Parameters: user, devices."""
     for table, columns in sorted(user_tables(conn).items()):
         if table in ("users", "devices", "consent_events"):
             continue
-        where: sql.Composable
-        if "user_id" in columns:
-            where = sql.SQL("user_id = %(user)s")
-            if "device_id" in columns:
-                where = sql.SQL("(device_id = ANY(%(devices)s) OR user_id = %(user)s)")
+        if "user_id" in columns and "device_id" in columns:
+            yield table, sql.SQL("(device_id = ANY(%(devices)s) OR user_id = %(user)s)")
+        elif "user_id" in columns:
+            yield table, sql.SQL("user_id = %(user)s")
         elif "device_id" in columns:
-            where = sql.SQL("device_id = ANY(%(devices)s)")
-        else:
-            continue
+            yield table, sql.SQL("device_id = ANY(%(devices)s)")
+
+
+def _erase_rows(conn: Conn, user_id: str, device_ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for table, where in _user_row_filters(conn):
         cur = conn.execute(
             sql.SQL("DELETE FROM {} WHERE {}").format(_ident(table), where),
             {"user": user_id, "devices": device_ids},

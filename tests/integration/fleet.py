@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.signals import Category
-from tests.conftest import Broker, free_port, wait_for_port
+from tests.conftest import Broker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -282,32 +282,6 @@ def count_rows(conn: Conn, table: str, device_prefix: str) -> int:
     ).fetchone()
     assert row is not None
     return int(str(row[0]))
-
-
-def start_private_broker(state_dir: Path) -> Broker:
-    """tests.conftest.start_broker, but usable when tests run as root.
-
-    As root, Mosquitto drops privileges to the ``mosquitto`` user, which cannot enter pytest's
-    0700 temp directories ("Unable to write pid file"); ``user root`` keeps it as root. The
-    proper fix belongs in tests/conftest.py (reported to the lead).
-    """
-    port = free_port()
-    (state_dir / "mosquitto" / "data").mkdir(parents=True, exist_ok=True)
-    template = (ROOT / "config" / "mosquitto" / "mosquitto.conf").read_text()
-    conf = (
-        template.replace("@STATE_DIR@", str(state_dir))
-        .replace("@MQTT_PORT@", str(port))
-        .replace("@AUTH@", "allow_anonymous true")
-    )
-    if os.geteuid() == 0:
-        conf += "\nuser root\n"
-    conf_path = state_dir / "mosquitto" / "mosquitto.conf"
-    conf_path.write_text(conf)
-    proc = subprocess.Popen(
-        ["mosquitto", "-c", str(conf_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_for_port(port)
-    return Broker("127.0.0.1", port, state_dir, proc)
 
 
 class CollectorFactory:

@@ -10,8 +10,6 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,34 +28,11 @@ from tests.integration.fleet import (
     grant,
     publish_all,
     register_fleet,
-    start_private_broker,
     wait_until,
 )
 
 Conn = psycopg.Connection[tuple[object, ...]]
 RSS_BOUND_BYTES = 150 * 2**20  # DESIGN/issue 3: peak RSS ≤ 150 MB per replica
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = start_private_broker(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.process.terminate()
-    b.process.wait(timeout=10)
-
-
-@pytest.fixture
-def tag() -> str:
-    return f"f{secrets.token_hex(3)}"
-
-
-@pytest.fixture
-def make_collector(
-    database_url: str, broker: Broker, tag: str, tmp_path: Path
-) -> Iterator[CollectorFactory]:
-    factory = CollectorFactory(database_url, broker, tag, tmp_path)
-    yield factory
-    factory.stop_all()
 
 
 def acked(collectors: list[Any]) -> float:

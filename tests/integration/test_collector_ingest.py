@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.conftest import Broker, free_port
 from tests.integration.fleet import (
@@ -21,34 +17,10 @@ from tests.integration.fleet import (
     count_rows,
     publish_all,
     register_fleet,
-    start_private_broker,
     wait_until,
 )
 
 Conn = psycopg.Connection[tuple[object, ...]]
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = start_private_broker(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.process.terminate()
-    b.process.wait(timeout=10)
-
-
-@pytest.fixture
-def tag() -> str:
-    """A unique prefix: device ids, client ids and share groups of one test."""
-    return f"t{secrets.token_hex(3)}"
-
-
-@pytest.fixture
-def make_collector(
-    database_url: str, broker: Broker, tag: str, tmp_path: Path
-) -> Iterator[CollectorFactory]:
-    factory = CollectorFactory(database_url, broker, tag, tmp_path)
-    yield factory
-    factory.stop_all()
 
 
 def test_duplicates_are_stored_once_and_counted(
