@@ -9,8 +9,8 @@ whole chain must recover it (issue 8 acceptance):
 * the deliberately leaky variant (features as of application + 14 days) scores sharply higher,
   and the honest pipeline does not beat the oracle.
 
-Size from the environment: HEARTH_E2E_HOUSEHOLDS (default 2000), HEARTH_E2E_DAYS (default 90),
-HEARTH_E2E_SEED (default 42). Slow: minutes at the default size.
+Runs only with HEARTH_E2E=1. Size from the environment: HEARTH_E2E_HOUSEHOLDS (default 2000),
+HEARTH_E2E_DAYS (default 90), HEARTH_E2E_SEED (default 42). About 30 min at the default size.
 """
 
 from __future__ import annotations
@@ -28,7 +28,17 @@ import pytest
 
 from tests.conftest import ROOT, Broker, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(5400),
+    # At the acceptance size the chain alone takes ~30 min on a 2-core machine — over CI's
+    # budget. CI runs the smaller fleet test (test_features_fleet.py) instead; this one runs
+    # on demand and its figures are in the issue notes (same path as `scripts/demo`).
+    pytest.mark.skipif(
+        os.environ.get("HEARTH_E2E") != "1",
+        reason="set HEARTH_E2E=1 to run (≈30 min at 2,000 households x 90 days)",
+    ),
+]
 
 HOUSEHOLDS = int(os.environ.get("HEARTH_E2E_HOUSEHOLDS", "2000"))
 DAYS = int(os.environ.get("HEARTH_E2E_DAYS", "90"))
