@@ -2,8 +2,7 @@
 on-demand computation for (user, as_of) pairs that have no snapshot.
 
 The engine is synchronous psycopg code; it runs in a worker thread on a connection from a sync
-pool so it never blocks the event loop. Imports are lazy so the service (and its tests of the
-snapshot path) still start if the engine module is missing; such requests then answer 503.
+pool so it never blocks the event loop.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from features.service.errors import ApiError
+from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
+from features.engine import FeatureVector, compute_historical
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,36 +26,19 @@ class ComputedVector:
     features_json: str  # {"name": {"value": x|null, "coverage": c}}, ready to splice into output
 
 
-def _unavailable(what: str) -> ApiError:
-    return ApiError(503, "engine_unavailable", f"feature engine not available ({what})")
-
-
 def feature_set_version() -> str:
-    try:
-        from features.definitions import (  # type: ignore[import-untyped,unused-ignore]
-            FEATURE_SET_VERSION,
-        )
-    except ImportError:
-        raise _unavailable("features.definitions") from None
-    return str(FEATURE_SET_VERSION)
+    return FEATURE_SET_VERSION
 
 
 def definitions_json() -> list[dict[str, Any]]:
-    try:
-        from features.definitions import (  # type: ignore[import-untyped,unused-ignore]
-            DEFINITIONS,
-        )
-    except ImportError:
-        raise _unavailable("features.definitions") from None
-    items = DEFINITIONS.values() if isinstance(DEFINITIONS, dict) else DEFINITIONS
-    return [d.to_json() for d in items]
+    return [d.to_json() for d in DEFINITIONS]
 
 
 def feature_names() -> list[str]:
     return [str(d["name"]) for d in definitions_json()]
 
 
-def _features_json(vector: Any) -> str:
+def _features_json(vector: FeatureVector) -> str:
     values = {
         name: {"value": cell.value, "coverage": cell.coverage}
         for name, cell in vector.values.items()
@@ -63,7 +46,7 @@ def _features_json(vector: Any) -> str:
     return json.dumps(values, allow_nan=False)
 
 
-def _convert(vector: Any) -> ComputedVector | None:
+def _convert(vector: FeatureVector | None) -> ComputedVector | None:
     if vector is None:
         return None
     return ComputedVector(computed_at=vector.computed_at, features_json=_features_json(vector))
@@ -76,12 +59,6 @@ class EngineGateway:
         self._pool = pool
 
     def _historical(self, rows: Sequence[tuple[str, datetime]]) -> list[ComputedVector | None]:
-        try:
-            from features.engine import (  # type: ignore[import-untyped,unused-ignore]
-                compute_historical,
-            )
-        except ImportError:
-            raise _unavailable("features.engine") from None
         with self._pool.connection() as conn:
             vectors = compute_historical(conn, rows)
         if len(vectors) != len(rows):  # the contract is one per row; never misalign rows

@@ -1,6 +1,5 @@
 """The Python client (sync and async) and the scikit-learn transformer, end to end against a
-running service: ``python -m features serve`` as a subprocess once the engine is installed,
-else the same app in a thread with a stand-in feature-set version."""
+running service (``python -m features serve`` as a subprocess)."""
 
 from __future__ import annotations
 
@@ -18,9 +17,8 @@ from sklearn.pipeline import Pipeline
 
 from features.client import AsyncHearthClient, HearthClient, HearthError, RetryPolicy
 from features.service import engine_gateway
-from features.service.testing import seed_snapshot, seed_user, serve_in_thread, serve_subprocess
+from features.service.testing import seed_snapshot, seed_user, serve_subprocess
 from features.transformer import HearthFeatures
-from hearth.settings import load_settings
 
 TOKEN = "client-token-0123456789"
 AS_OF = datetime(2026, 2, 1, tzinfo=UTC)
@@ -38,26 +36,13 @@ def _vector(i: int) -> dict[str, dict[str, float | None]]:
 def service(database_url: str) -> Iterator[tuple[str, str]]:
     """(base URL, feature-set version) of a running service with 20 seeded users."""
     tokens = {TOKEN: ["features:read"]}
-    try:
-        version = engine_gateway.feature_set_version()
-        engine = True
-    except Exception:
-        version, engine = "test-v1", False
+    version = engine_gateway.feature_set_version()
     with psycopg.connect(database_url, autocommit=True) as conn:
         for i in range(20):
             seed_user(conn, f"cl-{i}", consent_from=datetime(2025, 1, 1, tzinfo=UTC))
             seed_snapshot(conn, f"cl-{i}", AS_OF, version, _vector(i))
-    if engine:
-        with serve_subprocess(database_url, tokens) as url:
-            yield url, version
-        return
-    mp = pytest.MonkeyPatch()
-    mp.setattr(engine_gateway, "feature_set_version", lambda: version)
-    mp.setattr(engine_gateway, "definitions_json", lambda: [{"name": n} for n in NAMES])
-    settings = load_settings(database_url=database_url, api_tokens={TOKEN: ["features:read"]})
-    with serve_in_thread(settings) as url:
+    with serve_subprocess(database_url, tokens) as url:
         yield url, version
-    mp.undo()
 
 
 def test_sync_client(service: tuple[str, str]) -> None:

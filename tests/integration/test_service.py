@@ -5,7 +5,7 @@ chosen values, so the tests check what the service does with them, not the engin
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -40,21 +40,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest.fixture(scope="module")
-def version() -> Iterator[str]:
-    """The engine's feature-set version; a stand-in when the engine is not installed yet."""
-    try:
-        yield engine_gateway.feature_set_version()
-    except Exception:
-        mp = pytest.MonkeyPatch()
-        mp.setattr(engine_gateway, "feature_set_version", lambda: "test-v1")
-        mp.setattr(engine_gateway, "feature_names", lambda: ["f_a", "f_b"])
-        mp.setattr(
-            engine_gateway,
-            "definitions_json",
-            lambda: [{"name": n, "family": "test", "version": 1} for n in ("f_a", "f_b")],
-        )
-        yield "test-v1"
-        mp.undo()
+def version() -> str:
+    return engine_gateway.feature_set_version()
 
 
 @pytest.fixture(scope="module")

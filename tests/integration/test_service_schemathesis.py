@@ -34,31 +34,7 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def api_schema(database_url: str) -> Iterator[schemathesis.BaseSchema]:
-    mp = pytest.MonkeyPatch()
-    try:
-        version = engine_gateway.feature_set_version()
-    except Exception:  # engine not installed yet: stand-in version and catalogue
-        version = "test-v1"
-        mp.setattr(engine_gateway, "feature_set_version", lambda: version)
-        mp.setattr(engine_gateway, "feature_names", lambda: ["f_a"])
-        mp.setattr(
-            engine_gateway,
-            "definitions_json",
-            lambda: [
-                {
-                    "name": "f_a",
-                    "family": "t",
-                    "version": 1,
-                    "description": "d",
-                    "unit": "1",
-                    "window_days": 30,
-                    "category": "energy",
-                    "null_semantics": "n",
-                    "formula": "f",
-                    "citation": None,
-                }
-            ],
-        )
+    version = engine_gateway.feature_set_version()
     with psycopg.connect(database_url, autocommit=True) as conn:
         seed_user(conn, "st-u1", consent_from=datetime(2025, 1, 1, tzinfo=UTC))
         seed_snapshot(
@@ -73,7 +49,6 @@ def api_schema(database_url: str) -> Iterator[schemathesis.BaseSchema]:
     )
     with serve_in_thread(settings_) as base_url:
         yield schemathesis.openapi.from_url(base_url + "/openapi.json")
-    mp.undo()
 
 
 def test_api_conforms_to_openapi(api_schema: schemathesis.BaseSchema) -> None:
