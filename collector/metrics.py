@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from hearth.cli import ServiceUnavailable
+
 
 class CollectorMetrics:
     """All metric families, in a registry of their own (tests may build several)."""
@@ -93,5 +95,12 @@ async def start_http(
     app.router.add_get("/healthz", get_health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        # Usually another replica on this machine: each needs its own port (or 0 to disable).
+        raise ServiceUnavailable(
+            f"HEARTH_COLLECTOR_HTTP_PORT: cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
     return runner
