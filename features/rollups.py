@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 WATERMARK_NAME = "hourly"
 DEFAULT_GRACE = timedelta(seconds=60)
 _LOCK_KEY = 0x524F4C4C  # "ROLL": one rollup run at a time
+BULK_DIRTY_BUCKETS = 50_000  # above this, recompute with hash joins (see refresh_rollups)
 
 # SELECT list of a numeric bucket aggregate over raw alias ``r``, grouped by the first four.
 NUMERIC_AGGREGATE = """
@@ -117,6 +118,11 @@ def refresh_rollups(
                 (since,),
             )
             conn.execute("ANALYZE rollup_dirty")
+            dirty = conn.execute("SELECT count(*) FROM rollup_dirty").fetchone()
+            if dirty is not None and int(str(dirty[0])) > BULK_DIRTY_BUCKETS:
+                # A backfill: one hash join over a scan of the raw table beats millions of
+                # index probes into every chunk (the nested loop the planner picks otherwise).
+                conn.execute("SET LOCAL enable_nestloop = off")
             if full:  # also drops buckets whose raw rows are gone
                 conn.execute(f"DELETE FROM {rollup}")
             conn.execute(

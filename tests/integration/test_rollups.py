@@ -6,20 +6,22 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 
+from features import rollups
 from features.rollups import read_watermark, refresh_rollups
 from features.testing import add_device, add_user
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def _readings(device: str) -> list[tuple[datetime, str, str, str, object]]:
+def _readings(device: str, user: str = "roll-user") -> list[tuple[datetime, str, str, str, object]]:
     rng = random.Random(7)
     rows: list[tuple[datetime, str, str, str, object]] = []
     for i in range(300):
         t = BASE + timedelta(minutes=rng.randrange(0, 60 * 24 * 3), seconds=i % 60)
-        rows.append((t, device, "roll-user", "power_w", float(rng.randrange(0, 2000))))
-        rows.append((t, device, "roll-user", "geohash", rng.choice(["u33dc0c", "u33dc1b"])))
+        rows.append((t, device, user, "power_w", float(rng.randrange(0, 2000))))
+        rows.append((t, device, user, "geohash", rng.choice(["u33dc0c", "u33dc1b"])))
     return rows
 
 
@@ -48,19 +50,23 @@ def _rollups(conn: psycopg.Connection, device: str) -> list[tuple[object, ...]]:
     return numeric + categorical
 
 
+@pytest.mark.parametrize("bulk_threshold", [rollups.BULK_DIRTY_BUCKETS, 0], ids=["probe", "bulk"])
 def test_duplicate_and_out_of_order_delivery_give_identical_rollups(
-    db: psycopg.Connection,
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, bulk_threshold: int
 ) -> None:
-    add_user(db, "roll-user", granted_at=BASE - timedelta(days=1))
-    add_device(db, "roll-a", "roll-user", "plug")
-    add_device(db, "roll-b", "roll-user", "plug")
-    in_order = sorted(_readings("roll-a"), key=lambda r: r[0])
+    # "bulk": every run takes the hash-join path used for backfills; results must not differ.
+    monkeypatch.setattr(rollups, "BULK_DIRTY_BUCKETS", bulk_threshold)
+    user, dev_a, dev_b = (f"roll-{x}-{bulk_threshold}" for x in ("user", "a", "b"))
+    add_user(db, user, granted_at=BASE - timedelta(days=1))
+    add_device(db, dev_a, user, "plug")
+    add_device(db, dev_b, user, "plug")
+    in_order = sorted(_readings(dev_a, user), key=lambda r: r[0])
     _insert(db, in_order)
     refresh_rollups(db)
 
     # Same readings for device b: shuffled, delivered in three batches with redeliveries,
     # and the rollup job running between batches (each batch is "late" for the previous run).
-    shuffled = [(t, "roll-b", u, s, v) for t, _, u, s, v in _readings("roll-a")]
+    shuffled = [(t, dev_b, u, s, v) for t, _, u, s, v in _readings(dev_a, user)]
     random.Random(3).shuffle(shuffled)
     third = len(shuffled) // 3
     batches = [shuffled[:third], shuffled[third : 2 * third], shuffled[2 * third :]]
@@ -68,14 +74,14 @@ def test_duplicate_and_out_of_order_delivery_give_identical_rollups(
         _insert(db, batch + shuffled[: 20 * i])  # redelivery of earlier rows
         result = refresh_rollups(db, grace=timedelta(0))
         assert result.numeric_buckets > 0
-    a, b = _rollups(db, "roll-a"), _rollups(db, "roll-b")
+    a, b = _rollups(db, dev_a), _rollups(db, dev_b)
     assert len(a) > 50
     assert a == b
 
     # Idempotent: another run changes nothing and has nothing to do.
     again = refresh_rollups(db, grace=timedelta(0))
     assert (again.numeric_buckets, again.categorical_buckets) == (0, 0)
-    assert _rollups(db, "roll-b") == b
+    assert _rollups(db, dev_b) == b
     assert read_watermark(db) == again.watermark
 
 
