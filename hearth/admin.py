@@ -29,7 +29,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -173,16 +173,7 @@ class DeviceCredentials:
     topics: tuple[str, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "device_id": self.device_id,
-            "user_id": self.user_id,
-            "kind": self.kind,
-            "format": self.format,
-            "external_id": self.external_id,
-            "mqtt_username": self.mqtt_username,
-            "mqtt_password": self.mqtt_password,
-            "topics": list(self.topics),
-        }
+        return {**asdict(self), "topics": list(self.topics)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,13 +194,7 @@ class DeviceInfo:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "device_id": self.device_id,
-            "user_id": self.user_id,
-            "kind": self.kind,
-            "format": self.format,
-            "external_id": self.external_id,
-            "tz": self.tz,
-            "mqtt_username": self.mqtt_username,
+            **asdict(self),
             "registered_at": self.registered_at.isoformat(),
             "retired_at": self.retired_at.isoformat() if self.retired_at else None,
             "topics": list(self.topics),
