@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 WATERMARK_NAME = "hourly"
 DEFAULT_GRACE = timedelta(seconds=60)
 _LOCK_KEY = 0x524F4C4C  # "ROLL": one rollup run at a time
-BULK_DIRTY_BUCKETS = 50_000  # above this, recompute with hash joins (see refresh_rollups)
+_SLICE = timedelta(days=1)  # unit of work and of commit (see refresh_rollups)
 
 # SELECT list of a numeric bucket aggregate over raw alias ``r``, grouped by the first four.
 NUMERIC_AGGREGATE = """
@@ -92,55 +92,31 @@ def refresh_rollups(
 ) -> RollupResult:
     """Recompute every bucket touched by rows ingested since the watermark; advance it.
 
+    Work is cut into one-day slices of event time, each recomputed in its own transaction
+    against that day's raw rows only: a 90-day backfill becomes ninety small hash joins
+    instead of one join that spills gigabytes. An interrupted run leaves the watermark where
+    it was, so the next run redoes the same slices (recompute is idempotent).
+
     ``full`` ignores the watermark and rebuilds every bucket (after a restore, or when rows
-    were written with a back-dated ``ingested_at``). Safe to run concurrently: runs serialise
-    on an advisory lock.
+    were written with a back-dated ``ingested_at``), dropping buckets whose raw rows are
+    gone. Safe to run concurrently: runs serialise on an advisory lock.
     """
     started = time.monotonic()
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    try:
         previous = None if full else read_watermark(conn)
         since = previous if previous is not None else "-infinity"
+        # Taken before any scan: rows stamped later are picked up by the next run.
         row = conn.execute("SELECT now() - %s::interval", (grace,)).fetchone()
         assert row is not None
         new_watermark: datetime = row[0]  # type: ignore[assignment]
-        counts = []
-        for raw, rollup in (
-            ("numeric_readings", "rollup_numeric_hourly"),
-            ("categorical_readings", "rollup_categorical_hourly"),
-        ):
-            conn.execute("DROP TABLE IF EXISTS rollup_dirty")
-            conn.execute(
-                f"""CREATE TEMP TABLE rollup_dirty ON COMMIT DROP AS
-                    SELECT DISTINCT device_id, signal,
-                           time_bucket(INTERVAL '1 hour', time) AS bucket
-                      FROM {raw} WHERE ingested_at > %s""",
-                (since,),
+        counts = [
+            sum(
+                _refresh_slice(conn, raw, rollup, day, since, full)
+                for day in _slices(conn, raw, rollup, since, full)
             )
-            conn.execute("ANALYZE rollup_dirty")
-            dirty = conn.execute("SELECT count(*) FROM rollup_dirty").fetchone()
-            if dirty is not None and int(str(dirty[0])) > BULK_DIRTY_BUCKETS:
-                # A backfill: one hash join over a scan of the raw table beats millions of
-                # index probes into every chunk (the nested loop the planner picks otherwise).
-                conn.execute("SET LOCAL enable_nestloop = off")
-            if full:  # also drops buckets whose raw rows are gone
-                conn.execute(f"DELETE FROM {rollup}")
-            conn.execute(
-                f"""DELETE FROM {rollup} o USING rollup_dirty d
-                     WHERE o.device_id = d.device_id AND o.signal = d.signal
-                       AND o.bucket = d.bucket"""
-            )
-            source = f"""{raw} r JOIN rollup_dirty d
-                           ON r.device_id = d.device_id AND r.signal = d.signal
-                          AND r.time >= d.bucket AND r.time < d.bucket + INTERVAL '1 hour'"""
-            if raw == "numeric_readings":
-                select = f"SELECT {NUMERIC_AGGREGATE} FROM {source} {NUMERIC_GROUP_BY}"
-            else:
-                select = CATEGORICAL_AGGREGATE_FROM.format(source=source, where="")
-            columns = NUMERIC_COLUMNS if raw == "numeric_readings" else CATEGORICAL_COLUMNS
-            cur = conn.execute(f"INSERT INTO {rollup} ({columns}) {select}")
-            counts.append(cur.rowcount)
-            conn.execute("DROP TABLE rollup_dirty")
+            for raw, rollup in _TABLES
+        ]
         # The watermark never moves backwards (a full rebuild with a clock step back).
         conn.execute(
             """INSERT INTO rollup_watermarks (name, watermark) VALUES (%s, %s)
@@ -149,6 +125,8 @@ def refresh_rollups(
                       updated_at = now()""",
             (WATERMARK_NAME, new_watermark),
         )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     result = RollupResult(counts[0], counts[1], previous, new_watermark, time.monotonic() - started)
     log.info(
         "rollups refreshed: %d numeric and %d categorical buckets in %.2fs (watermark %s)",
@@ -158,3 +136,84 @@ def refresh_rollups(
         result.watermark.isoformat(),
     )
     return result
+
+
+_TABLES = (
+    ("numeric_readings", "rollup_numeric_hourly"),
+    ("categorical_readings", "rollup_categorical_hourly"),
+)
+
+
+def _slices(
+    conn: psycopg.Connection[tuple[object, ...]],
+    raw: str,
+    rollup: str,
+    since: datetime | str,
+    full: bool,
+) -> list[datetime]:
+    """Start of every event-time day holding rows ingested after ``since``; for a full
+    rebuild, every day from the first raw or rollup row to the last."""
+    if full:
+        sql = f"""SELECT generate_series(time_bucket(INTERVAL '1 day', min(t)),
+                                         max(t), INTERVAL '1 day')
+                    FROM (SELECT min(time) AS t FROM {raw} UNION ALL SELECT max(time) FROM {raw}
+                          UNION ALL SELECT min(bucket) FROM {rollup}
+                          UNION ALL SELECT max(bucket) FROM {rollup}) bounds"""
+        rows = conn.execute(sql).fetchall()
+    else:
+        rows = conn.execute(
+            f"""SELECT DISTINCT time_bucket(INTERVAL '1 day', time) FROM {raw}
+                 WHERE ingested_at > %s ORDER BY 1""",
+            (since,),
+        ).fetchall()
+    return [r[0] for r in rows if r[0] is not None]  # type: ignore[misc]
+
+
+def _refresh_slice(
+    conn: psycopg.Connection[tuple[object, ...]],
+    raw: str,
+    rollup: str,
+    day: datetime,
+    since: datetime | str,
+    full: bool,
+) -> int:
+    """Recompute the dirty buckets of one event-time day; return how many were written."""
+    window = {"d0": day, "d1": day + _SLICE, "since": since}
+    everything = full or since == "-infinity"
+    with conn.transaction():
+        # A day's groups (≤ devices x signals x 24) sort and hash comfortably in this much.
+        conn.execute("SET LOCAL work_mem = '64MB'")
+        where = "WHERE r.time >= %(d0)s AND r.time < %(d1)s"
+        if everything:
+            # Every bucket of the day: aggregate its raw rows directly, no dirty set to join.
+            # A full rebuild also drops buckets whose raw rows are gone.
+            conn.execute(f"DELETE FROM {rollup} WHERE bucket >= %(d0)s AND bucket < %(d1)s", window)
+            source = f"{raw} r"
+        else:
+            conn.execute("DROP TABLE IF EXISTS rollup_dirty")
+            conn.execute(
+                f"""CREATE TEMP TABLE rollup_dirty ON COMMIT DROP AS
+                    SELECT DISTINCT device_id, signal,
+                           time_bucket(INTERVAL '1 hour', time) AS bucket
+                      FROM {raw}
+                     WHERE time >= %(d0)s AND time < %(d1)s AND ingested_at > %(since)s""",
+                window,
+            )
+            conn.execute("ANALYZE rollup_dirty")
+            conn.execute(
+                f"""DELETE FROM {rollup} o USING rollup_dirty d
+                     WHERE o.device_id = d.device_id AND o.signal = d.signal
+                       AND o.bucket = d.bucket AND o.bucket >= %(d0)s AND o.bucket < %(d1)s""",
+                window,
+            )
+            source = f"""{raw} r JOIN rollup_dirty d
+                           ON r.device_id = d.device_id AND r.signal = d.signal
+                          AND r.time >= d.bucket AND r.time < d.bucket + INTERVAL '1 hour'"""
+        if raw == "numeric_readings":
+            select = f"SELECT {NUMERIC_AGGREGATE} FROM {source} {where} {NUMERIC_GROUP_BY}"
+        else:
+            select = CATEGORICAL_AGGREGATE_FROM.format(source=source, where=where)
+        columns = NUMERIC_COLUMNS if raw == "numeric_readings" else CATEGORICAL_COLUMNS
+        written = conn.execute(f"INSERT INTO {rollup} ({columns}) {select}", window).rowcount
+    log.debug("rollups: %s day %s: %d buckets", rollup, day.date(), written)
+    return max(written, 0)
