@@ -318,10 +318,10 @@ _SQL = {
     for step, fn in (("rollup", _rollup_sql), ("new", _new_raw_sql), ("recompute", _recompute_sql))
 }
 
-# Earliest reading before the grid (tenure), from rollups fully ingested by T.
+# Earliest reading of each device before the grid (tenure), from rollups fully ingested by T.
 _FIRST_SEEN_SQL = f"""
     WITH {_DEVICES_CTE}
-    SELECT dv.uidx, min(f.first) FROM dv CROSS JOIN LATERAL (
+    SELECT dv.uidx, dv.didx, min(f.first) FROM dv CROSS JOIN LATERAL (
         SELECT min(r.first_time) AS first FROM rollup_numeric_hourly r
          WHERE r.device_id = dv.device_id AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
            AND r.bucket < %(start)s AND r.max_ingested_at <= %(known_by)s
@@ -333,7 +333,7 @@ _FIRST_SEEN_SQL = f"""
            AND r.user_id = dv.user_id
     ) f
     WHERE f.first IS NOT NULL
-    GROUP BY dv.uidx
+    GROUP BY dv.uidx, dv.didx
 """
 
 _COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
@@ -610,16 +610,31 @@ def load_chunk(
         ] + list(fixed_cat)  # fmt: skip
         categorical, value_list = _categorical_from_rows(all_rows)
 
-    # Tenure: the first bin in the grid, or earlier history from the rollups.
+    # Tenure, per user and per device: the first bin in the grid, or earlier history from the
+    # rollups.
     first_h = np.full(len(users), np.inf)
+    dev_first_h = np.full(len(pairs.devices), np.inf)
     for b in (numeric, categorical):
         if b.u.size:
             np.minimum.at(first_h, b.u, b.h.astype(np.float64))
+            np.minimum.at(dev_first_h, b.d, b.h.astype(np.float64))
     end_hours = (as_of - start).total_seconds() / 3600.0
     first_seen = np.where(np.isinf(first_h), np.nan, end_hours - first_h)
-    for ui, t in first_rows:
-        assert isinstance(ui, int) and isinstance(t, datetime)
-        first_seen[ui] = (as_of - t).total_seconds() / 3600.0
+    dev_first_seen = np.where(np.isinf(dev_first_h), np.nan, end_hours - dev_first_h)
+    for ui, di, t in first_rows:
+        assert isinstance(ui, int) and isinstance(di, int) and isinstance(t, datetime)
+        before = (as_of - t).total_seconds() / 3600.0
+        first_seen[ui] = np.fmax(first_seen[ui], before)
+        dev_first_seen[di] = before
+    retired = np.array(
+        [
+            (as_of - d.retired_at).total_seconds() / 3600.0
+            if d.retired_at is not None and d.retired_at <= as_of
+            else np.nan
+            for d in pairs.devices
+        ],
+        dtype=np.float64,
+    )
     chunk = Chunk(
         n_users=len(users),
         hours=hours,
@@ -631,6 +646,10 @@ def load_chunk(
         first_seen_hours=first_seen,
         consented=pairs.consented,
         device_kinds=[d.kind for d in pairs.devices],
+        device_owner=np.asarray(pairs.params["d_uidx"], dtype=np.int64),
+        device_first_seen_hours=dev_first_seen,
+        device_retired_hours=retired,
+        as_of_hours=end_hours,
     )
     if timings is not None:
         timings.add(sql_s=sql_s, python_s=py_s + time.perf_counter() - t3)

@@ -271,6 +271,7 @@ class UserDevice:
     device_id: str
     user_id: str
     kind: str
+    retired_at: datetime | None = None  # no data is accepted from the device after this
 
 
 def user_timezones(conn: Conn, user_ids: Iterable[str]) -> dict[str, str]:
@@ -284,10 +285,14 @@ def user_timezones(conn: Conn, user_ids: Iterable[str]) -> dict[str, str]:
 def devices_of_users(conn: Conn, user_ids: Iterable[str]) -> list[UserDevice]:
     """Every device bound to one of ``user_ids``, retired or not, ordered by device id."""
     rows = conn.execute(
-        "SELECT device_id, user_id, kind FROM devices WHERE user_id = ANY(%s) ORDER BY device_id",
+        "SELECT device_id, user_id, kind, retired_at FROM devices WHERE user_id = ANY(%s)"
+        " ORDER BY device_id",
         (list(user_ids),),
     ).fetchall()
-    return [UserDevice(str(d), str(u), str(k)) for d, u, k in rows]
+    return [
+        UserDevice(str(d), str(u), str(k), r if isinstance(r, datetime) else None)
+        for d, u, k, r in rows
+    ]
 
 
 def consented_categories_many(

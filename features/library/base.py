@@ -150,6 +150,12 @@ class Chunk:
     first_seen_hours: F64  # [U] hours from first-ever reading (≤ T) to T; NaN if never
     consented: dict[Category, Bool]  # [U] per category: consent active at T
     device_kinds: list[str]  # kind of each chunk device index
+    device_owner: I64  # [n_devices] user index of each chunk device
+    # [n_devices] hours from the device's first-ever reading (≤ T) to T; NaN if never
+    device_first_seen_hours: F64
+    # [n_devices] hours from the device's retirement to T; NaN if not retired by T
+    device_retired_hours: F64
+    as_of_hours: float  # T in grid hours from the grid start (hours - 1 < as_of_hours ≤ hours)
     _cache: dict[tuple[object, ...], object] = field(default_factory=dict)
 
     @property
