@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # (family, feature, expected sign of the rank correlation with latent stability), from the
 # simulator's traits (device_sim/README.md, persona.traits_from): stable people have fewer and
 # shorter phone gaps, a more concentrated daily activity, more nights at home, a steadier set of
-# places week to week, more overnight charging and steadier plug energy. (The radius of
-# gyration is not used: stable personas commute more, which offsets their smaller radius.)
+# places week to week, more overnight charging, steadier plug energy and fewer household outages
+# (routers and plugs go silent during one; the simulator sends no offline reports). (The radius
+# of gyration is not used: stable personas commute more, which offsets their smaller radius.)
 EXPECTED = [
     ("coverage", "longest_gap_days_90d", -1),
     ("routine", "hour_entropy_presence_90d", -1),
@@ -41,6 +42,8 @@ EXPECTED = [
     ("mobility", "week_churn_30d", -1),
     ("phone_care", "overnight_charge_share_90d", +1),
     ("infrastructure", "daily_kwh_cv_90d", -1),
+    ("infrastructure", "always_on_uptime_ratio_90d", +1),
+    ("infrastructure", "always_on_outages_per_30d_90d", -1),
 ]
 
 
@@ -110,6 +113,7 @@ def test_feature_families_follow_latent_stability(
     for family, feature, sign in EXPECTED:
         pair = frame[[feature, "latent_score"]].dropna()
         assert len(pair) >= 30, f"{feature}: only {len(pair)} users with a value"
+        assert pair[feature].nunique() > 1, f"{feature} is constant on the fleet"
         rho = pair[feature].corr(pair["latent_score"], method="spearman")
         assert rho * sign > 0, (
             f"{family}: {feature} rank correlation {rho:+.2f}, expected {sign:+d}"

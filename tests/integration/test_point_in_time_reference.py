@@ -16,6 +16,7 @@ T = datetime(2026, 4, 15, tzinfo=UTC)  # 90-day window spans the 29 March 2026 D
 START = T - timedelta(days=100)
 BERLIN = ZoneInfo("Europe/Berlin")
 ING = timedelta(minutes=1)
+SILENCE = (T - timedelta(days=10, hours=-9), T - timedelta(days=10, hours=-15))
 
 
 def _local_days(tz: ZoneInfo) -> list[datetime]:
@@ -70,8 +71,30 @@ def vectors(database_url: str) -> dict[str, FeatureVector]:
             t2 = t + timedelta(minutes=5)
             rows.append((t2, "ref-home-door", "ref-home", "contact_open", 0.0, t2 + ING))
         insert_numeric(conn, rows)
+
+        # A plug reporting every 5 min for the last 30 days, silent for 6 h (10 days before T,
+        # 09:00-15:00); a router with a 10-min heartbeat for 100 days whose Tasmota-style LWT
+        # "Offline" opens the same 6-h silence (one outage, not two).
+        add_user(conn, "ref-plug", granted_at=granted)
+        add_device(conn, "ref-plug-plug", "ref-plug", "plug")
+        add_user(conn, "ref-router", granted_at=granted)
+        add_device(conn, "ref-router-router", "ref-router", "router")
+        rows = []
+        for device, user, signal, period, since in (
+            ("ref-plug-plug", "ref-plug", "power_w", 5, 30),
+            ("ref-router-router", "ref-router", "online", 10, 100),
+        ):
+            t = T - timedelta(days=since)
+            while t < T:
+                if not SILENCE[0] <= t < SILENCE[1]:
+                    rows.append((t, device, user, signal, 1.0, t + ING))
+                t += timedelta(minutes=period)
+        off = SILENCE[0] + timedelta(seconds=40)
+        rows.append((off, "ref-router-router", "ref-router", "online", 0.0, off + ING))
+        insert_numeric(conn, rows)
         refresh_rollups(conn, full=True)
-        got = compute_vectors(conn, ["ref-charge", "ref-geo", "ref-home", "nobody"], T)
+        users = ["ref-charge", "ref-geo", "ref-home", "ref-plug", "ref-router", "nobody"]
+        got = compute_vectors(conn, users, T)
     return {v.user_id: v for v in got}
 
 
@@ -82,7 +105,7 @@ def value(vec: FeatureVector, name: str) -> float:
 
 
 def test_unknown_users_are_omitted(vectors: dict[str, FeatureVector]) -> None:
-    assert set(vectors) == {"ref-charge", "ref-geo", "ref-home"}
+    assert set(vectors) == {"ref-charge", "ref-geo", "ref-home", "ref-plug", "ref-router"}
 
 
 @pytest.mark.parametrize("window", ["30d", "90d"])
@@ -139,3 +162,43 @@ def test_missing_categories_are_null_with_zero_coverage(
         assert vec.values[name].value is None
         assert vec.values[name].coverage == 0.0
     assert vec.values["active_day_ratio_30d"].value == 0.0  # consented, measured: no heartbeat
+
+
+@pytest.mark.parametrize("window", ["30d", "90d"])
+def test_plug_silent_for_six_hours_has_one_outage(
+    vectors: dict[str, FeatureVector], window: str
+) -> None:
+    # Observed since its first reading 30 days (720 h) before T, in both windows.
+    vec = vectors["ref-plug"]
+    assert value(vec, f"always_on_uptime_ratio_{window}") == pytest.approx(1 - 6 / 720, abs=1e-9)
+    assert value(vec, f"always_on_outages_per_30d_{window}") == pytest.approx(1.0, abs=1e-9)
+    coverage = 1.0 if window == "30d" else 30 / 90
+    assert vec.values[f"always_on_uptime_ratio_{window}"].coverage == pytest.approx(coverage)
+
+
+@pytest.mark.parametrize("days", [30, 90])
+def test_offline_report_and_silence_make_one_router_outage(
+    vectors: dict[str, FeatureVector], days: int
+) -> None:
+    # Reporting since before the 90-day grid: observed the whole window.
+    vec = vectors["ref-router"]
+    hours = 24 * days
+    uptime = value(vec, f"always_on_uptime_ratio_{days}d")
+    assert uptime == pytest.approx(1 - 6 / hours, abs=1e-9)
+    outages = value(vec, f"always_on_outages_per_30d_{days}d")
+    assert outages == pytest.approx(720 / hours, abs=1e-9)
+
+
+@pytest.mark.parametrize("window", ["30d", "90d"])
+def test_once_a_day_plug_is_not_down_between_reports(
+    vectors: dict[str, FeatureVector], window: str
+) -> None:
+    vec = vectors["ref-home"]
+    assert value(vec, f"always_on_uptime_ratio_{window}") == 1.0
+    assert value(vec, f"always_on_outages_per_30d_{window}") == 0.0
+
+
+def test_without_always_on_devices_uptime_is_null(vectors: dict[str, FeatureVector]) -> None:
+    for user in ("ref-charge", "ref-geo"):  # a phone only
+        cell = vectors[user].values["always_on_uptime_ratio_30d"]
+        assert cell.value is None and cell.coverage == 0.0
