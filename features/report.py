@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from features import validation as v
-from features.model import ModelKind, ReferenceModel, time_split
+from features.model import ModelKind, ReferenceModel, longest_windows, time_split
 from features.report_data import FeatureTable, GroundTruth
 
 # A leaky variant must beat the honest one by at least this much AUC for the check to "fire".
@@ -66,9 +66,12 @@ def _fit_variant(
     test: np.ndarray,
     kind: ModelKind,
 ) -> FittedVariant:
-    """Train on the rows' training part, keeping only features somebody had in training."""
+    """Train on the rows' training part, on the longest window of each indicator that
+    somebody had in training (see :func:`features.model.longest_windows`)."""
     x = table.values[rows]
     usable = ~np.isnan(x[train]).all(axis=0)
+    had = [n for n, u in zip(table.names, usable, strict=True) if u]
+    usable &= np.isin(np.asarray(table.names), longest_windows(had))
     if not usable.any():
         raise ValueError(
             f"no feature from {table.source} has any value in the training population "

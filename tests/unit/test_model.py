@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.model import ReferenceModel, data_fingerprint, time_split
+from features.model import ReferenceModel, data_fingerprint, longest_windows, time_split
 
 NAMES = ["risk_driver", "protective", "noise", "never_seen"]
 
@@ -112,3 +112,8 @@ def test_unfitted_or_misshaped_input_is_refused() -> None:
     model.fit(x, y)
     with pytest.raises(ValueError, match="4 columns"):
         model.predict_proba(np.zeros((1, 3)))
+
+
+def test_longest_windows_keep_the_longest_of_each_indicator_and_windowless_features() -> None:
+    names = ["a_30d", "tenure", "a_90d", "b_30d", "c_7d", "c_14d", "per_30d_90d", "per_30d_30d"]
+    assert longest_windows(names) == ["tenure", "a_90d", "b_30d", "c_14d", "per_30d_90d"]
