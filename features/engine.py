@@ -18,9 +18,9 @@ The feature functions (features.library) then run vectorised over the chunk.
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,7 +32,6 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-import pandas as pd
 import psycopg
 
 from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
@@ -183,94 +182,202 @@ def _rollup_sql(kind: str) -> str:
     """
 
 
-# Numeric pass 1 as one row per device holding column arrays: a COPY row costs the client a
-# Python-level message, so ~400 bins per device in one row cut that overhead ~400-fold.
-_NUMERIC_ROLLUP_ARRAYS_SQL = f"""
+# Pass 1 as one COPY row per device holding column arrays: a COPY row costs the client a
+# Python-level message, so ~400 bins per device in one row cut that overhead ~400-fold. The
+# server only gathers stored columns (an expression per row costs it more than reading the
+# row): buckets and reading times arrive as timestamps and become grid hours and offsets in
+# numpy (`_RollupArrays`), and instead of a "usable as is" flag per row only the rare rows
+# ingested after T are listed again (``late_*``). ``dv.sigs`` NULL means every signal is
+# consented.
+_LATE = "FILTER (WHERE b.max_ingested_at > %(known_by)s)"
+
+
+def _rollup_arrays_sql(kind: str) -> str:
+    if kind == "numeric":
+        columns = """array_agg(b.n) AS n, array_agg(b.sum) AS sum, array_agg(b.min) AS min,
+                  array_agg(b.max) AS max, array_agg(b.first) AS first,
+                  array_agg(b.last) AS last, array_agg(b.first_time) AS first_time,
+                  array_agg(b.last_time) AS last_time"""
+    else:
+        columns = """array_agg(b.value) AS value, array_agg(octet_length(b.value)) AS value_len,
+                  array_agg(b.share) AS share, array_agg(b.n) AS n"""
+    return f"""
     WITH {_DEVICES_CTE}
     SELECT dv.uidx, dv.didx, x.*
       FROM dv CROSS JOIN LATERAL (
-           SELECT array_agg(hashtext(b.signal)) AS sig,
-                  array_agg((date_part('epoch', b.bucket - %(start)s) / 3600)::int4) AS h,
-                  array_agg(b.n) AS n, array_agg(b.sum) AS sum, array_agg(b.min) AS min,
-                  array_agg(b.max) AS max, array_agg(b.first) AS first,
-                  array_agg(b.last) AS last,
-                  array_agg(date_part('epoch', b.first_time - b.bucket)) AS first_off,
-                  array_agg(date_part('epoch', b.last_time - b.bucket)) AS last_off,
-                  array_agg((b.bucket + INTERVAL '1 hour' <= %(as_of)s
-                             AND b.max_ingested_at <= %(known_by)s)::int4) AS usable
-             FROM rollup_numeric_hourly b
+           SELECT array_agg(hashtext(b.signal)) AS sig, array_agg(b.bucket) AS bucket,
+                  {columns},
+                  array_agg(hashtext(b.signal)) {_LATE} AS late_sig,
+                  array_agg(b.bucket) {_LATE} AS late_bucket
+             FROM rollup_{kind}_hourly b
             WHERE b.device_id = dv.device_id
               AND (dv.sigs IS NULL OR b.signal = ANY(dv.sigs))
               AND b.bucket >= %(start)s AND b.bucket < %(as_of)s
               AND b.user_id = dv.user_id) x
-     WHERE x.h IS NOT NULL
-"""
-_ARRAY_COLUMNS = (
-    ("sig", ">i4"),
-    ("h", ">i4"),
-    ("n", ">i4"),
-    ("sum", ">f8"),
-    ("min", ">f8"),
-    ("max", ">f8"),
-    ("first", ">f8"),
-    ("last", ">f8"),
-    ("first_off", ">f8"),
-    ("last_off", ">f8"),
-    ("usable", ">i4"),
-)
+     WHERE x.bucket IS NOT NULL
+    """
+
+
+_ROLLUP_ARRAYS_SQL = {kind: _rollup_arrays_sql(kind) for kind in ("numeric", "categorical")}
+_TIMESTAMP = ">i8"  # binary timestamptz: microseconds since 2000-01-01 UTC
+_TEXT = "text"
+_ARRAY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "numeric": (
+        ("sig", ">i4"),
+        ("bucket", _TIMESTAMP),
+        ("n", ">i4"),
+        ("sum", ">f8"),
+        ("min", ">f8"),
+        ("max", ">f8"),
+        ("first", ">f8"),
+        ("last", ">f8"),
+        ("first_time", _TIMESTAMP),
+        ("last_time", _TIMESTAMP),
+        ("late_sig", ">i4"),
+        ("late_bucket", _TIMESTAMP),
+    ),
+    "categorical": (
+        ("sig", ">i4"),
+        ("bucket", _TIMESTAMP),
+        ("value", _TEXT),
+        ("value_len", ">i4"),
+        ("share", ">f8"),
+        ("n", ">i4"),
+        ("late_sig", ">i4"),
+        ("late_bucket", _TIMESTAMP),
+    ),
+}
+_INT4 = struct.Struct(">i")
+_ROW_HEAD = struct.Struct(">hiiii")  # field count, (length, uidx), (length, didx)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_HOUR_US = 3_600_000_000
+
+
+def _array_literal(items: Sequence[object]) -> str:
+    """A PostgreSQL array literal of str or int items, for a ``%s::text[]``/``::int4[]``
+    parameter: one string for psycopg to pass, instead of a list it would quote item by item
+    for every query of a chunk (COPY binds its parameters client-side)."""
+    if all(isinstance(x, int) for x in items):
+        return "{" + ",".join(map(str, items)) + "}"
+    quoted = (str(x).replace("\\", "\\\\").replace('"', '\\"') for x in items)
+    return "{" + ",".join(f'"{x}"' for x in quoted) + "}"
+
+
+def _pg_us(t: datetime) -> int:
+    """A timestamp as binary timestamptz (microseconds since 2000-01-01 UTC)."""
+    return (t - _PG_EPOCH) // timedelta(microseconds=1)
 
 
 class ArrayRowsParser:
-    """Streaming parser of binary COPY rows (uidx int4, didx int4, one 1-D NOT NULL array per
-    :data:`_ARRAY_COLUMNS`): each COPY message (one row, the first also carries the file
-    header) is decoded into native numpy arrays as it arrives, so no copy of the whole result
-    is ever held in memory."""
+    """Streaming parser of binary COPY rows (uidx int4, didx int4, then one 1-D array per
+    column of ``columns``; an empty or NULL array is no elements). Each COPY message (one
+    row, the first also carries the file header) is split into its columns' element bytes;
+    every few MB these are decoded into native numpy arrays by one ``np.frombuffer`` per
+    column, so neither a Python object per element nor a copy of the whole result is held.
+    A text column keeps its raw elements (see :func:`_text_values`)."""
 
-    def __init__(self) -> None:
-        self._parts: dict[str, list[np.ndarray]] = {name: [] for name, _ in _ARRAY_COLUMNS}
+    _FLUSH_BYTES = 8 << 20
+
+    def __init__(self, columns: Sequence[tuple[str, str]]) -> None:
+        self._columns = tuple(columns)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._parts: dict[str, list[np.ndarray]] = {name: [] for name, _ in self._columns}
+        self._raw: dict[str, list[bytes]] = {name: [] for name, _ in self._columns}
+        self._sizes: dict[str, list[int]] = {name: [] for name, _ in self._columns}
+        self._pending = 0
         self._users: list[int] = []
         self._devices: list[int] = []
-        self._counts: list[int] = []
         self._header_seen = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
+        buf = bytes(data)
         pos = 0
         if not self._header_seen:
             pos, self._header_seen = _COPY_HEADER, True
-        while pos + 2 <= len(view):
-            nfields = int.from_bytes(view[pos : pos + 2], "big", signed=True)
-            pos += 2
-            if nfields == -1:  # trailer
-                return
-            values = []
-            for _ in range(nfields):
-                length = int.from_bytes(view[pos : pos + 4], "big", signed=True)
-                pos += 4
-                values.append(view[pos : pos + length])
-                pos += length
-            self._users.append(int.from_bytes(values[0], "big", signed=True))
-            self._devices.append(int.from_bytes(values[1], "big", signed=True))
-            size = 0
-            for (name, typ), column in zip(_ARRAY_COLUMNS, values[2:], strict=True):
-                # 1-D array: ndim, has-null, element oid, size, lower bound; (len, value)*.
-                size = int.from_bytes(column[12:16], "big", signed=True)
-                rec = np.frombuffer(
-                    column, dtype=[("len", ">i4"), ("v", typ)], count=size, offset=20
-                )
-                self._parts[name].append(rec["v"].astype(typ.replace(">", "="), copy=True))
-            self._counts.append(size)
+        unpack = _INT4.unpack_from
+        while pos + 2 <= len(buf):
+            if buf[pos : pos + 2] == b"\xff\xff":  # trailer
+                break
+            nfields, _, uidx, _, didx = _ROW_HEAD.unpack_from(buf, pos)
+            if nfields != 2 + len(self._columns):
+                raise ValueError(f"expected {2 + len(self._columns)} fields, got {nfields}")
+            pos += _ROW_HEAD.size
+            self._users.append(uidx)
+            self._devices.append(didx)
+            for name, _ in self._columns:
+                # Field length; 1-D array: ndim, has-null, element oid, [size, lower bound],
+                # then (len, value)*. NULL (length -1) and empty (ndim 0) have no elements.
+                (length,) = unpack(buf, pos)
+                size = unpack(buf, pos + 16)[0] if length > 12 else 0
+                self._sizes[name].append(size)
+                if size:
+                    self._raw[name].append(buf[pos + 24 : pos + 4 + length])
+                    self._pending += length
+                pos += 4 + max(length, 0)
+        if self._pending >= self._FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        for name, typ in self._columns:
+            if typ == _TEXT or not self._raw[name]:
+                continue
+            blob = b"".join(self._raw[name])
+            self._raw[name] = []
+            rec = np.frombuffer(blob, dtype=[("len", ">i4"), ("v", typ)])
+            self._parts[name].append(rec["v"].astype(typ.replace(">", "="), copy=True))
+        self._pending = 0
 
     def result(self) -> dict[str, np.ndarray]:
-        out = {
-            name: np.concatenate(p) if p else np.zeros(0, dtype=typ.replace(">", "="))
-            for (name, typ) in _ARRAY_COLUMNS
-            for p in [self._parts[name]]
-        }
-        self._parts = {name: [] for name, _ in _ARRAY_COLUMNS}
-        out["u"] = np.repeat(np.asarray(self._users, dtype=np.int64), self._counts)
-        out["d"] = np.repeat(np.asarray(self._devices, dtype=np.int64), self._counts)
+        """Column arrays (native byte order) plus ``u``/``d`` per element of the first column,
+        ``late_d`` per element of ``late_sig``; a text column as ``np.bytes_`` values."""
+        self._flush()
+        out: dict[str, np.ndarray] = {}
+        for name, typ in self._columns:
+            if typ != _TEXT:
+                parts = self._parts[name]
+                native = typ.replace(">", "=")
+                out[name] = np.concatenate(parts) if parts else np.zeros(0, dtype=native)
+        users = np.asarray(self._users, dtype=np.int64)
+        devices = np.asarray(self._devices, dtype=np.int64)
+        first = self._columns[0][0]
+        out["u"] = np.repeat(users, self._sizes[first])
+        out["d"] = np.repeat(devices, self._sizes[first])
+        if "late_sig" in self._sizes:
+            out["late_d"] = np.repeat(devices, self._sizes["late_sig"])
+        for name, typ in self._columns:
+            if typ == _TEXT:
+                out[name] = _text_values(b"".join(self._raw[name]), out[f"{name}_len"])
+        self._reset()
         return out
+
+
+def _text_values(blob: bytes, lengths: np.ndarray) -> np.ndarray:
+    """The elements of binary text arrays laid end to end in ``blob`` ((len, bytes)*) as a
+    ``np.bytes_`` array, given each element's ``octet_length`` (all numpy, no Python object
+    per element). Should the client encoding differ from the server's (lengths then do not
+    match the prefixes), the elements are walked one by one instead."""
+    lengths = lengths.astype(np.int64)
+    buf = np.frombuffer(blob, dtype=np.uint8)
+    starts = np.cumsum(lengths + 4) - lengths  # first byte of each element's value
+    ok = starts.size == 0 or (int(starts[-1] + lengths[-1]) == buf.size)
+    if ok and starts.size:
+        prefix = buf[(starts - 4)[:, None] + np.arange(4)].astype(np.int64)
+        ok = bool(np.all(prefix @ np.array([1 << 24, 1 << 16, 1 << 8, 1]) == lengths))
+    if not ok:  # pragma: no cover - client and server encodings differ
+        values, pos = [], 0
+        while pos < len(blob):
+            size = int.from_bytes(blob[pos : pos + 4], "big")
+            values.append(blob[pos + 4 : pos + 4 + size])
+            pos += 4 + size
+        return np.array(values, dtype=np.bytes_)
+    width = max(int(lengths.max()), 1) if lengths.size else 1
+    cols = np.arange(width)
+    inside = cols < lengths[:, None]
+    mat = np.zeros((lengths.size, width), dtype=np.uint8)
+    mat[inside] = buf[(starts[:, None] + cols)[inside]]
+    return mat.view(f"S{width}").ravel()
 
 
 def _new_raw_sql(kind: str) -> str:
@@ -341,18 +448,49 @@ _INT_FIELDS = ("u", "d", "s", "h")
 _FLOAT_FIELDS = ("n", "sum", "min", "max", "first", "last", "first_off", "last_off")
 
 
-def _numeric_from_arrays(
-    cols: dict[str, np.ndarray], sig_hash: dict[int, int]
-) -> tuple[NumericBins, np.ndarray]:
-    """Map signal hashes to signal indexes (unknown signals dropped) and build the bins."""
+def _rollup_rows(
+    cols: dict[str, np.ndarray],
+    sig_hash: dict[int, int],
+    start: datetime,
+    as_of: datetime,
+    hours: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The per-row columns of parsed rollup arrays for known signals (unknown ones dropped)
+    with ``s`` (signal index) and ``h`` (grid hour), and whether each row is usable as is:
+    its bucket ended by T and it is not listed as ingested after T."""
     hashes = np.array(sorted(sig_hash), dtype=np.int64)
     index = np.array([sig_hash[h] for h in sorted(sig_hash)], dtype=np.int64)
-    sig = cols["sig"].astype(np.int64)
-    pos = np.clip(np.searchsorted(hashes, sig), 0, max(len(hashes) - 1, 0))
-    known = hashes[pos] == sig if len(hashes) else np.zeros(sig.size, dtype=bool)
-    cols = {k: v[known] for k, v in cols.items()}
-    cols["s"] = index[pos[known]]
-    return _numeric_from_columns(cols), cols["usable"] == 1
+
+    def lookup(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sig = sig.astype(np.int64)
+        pos = np.clip(np.searchsorted(hashes, sig), 0, max(len(hashes) - 1, 0))
+        known = hashes[pos] == sig if len(hashes) else np.zeros(sig.size, dtype=bool)
+        return known, index[pos[known]] if len(hashes) else pos[known]
+
+    def hour(bucket: np.ndarray) -> np.ndarray:
+        return np.rint((bucket - _pg_us(start)) / _HOUR_US).astype(np.int64)
+
+    late_known, late_s = lookup(cols.pop("late_sig"))
+    late_d = cols.pop("late_d")[late_known]
+    late_h = hour(cols.pop("late_bucket")[late_known])
+    known, s = lookup(cols.pop("sig"))
+    rows = cols if known.all() else {k: v[known] for k, v in cols.items()}
+    rows["s"] = s
+    rows["h"] = hour(rows["bucket"])
+    usable = rows["bucket"] + _HOUR_US <= _pg_us(as_of)
+    if late_d.size:
+        late = _key(late_d, late_s, late_h, hours)
+        usable &= ~np.isin(_key(rows["d"], rows["s"], rows["h"], hours), late)
+    return rows, usable
+
+
+def _numeric_from_arrays(rows: dict[str, np.ndarray]) -> NumericBins:
+    """Numeric bins from :func:`_rollup_rows`; offsets as ``date_part('epoch', t - bucket)``
+    computes them (microseconds / 1e6)."""
+    bucket = rows.pop("bucket")
+    rows["first_off"] = (rows.pop("first_time") - bucket).astype(np.float64) / 1e6
+    rows["last_off"] = (rows.pop("last_time") - bucket).astype(np.float64) / 1e6
+    return _numeric_from_columns(rows)
 
 
 def _numeric_from_columns(cols: Mapping[str, object]) -> NumericBins:
@@ -380,29 +518,26 @@ def _categorical_from_rows(rows: Sequence[Sequence[object]]) -> tuple[Categorica
     return bins, [str(v) for v in values]
 
 
-def _parse_categorical_csv(buf: bytes | bytearray) -> tuple[CategoricalBins, list[str], np.ndarray]:
-    """CSV COPY of (u, d, s, h, value, share, n, usable) → bins, value dictionary, usable."""
-    if not buf:
-        bins, values = _categorical_from_rows([])
-        return bins, values, np.zeros(0, dtype=bool)
-    frame = pd.read_csv(
-        io.BytesIO(buf),
-        header=None,
-        names=["u", "d", "s", "h", "value", "share", "n", "usable"],
-        dtype={"value": str},
-        keep_default_na=False,
-    )
-    codes, uniques = pd.factorize(frame["value"], sort=True)
+def _categorical_from_arrays(
+    rows: dict[str, np.ndarray], encoding: str
+) -> tuple[CategoricalBins, list[str]]:
+    """Categorical bins from :func:`_rollup_rows` and the value dictionary, sorted (codes as
+    ``np.unique`` of the decoded strings gives them)."""
+    raw, code = np.unique(rows["value"], return_inverse=True)
+    decoded = [bytes(v).decode(encoding) for v in raw]
+    order = sorted(range(len(decoded)), key=decoded.__getitem__)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
     bins = CategoricalBins(
-        u=frame["u"].to_numpy(np.int64),
-        d=frame["d"].to_numpy(np.int64),
-        s=frame["s"].to_numpy(np.int64),
-        h=frame["h"].to_numpy(np.int64),
-        code=np.asarray(codes, dtype=np.int64),
-        share=frame["share"].to_numpy(np.float64),
-        n=frame["n"].to_numpy(np.float64),
+        u=rows["u"],
+        d=rows["d"],
+        s=rows["s"],
+        h=rows["h"],
+        code=rank[code.ravel()] if len(order) else code.astype(np.int64).ravel(),
+        share=rows["share"].astype(np.float64),
+        n=rows["n"].astype(np.float64),
     )
-    return bins, [str(v) for v in uniques], frame["usable"].to_numpy() == 1
+    return bins, [decoded[i] for i in order]
 
 
 # --- what was known at T ----------------------------------------------------------------------
@@ -534,7 +669,9 @@ def load_chunk(
     t0 = time.perf_counter()
     start, _, hours = grid_bounds(as_of)
     pairs = _pairs(conn, users, as_of)
-    params = dict(pairs.params)
+    params: dict[str, object] = {
+        k: _array_literal(v) if isinstance(v, list) else v for k, v in pairs.params.items()
+    }
     params.update(
         start=start,
         as_of=as_of,
@@ -543,7 +680,7 @@ def load_chunk(
     )
     # Replayed history (EVENT) may hold rows ingested after the watermark at any past T.
     check_new_raw = watermark is None or watermark < as_of or knowledge is Knowledge.EVENT
-    parser = ArrayRowsParser()
+    parsers = {kind: ArrayRowsParser(_ARRAY_COLUMNS[kind]) for kind in _ROLLUP_ARRAYS_SQL}
     with conn.cursor() as cur:
         sig_hash = {
             int(str(h)): int(str(i))
@@ -553,23 +690,22 @@ def load_chunk(
                 params,
             ).fetchall()
         }
-        sql = f"COPY ({_NUMERIC_ROLLUP_ARRAYS_SQL}) TO STDOUT (FORMAT BINARY)"
-        with cur.copy(sql, params) as copy:
-            for data in copy:
-                parser.feed(data)
-        cat_buf = bytearray()
-        sql = f"COPY ({_SQL[('rollup', 'categorical')]}) TO STDOUT (FORMAT CSV)"
-        with cur.copy(sql, params) as copy:
-            for data in copy:
-                cat_buf += data
+        for kind, parser in parsers.items():
+            sql = f"COPY ({_ROLLUP_ARRAYS_SQL[kind]}) TO STDOUT (FORMAT BINARY)"
+            with cur.copy(sql, params) as copy:
+                for data in copy:
+                    parser.feed(data)
         first_rows = cur.execute(_FIRST_SEEN_SQL, params).fetchall()
     sql_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    numeric, usable = _numeric_from_arrays(parser.result(), sig_hash)
-    del parser
-    categorical, value_list, cat_usable = _parse_categorical_csv(cat_buf)
-    del cat_buf
+    cols, usable = _rollup_rows(parsers.pop("numeric").result(), sig_hash, start, as_of, hours)
+    numeric = _numeric_from_arrays(cols)
+    cols, cat_usable = _rollup_rows(
+        parsers.pop("categorical").result(), sig_hash, start, as_of, hours
+    )
+    categorical, value_list = _categorical_from_arrays(cols, conn.info.encoding)
+    del cols
     py_s = time.perf_counter() - t1
 
     # Pass 2: corrections from raw rows (usually nothing to do).
@@ -580,6 +716,8 @@ def load_chunk(
         stale = (bins.d[~ok], bins.s[~ok], bins.h[~ok])
         keys = _dirty_keys(conn, kind, params, stale, check_new_raw)
         if keys.size == 0:
+            if ok.all():
+                continue
             if kind == "numeric":
                 numeric = numeric.select(ok)
             else:
@@ -598,8 +736,10 @@ def load_chunk(
     sql_s += time.perf_counter() - t2
     t3 = time.perf_counter()
     if fixed_numeric:
-        cols = dict(zip(_INT_FIELDS + _FLOAT_FIELDS, zip(*fixed_numeric, strict=True), strict=True))
-        numeric = _concat_numeric(numeric, _numeric_from_columns(cols))
+        fixed = dict(
+            zip(_INT_FIELDS + _FLOAT_FIELDS, zip(*fixed_numeric, strict=True), strict=True)
+        )
+        numeric = _concat_numeric(numeric, _numeric_from_columns(fixed))
     if fixed_cat:
         all_rows = [
             (u, d, s, h, value_list[c], sh, n)
