@@ -21,7 +21,7 @@ from features.service.handlers_features import HISTORICAL_MAX_BODY
 from features.service.metrics import ServiceMetrics
 from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
-from features.service.store import SnapshotStore
+from features.service.store import SnapshotStore, configure_connection
 from features.service.vectors import Outcome, VectorResolver
 from hearth.settings import Settings
 
@@ -46,6 +46,7 @@ def create_app(
         max_size=pool_size,
         open=False,
         kwargs={"autocommit": True},
+        configure=configure_connection,
     )
     sync_pool = ConnectionPool(
         settings.database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
