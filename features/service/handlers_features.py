@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -22,15 +25,17 @@ from features.service.models import (
 )
 from features.service.state import state_of
 from features.service.vectors import (
+    Outcome,
     csv_header,
     csv_record,
-    historical_line,
+    historical_lines,
     vector_json,
 )
 
 ONLINE_MAX_BODY = 256 * 1024
 HISTORICAL_MAX_BODY = 16 * 1024 * 1024  # 100,000 rows of ~70 bytes, with room to spare
 HISTORICAL_CHUNK_ROWS = 5_000  # rows per database round trip while streaming
+HISTORICAL_MEMO_ENTRIES = 20_000  # resolved (user, as_of) pairs kept per request
 
 _AS_OF = TypeAdapter(Instant)
 _USER_ID = re.compile(USER_ID_PATTERN)
@@ -77,7 +82,7 @@ async def get_user_features(request: web.Request) -> web.Response:
     as_of = parse_as_of(request.query.get("as_of"))
     version = engine_gateway.feature_set_version()
     (outcome,) = await state.resolver.resolve([(user_id, as_of)], version)
-    state.metrics.vectors.labels(outcome.reason or outcome.source or "?").inc()
+    state.metrics.count_vector(outcome.reason or outcome.source or "?")
     if outcome.reason is not None:
         raise ApiError(404, outcome.reason, _REASON_MESSAGES[outcome.reason])
     stale = state.resolver.is_stale(outcome, datetime.now(UTC))
@@ -93,7 +98,7 @@ async def post_online(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     vectors, missing = [], []
     for outcome in outcomes:
-        state.metrics.vectors.labels(outcome.reason or outcome.source or "?").inc()
+        state.metrics.count_vector(outcome.reason or outcome.source or "?")
         if outcome.reason is None:
             vectors.append(vector_json(outcome, version, state.resolver.is_stale(outcome, now)))
         else:
@@ -128,22 +133,49 @@ async def post_historical(request: web.Request) -> web.StreamResponse:
     counter = state.metrics.historical_rows
     if as_csv:
         await response.write(_csv_text([csv_header(names)]).encode())
-    for start in range(0, len(rows), HISTORICAL_CHUNK_ROWS):
-        chunk = rows[start : start + HISTORICAL_CHUNK_ROWS]
-        outcomes = await state.resolver.resolve(chunk, version, use_cache=False)
-        if len(outcomes) != len(chunk):  # never misalign rows: abort the stream instead
-            raise RuntimeError("resolver returned a different number of outcomes")
-        if as_csv:
-            text = _csv_text(
-                csv_record(start + i, o, version, names) for i, o in enumerate(outcomes)
-            )
-        else:
-            text = "".join(
-                historical_line(start + i, o, version) + "\n" for i, o in enumerate(outcomes)
-            )
-        for outcome in outcomes:
-            counter.labels(outcome.reason or outcome.source or "?").inc()
-        await response.write(text.encode())
+    resolver = state.resolver
+    # Outcomes already resolved in this request, by (user, as_of): a training set often asks
+    # for the same pair more than once. Bounded so memory stays flat whatever the input.
+    memo: dict[tuple[str, datetime | None], Outcome] = {}
+
+    async def resolve(chunk: list[tuple[str, datetime | None]]) -> list[Outcome]:
+        todo = list(dict.fromkeys(pair for pair in chunk if pair not in memo))
+        if todo:
+            outcomes = await resolver.resolve(todo, version, use_cache=False)
+            if len(outcomes) != len(todo):  # never misalign rows: abort the stream instead
+                raise RuntimeError("resolver returned a different number of outcomes")
+            fresh = dict(zip(todo, outcomes, strict=True))
+            result = [fresh.get(pair) or memo[pair] for pair in chunk]
+            if len(memo) + len(fresh) > HISTORICAL_MEMO_ENTRIES:
+                memo.clear()
+            memo.update(fresh)
+            return result
+        return [memo[pair] for pair in chunk]
+
+    # The database works on the next chunk while this one is rendered and written.
+    starts = range(0, len(rows), HISTORICAL_CHUNK_ROWS)
+    pending = asyncio.ensure_future(resolve(rows[:HISTORICAL_CHUNK_ROWS]))
+    try:
+        for start in starts:
+            outcomes = await pending
+            following = start + HISTORICAL_CHUNK_ROWS
+            if following < len(rows):
+                chunk = rows[following : following + HISTORICAL_CHUNK_ROWS]
+                pending = asyncio.ensure_future(resolve(chunk))
+            if as_csv:
+                text = _csv_text(
+                    csv_record(start + i, o, version, names) for i, o in enumerate(outcomes)
+                )
+            else:
+                text = historical_lines(start, outcomes, version)
+            for label, n in Counter(o.reason or o.source or "?" for o in outcomes).items():
+                counter.labels(label).inc(n)
+            await response.write(text.encode())
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
     await response.write_eof()
     return response
 

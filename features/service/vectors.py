@@ -171,16 +171,48 @@ def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
 
 def historical_line(row: int, outcome: Outcome, version: str) -> str:
     """A ``HistoricalRowOut`` document."""
-    head = {
-        "row": row,
-        "user_id": outcome.user_id,
-        "as_of": _iso(outcome.as_of),
-        "feature_set_version": version,
-        "reason": outcome.reason,
-        "source": outcome.source,
-        "computed_at": _iso(outcome.computed_at),
-    }
-    return _splice(head, outcome.features_json)
+    return historical_lines(row, [outcome], version)[:-1]
+
+
+_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
+
+
+def _name(names: dict[str | None, str], value: str | None) -> str:
+    text = names[value] = "null" if value is None else _str(value)
+    return text
+
+
+def historical_lines(start: int, outcomes: Sequence[Outcome], version: str) -> str:
+    """NDJSON text of ``HistoricalRowOut`` documents numbered from ``start``, one per outcome,
+    each ending in a newline. Byte for byte what :func:`json.dumps` of the head plus the spliced
+    features gives, without a dict and an encoder pass per row (100,000-row requests): string
+    fields go through json's own C string encoder, timestamps are formatted once per value."""
+    version_json = _str(version)
+    # Keyed with the tzinfo: equal instants in different zones format differently.
+    iso: dict[tuple[datetime, object], str] = {}
+    names: dict[str | None, str] = {None: "null"}
+    parts: list[str] = []
+    append = parts.append
+    for row, o in enumerate(outcomes, start):
+        key = (o.as_of, o.as_of.tzinfo)
+        as_of = iso.get(key)
+        if as_of is None:
+            as_of = iso[key] = '"' + o.as_of.isoformat() + '"'
+        computed_at = "null"
+        if o.computed_at is not None:
+            key = (o.computed_at, o.computed_at.tzinfo)
+            cached = iso.get(key)
+            if cached is None:
+                cached = iso[key] = '"' + o.computed_at.isoformat() + '"'
+            computed_at = cached
+        reason = names.get(o.reason) or _name(names, o.reason)
+        source = names.get(o.source) or _name(names, o.source)
+        append(
+            f'{{"row": {row}, "user_id": {_str(o.user_id)}, "as_of": {as_of}, '
+            f'"feature_set_version": {version_json}, "reason": {reason}, "source": {source}, '
+            f'"computed_at": {computed_at},"features":{o.features_json or "null"}}}\n'
+        )
+    return "".join(parts)
 
 
 CSV_FIXED_COLUMNS = (
