@@ -12,21 +12,25 @@ the caller must fix raise :class:`HearthError` with the service's code, message 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from http.client import HTTPResponse
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import quote, urlencode
 
 if TYPE_CHECKING:
     import aiohttp
     import pandas as pd
+
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 HISTORICAL_BATCH_ROWS = 100_000  # the service's per-request limit
@@ -150,7 +154,9 @@ def _flat(
 # --- parsing (shared by both clients) -------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def _time(text: str) -> datetime:
+    # Cached: a historical response repeats the same few as_of and computed_at strings.
     return datetime.fromisoformat(text)
 
 
@@ -192,6 +198,26 @@ def parse_historical_line(line: str | bytes, offset: int = 0) -> HistoricalRow:
         computed_at=_time(doc["computed_at"]) if doc.get("computed_at") else None,
         features=_cells(doc.get("features")),
     )
+
+
+STREAM_READ_BYTES = 256 * 1024
+
+
+def _read_all(response: HTTPResponse) -> bytes:
+    return response.read()
+
+
+def _parse_stream(response: HTTPResponse, offset: int) -> list[HistoricalRow]:
+    """NDJSON rows parsed as they arrive, so parsing overlaps the service producing the rest."""
+    rows: list[HistoricalRow] = []
+    tail = b""
+    while piece := response.read1(STREAM_READ_BYTES):
+        lines = (tail + piece).split(b"\n")
+        tail = lines.pop()
+        rows.extend(parse_historical_line(line, offset) for line in lines if line)
+    if tail.strip():
+        rows.append(parse_historical_line(tail, offset))
+    return rows
 
 
 def _iso(t: datetime) -> str:
@@ -278,6 +304,18 @@ class HearthClient:
     def _request(
         self, method: str, path: str, body: bytes | None = None, accept: str = "application/json"
     ) -> bytes:
+        return self._exchange(method, path, body, accept, _read_all)
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        accept: str,
+        consume: Callable[[HTTPResponse], T],
+    ) -> T:
+        """Send with retries; ``consume`` reads a successful response (a failure while reading
+        retries the whole request, as a failure before the response would)."""
         headers = {"Authorization": f"Bearer {self._token}", "Accept": accept}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -291,8 +329,7 @@ class HearthClient:
             )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
-                    data: bytes = response.read()
-                    return data
+                    return consume(response)
             except urllib.error.HTTPError as exc:
                 error = _error(exc.code, exc.read())
                 if exc.code not in RETRY_STATUSES:
@@ -316,9 +353,16 @@ class HearthClient:
         """Point-in-time rows, one per input row in order (batched past 100,000 rows)."""
         out: list[HistoricalRow] = []
         for body in historical_batches(rows):
-            data = self._request("POST", "/v1/features/historical", body, "application/x-ndjson")
             offset = len(out)
-            out.extend(parse_historical_line(line, offset) for line in data.splitlines() if line)
+            out.extend(
+                self._exchange(
+                    "POST",
+                    "/v1/features/historical",
+                    body,
+                    "application/x-ndjson",
+                    functools.partial(_parse_stream, offset=offset),
+                )
+            )
         return HistoricalResult(out)
 
     def feature_definitions(self) -> list[dict[str, Any]]:
