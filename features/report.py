@@ -32,7 +32,13 @@ from typing import Any
 import numpy as np
 
 from features import validation as v
-from features.model import ModelKind, ReferenceModel, longest_windows, time_split
+from features.model import (
+    ModelKind,
+    ReferenceModel,
+    choose_window_set,
+    time_split,
+    window_sets,
+)
 from features.report_data import FeatureTable, GroundTruth
 
 # A leaky variant must beat the honest one by at least this much AUC for the check to "fire".
@@ -52,6 +58,8 @@ class FittedVariant:
     p_test: np.ndarray
     auc: float
     auc_train: float
+    window_set: str
+    window_set_cv_auc: dict[str, float]
 
 
 def _finite(x: float) -> float | None:
@@ -66,17 +74,19 @@ def _fit_variant(
     test: np.ndarray,
     kind: ModelKind,
 ) -> FittedVariant:
-    """Train on the rows' training part, on the longest window of each indicator that
-    somebody had in training (see :func:`features.model.longest_windows`)."""
+    """Train on the rows' training part, on the features somebody had in training, in the
+    window set that cross-validation on the training part prefers
+    (:func:`features.model.choose_window_set`)."""
     x = table.values[rows]
     usable = ~np.isnan(x[train]).all(axis=0)
-    had = [n for n, u in zip(table.names, usable, strict=True) if u]
-    usable &= np.isin(np.asarray(table.names), longest_windows(had))
     if not usable.any():
         raise ValueError(
             f"no feature from {table.source} has any value in the training population "
             "(point-in-time: data ingested after an application date is invisible as of it)"
         )
+    had = [n for n, keep in zip(table.names, usable, strict=True) if keep]
+    window_set, _, cv_auc = choose_window_set(had, x[train][:, usable], y[train], kind=kind)
+    usable &= np.isin(np.asarray(table.names), window_sets(had)[window_set])
     names = [n for n, keep in zip(table.names, usable, strict=True) if keep]
     model = ReferenceModel(names, kind=kind, feature_set_version=table.feature_set_version)
     model.fit(x[train][:, usable], y[train])
@@ -89,6 +99,8 @@ def _fit_variant(
         p_test=p_test,
         auc=v.auc(y[test], p_test),
         auc_train=v.auc(y[train], p_train),
+        window_set=window_set,
+        window_set_cv_auc=cv_auc,
     )
 
 
@@ -176,6 +188,7 @@ def build_report(
     if leaky is not None:
         leaky_fit = _fit_variant(leaky, rows, y, train, test, kind)
         leakage["auc_leaky"] = leaky_fit.auc
+        leakage["leaky_window_set"] = leaky_fit.window_set
         leakage["auc_gain"] = leaky_fit.auc - fitted.auc
         leakage["leaky_variant_detected"] = leaky_fit.auc - fitted.auc >= LEAKY_MIN_GAIN
     leakage["honest_passed"] = not suspect and not leakage["honest_above_oracle"]
@@ -226,6 +239,8 @@ def build_report(
         "features_source": honest.source,
         "n_features": len(honest.names),
         "model_features": fitted.feature_names,
+        "window_set": fitted.window_set,
+        "window_set_cv_auc": fitted.window_set_cv_auc,
         "iv": iv,
         "iv_strength": {n: v.iv_strength(val) for n, val in iv.items()},
         "iv_bins": iv_tables,

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.model import ReferenceModel, data_fingerprint, longest_windows, time_split
+from features.model import (
+    ReferenceModel,
+    choose_window_set,
+    data_fingerprint,
+    time_split,
+    window_sets,
+)
 
 NAMES = ["risk_driver", "protective", "noise", "never_seen"]
 
@@ -114,6 +120,25 @@ def test_unfitted_or_misshaped_input_is_refused() -> None:
         model.predict_proba(np.zeros((1, 3)))
 
 
-def test_longest_windows_keep_the_longest_of_each_indicator_and_windowless_features() -> None:
+def test_window_sets_keep_one_window_of_each_indicator_and_windowless_features() -> None:
     names = ["a_30d", "tenure", "a_90d", "b_30d", "c_7d", "c_14d", "per_30d_90d", "per_30d_30d"]
-    assert longest_windows(names) == ["tenure", "a_90d", "b_30d", "c_14d", "per_30d_90d"]
+    sets = window_sets(names)
+    assert sets["longest"] == ["tenure", "a_90d", "b_30d", "c_14d", "per_30d_90d"]
+    assert sets["shortest"] == ["a_30d", "tenure", "b_30d", "c_7d", "per_30d_30d"]
+    assert sets["all"] == names
+
+
+def test_window_set_choice_follows_the_window_that_carries_the_signal() -> None:
+    rng = np.random.default_rng(3)
+    n = 600
+    signal = rng.normal(size=n)
+    y = (signal + rng.normal(scale=0.8, size=n) > 1.2).astype(int)
+    # The 30-day window sees the signal, the 90-day one mostly noise, the windowless one nothing.
+    x = np.column_stack(
+        [signal + rng.normal(scale=0.3, size=n), rng.normal(size=n), rng.normal(size=n)]
+    )
+    names = ["s_30d", "s_90d", "noise"]
+    best, kept, scores = choose_window_set(names, x, y)
+    assert best != "longest" and "s_30d" in kept  # "all" holds it too; CV noise decides
+    assert kept == window_sets(names)[best]
+    assert scores[best] == max(scores.values()) > scores["longest"] + 0.1
