@@ -28,6 +28,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from features.engine import DEFAULT_CHUNK_USERS
 from features.materialize import materialize
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.migrate import migrate
@@ -179,7 +180,7 @@ def peak_rss_mb() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10_000, help="largest user count")
-    parser.add_argument("--chunk-size", type=int, default=500)
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_USERS)
     parser.add_argument("--keep", action="store_true", help="do not drop the database")
     args = parser.parse_args()
     steps = sorted({max(1, args.users // 4), max(1, args.users // 2), args.users})

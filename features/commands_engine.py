@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     who = m.add_mutually_exclusive_group()
     who.add_argument("--users", help="comma-separated user ids (default: every user)")
     who.add_argument("--users-file", type=Path, help="file with one user id per line")
-    m.add_argument("--chunk-size", type=int, default=500, help="users per chunk (memory bound)")
+    m.add_argument("--chunk-size", type=int, help="users per chunk (memory bound; default 250)")
     m.add_argument("--force", action="store_true", help="recompute users already materialised")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=_materialize)
@@ -73,10 +73,12 @@ def _users(args: argparse.Namespace) -> list[str] | None:
 
 
 def _materialize(args: argparse.Namespace) -> int:
+    from features.engine import DEFAULT_CHUNK_USERS
     from features.materialize import materialize
 
     as_of = parse_as_of(args.as_of)
-    if args.chunk_size < 1:
+    chunk_size = DEFAULT_CHUNK_USERS if args.chunk_size is None else args.chunk_size
+    if chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1")
     users = _users(args)
     url = get_settings().database_url
@@ -85,7 +87,7 @@ def _materialize(args: argparse.Namespace) -> int:
             conn,
             as_of,
             users=users,
-            chunk_size=args.chunk_size,
+            chunk_size=chunk_size,
             force=args.force,
             progress=not args.no_progress,
             database_url=url,

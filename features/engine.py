@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
+from itertools import islice
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -47,7 +50,8 @@ GRID_DAYS = 90  # the longest window; shorter windows are the tail of this grid
 NUMERIC_SIGNALS = tuple(s.name for s in SIGNALS.values() if s.kind == "numeric")
 CATEGORICAL_SIGNALS = tuple(s.name for s in SIGNALS.values() if s.kind == "categorical")
 SIGNAL_INDEX = {name: i for i, name in enumerate(NUMERIC_SIGNALS + CATEGORICAL_SIGNALS)}
-DEFAULT_CHUNK_USERS = 500
+# Users per chunk: bounds memory (a chunk's [users, hours] matrices, times the chunks in flight)
+DEFAULT_CHUNK_USERS = 250
 
 
 @dataclass(frozen=True)
@@ -183,21 +187,27 @@ def _rollup_sql(kind: str) -> str:
 
 
 # Pass 1 as one COPY row per device holding column arrays: a COPY row costs the client a
-# Python-level message, so ~400 bins per device in one row cut that overhead ~400-fold. The
-# server only gathers stored columns (an expression per row costs it more than reading the
-# row): buckets and reading times arrive as timestamps and become grid hours and offsets in
-# numpy (`_RollupArrays`), and instead of a "usable as is" flag per row only the rare rows
-# ingested after T are listed again (``late_*``). ``dv.sigs`` NULL means every signal is
-# consented.
+# Python-level message, so ~400 bins per device in one row cut that overhead ~400-fold. What
+# the server spends goes mostly into sending array elements (a call and an allocation each)
+# and into expressions per row, so it only gathers stored columns, and each value once:
+# * buckets and reading times arrive as timestamps and become grid hours and offsets in numpy
+#   (:func:`_rollup_rows`); instead of a "usable as is" flag per row only the rare rows
+#   ingested after T are listed again (``late_*``);
+# * a bucket with a single reading (n = 1: most signals report a few times a day) has
+#   min = max = first = last = sum and last_time = first_time, so those columns only hold the
+#   other buckets (``FILTER (WHERE n <> 1)``) and :func:`_numeric_from_arrays` fills them in.
+# ``dv.sigs`` NULL means every signal is consented.
 _LATE = "FILTER (WHERE b.max_ingested_at > %(known_by)s)"
+_MULTI = "FILTER (WHERE b.n <> 1)"
 
 
 def _rollup_arrays_sql(kind: str) -> str:
     if kind == "numeric":
-        columns = """array_agg(b.n) AS n, array_agg(b.sum) AS sum, array_agg(b.min) AS min,
-                  array_agg(b.max) AS max, array_agg(b.first) AS first,
-                  array_agg(b.last) AS last, array_agg(b.first_time) AS first_time,
-                  array_agg(b.last_time) AS last_time"""
+        columns = f"""array_agg(b.n) AS n, array_agg(b.sum) AS sum,
+                  array_agg(b.first_time) AS first_time, array_agg(b.min) {_MULTI} AS min,
+                  array_agg(b.max) {_MULTI} AS max, array_agg(b.first) {_MULTI} AS first,
+                  array_agg(b.last) {_MULTI} AS last,
+                  array_agg(b.last_time) {_MULTI} AS last_time"""
     else:
         columns = """array_agg(b.value) AS value, array_agg(octet_length(b.value)) AS value_len,
                   array_agg(b.share) AS share, array_agg(b.n) AS n"""
@@ -227,11 +237,11 @@ _ARRAY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("bucket", _TIMESTAMP),
         ("n", ">i4"),
         ("sum", ">f8"),
-        ("min", ">f8"),
+        ("first_time", _TIMESTAMP),
+        ("min", ">f8"),  # these five: buckets with n <> 1 only
         ("max", ">f8"),
         ("first", ">f8"),
         ("last", ">f8"),
-        ("first_time", _TIMESTAMP),
         ("last_time", _TIMESTAMP),
         ("late_sig", ">i4"),
         ("late_bucket", _TIMESTAMP),
@@ -484,6 +494,29 @@ def _rollup_rows(
     return rows, usable
 
 
+_SINGLE_READING = (
+    ("min", "sum"),
+    ("max", "sum"),
+    ("first", "sum"),
+    ("last", "sum"),
+    ("last_time", "first_time"),
+)
+
+
+def _fill_single_readings(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Parsed numeric arrays with the columns sent for n <> 1 buckets only (see
+    ``_rollup_arrays_sql``) filled in for the single-reading buckets."""
+    multi = cols["n"] != 1
+    count = int(multi.sum())
+    for name, same_as in _SINGLE_READING:
+        if cols[name].size != count:
+            raise ValueError(f"{name}: {cols[name].size} values for {count} buckets")
+        full = cols[same_as].copy()
+        full[multi] = cols[name]
+        cols[name] = full
+    return cols
+
+
 def _numeric_from_arrays(rows: dict[str, np.ndarray]) -> NumericBins:
     """Numeric bins from :func:`_rollup_rows`; offsets as ``date_part('epoch', t - bucket)``
     computes them (microseconds / 1e6)."""
@@ -699,7 +732,8 @@ def load_chunk(
     sql_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    cols, usable = _rollup_rows(parsers.pop("numeric").result(), sig_hash, start, as_of, hours)
+    cols = _fill_single_readings(parsers.pop("numeric").result())
+    cols, usable = _rollup_rows(cols, sig_hash, start, as_of, hours)
     numeric = _numeric_from_arrays(cols)
     cols, cat_usable = _rollup_rows(
         parsers.pop("categorical").result(), sig_hash, start, as_of, hours
@@ -862,19 +896,30 @@ def iter_chunk_results(
     *,
     chunk_size: int = DEFAULT_CHUNK_USERS,
     timings: Timings | None = None,
-    loader: Conn | None = None,
+    loaders: Sequence[Conn] = (),
     knowledge: Knowledge = Knowledge.INGESTED,
 ) -> Iterator[tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]]:
-    """(known users of the chunk, feature arrays) per chunk; unknown users are skipped.
+    """(known users of the chunk, feature arrays) per chunk, in order; unknown users are
+    skipped.
 
-    With a second connection ``loader`` the next chunk is read in a background thread while
-    this one is computed (the database and numpy overlap; at most two chunks in memory).
+    With ``loaders`` (connections of their own) the next chunks are read in background
+    threads, one per loader, while this one is computed: the database works on up to
+    ``len(loaders)`` chunks at once (a backend per loader, so on more than one core) while
+    numpy computes; at most ``len(loaders) + 1`` chunks are in memory.
     """
     as_of = as_of.astimezone(UTC)
     watermark = read_watermark(conn)
-    db = loader or conn
+    idle: queue.SimpleQueue[Conn] = queue.SimpleQueue()
+    for c in loaders:
+        idle.put(c)
 
-    def load(start: int) -> tuple[list[str], Chunk] | None:
+    def load(start: int, db: Conn | None = None) -> tuple[list[str], Chunk] | None:
+        if db is None:  # a background load: borrow an idle loader connection
+            borrowed = idle.get()
+            try:
+                return load(start, borrowed)
+            finally:
+                idle.put(borrowed)
         part = list(dict.fromkeys(user_ids[start : start + chunk_size]))
         tz = ledger.user_timezones(db, part)
         known = [u for u in part if u in tz]
@@ -883,23 +928,37 @@ def iter_chunk_results(
         tzs = [tz[u] for u in known]
         return known, load_chunk(db, known, tzs, as_of, watermark, timings, knowledge)
 
+    def compute(loaded: tuple[list[str], Chunk]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        t0 = time.perf_counter()
+        results = compute_chunk(loaded[1])
+        if timings is not None:
+            timings.add(python_s=time.perf_counter() - t0)
+        return results
+
     starts = list(range(0, len(user_ids), chunk_size))
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending: Future[tuple[list[str], Chunk] | None] | None = None
-        for k, start in enumerate(starts):
-            loaded = pending.result() if pending is not None else load(start)
-            pending = None
-            if loader is not None and k + 1 < len(starts):
-                pending = pool.submit(load, starts[k + 1])
-            if loaded is None:
-                continue
-            known, chunk = loaded
-            t0 = time.perf_counter()
-            results = compute_chunk(chunk)
-            del chunk
-            if timings is not None:
-                timings.add(python_s=time.perf_counter() - t0)
-            yield known, results
+    if not loaders:
+        for start in starts:
+            loaded = load(start, conn)
+            if loaded is not None:
+                known = loaded[0]
+                results = compute(loaded)
+                del loaded
+                yield known, results
+        return
+    with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
+        pending: deque[Future[tuple[list[str], Chunk] | None]] = deque()
+        ahead = iter(starts)
+        for start in islice(ahead, len(loaders)):
+            pending.append(pool.submit(load, start))
+        while pending:
+            loaded = pending.popleft().result()
+            for start in islice(ahead, 1):
+                pending.append(pool.submit(load, start))
+            if loaded is not None:
+                known = loaded[0]
+                results = compute(loaded)
+                del loaded
+                yield known, results
 
 
 def compute_vectors(

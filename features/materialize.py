@@ -35,6 +35,10 @@ from features.rollups import refresh_rollups
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[tuple[object, ...]]
+# Loader connections reading the next chunks while one is computed: two keep both cores of a
+# small machine busy (one backend may scan while the other ships its arrays) without holding
+# more than three chunks in memory.
+LOADER_CONNECTIONS = 2
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,8 @@ def materialize(
 ) -> MaterializeResult:
     """Compute and store snapshots as of ``as_of`` for ``users`` (default: every user).
 
-    With ``database_url`` a second connection reads the next chunk while this one is
-    computed and written.
+    With ``database_url`` loader connections (:data:`LOADER_CONNECTIONS`) read the next
+    chunks while this one is computed and written.
     """
     started = time.monotonic()
     _fixed_mmap_threshold()
@@ -121,11 +125,14 @@ def materialize(
     timings = Timings()
     written = 0
     bar = _progress(progress)
-    loader = psycopg.connect(database_url, autocommit=True) if database_url and todo else None
-    with bar as p, loader or contextlib.nullcontext():
+    with bar as p, contextlib.ExitStack() as stack:
+        loaders = [
+            stack.enter_context(_loader(database_url))
+            for _ in range(LOADER_CONNECTIONS if database_url and todo else 0)
+        ]
         task = p.add_task("materialise", total=len(todo)) if p else None
         for known, results in iter_chunk_results(
-            conn, todo, as_of, chunk_size=chunk_size, timings=timings, loader=loader
+            conn, todo, as_of, chunk_size=chunk_size, timings=timings, loaders=loaders
         ):
             t0 = time.perf_counter()
             docs = vector_json(results, len(known))
@@ -153,6 +160,15 @@ def materialize(
         result.seconds,
     )
     return result
+
+
+def _loader(database_url: str | None) -> Conn:
+    """A connection of our own that reads chunks. JIT off: the chunk queries are planned as
+    expensive enough to JIT-compile, which costs ~0.1 s per query and saves nothing (their
+    time goes into index scans and array building, not expression evaluation)."""
+    loader = psycopg.connect(database_url or "", autocommit=True)
+    loader.execute("SET jit = off")
+    return loader
 
 
 def _write(conn: Conn, users: Sequence[str], as_of: datetime, docs: Sequence[str]) -> None:
