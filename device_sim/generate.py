@@ -9,6 +9,8 @@ Layout of ``DIR`` (all deterministic in the config; see README "Stream files"):
 * ``devices.jsonl`` — one device per line: the registration record plus ``key``, ``topics``,
   ``household_id`` and ``consented``.
 * ``consent_grants.jsonl`` / ``consent_withdrawals.jsonl`` — batches for the admin CLI.
+  These three follow from the personas alone (:func:`plan_fleet`) and are written before any
+  part is simulated, so ``run`` registers the fleet while the stream is still being generated.
 * ``ground_truth.csv`` — one row per (consenting) user.
 * ``manifest.json`` — config, counts and ``stream_sha256`` over all part files in order.
 """
@@ -23,6 +25,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,13 @@ import numpy as np
 
 from device_sim.config import CATEGORIES, SimConfig
 from device_sim.faults import render_device
-from device_sim.household import DeviceHistory, HouseholdSimulator
+from device_sim.household import (
+    DeviceHistory,
+    DeviceSpec,
+    HouseholdSimulator,
+    household_specs,
+    unconsented_router_spec,
+)
 from device_sim.persona import Fleet, Persona, draw_fleet, draw_persona
 from device_sim.world import LocalClock, format_rfc3339
 
@@ -62,10 +71,9 @@ GROUND_TRUTH_FIELDS = (
 class PartResult:
     index: int
     households: int
+    path: Path | None = None  # the part's main stream file
     devices: list[dict[str, Any]] = field(default_factory=list)
     ground_truth: list[dict[str, Any]] = field(default_factory=list)
-    grants: list[dict[str, str]] = field(default_factory=list)
-    withdrawals: list[dict[str, str]] = field(default_factory=list)
     messages_by_format: Counter[str] = field(default_factory=Counter)
     base_by_format: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
@@ -73,10 +81,83 @@ class PartResult:
     sha_main: str = ""
     sha_late: str = ""
 
+    @property
+    def messages(self) -> int:
+        return sum(self.messages_by_format.values())
+
 
 def part_count(cfg: SimConfig) -> int:
     total = cfg.households + cfg.unconsented_devices
     return (total + cfg.households_per_part - 1) // cfg.households_per_part
+
+
+def _part_range(cfg: SimConfig, part: int) -> range:
+    lo = part * cfg.households_per_part
+    return range(lo, min(cfg.households + cfg.unconsented_devices, lo + cfg.households_per_part))
+
+
+def _device_record(spec: DeviceSpec, consented: bool) -> dict[str, Any]:
+    return {
+        **spec.registration(),
+        "key": spec.key,
+        "household_id": spec.household_id,
+        "topics": list(spec.topics),
+        "consented": consented,
+    }
+
+
+def _unconsented_router_ext(cfg: SimConfig, index: int) -> str:
+    return f"{cfg.prefix}-x{index - cfg.households:05d}-router"
+
+
+@dataclass(slots=True)
+class FleetPlan:
+    """What registration needs, from the personas alone: no household is simulated."""
+
+    parts: list[list[dict[str, Any]]]  # device records of each part, in stream order
+    grants: list[dict[str, str]]
+    withdrawals: list[dict[str, str]]
+
+    @property
+    def devices(self) -> list[dict[str, Any]]:
+        return [rec for part in self.parts for rec in part]
+
+
+def plan_fleet(cfg: SimConfig) -> FleetPlan:
+    fleet = draw_fleet(cfg)
+    plan = FleetPlan(parts=[], grants=[], withdrawals=[])
+    for part in range(part_count(cfg)):
+        records: list[dict[str, Any]] = []
+        for index in _part_range(cfg, part):
+            persona = _persona_for(cfg, fleet, index)
+            if index >= cfg.households:
+                spec = unconsented_router_spec(persona, _unconsented_router_ext(cfg, index))
+                records.append(_device_record(spec, False))
+                continue
+            records += [_device_record(spec, True) for spec in household_specs(cfg, persona)]
+            granted_at = format_rfc3339(cfg.start_ts - int(persona.grant_offset_days * 86400))
+            for cat in CATEGORIES:
+                if cat not in persona.declined:
+                    plan.grants.append(
+                        {"user_id": persona.user_id, "category": cat, "at": granted_at}
+                    )
+            for cat in persona.withdrawn:
+                plan.withdrawals.append({"user_id": persona.user_id, "category": cat})
+        plan.parts.append(records)
+    return plan
+
+
+def write_plan(plan: FleetPlan, out_dir: Path) -> None:
+    """``devices.jsonl``, ``consent_grants.jsonl``, ``consent_withdrawals.jsonl``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in (
+        ("devices.jsonl", plan.devices),
+        ("consent_grants.jsonl", plan.grants),
+        ("consent_withdrawals.jsonl", plan.withdrawals),
+    ):
+        with (out_dir / name).open("w") as f:
+            for row in rows:
+                f.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
 def _persona_for(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
@@ -127,11 +208,9 @@ def generate_part(
 ) -> PartResult:
     """Simulate the households of one part and write its stream files."""
     fleet = fleet if fleet is not None else draw_fleet(cfg)
-    total = cfg.households + cfg.unconsented_devices
-    lo = part * cfg.households_per_part
-    hi = min(total, lo + cfg.households_per_part)
-    result = PartResult(index=part, households=hi - lo)
+    households = _part_range(cfg, part)
     main_path = out_dir / "parts" / f"part-{part:05d}.tsv"
+    result = PartResult(index=part, households=len(households), path=main_path)
     late_path = out_dir / "parts" / f"late-{part:05d}.tsv"
     sha_main, sha_late = hashlib.sha256(), hashlib.sha256()
     prefix = cfg.prefix
@@ -140,14 +219,14 @@ def generate_part(
         main_path.open("w", encoding="utf-8", newline="") as fm,
         late_path.open("w", encoding="utf-8", newline="") as fl,
     ):
-        for index in range(lo, hi):
+        for index in households:
             persona = _persona_for(cfg, fleet, index)
             sim = HouseholdSimulator(cfg, persona)
             consented = index < cfg.households
             if consented:
                 devices = sim.simulate()
             else:
-                devices = [sim.unconsented_router(f"{prefix}-x{index - cfg.households:05d}-router")]
+                devices = [sim.unconsented_router(_unconsented_router_ext(cfg, index))]
             fault_rng = np.random.default_rng([cfg.seed, 4, index])
             for dev in devices:
                 others = [x for x in spoof_pool if x != dev.spec.external_id]
@@ -163,25 +242,9 @@ def generate_part(
                 result.base_by_format[fmt] += rendered.base_messages
                 result.faults.update(rendered.faults)
                 result.late_lines += len(rendered.late)
-                record = {
-                    **dev.spec.registration(),
-                    "key": dev.spec.key,
-                    "household_id": dev.spec.household_id,
-                    "topics": list(dev.spec.topics),
-                    "consented": consented,
-                }
-                result.devices.append(record)
-            if not consented:
-                continue
-            result.ground_truth.append(_gt_row(cfg, persona, devices))
-            granted_at = format_rfc3339(cfg.start_ts - int(persona.grant_offset_days * 86400))
-            for cat in CATEGORIES:
-                if cat not in persona.declined:
-                    result.grants.append(
-                        {"user_id": persona.user_id, "category": cat, "at": granted_at}
-                    )
-            for cat in persona.withdrawn:
-                result.withdrawals.append({"user_id": persona.user_id, "category": cat})
+                result.devices.append(_device_record(dev.spec, consented))
+            if consented:
+                result.ground_truth.append(_gt_row(cfg, persona, devices))
     result.sha_main = sha_main.hexdigest()
     result.sha_late = sha_late.hexdigest()
     return result
@@ -211,17 +274,15 @@ class Generated:
         return sum(self.messages_by_format.values())
 
 
-def iter_parts(cfg: SimConfig, out_dir: Path, processes: int) -> Iterator[PartResult]:
+def _iter_parts(cfg: SimConfig, out_dir: Path, pool: Pool | None) -> Iterator[PartResult]:
+    """Every part in order (a pool simulates several at once)."""
     n = part_count(cfg)
-    jobs = [(cfg, i, str(out_dir)) for i in range(n)]
-    if processes <= 1 or n <= 1:
+    if pool is None:
         fleet = draw_fleet(cfg)
         for i in range(n):
             yield generate_part(cfg, i, out_dir, fleet)
         return
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(min(processes, n)) as pool:
-        yield from pool.imap(_worker, jobs)
+    yield from pool.imap(_worker, [(cfg, i, str(out_dir)) for i in range(n)])
 
 
 def generate(
@@ -230,12 +291,45 @@ def generate(
     processes: int = 1,
     ground_truth_path: Path | None = None,
     on_part: Callable[[PartResult], None] | None = None,
+    on_plan: Callable[[FleetPlan], None] | None = None,
 ) -> Generated:
-    """Write the whole fleet to ``out_dir`` (cleaning old part files) and return its summary."""
+    """Write the whole fleet to ``out_dir`` (cleaning old part files) and return its summary.
+
+    The registration files come first (then ``on_plan``), then the parts in order, each
+    reported to ``on_part`` as soon as its stream file is complete."""
     cfg.validate()
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     for old in (out_dir / "parts").glob("*.tsv"):
         old.unlink()
+    n = part_count(cfg)
+    # The pool forks before on_plan may start threads (registration in `run`).
+    pool = (
+        multiprocessing.get_context("fork").Pool(min(processes, n))
+        if processes > 1 and n > 1
+        else None
+    )
+    try:
+        plan = plan_fleet(cfg)
+        write_plan(plan, out_dir)
+        if on_plan is not None:
+            on_plan(plan)
+        return _collect_parts(
+            cfg, out_dir, plan, _iter_parts(cfg, out_dir, pool), ground_truth_path, on_part
+        )
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+def _collect_parts(
+    cfg: SimConfig,
+    out_dir: Path,
+    plan: FleetPlan,
+    parts: Iterator[PartResult],
+    ground_truth_path: Path | None,
+    on_part: Callable[[PartResult], None] | None,
+) -> Generated:
+    """Ground truth, counts, hashes and manifest from the parts as they complete."""
     stream_hash = hashlib.sha256()
     late_hashes: list[str] = []
     messages: Counter[str] = Counter()
@@ -244,15 +338,10 @@ def generate(
     devices = users = defaults = late = 0
     gt_path = ground_truth_path or out_dir / "ground_truth.csv"
     gt_path.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        (out_dir / "devices.jsonl").open("w") as f_dev,
-        (out_dir / "consent_grants.jsonl").open("w") as f_grant,
-        (out_dir / "consent_withdrawals.jsonl").open("w") as f_wd,
-        gt_path.open("w", newline="") as f_gt,
-    ):
+    with gt_path.open("w", newline="") as f_gt:
         writer = csv.DictWriter(f_gt, fieldnames=GROUND_TRUTH_FIELDS, lineterminator="\n")
         writer.writeheader()
-        for res in iter_parts(cfg, out_dir, processes):
+        for res in parts:
             stream_hash.update(res.sha_main.encode())
             late_hashes.append(res.sha_late)
             messages.update(res.messages_by_format)
@@ -260,12 +349,8 @@ def generate(
             faults.update(res.faults)
             late += res.late_lines
             devices += len(res.devices)
-            for rec in res.devices:
-                f_dev.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            for row in res.grants:
-                f_grant.write(json.dumps(row, separators=(",", ":")) + "\n")
-            for row in res.withdrawals:
-                f_wd.write(json.dumps(row, separators=(",", ":")) + "\n")
+            if res.devices != plan.parts[res.index]:
+                raise RuntimeError(f"part {res.index}: simulated devices differ from the plan")
             for gt in res.ground_truth:
                 writer.writerow(gt)
                 users += 1

@@ -119,6 +119,55 @@ def _iccid(rng: np.random.Generator) -> str:
     return "8986" + "".join(str(int(d)) for d in rng.integers(0, 10, size=15))
 
 
+def _make_spec(
+    p: Persona, kind: str, fmt: str, external_id: str, topics: tuple[str, ...]
+) -> DeviceSpec:
+    return DeviceSpec(
+        key=f"{fmt}:{external_id}",
+        household_id=p.household_id,
+        user_id=p.user_id,
+        kind=kind,
+        format=fmt,
+        external_id=external_id,
+        tz=p.city.tz,
+        topics=topics,
+    )
+
+
+def household_specs(cfg: SimConfig, p: Persona) -> list[DeviceSpec]:
+    """The devices of a consenting household, in the order :meth:`HouseholdSimulator.simulate`
+    returns their histories. A function of the persona alone (no random draws), so a fleet can
+    be registered while it is still being simulated."""
+    prefix = cfg.prefix
+    owner = f"{prefix}h{p.index:05d}"
+    specs = []
+    topics: tuple[str, ...]
+    for name in ["phone"] + (["phone2"] if p.device_change_day is not None else []):
+        ext = f"{owner}/{name}"
+        topics = (f"owntracks/{ext}", f"owntracks/{ext}/event")
+        specs.append(_make_spec(p, "phone", "owntracks", ext, topics))
+    for kind in p.devices:
+        if kind in ("phone_app", "router"):
+            ext = f"{prefix}-h{p.index:05d}-{'app' if kind == 'phone_app' else 'router'}"
+            streams = ("usage", "sim") if kind == "phone_app" else ("status",)
+            topics = tuple(f"hearth/v1/{ext}/{stream}" for stream in streams)
+            specs.append(_make_spec(p, kind, "hearth", ext, topics))
+        elif kind == "plug" and p.plug_format == "tasmota":
+            ext = f"tasmota_{owner}"
+            topics = (f"tele/{ext}/SENSOR", f"tele/{ext}/STATE", f"tele/{ext}/LWT")
+            specs.append(_make_spec(p, "plug", "tasmota", ext, topics))
+        elif kind in ("plug", "door", "motion", "climate"):
+            ext = f"{prefix}_h{p.index:05d}_{kind}"
+            specs.append(_make_spec(p, kind, "zigbee2mqtt", ext, (f"zigbee2mqtt/{ext}",)))
+    return specs
+
+
+def unconsented_router_spec(p: Persona, ext: str) -> DeviceSpec:
+    spec = _make_spec(p, "router", "hearth", ext, (f"hearth/v1/{ext}/status",))
+    spec.consented = False
+    return spec
+
+
 class HouseholdSimulator:
     """Generates every device history of one household (deterministic in seed and index)."""
 
@@ -255,24 +304,24 @@ class HouseholdSimulator:
     # ---- devices -------------------------------------------------------------------------
 
     def simulate(self) -> list[DeviceHistory]:
-        p = self.p
-        prefix = self.cfg.prefix
-        hh = f"{prefix}h{p.index:05d}"
+        specs = household_specs(self.cfg, self.p)
+        phones = [spec for spec in specs if spec.kind == "phone"]
         devices: list[DeviceHistory] = []
-        devices.extend(self._phones(hh))
-        for kind in p.devices:
+        devices.extend(self._phones(phones))
+        for spec in specs[len(phones) :]:
+            kind = spec.kind
             if kind == "phone_app":
-                devices.append(self._phone_app(f"{prefix}-h{p.index:05d}-app"))
+                devices.append(self._phone_app(spec))
             elif kind == "router":
-                devices.append(self._router(f"{prefix}-h{p.index:05d}-router"))
+                devices.append(self._router(spec))
             elif kind == "plug":
-                devices.append(self._plug(hh))
+                devices.append(self._plug(spec))
             elif kind == "door":
-                devices.append(self._door(f"{prefix}_h{p.index:05d}_door"))
+                devices.append(self._door(spec))
             elif kind == "motion":
-                devices.append(self._motion(f"{prefix}_h{p.index:05d}_motion"))
+                devices.append(self._motion(spec))
             elif kind == "climate":
-                devices.append(self._climate(f"{prefix}_h{p.index:05d}_climate"))
+                devices.append(self._climate(spec))
         start, end = self.cfg.start_ts, self.cfg.end_ts
         for dev in devices:
             order = sorted(
@@ -283,31 +332,15 @@ class HouseholdSimulator:
             dev.bodies = [dev.bodies[i] for i in order]
         return devices
 
-    def _spec(self, kind: str, fmt: str, external_id: str, topics: tuple[str, ...]) -> DeviceSpec:
-        return DeviceSpec(
-            key=f"{fmt}:{external_id}",
-            household_id=self.p.household_id,
-            user_id=self.p.user_id,
-            kind=kind,
-            format=fmt,
-            external_id=external_id,
-            tz=self.p.city.tz,
-            topics=topics,
-        )
-
     def _count(self, rate: float) -> int:
         return int(self.r.poisson(rate * self.scale))
 
-    def _phones(self, owner: str) -> list[DeviceHistory]:
+    def _phones(self, specs: list[DeviceSpec]) -> list[DeviceHistory]:
         """OwnTracks: location fixes while awake (few at night) and home enter/leave events."""
         rng, p = self.r, self.p
         change = p.device_change_day
-        names = ["phone"] + (["phone2"] if change is not None else [])
-        histories = []
-        for name in names:
-            ext = f"{owner}/{name}"
-            topics = (f"owntracks/{ext}", f"owntracks/{ext}/event")
-            histories.append(DeviceHistory(self._spec("phone", "owntracks", ext, topics)))
+        histories = [DeviceHistory(spec) for spec in specs]
+        owner = specs[0].external_id.rsplit("/", 1)[0]
         tid = owner[-2:]
         # (utc, kind, hour-of-day, day) for every fix and transition, then a battery pass.
         events: list[tuple[int, str, float, int]] = []
@@ -416,11 +449,11 @@ class HouseholdSimulator:
                 )
         return histories
 
-    def _phone_app(self, ext: str) -> DeviceHistory:
+    def _phone_app(self, spec: DeviceSpec) -> DeviceHistory:
         """Canonical companion app: screen on at wake, off at sleep, daily SIM identity."""
         rng, p = self.r, self.p
-        topics = (f"hearth/v1/{ext}/usage", f"hearth/v1/{ext}/sim")
-        dev = DeviceHistory(self._spec("phone_app", "hearth", ext, topics))
+        ext, topics = spec.external_id, spec.topics
+        dev = DeviceHistory(spec)
         sims = [_iccid(self.rng) for _ in range(len(p.sim_change_days) + 1)]
 
         def usage(ts: int, on: int) -> None:
@@ -466,10 +499,10 @@ class HouseholdSimulator:
                 last_boot = b
         return ts - last_boot
 
-    def _router(self, ext: str) -> DeviceHistory:
+    def _router(self, spec: DeviceSpec) -> DeviceHistory:
         """Canonical router heartbeat; outages show as silence and an uptime reset."""
-        topics = (f"hearth/v1/{ext}/status",)
-        dev = DeviceHistory(self._spec("router", "hearth", ext, topics))
+        ext, topics = spec.external_id, spec.topics
+        dev = DeviceHistory(spec)
         boot0 = self.cfg.start_ts - int(self.r.uniform(1, 60) * 86400)
         rssi0 = self.r.uniform(-70, -45)
         for ts in self._periodic(6.0):
@@ -509,26 +542,16 @@ class HouseholdSimulator:
             watts[max(0, lo) : max(0, min(hours, hi))] = 0.0
         return watts, start_hour
 
-    def _plug(self, owner: str) -> DeviceHistory:
+    def _plug(self, spec: DeviceSpec) -> DeviceHistory:
         """Energy plug: Tasmota tele SENSOR/STATE (+LWT Online), or a Zigbee2MQTT plug."""
         rng = self.r
         watts, start_hour = self._hourly_power()
         cum_kwh = np.concatenate([[0.0], np.cumsum(watts) / 1000.0])
         total0 = float(rng.uniform(5, 400))
         boot0 = self.cfg.start_ts - int(rng.uniform(1, 90) * 86400)
-        tasmota = self.p.plug_format == "tasmota"
-        if tasmota:
-            ext = f"tasmota_{owner}"
-            topics: tuple[str, ...] = (
-                f"tele/{ext}/SENSOR",
-                f"tele/{ext}/STATE",
-                f"tele/{ext}/LWT",
-            )
-            dev = DeviceHistory(self._spec("plug", "tasmota", ext, topics))
-        else:
-            ext = f"{self.cfg.prefix}_h{self.p.index:05d}_plug"
-            topics = (f"zigbee2mqtt/{ext}",)
-            dev = DeviceHistory(self._spec("plug", "zigbee2mqtt", ext, topics))
+        tasmota = spec.format == "tasmota"
+        topics = spec.topics
+        dev = DeviceHistory(spec)
         ssid, bssid = self.homes_wifi[0]
         signal0 = rng.uniform(-80, -50)
         lq0 = rng.uniform(60, 200)
@@ -611,17 +634,17 @@ class HouseholdSimulator:
             last_report = ts
         return dev
 
-    def _battery_sensor(self, kind: str, ext: str) -> tuple[DeviceHistory, float, float]:
-        dev = DeviceHistory(self._spec(kind, "zigbee2mqtt", ext, (f"zigbee2mqtt/{ext}",)))
+    def _battery_sensor(self, spec: DeviceSpec) -> tuple[DeviceHistory, float, float]:
+        dev = DeviceHistory(spec)
         return dev, float(self.r.uniform(70, 100)), float(self.r.uniform(40, 200))
 
     def _battery_at(self, start_pct: float, ts: int) -> int:
         elapsed_days = (ts - self.cfg.start_ts) / 86400
         return int(max(5, start_pct - 0.05 * elapsed_days))
 
-    def _door(self, ext: str) -> DeviceHistory:
+    def _door(self, spec: DeviceSpec) -> DeviceHistory:
         """Door contact (``contact: true`` = closed): opens when leaving/returning, plus extras."""
-        dev, batt0, lq0 = self._battery_sensor("door", ext)
+        dev, batt0, lq0 = self._battery_sensor(spec)
         rng = self.r
         openings: list[int] = []
         for d, day in enumerate(self.days):
@@ -647,9 +670,9 @@ class HouseholdSimulator:
                 dev.add(ts + offset, dev.spec.topics[0], body)
         return dev
 
-    def _motion(self, ext: str) -> DeviceHistory:
+    def _motion(self, spec: DeviceSpec) -> DeviceHistory:
         """Motion sensor: occupancy true while someone is home and awake; false ~90 s later."""
-        dev, batt0, lq0 = self._battery_sensor("motion", ext)
+        dev, batt0, lq0 = self._battery_sensor(spec)
         rng = self.r
         for d, day in enumerate(self.days):
             if day.away:
@@ -674,9 +697,9 @@ class HouseholdSimulator:
                     dev.add(ts + offset, dev.spec.topics[0], body)
         return dev
 
-    def _climate(self, ext: str) -> DeviceHistory:
+    def _climate(self, spec: DeviceSpec) -> DeviceHistory:
         """Temperature/humidity sensor reporting every few hours."""
-        dev, batt0, lq0 = self._battery_sensor("climate", ext)
+        dev, batt0, lq0 = self._battery_sensor(spec)
         rng = self.r
         base = float(rng.uniform(19.0, 23.5))
         for ts in self._periodic(4.0):
@@ -697,6 +720,4 @@ class HouseholdSimulator:
         return dev
 
     def unconsented_router(self, ext: str) -> DeviceHistory:
-        dev = self._router(ext)
-        dev.spec.consented = False
-        return dev
+        return self._router(unconsented_router_spec(self.p, ext))

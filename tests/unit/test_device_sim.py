@@ -49,9 +49,8 @@ def test_same_seed_gives_byte_identical_streams(tmp_path: Path) -> None:
     assert a.messages > 500
     assert a.stream_sha256 == b.stream_sha256
     assert _stream_digest(tmp_path / "a") == _stream_digest(tmp_path / "b")
-    assert (tmp_path / "a" / "ground_truth.csv").read_bytes() == (
-        tmp_path / "b" / "ground_truth.csv"
-    ).read_bytes()
+    for name in ("ground_truth.csv", "devices.jsonl", "consent_grants.jsonl", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     c = generate(_cfg(households=8, households_per_part=3, seed=8), tmp_path / "c")
     assert c.stream_sha256 != a.stream_sha256
     assert _stream_digest(tmp_path / "c") != _stream_digest(tmp_path / "a")
@@ -220,3 +219,44 @@ def test_payload_shapes_follow_the_documented_formats(tmp_path: Path) -> None:
             assert body["device_id"] == topic.split("/")[2]
             kinds["hearth"] += 1
     assert kinds["location"] and kinds["transition"] and kinds["z2m"] and kinds["tasmota"]
+
+
+def test_registration_files_are_written_before_the_stream(tmp_path: Path) -> None:
+    """``run`` registers from the plan while parts are generated: the plan must be complete
+    before the first part and name exactly the devices the parts then contain."""
+    from device_sim.generate import FleetPlan, PartResult
+
+    events: list[str] = []
+    plans: list[FleetPlan] = []
+    parts: list[PartResult] = []
+
+    def on_plan(plan: FleetPlan) -> None:
+        events.append("plan")
+        plans.append(plan)
+        assert (tmp_path / "devices.jsonl").stat().st_size > 0
+        assert (tmp_path / "consent_grants.jsonl").stat().st_size > 0
+        assert not list((tmp_path / "parts").glob("*.tsv"))
+
+    def on_part(res: PartResult) -> None:
+        events.append(f"part{res.index}")
+        assert res.path is not None and res.path.stat().st_size > 0
+        parts.append(res)
+
+    cfg = _cfg(households=7, households_per_part=3, unconsented_devices=2)
+    generate(cfg, tmp_path, processes=2, on_plan=on_plan, on_part=on_part)
+    assert events == ["plan", "part0", "part1", "part2"]
+    (plan,) = plans
+    written = [json.loads(x) for x in (tmp_path / "devices.jsonl").open()]
+    assert written == plan.devices == [rec for res in parts for rec in res.devices]
+    assert [len(p) for p in plan.parts] == [len(res.devices) for res in parts]
+    keys = {rec["key"] for rec in written}
+    for res in parts:
+        assert res.path is not None
+        streamed = {line.split("\t", 1)[0] for line in res.path.read_text().splitlines()}
+        assert streamed <= keys & {rec["key"] for rec in res.devices}
+    grants = [json.loads(x) for x in (tmp_path / "consent_grants.jsonl").open()]
+    assert grants == plan.grants
+    assert not {d["user_id"] for d in written if not d["consented"]} & {
+        g["user_id"] for g in grants
+    }
+
