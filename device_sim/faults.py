@@ -69,6 +69,16 @@ def render_device(
     n = len(ts)
     if n == 0:
         return out
+    if not rates.any():  # the healthy fleet: what the general path below gives, without draws
+        out.faults["offline_device_days"] += 0
+        out.faults["offline_dropped"] += 0
+        key = spec.key
+        payloads = encode(spec.format, hist.bodies, ts, clock)
+        out.main = [
+            f"{key}\t\t{topic}\t{payload}\n"
+            for topic, payload in zip(hist.topics, payloads, strict=True)
+        ]
+        return out
     # Draw every fault decision up front, in a fixed order, so counts are reproducible.
     day_idx = (ts - cfg.start_ts) // 86400
     offline_days = rng.random(cfg.days + 1) < rates.offline

@@ -18,6 +18,8 @@ Formats, as their projects document them:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +37,17 @@ TS_FIELD: dict[str, tuple[str, TsKind]] = {
     "hearth": ("ts", "rfc3339"),
 }
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+_dumps: Callable[[Any], str] = _encoder.encode
+if c_make_encoder is not None:
+    # What ``_encoder.encode`` runs, built once instead of per call and without the circular-
+    # reference bookkeeping (bodies are small trees): same bytes, about half the cost.
+    _c_encode = c_make_encoder(
+        None, _encoder.default, encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def _dumps(body: Any) -> str:
+        return "".join(_c_encode(body, 0))
 
 
 def dumps(body: Body) -> str:
