@@ -9,6 +9,9 @@ The simulator never imports the collector (DESIGN §1); it registers like an ope
   ``at`` backdated before the simulated history, so point-in-time features see consent.
 * ``python -m collector consent withdraw --batch FILE`` — run at the end of a run (the CLI stamps
   withdrawals with the current time).
+
+``run`` registers in a few growing batches (the first stream part's devices first), so the first
+part is published while the rest of the fleet is still being registered.
 """
 
 from __future__ import annotations
@@ -43,10 +46,14 @@ def load_devices(out_dir: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def register_devices(out_dir: Path) -> Credentials:
-    """Register every generated device; return device key → (username, password)."""
-    devices = load_devices(out_dir)
-    batch = out_dir / "register_devices.jsonl"
+def register_devices(
+    out_dir: Path, devices: list[dict[str, Any]] | None = None, batch_name: str = ""
+) -> Credentials:
+    """Register ``devices`` (default: all of ``devices.jsonl``); return device key → (username,
+    password). A named batch appends to ``registered_devices.jsonl`` (the first truncates it)."""
+    if devices is None:
+        devices = load_devices(out_dir)
+    batch = out_dir / f"register_devices{batch_name}.jsonl"
     fields = ("user_id", "kind", "format", "external_id", "tz", "user_tz")
     with batch.open("w") as f:
         for dev in devices:
@@ -69,7 +76,7 @@ def register_devices(out_dir: Path) -> Credentials:
             creds[key] = (str(user), str(password))
     # Keep what the registry answered (device ids, topics) next to the stream; the passwords
     # stay in this file only, which lives in the output directory the operator chose.
-    with (out_dir / "registered_devices.jsonl").open("w") as f:
+    with (out_dir / "registered_devices.jsonl").open("a" if batch_name else "w") as f:
         for rec in records:
             f.write(json.dumps(rec, separators=(",", ":")) + "\n")
     if len(records) != len(devices):
@@ -79,8 +86,16 @@ def register_devices(out_dir: Path) -> Credentials:
     return creds
 
 
-def grant_consent(out_dir: Path) -> int:
+def grant_consent(
+    out_dir: Path, grants: list[dict[str, str]] | None = None, batch_name: str = ""
+) -> int:
+    """Grant ``grants`` (default: all of ``consent_grants.jsonl``); returns how many."""
     path = out_dir / "consent_grants.jsonl"
+    if grants is not None:
+        path = out_dir / f"consent_grants{batch_name}.jsonl"
+        with path.open("w") as f:
+            for row in grants:
+                f.write(json.dumps(row, separators=(",", ":")) + "\n")
     lines = sum(1 for line in path.open() if line.strip())
     if lines:
         _run(["consent", "grant", "--batch", str(path)])

@@ -12,17 +12,23 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.broker_auth import OPERATOR_USERNAME
 from tests.conftest import Broker
+from tests.integration.auth_broker import start_auth_broker
 
 
 class Counter:
-    def __init__(self, broker: Broker, topic: str) -> None:
+    def __init__(
+        self, broker: Broker, topic: str, username: str | None = None, password: str | None = None
+    ) -> None:
         self.count = 0
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"count-{os.getpid()}-{topic[:3]}"
         )
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.ready.set()
         self.client.on_message = self._on_message
@@ -45,12 +51,13 @@ class Counter:
         self.client.disconnect()
 
 
-def _sim(*args: str) -> subprocess.CompletedProcess[str]:
+def _sim(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "device_sim", *args],
         capture_output=True,
         text=True,
         timeout=180,
+        env=env,
     )
 
 
@@ -131,3 +138,44 @@ def test_unreachable_broker_is_one_line_error(tmp_path: Path) -> None:
     )
     assert out.returncode == 69
     assert out.stderr.strip().splitlines()[-1].startswith("error: cannot reach MQTT broker")
+
+
+def test_run_registers_and_publishes_as_each_device_under_the_acl(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Authenticated broker, password file and ACL from the registry: the fleet registers in
+    batches while it is generated (``devices add`` re-syncs this broker), then every device
+    connects with its own credentials. Mosquitto silently drops a 3.1.1 publish the ACL denies,
+    so receiving every message proves each device published only its own topics."""
+    state = tmp_path / "state"
+    ab = start_auth_broker(state, database_url)
+    counter = Counter(ab.broker, "#", OPERATOR_USERNAME, ab.accounts[OPERATOR_USERNAME])
+    env = dict(os.environ, HEARTH_DATABASE_URL=database_url, HEARTH_STATE_DIR=str(state))
+    try:
+        out = _sim(
+            "run",
+            "--households",
+            "120",  # three stream parts: two registration batches
+            "--days",
+            "1",
+            "--seed",
+            "9",
+            "--id-prefix",
+            "aclrun",
+            "--mqtt-url",
+            f"mqtt://127.0.0.1:{ab.broker.port}",
+            "--out",
+            str(tmp_path / "sim"),
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        kv = _kv(out.stdout)
+        published = int(kv["published"])
+        assert published == int(kv["messages"]) == int(kv["acked"]) > 2000
+        assert kv["connect_failures"] == "0"
+        assert counter.wait_for(published) == published
+        registered = (tmp_path / "sim" / "registered_devices.jsonl").read_text().splitlines()
+        assert len(registered) == int(kv["devices"])
+    finally:
+        counter.stop()
+        ab.stop()

@@ -260,3 +260,12 @@ def test_registration_files_are_written_before_the_stream(tmp_path: Path) -> Non
         g["user_id"] for g in grants
     }
 
+
+def test_registration_batches_grow() -> None:
+    from device_sim.cli import registration_batches
+
+    assert registration_batches(1) == [[0]]
+    assert registration_batches(3) == [[0], [1, 2]]
+    batches = registration_batches(21)
+    assert [len(b) for b in batches] == [1, 4, 16]
+    assert [p for b in batches for p in b] == list(range(21))
