@@ -10,8 +10,8 @@ Read path, per chunk of users and one as-of time T (one SQL round trip for numer
 * every other bucket — late rows ingested after T, the bucket containing T, rows newer than the
   rollup watermark — is recomputed from raw rows filtered by ``time < T AND ingested_at ≤ T``
   with the same aggregate expressions the rollup job uses (features.rollups);
-* numeric bins arrive as one binary COPY of fixed-width records parsed by ``np.frombuffer``
-  (no Python object per row), categorical bins (a few a day) as ordinary rows.
+* bins arrive as one binary-format row per device holding column arrays, decoded by
+  ``np.frombuffer`` (no Python object per bin; see ``_rollup_arrays_sql``).
 
 The feature functions (features.library) then run vectorised over the chunk.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import queue
-import struct
 import threading
 import time
 from collections import deque
@@ -186,8 +185,8 @@ def _rollup_sql(kind: str) -> str:
     """
 
 
-# Pass 1 as one COPY row per device holding column arrays: a COPY row costs the client a
-# Python-level message, so ~400 bins per device in one row cut that overhead ~400-fold. What
+# Pass 1 as one row per device holding column arrays (binary format; :func:`_fetch_arrays`):
+# ~400 bins per device in one row cut the client's per-row overhead ~400-fold. What
 # the server spends goes mostly into sending array elements (a call and an allocation each)
 # and into expressions per row, so it only gathers stored columns, and each value once:
 # * buckets and reading times arrive as timestamps and become grid hours and offsets in numpy
@@ -257,8 +256,6 @@ _ARRAY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("late_bucket", _TIMESTAMP),
     ),
 }
-_INT4 = struct.Struct(">i")
-_ROW_HEAD = struct.Struct(">hiiii")  # field count, (length, uidx), (length, didx)
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _HOUR_US = 3_600_000_000
 
@@ -266,7 +263,7 @@ _HOUR_US = 3_600_000_000
 def _array_literal(items: Sequence[object]) -> str:
     """A PostgreSQL array literal of str or int items, for a ``%s::text[]``/``::int4[]``
     parameter: one string for psycopg to pass, instead of a list it would quote item by item
-    for every query of a chunk (COPY binds its parameters client-side)."""
+    (a regular expression each) for every query of a chunk."""
     if all(isinstance(x, int) for x in items):
         return "{" + ",".join(map(str, items)) + "}"
     quoted = (str(x).replace("\\", "\\\\").replace('"', '\\"') for x in items)
@@ -278,89 +275,51 @@ def _pg_us(t: datetime) -> int:
     return (t - _PG_EPOCH) // timedelta(microseconds=1)
 
 
-class ArrayRowsParser:
-    """Streaming parser of binary COPY rows (uidx int4, didx int4, then one 1-D array per
-    column of ``columns``; an empty or NULL array is no elements). Each COPY message (one
-    row, the first also carries the file header) is split into its columns' element bytes;
-    every few MB these are decoded into native numpy arrays by one ``np.frombuffer`` per
-    column, so neither a Python object per element nor a copy of the whole result is held.
-    A text column keeps its raw elements (see :func:`_text_values`)."""
+def _fetch_arrays(
+    cur: psycopg.Cursor[tuple[object, ...]],
+    sql: str,
+    params: Mapping[str, object],
+    columns: Sequence[tuple[str, str]],
+) -> dict[str, np.ndarray]:
+    """Run ``sql`` (rows: uidx int4, didx int4, then one 1-D array per column of ``columns``;
+    an empty or NULL array has no elements) with binary results and decode the arrays into
+    native numpy arrays: one ``np.frombuffer`` per column over its elements laid end to end,
+    a few Python operations per value and none per element. libpq receives the result in
+    one go (a COPY would cost a Python round trip per row). Returns the columns plus ``u``/
+    ``d`` per element of the first column and ``late_d`` per element of ``late_sig``; a text
+    column as ``np.bytes_`` values (see :func:`_text_values`)."""
+    cur.execute(sql, params, binary=True)
+    res = cur.pgresult
+    assert res is not None and res.nfields == 2 + len(columns)
+    rows = range(res.ntuples)
 
-    _FLUSH_BYTES = 8 << 20
+    def field(col: int) -> list[bytes]:
+        return [res.get_value(r, col) or b"" for r in rows]
 
-    def __init__(self, columns: Sequence[tuple[str, str]]) -> None:
-        self._columns = tuple(columns)
-        self._reset()
-
-    def _reset(self) -> None:
-        self._parts: dict[str, list[np.ndarray]] = {name: [] for name, _ in self._columns}
-        self._raw: dict[str, list[bytes]] = {name: [] for name, _ in self._columns}
-        self._sizes: dict[str, list[int]] = {name: [] for name, _ in self._columns}
-        self._pending = 0
-        self._users: list[int] = []
-        self._devices: list[int] = []
-        self._header_seen = False
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        buf = bytes(data)
-        pos = 0
-        if not self._header_seen:
-            pos, self._header_seen = _COPY_HEADER, True
-        unpack = _INT4.unpack_from
-        while pos + 2 <= len(buf):
-            if buf[pos : pos + 2] == b"\xff\xff":  # trailer
-                break
-            nfields, _, uidx, _, didx = _ROW_HEAD.unpack_from(buf, pos)
-            if nfields != 2 + len(self._columns):
-                raise ValueError(f"expected {2 + len(self._columns)} fields, got {nfields}")
-            pos += _ROW_HEAD.size
-            self._users.append(uidx)
-            self._devices.append(didx)
-            for name, _ in self._columns:
-                # Field length; 1-D array: ndim, has-null, element oid, [size, lower bound],
-                # then (len, value)*. NULL (length -1) and empty (ndim 0) have no elements.
-                (length,) = unpack(buf, pos)
-                size = unpack(buf, pos + 16)[0] if length > 12 else 0
-                self._sizes[name].append(size)
-                if size:
-                    self._raw[name].append(buf[pos + 24 : pos + 4 + length])
-                    self._pending += length
-                pos += 4 + max(length, 0)
-        if self._pending >= self._FLUSH_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        for name, typ in self._columns:
-            if typ == _TEXT or not self._raw[name]:
-                continue
-            blob = b"".join(self._raw[name])
-            self._raw[name] = []
-            rec = np.frombuffer(blob, dtype=[("len", ">i4"), ("v", typ)])
-            self._parts[name].append(rec["v"].astype(typ.replace(">", "="), copy=True))
-        self._pending = 0
-
-    def result(self) -> dict[str, np.ndarray]:
-        """Column arrays (native byte order) plus ``u``/``d`` per element of the first column,
-        ``late_d`` per element of ``late_sig``; a text column as ``np.bytes_`` values."""
-        self._flush()
-        out: dict[str, np.ndarray] = {}
-        for name, typ in self._columns:
-            if typ != _TEXT:
-                parts = self._parts[name]
-                native = typ.replace(">", "=")
-                out[name] = np.concatenate(parts) if parts else np.zeros(0, dtype=native)
-        users = np.asarray(self._users, dtype=np.int64)
-        devices = np.asarray(self._devices, dtype=np.int64)
-        first = self._columns[0][0]
-        out["u"] = np.repeat(users, self._sizes[first])
-        out["d"] = np.repeat(devices, self._sizes[first])
-        if "late_sig" in self._sizes:
-            out["late_d"] = np.repeat(devices, self._sizes["late_sig"])
-        for name, typ in self._columns:
-            if typ == _TEXT:
-                out[name] = _text_values(b"".join(self._raw[name]), out[f"{name}_len"])
-        self._reset()
-        return out
+    users = np.frombuffer(b"".join(field(0)), dtype=">i4").astype(np.int64)
+    devices = np.frombuffer(b"".join(field(1)), dtype=">i4").astype(np.int64)
+    out: dict[str, np.ndarray] = {}
+    sizes: dict[str, list[int]] = {}
+    text: dict[str, bytes] = {}
+    for col, (name, typ) in enumerate(columns, start=2):
+        # 1-D array: ndim, has-null, element oid, [size, lower bound], then (len, value)*.
+        values = field(col)
+        sizes[name] = [int.from_bytes(v[12:16], "big") if len(v) > 12 else 0 for v in values]
+        elements = b"".join([v[20:] for v in values if len(v) > 12])
+        del values
+        if typ == _TEXT:
+            text[name] = elements
+            continue
+        rec = np.frombuffer(elements, dtype=[("len", ">i4"), ("v", typ)])
+        out[name] = rec["v"].astype(typ.replace(">", "="))
+    first = columns[0][0]
+    out["u"] = np.repeat(users, sizes[first])
+    out["d"] = np.repeat(devices, sizes[first])
+    if "late_sig" in sizes:
+        out["late_d"] = np.repeat(devices, sizes["late_sig"])
+    for name, elements in text.items():
+        out[name] = _text_values(elements, out[f"{name}_len"])
+    return out
 
 
 def _text_values(blob: bytes, lengths: np.ndarray) -> np.ndarray:
@@ -453,7 +412,6 @@ _FIRST_SEEN_SQL = f"""
     GROUP BY dv.uidx, dv.didx
 """
 
-_COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
 _INT_FIELDS = ("u", "d", "s", "h")
 _FLOAT_FIELDS = ("n", "sum", "min", "max", "first", "last", "first_off", "last_off")
 
@@ -713,7 +671,6 @@ def load_chunk(
     )
     # Replayed history (EVENT) may hold rows ingested after the watermark at any past T.
     check_new_raw = watermark is None or watermark < as_of or knowledge is Knowledge.EVENT
-    parsers = {kind: ArrayRowsParser(_ARRAY_COLUMNS[kind]) for kind in _ROLLUP_ARRAYS_SQL}
     with conn.cursor() as cur:
         sig_hash = {
             int(str(h)): int(str(i))
@@ -723,21 +680,18 @@ def load_chunk(
                 params,
             ).fetchall()
         }
-        for kind, parser in parsers.items():
-            sql = f"COPY ({_ROLLUP_ARRAYS_SQL[kind]}) TO STDOUT (FORMAT BINARY)"
-            with cur.copy(sql, params) as copy:
-                for data in copy:
-                    parser.feed(data)
+        arrays = {
+            kind: _fetch_arrays(cur, sql, params, _ARRAY_COLUMNS[kind])
+            for kind, sql in _ROLLUP_ARRAYS_SQL.items()
+        }
         first_rows = cur.execute(_FIRST_SEEN_SQL, params).fetchall()
     sql_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    cols = _fill_single_readings(parsers.pop("numeric").result())
+    cols = _fill_single_readings(arrays.pop("numeric"))
     cols, usable = _rollup_rows(cols, sig_hash, start, as_of, hours)
     numeric = _numeric_from_arrays(cols)
-    cols, cat_usable = _rollup_rows(
-        parsers.pop("categorical").result(), sig_hash, start, as_of, hours
-    )
+    cols, cat_usable = _rollup_rows(arrays.pop("categorical"), sig_hash, start, as_of, hours)
     categorical, value_list = _categorical_from_arrays(cols, conn.info.encoding)
     del cols
     py_s = time.perf_counter() - t1
