@@ -1,0 +1,297 @@
+"""End-to-end simulator benchmark (issue 4): a fleet from ``device_sim run`` into a live collector.
+
+On a private Mosquitto (the shipped configuration, authentication on, password file and ACL
+generated from the benchmark database) and one collector replica:
+
+1. ``python -m device_sim run`` generates the fleet, registers devices and consent through
+   ``python -m collector devices add|consent grant`` (which re-syncs this broker's password
+   file), publishes every message with each device's own credentials and waits for every PUBACK;
+2. the clock stops when the collector has acknowledged (= committed) as many messages as the
+   simulator published.
+
+The database is a throwaway copy of ``hearth_template`` (dropped at the end) unless
+``--database-url`` names one (it is migrated, never dropped; use a fresh one per run: the fleet's
+devices are registered into it). Load average is sampled every second: the box is shared.
+
+    .venv/bin/python bench/simulate.py --households 1000 --days 90 --seed 42
+Last line: ``households=… messages=… generate_s=… publish_s=… publish_rate=… sim_s=…
+total_s=… stored_rows=… load_avg=…``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import suppress
+from pathlib import Path
+
+import psutil
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from collector import broker_auth  # noqa: E402
+from collector.broker_auth import COLLECTOR_USERNAME, AuthPaths  # noqa: E402
+from hearth.migrate import migrate  # noqa: E402
+from tests.conftest import free_port, start_broker  # noqa: E402
+from tests.integration.fleet import CollectorProcess, wait_until  # noqa: E402
+
+BASE_URL = os.environ.get(
+    "HEARTH_BENCH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth"
+)
+PSEUDONYM_KEY = "bench-pseudonym-key-0123456789abcdef"
+TABLES = ("numeric_readings", "categorical_readings", "dead_letters")
+
+
+def with_db(url: str, name: str) -> str:
+    head, _, _ = url.rpartition("/")
+    return f"{head}/{name}"
+
+
+class Sampler(threading.Thread):
+    """Every second: the 1-minute load average and the collector's committed-message count."""
+
+    def __init__(self, collector: CollectorProcess) -> None:
+        super().__init__(daemon=True)
+        self.collector = collector
+        self.started = time.monotonic()
+        self.samples: list[tuple[float, float, float]] = []  # (seconds, load, acked)
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            metrics = self.collector.metrics()  # {} when a scrape times out on a busy box
+            acked = metrics.get("hearth_collector_messages_acked_total")
+            if acked is None:
+                acked = self.samples[-1][2] if self.samples else 0.0
+            self.samples.append((time.monotonic() - self.started, os.getloadavg()[0], acked))
+            self.stop_flag.wait(1.0)
+
+    def stop(self) -> tuple[float, float]:
+        self.stop_flag.set()
+        self.join()
+        loads = [load for _, load, _ in self.samples]
+        return sum(loads) / max(1, len(loads)), max(loads, default=0.0)
+
+    def timeline(self, every_s: float) -> list[tuple[float, float, float]]:
+        out, next_t = [], 0.0
+        for t, load, acked in self.samples:
+            if t >= next_t:
+                out.append((t, load, acked))
+                next_t = t + every_s
+        return out
+
+
+def backend_cpu_s(dbname: str) -> float:
+    """CPU seconds of the PostgreSQL backends serving ``dbname`` (the collector's connections)."""
+    total = 0.0
+    for p in psutil.process_iter(["name", "cmdline"]):
+        with suppress(psutil.Error):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if cmd.startswith("postgres:") and f" {dbname} " in cmd:
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def stored_rows(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        out = {}
+        for table in TABLES:
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+            out[table] = int(row[0]) if row else 0
+        return out
+
+
+def key_values(stdout: str) -> dict[str, str]:
+    last = stdout.strip().splitlines()[-1]
+    return dict(item.split("=", 1) for item in last.split() if "=" in item)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--households", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--database-url", default=None, help="default: a throwaway database")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "sim_args", nargs="*", help="more `device_sim run` arguments (after --), e.g. --window 400"
+    )
+    args = parser.parse_args()
+
+    throwaway = args.database_url is None
+    if throwaway:
+        name = f"hearth_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(BASE_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
+        url = with_db(BASE_URL, name)
+    else:
+        url = args.database_url
+    dbname = url.rpartition("/")[2].split("?")[0]
+    tmp = Path(tempfile.mkdtemp(prefix="hearth-simbench-"))
+    state = tmp / "state"
+    paths = AuthPaths(state)
+    env = {
+        **os.environ,
+        "HEARTH_DATABASE_URL": url,
+        "HEARTH_STATE_DIR": str(state),  # `devices add` re-syncs this broker's password file
+        "HEARTH_CONFIG": str(ROOT / "tests" / "empty.toml"),
+        "HEARTH_PSEUDONYM_KEY": PSEUDONYM_KEY,
+        "HEARTH_LOG_LEVEL": "WARNING",
+    }
+    collector: CollectorProcess | None = None
+    broker = None
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrate(conn)
+            row = conn.execute("SELECT count(*) FROM devices").fetchone()
+            if row and row[0]:  # also keeps a shared database (e.g. `hearth`) out of this
+                raise SystemExit(f"{dbname} already has {row[0]} devices: use a fresh database")
+            broker_auth.write_auth_files(paths, conn, url)
+        broker_auth.write_auth_conf(paths, mqtts_port=None)
+        broker = start_broker(state, auth=f"include_dir {paths.auth_conf.parent}")
+        accounts = broker_auth.ensure_service_accounts(paths)
+        collector_url = broker_auth.mqtt_url(
+            COLLECTOR_USERNAME, accounts[COLLECTOR_USERNAME], broker.host, broker.port
+        )
+        collector = CollectorProcess(
+            database_url=url,
+            mqtt_url=collector_url,
+            client_id=f"simbench-{secrets.token_hex(2)}",
+            share_group="simbench",
+            http_port=free_port(),
+            log_path=tmp / "collector.log",
+            extra_env={k: env[k] for k in ("HEARTH_CONFIG", "HEARTH_PSEUDONYM_KEY")},
+        )
+        collector.start()
+        load_before = os.getloadavg()
+        sampler = Sampler(collector)
+        sim_cmd = [
+            sys.executable, "-m", "device_sim", "run",
+            "--households", str(args.households), "--days", str(args.days),
+            "--seed", str(args.seed), "--out", str(tmp / "sim"),
+            "--mqtt-url", f"mqtt://{broker.host}:{broker.port}",
+            *args.sim_args,
+        ]  # fmt: skip
+        cpu_children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        collector_cpu0 = cpu_s(collector.pid)
+        broker_cpu0 = cpu_s(broker.process.pid)
+        db_cpu0 = backend_cpu_s(dbname)
+        started = time.monotonic()
+        sampler.start()
+        sim = subprocess.run(sim_cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        sim_s = time.monotonic() - started
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sim_cpu = (ru.ru_utime - cpu_children0.ru_utime) + (ru.ru_stime - cpu_children0.ru_stime)
+        if sim.returncode != 0:
+            sys.stderr.write(sim.stderr[-3000:])
+            raise SystemExit(f"device_sim run exited {sim.returncode}")
+        kv = key_values(sim.stdout)
+        published = int(kv["published"])
+
+        def acked() -> float:
+            assert collector is not None
+            return collector.metrics().get("hearth_collector_messages_acked_total", 0.0)
+
+        wait_until(lambda: acked() >= published, 3600, "collector caught up", 0.2)
+        total_s = time.monotonic() - started
+        load_mean, load_max = sampler.stop()
+        load_after = os.getloadavg()
+        m = collector.metrics()
+        collector_cpu = cpu_s(collector.pid) - collector_cpu0
+        broker_cpu = cpu_s(broker.process.pid) - broker_cpu0
+        db_cpu = backend_cpu_s(dbname) - db_cpu0
+        rows = stored_rows(url)
+        dead = sum(v for k, v in m.items() if k.startswith("hearth_collector_dead_lettered_total"))
+    finally:
+        if collector is not None:
+            collector.stop()
+        if broker is not None:
+            broker.process.terminate()
+            broker.process.wait(timeout=10)
+        if throwaway:
+            with psycopg.connect(BASE_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not args.keep:
+            subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+    sys.stderr.write(re.sub(r"\n{2,}", "\n", sim.stderr[-4000:]) + "\n")
+    gen_s, reg_s, pub_s = (
+        float(kv.get(k, "nan")) for k in ("generate_s", "register_s", "publish_s")
+    )
+    rate = published / pub_s if pub_s > 0 else 0.0
+    acked_total = m.get("hearth_collector_messages_acked_total", 0.0)
+    received = m.get("hearth_collector_messages_received_total", 0.0)
+    rows_inserted = sum(
+        v for k, v in m.items() if k.startswith("hearth_collector_rows_stored_total")
+    )
+    duplicates = sum(
+        v for k, v in m.items() if k.startswith("hearth_collector_duplicates_skipped_total")
+    )
+    # Every message the simulator generated was PUBACKed by the broker, received by the
+    # collector and acknowledged after its batch committed (stored, or dead-lettered).
+    consistent = int(kv["messages"]) == published == int(kv["acked"]) == received == acked_total
+    reasons = {
+        k.split('reason="')[1].rstrip('"}'): v
+        for k, v in m.items()
+        if k.startswith("hearth_collector_dead_lettered_total{") and v
+    }
+    every = max(5.0, round(total_s / 20 / 5) * 5)
+    print(f"{'t (s)':>6} {'load 1m':>8} {'collector committed':>20}")
+    for t, load, done in sampler.timeline(every):
+        print(f"{t:>6.0f} {load:>8.2f} {done:>20,.0f}")
+    print(f"{'what':34} {'value':>14}")
+    for label, value in (
+        ("households x days", f"{args.households} x {args.days}"),
+        ("messages (simulator)", f"{int(kv['messages']):,}"),
+        ("published / PUBACKed", f"{published:,} / {int(kv['acked']):,}"),
+        ("collector received", f"{received:,.0f}"),
+        ("collector acked (committed)", f"{acked_total:,.0f}"),
+        ("summary consistent", "yes" if consistent else "NO"),
+        ("rows inserted (collector)", f"{rows_inserted:,.0f}"),
+        ("rows skipped as duplicates", f"{duplicates:,.0f}"),
+        ("dead letters", f"{dead:,.0f}"),
+        *((f"  reason {r}", f"{v:,.0f}") for r, v in sorted(reasons.items())),
+        ("stored rows numeric", f"{rows['numeric_readings']:,}"),
+        ("stored rows categorical", f"{rows['categorical_readings']:,}"),
+        ("generate s", f"{gen_s:.1f}"),
+        ("register s", f"{reg_s:.1f}"),
+        ("publish s", f"{pub_s:.1f}"),
+        ("publish msg/s", f"{rate:,.0f}"),
+        ("simulator wall s", f"{sim_s:.1f}"),
+        ("total s (until collector caught up)", f"{total_s:.1f}"),
+        ("CPU s simulator (all processes)", f"{sim_cpu:.0f}"),
+        ("CPU s collector", f"{collector_cpu:.0f}"),
+        ("CPU s mosquitto", f"{broker_cpu:.0f}"),
+        ("CPU s postgres backends (this db)", f"{db_cpu:.0f}"),
+        ("load avg before (1/5/15 min)", "/".join(f"{x:.2f}" for x in load_before)),
+        ("load avg 1-min during (mean/max)", f"{load_mean:.2f}/{load_max:.2f}"),
+        ("load avg after (1/5/15 min)", "/".join(f"{x:.2f}" for x in load_after)),
+    ):
+        print(f"{label:34} {value:>14}")
+    print(
+        f"households={args.households} days={args.days} messages={kv['messages']} "
+        f"published={published} collector_acked={acked_total:.0f} "
+        f"generate_s={gen_s:.1f} publish_s={pub_s:.1f} publish_rate={rate:.0f} sim_s={sim_s:.1f} "
+        f"total_s={total_s:.1f} stored_rows={sum(rows.values())} load_avg={load_mean:.2f} "
+        f"consistent={int(consistent)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
