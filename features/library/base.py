@@ -55,6 +55,10 @@ class NumericBins:
     def select(self, mask: Bool) -> NumericBins:
         return NumericBins(**{k: getattr(self, k)[mask] for k in self.__dataclass_fields__})
 
+    def take(self, rows: I64) -> NumericBins:
+        """The bins at ``rows`` (indexes), in that order."""
+        return NumericBins(**{k: getattr(self, k)[rows] for k in self.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class CategoricalBins:
@@ -220,10 +224,24 @@ class Window:
         out[np.isinf(out)] = np.nan
         return out.reshape(self.U, self.D)
 
+    @cached_property
+    def _day_runs(self) -> tuple[I64, I64] | None:
+        """Start of each run of hours of one (user, local day) in the flattened [U, H] grid,
+        and its u·D + day; None if a day comes back after another (never in practice)."""
+        flat = self._flat_day
+        starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]]) if flat.size else flat
+        slots = flat[starts]
+        return (starts, slots) if bool(np.all(slots[1:] > slots[:-1])) else None
+
     def daily_any(self, mask: Bool) -> Bool:
         """[U, D] whether any hour of the local day is set in ``mask``."""
-        counts = np.bincount(self._flat_day[mask.ravel()], minlength=self.U * self.D)
-        return counts.reshape(self.U, self.D) > 0
+        runs = self._day_runs
+        if runs is None or not runs[0].size:
+            counts = np.bincount(self._flat_day[mask.ravel()], minlength=self.U * self.D)
+            return counts.reshape(self.U, self.D) > 0
+        out = np.zeros(self.U * self.D, dtype=bool)
+        out[runs[1]] = np.logical_or.reduceat(mask.ravel(), runs[0])
+        return out.reshape(self.U, self.D)
 
     @cached_property
     def day_exists(self) -> Bool:
@@ -240,10 +258,13 @@ class Window:
     def _bins(self, signal: str) -> NumericBins:
         key = ("bins", signal)
         if key not in self._cache:
-            c = self.chunk
+            c, nb = self.chunk, self.chunk.numeric
             sid = c.signal_index.get(signal, -1)
-            nb = c.numeric
-            self._cache[key] = nb.select((nb.s == sid) & (nb.h >= self.c0))
+            rows = c._cache.get(("rows", sid))  # the signal's bins: shared by the windows
+            if rows is None:
+                rows = c._cache[("rows", sid)] = np.flatnonzero(nb.s == sid)
+            assert isinstance(rows, np.ndarray)
+            self._cache[key] = nb.take(rows[nb.h[rows] >= self.c0])
         return self._cache[key]  # type: ignore[return-value]
 
     def _user_matrix(self, signal: str, stat: str) -> F64:
