@@ -1,7 +1,8 @@
 """End-to-end simulator benchmark (issue 4): a fleet from ``device_sim run`` into a live collector.
 
 On a private Mosquitto (the shipped configuration, authentication on, password file and ACL
-generated from the benchmark database) and one collector replica:
+generated from the benchmark database) and one collector replica (``--collectors N``: N
+replicas in one shared-subscription group):
 
 1. ``python -m device_sim run`` generates the fleet, registers devices and consent through
    ``python -m collector devices add|consent grant`` (which re-syncs this broker's password
@@ -60,18 +61,17 @@ def with_db(url: str, name: str) -> str:
 class Sampler(threading.Thread):
     """Every second: the 1-minute load average and the collector's committed-message count."""
 
-    def __init__(self, collector: CollectorProcess) -> None:
+    def __init__(self, collectors: list[CollectorProcess]) -> None:
         super().__init__(daemon=True)
-        self.collector = collector
+        self.collectors = collectors
         self.started = time.monotonic()
         self.samples: list[tuple[float, float, float]] = []  # (seconds, load, acked)
         self.stop_flag = threading.Event()
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
-            metrics = self.collector.metrics()  # {} when a scrape times out on a busy box
-            acked = metrics.get("hearth_collector_messages_acked_total")
-            if acked is None:
+            acked = acked_total(self.collectors)
+            if acked is None:  # a scrape timed out on a busy box
                 acked = self.samples[-1][2] if self.samples else 0.0
             self.samples.append((time.monotonic() - self.started, os.getloadavg()[0], acked))
             self.stop_flag.wait(1.0)
@@ -89,6 +89,23 @@ class Sampler(threading.Thread):
                 out.append((t, load, acked))
                 next_t = t + every_s
         return out
+
+
+def merged_metrics(collectors: list[CollectorProcess]) -> dict[str, float] | None:
+    """The replicas' metrics summed; None if one of them did not answer."""
+    total: dict[str, float] = {}
+    for c in collectors:
+        m = c.metrics()
+        if not m:
+            return None
+        for k, v in m.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def acked_total(collectors: list[CollectorProcess]) -> float | None:
+    m = merged_metrics(collectors)
+    return None if m is None else m.get("hearth_collector_messages_acked_total", 0.0)
 
 
 def backend_cpu_s(dbname: str) -> float:
@@ -128,6 +145,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--database-url", default=None, help="default: a throwaway database")
+    parser.add_argument("--collectors", type=int, default=1, help="collector replicas")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
         "sim_args", nargs="*", help="more `device_sim run` arguments (after --), e.g. --window 400"
@@ -154,7 +172,7 @@ def main() -> None:
         "HEARTH_PSEUDONYM_KEY": PSEUDONYM_KEY,
         "HEARTH_LOG_LEVEL": "WARNING",
     }
-    collector: CollectorProcess | None = None
+    collectors: list[CollectorProcess] = []
     broker = None
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -169,18 +187,21 @@ def main() -> None:
         collector_url = broker_auth.mqtt_url(
             COLLECTOR_USERNAME, accounts[COLLECTOR_USERNAME], broker.host, broker.port
         )
-        collector = CollectorProcess(
-            database_url=url,
-            mqtt_url=collector_url,
-            client_id=f"simbench-{secrets.token_hex(2)}",
-            share_group="simbench",
-            http_port=free_port(),
-            log_path=tmp / "collector.log",
-            extra_env={k: env[k] for k in ("HEARTH_CONFIG", "HEARTH_PSEUDONYM_KEY")},
-        )
-        collector.start()
+        tag = secrets.token_hex(2)
+        for i in range(args.collectors):
+            collector = CollectorProcess(
+                database_url=url,
+                mqtt_url=collector_url,
+                client_id=f"simbench-{tag}-{i}",
+                share_group="simbench",
+                http_port=free_port(),
+                log_path=tmp / f"collector-{i}.log",
+                extra_env={k: env[k] for k in ("HEARTH_CONFIG", "HEARTH_PSEUDONYM_KEY")},
+            )
+            collectors.append(collector)
+            collector.start()
         load_before = os.getloadavg()
-        sampler = Sampler(collector)
+        sampler = Sampler(collectors)
         sim_cmd = [
             sys.executable, "-m", "device_sim", "run",
             "--households", str(args.households), "--days", str(args.days),
@@ -189,7 +210,7 @@ def main() -> None:
             *args.sim_args,
         ]  # fmt: skip
         cpu_children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        collector_cpu0 = cpu_s(collector.pid)
+        collector_cpu0 = sum(cpu_s(c.pid) for c in collectors)
         broker_cpu0 = cpu_s(broker.process.pid)
         db_cpu0 = backend_cpu_s(dbname)
         started = time.monotonic()
@@ -204,23 +225,21 @@ def main() -> None:
         kv = key_values(sim.stdout)
         published = int(kv["published"])
 
-        def acked() -> float:
-            assert collector is not None
-            return collector.metrics().get("hearth_collector_messages_acked_total", 0.0)
-
-        wait_until(lambda: acked() >= published, 3600, "collector caught up", 0.2)
+        wait_until(
+            lambda: (acked_total(collectors) or 0.0) >= published, 3600, "collectors caught up", 0.2
+        )
         total_s = time.monotonic() - started
         load_mean, load_max = sampler.stop()
         load_after = os.getloadavg()
-        m = collector.metrics()
-        collector_cpu = cpu_s(collector.pid) - collector_cpu0
+        m = merged_metrics(collectors) or {}
+        collector_cpu = sum(cpu_s(c.pid) for c in collectors) - collector_cpu0
         broker_cpu = cpu_s(broker.process.pid) - broker_cpu0
         db_cpu = backend_cpu_s(dbname) - db_cpu0
         rows = stored_rows(url)
         dead = sum(v for k, v in m.items() if k.startswith("hearth_collector_dead_lettered_total"))
     finally:
-        if collector is not None:
-            collector.stop()
+        for c in collectors:
+            c.stop()
         if broker is not None:
             broker.process.terminate()
             broker.process.wait(timeout=10)
@@ -235,7 +254,7 @@ def main() -> None:
         float(kv.get(k, "nan")) for k in ("generate_s", "register_s", "publish_s")
     )
     rate = published / pub_s if pub_s > 0 else 0.0
-    acked_total = m.get("hearth_collector_messages_acked_total", 0.0)
+    acked = m.get("hearth_collector_messages_acked_total", 0.0)
     received = m.get("hearth_collector_messages_received_total", 0.0)
     rows_inserted = sum(
         v for k, v in m.items() if k.startswith("hearth_collector_rows_stored_total")
@@ -245,7 +264,7 @@ def main() -> None:
     )
     # Every message the simulator generated was PUBACKed by the broker, received by the
     # collector and acknowledged after its batch committed (stored, or dead-lettered).
-    consistent = int(kv["messages"]) == published == int(kv["acked"]) == received == acked_total
+    consistent = int(kv["messages"]) == published == int(kv["acked"]) == received == acked
     reasons = {
         k.split('reason="')[1].rstrip('"}'): v
         for k, v in m.items()
@@ -258,10 +277,11 @@ def main() -> None:
     print(f"{'what':34} {'value':>14}")
     for label, value in (
         ("households x days", f"{args.households} x {args.days}"),
+        ("collector replicas", str(args.collectors)),
         ("messages (simulator)", f"{int(kv['messages']):,}"),
         ("published / PUBACKed", f"{published:,} / {int(kv['acked']):,}"),
         ("collector received", f"{received:,.0f}"),
-        ("collector acked (committed)", f"{acked_total:,.0f}"),
+        ("collector acked (committed)", f"{acked:,.0f}"),
         ("summary consistent", "yes" if consistent else "NO"),
         ("rows inserted (collector)", f"{rows_inserted:,.0f}"),
         ("rows skipped as duplicates", f"{duplicates:,.0f}"),
@@ -286,7 +306,7 @@ def main() -> None:
         print(f"{label:34} {value:>14}")
     print(
         f"households={args.households} days={args.days} messages={kv['messages']} "
-        f"published={published} collector_acked={acked_total:.0f} "
+        f"published={published} collector_acked={acked:.0f} collectors={args.collectors} "
         f"generate_s={gen_s:.1f} publish_s={pub_s:.1f} publish_rate={rate:.0f} sim_s={sim_s:.1f} "
         f"total_s={total_s:.1f} stored_rows={sum(rows.values())} load_avg={load_mean:.2f} "
         f"consistent={int(consistent)}"
