@@ -133,28 +133,35 @@ def choose_window_set(
     folds: int = 5,
     random_state: int = 0,
 ) -> tuple[str, list[str], dict[str, float]]:
-    """Pick the window set (:func:`window_sets`) with the best mean AUC in ``folds``-fold CV on
-    the training data alone; ties go to the earlier (longer, smaller) set.
+    """Pick a window set (:func:`window_sets`) by ``folds``-fold CV AUC on the training data
+    alone, with the one-standard-error rule (Hastie, Tibshirani & Friedman, *The Elements of
+    Statistical Learning*, 2nd ed., §7.10): the set with the fewest features whose mean AUC is
+    within one standard error of the best; equal sizes go to the higher mean.
 
     The short window is a sub-window of the long one, so keeping both doubles collinear
-    features that ~10 % defaulters cannot support; which window carries the signal is a
-    property of the data, so the training data decide. Returns (name, features, CV AUC per
-    set)."""
+    features that ~10 % defaulters cannot support, and CV differences between the sets are
+    often within noise; which window carries the signal is a property of the data, so the
+    training data decide. Returns (name, features, mean CV AUC per set)."""
     matrix = np.asarray(x, dtype=np.float64)
     labels = np.asarray(y, dtype=np.int64).ravel()
     column = {name: i for i, name in enumerate(feature_names)}
     splitter = StratifiedKFold(folds, shuffle=True, random_state=random_state)
-    scores: dict[str, float] = {}
-    for set_name, names in window_sets(feature_names).items():
+    sets = window_sets(feature_names)
+    means: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    for set_name, names in sets.items():
         part = matrix[:, [column[n] for n in names]]
         aucs = []
         for fit_rows, held_rows in splitter.split(part, labels):
             model = ReferenceModel(names, kind=kind, random_state=random_state)
             model.fit(part[fit_rows], labels[fit_rows])
             aucs.append(roc_auc_score(labels[held_rows], model.predict_proba(part[held_rows])))
-        scores[set_name] = float(np.mean(aucs))
-    best = max(scores, key=lambda k: scores[k])  # max keeps the first of equals
-    return best, window_sets(feature_names)[best], scores
+        means[set_name] = float(np.mean(aucs))
+        errors[set_name] = float(np.std(aucs, ddof=1) / math.sqrt(len(aucs)))
+    top = max(means, key=lambda k: means[k])
+    near = [k for k in sets if means[k] >= means[top] - errors[top]]
+    best = min(near, key=lambda k: (len(sets[k]), -means[k]))
+    return best, sets[best], means
 
 
 def data_fingerprint(feature_names: Sequence[str], x: ArrayLike, y: ArrayLike) -> str:

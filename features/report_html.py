@@ -375,7 +375,7 @@ relative to the average training applicant, with the model and feature-set versi
         generated_at=html.escape(report["generated_at"]),
         model_version=html.escape(str(report["model_version"])),
         feature_set_version=html.escape(str(report["feature_set_version"])),
-        model_kind=html.escape(str(report["model_kind"])),
+        model_kind=html.escape(f"{report['model_kind']} ({report['window_set']} windows)"),
         source=html.escape(str(report["features_source"])),
         cards=cards,
         sections=sections,

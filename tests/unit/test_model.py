@@ -139,6 +139,6 @@ def test_window_set_choice_follows_the_window_that_carries_the_signal() -> None:
     )
     names = ["s_30d", "s_90d", "noise"]
     best, kept, scores = choose_window_set(names, x, y)
-    assert best != "longest" and "s_30d" in kept  # "all" holds it too; CV noise decides
-    assert kept == window_sets(names)[best]
-    assert scores[best] == max(scores.values()) > scores["longest"] + 0.1
+    # "all" scores a hair higher (noise); the smaller set within one standard error wins.
+    assert best == "shortest" and kept == ["s_30d", "noise"]
+    assert scores["all"] >= scores["shortest"] > scores["longest"] + 0.1
