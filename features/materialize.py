@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,20 +52,22 @@ class MaterializeResult:
 
 
 def vector_json(results: dict[str, tuple[np.ndarray, np.ndarray]], n_users: int) -> list[str]:
-    """The snapshot ``vector`` document of each user of a chunk, serialised."""
-    names = [d.name for d in DEFINITIONS]
-    cols = []
-    for name in names:
-        values, coverage = results[name]
-        cols.append((values.tolist(), np.round(coverage, 6).tolist()))
-    docs = []
-    for i in range(n_users):
-        doc = {}
-        for name, (vals, covs) in zip(names, cols, strict=True):
-            v = vals[i]
-            doc[name] = {"value": v if math.isfinite(v) else None, "coverage": covs[i]}
-        docs.append(json.dumps(doc, allow_nan=False))
-    return docs
+    """The snapshot ``vector`` document of each user of a chunk, serialised: exactly what
+    ``json.dumps`` gives for {name: {"value": x|null, "coverage": c}} (floats by ``repr``,
+    non-finite values as null), written column by column instead of a dict per user."""
+    columns = []
+    for d in DEFINITIONS:
+        values, coverage = results[d.name]
+        finite = np.isfinite(values).tolist()
+        shown = [repr(v) if ok else "null" for v, ok in zip(values.tolist(), finite, strict=True)]
+        head = json.dumps(d.name) + ': {"value": '
+        columns.append(
+            [
+                f'{head}{v}, "coverage": {c!r}}}'
+                for v, c in zip(shown, np.round(coverage, 6).tolist(), strict=True)
+            ]
+        )
+    return ["{" + ", ".join(row) + "}" for row in zip(*columns, strict=True)][:n_users]
 
 
 def _fixed_mmap_threshold() -> None:
