@@ -271,11 +271,17 @@ class Window:
         key = ("user", signal, stat)
         if key in self._cache:
             return self._cache[key]  # type: ignore[return-value]
+        if stat not in NUMERIC_FIELDS:
+            raise KeyError(stat)
         b = self._bins(signal)
         flat = b.u * self.H + (b.h - self.c0)
         size = self.U * self.H
         if stat in ("n", "sum"):
             out = np.bincount(flat, weights=getattr(b, stat), minlength=size)
+        elif flat.size < 2 or bool(np.all(flat[1:] > flat[:-1])):
+            # One bin per cell (one device per user sends the signal): nothing to choose.
+            out = np.full(size, np.nan)
+            out[flat] = getattr(b, stat)
         elif stat in ("min", "max"):
             # Sorted by (cell, value): the last entry of each cell is its max, the first its min.
             vals = getattr(b, stat)
@@ -303,7 +309,7 @@ class Window:
             out[flat[idx]] = getattr(b, stat)[idx]
         else:
             raise KeyError(stat)
-        matrix: F64 = out.astype(np.float64).reshape(self.U, self.H)
+        matrix: F64 = np.asarray(out, dtype=np.float64).reshape(self.U, self.H)
         self._cache[key] = matrix
         return matrix
 
