@@ -16,7 +16,7 @@ devices are registered into it). Load average is sampled every second: the box i
 
     .venv/bin/python bench/simulate.py --households 1000 --days 90 --seed 42
 Last line: ``households=… messages=… generate_s=… publish_s=… publish_rate=… sim_s=…
-total_s=… stored_rows=… load_avg=…``
+total_s=… stored_rows=… dead_letters=… load_avg=… consistent=1``
 """
 
 from __future__ import annotations
@@ -270,6 +270,7 @@ def main() -> None:
         for k, v in m.items()
         if k.startswith("hearth_collector_dead_lettered_total{") and v
     }
+    stored = rows["numeric_readings"] + rows["categorical_readings"]  # same for the same fleet
     every = max(5.0, round(total_s / 20 / 5) * 5)
     print(f"{'t (s)':>6} {'load 1m':>8} {'collector committed':>20}")
     for t, load, done in sampler.timeline(every):
@@ -308,7 +309,8 @@ def main() -> None:
         f"households={args.households} days={args.days} messages={kv['messages']} "
         f"published={published} collector_acked={acked:.0f} collectors={args.collectors} "
         f"generate_s={gen_s:.1f} publish_s={pub_s:.1f} publish_rate={rate:.0f} sim_s={sim_s:.1f} "
-        f"total_s={total_s:.1f} stored_rows={sum(rows.values())} load_avg={load_mean:.2f} "
+        f"total_s={total_s:.1f} stored_rows={stored} dead_letters={rows['dead_letters']} "
+        f"load_avg={load_mean:.2f} "
         f"consistent={int(consistent)}"
     )
 

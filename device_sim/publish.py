@@ -11,7 +11,6 @@ device publish only its own topics — publishes its history and disconnects. Wi
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import queue
@@ -247,9 +246,14 @@ class WindowedClient:
     def _flush(self) -> None:
         """Write every queued packet, then push them out of the corked socket."""
         self._queued = 0
+        deadline = 0.0
         while self.client.want_write():
             self._check(self.client.loop_write())
             if self.client.want_write():  # socket buffer full: wait until it drains
+                now = time.monotonic()
+                deadline = deadline or now + 30.0
+                if now > deadline:
+                    raise PublishError("the broker stopped reading for 30 s")
                 select.select([], [self._sock], [], 1.0)
         if self._cork:
             self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
@@ -308,9 +312,9 @@ class WindowedClient:
         try:
             self.drain()
         finally:
-            self.client.disconnect()  # queues DISCONNECT; writing it closes the socket
-            with contextlib.suppress(PublishError, OSError):
-                self._flush()
+            # Queues DISCONNECT; once written, paho closes the socket, which sends whatever
+            # the cork still holds.
+            self.client.disconnect()
             self.client.loop_write()
 
 
