@@ -266,8 +266,10 @@ def _array_literal(items: Sequence[object]) -> str:
     (a regular expression each) for every query of a chunk."""
     if all(isinstance(x, int) for x in items):
         return "{" + ",".join(map(str, items)) + "}"
-    quoted = (str(x).replace("\\", "\\\\").replace('"', '\\"') for x in items)
-    return "{" + ",".join(f'"{x}"' for x in quoted) + "}"
+    text = [str(x) for x in items]
+    if any('"' in x or "\\" in x for x in text):
+        text = [x.replace("\\", "\\\\").replace('"', '\\"') for x in text]
+    return '{"' + '","'.join(text) + '"}' if text else "{}"
 
 
 def _pg_us(t: datetime) -> int:
