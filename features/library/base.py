@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -255,8 +256,9 @@ class Window:
 
     # --- numeric signals -------------------------------------------------------------------
 
-    def _bins(self, signal: str) -> NumericBins:
-        key = ("bins", signal)
+    def _rows(self, signal: str) -> I64:
+        """Indexes (chunk order) of the signal's numeric bins in the window."""
+        key = ("rows", signal)
         if key not in self._cache:
             c, nb = self.chunk, self.chunk.numeric
             sid = c.signal_index.get(signal, -1)
@@ -264,7 +266,21 @@ class Window:
             if rows is None:
                 rows = c._cache[("rows", sid)] = np.flatnonzero(nb.s == sid)
             assert isinstance(rows, np.ndarray)
-            self._cache[key] = nb.take(rows[nb.h[rows] >= self.c0])
+            self._cache[key] = rows[nb.h[rows] >= self.c0]
+        return self._cache[key]  # type: ignore[return-value]
+
+    def _column(self, signal: str, name: str) -> npt.NDArray[Any]:
+        """One field of :meth:`_bins` without gathering the others."""
+        key = ("column", signal, name)
+        if key not in self._cache:
+            self._cache[key] = getattr(self.chunk.numeric, name)[self._rows(signal)]
+        return self._cache[key]  # type: ignore[return-value]
+
+    def _bins(self, signal: str) -> NumericBins:
+        key = ("bins", signal)
+        if key not in self._cache:
+            fields = NumericBins.__dataclass_fields__
+            self._cache[key] = NumericBins(**{k: self._column(signal, k) for k in fields})
         return self._cache[key]  # type: ignore[return-value]
 
     def _user_matrix(self, signal: str, stat: str) -> F64:
@@ -273,7 +289,7 @@ class Window:
             return self._cache[key]  # type: ignore[return-value]
         if stat not in NUMERIC_FIELDS:
             raise KeyError(stat)
-        b = self._bins(signal)
+        b = _Columns(self, signal)
         flat = b.u * self.H + (b.h - self.c0)
         size = self.U * self.H
         if stat in ("n", "sum"):
@@ -338,8 +354,8 @@ class Window:
         if key not in self._cache:
             out = np.zeros((self.U, self.H), dtype=bool)
             for s in signals:
-                b = self._bins(s)
-                out.ravel()[b.u * self.H + (b.h - self.c0)] = True
+                u, h = self._column(s, "u"), self._column(s, "h")
+                out.ravel()[u * self.H + (h - self.c0)] = True
             self._cache[key] = out
         return self._cache[key]  # type: ignore[return-value]
 
@@ -400,6 +416,17 @@ class Window:
     @property
     def values(self) -> list[str]:
         return self.chunk.categorical_values
+
+
+class _Columns:
+    """Attribute access to :meth:`Window._column` (the fields of a signal's bins, gathered
+    only when read)."""
+
+    def __init__(self, w: Window, signal: str) -> None:
+        self._w, self._signal = w, signal
+
+    def __getattr__(self, name: str) -> npt.NDArray[Any]:
+        return self._w._column(self._signal, name)
 
 
 # --- helpers shared by families -------------------------------------------------------------
