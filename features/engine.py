@@ -1,7 +1,7 @@
 """Point-in-time feature engine (DESIGN §3.8): features for (user, T) from data with event time
 < T, ingest time ≤ T, of categories consented at T.
 
-Read path, per chunk of users and one as-of time T (one SQL round trip for numeric bins):
+Read path, per chunk of users and one as-of time T (one SQL round trip per kind of bin):
 
 * the user's devices and the signals of the categories consented at T give (device, signal)
   pairs; only those are read (a withdrawn category contributes nothing);
@@ -83,9 +83,9 @@ class FeatureVector:
 
 @dataclass
 class Timings:
-    """Where the time went (the benchmark prints the split). Thread-safe: with a loader
-    connection the next chunk is read while this one is computed, so the two overlap and
-    their sum can exceed the wall time."""
+    """Where the time went (the benchmark prints the split). Thread-safe: with loader
+    connections the next chunks are read while this one is computed, so loads overlap each
+    other and the computing, and the sums can exceed the wall time."""
 
     sql_s: float = 0.0
     python_s: float = 0.0
@@ -163,26 +163,6 @@ _NUMERIC_OUT = f"""{_HOUR}, b.n, b.sum, b.min, b.max, b.first, b.last,
                date_part('epoch', b.first_time - b.bucket),
                date_part('epoch', b.last_time - b.bucket)"""
 _CATEGORICAL_OUT = f"{_HOUR}, b.value, b.share, b.n"
-
-
-def _rollup_sql(kind: str) -> str:
-    """Pass 1: the stored hourly rollups of the consented (device, signal) pairs in [start, T),
-    read per device through the primary key, each flagged *usable as is* (bucket ended by T
-    and every row in it ingested by T). ``dv.sigs`` NULL means every signal is consented."""
-    out = _NUMERIC_OUT if kind == "numeric" else _CATEGORICAL_OUT
-    return f"""
-    WITH {_DEVICES_CTE}
-    SELECT dv.uidx, dv.didx, array_position(%(s_name)s::text[], b.signal) - 1, {out},
-           (b.bucket + INTERVAL '1 hour' <= %(as_of)s
-            AND b.max_ingested_at <= %(known_by)s)::int4 AS usable
-      FROM dv CROSS JOIN LATERAL (
-           SELECT * FROM rollup_{kind}_hourly r
-            WHERE r.device_id = dv.device_id
-              AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
-              AND r.bucket >= %(start)s AND r.bucket < %(as_of)s
-              AND r.user_id = dv.user_id) b
-     WHERE array_position(%(s_name)s::text[], b.signal) IS NOT NULL
-    """
 
 
 # Pass 1 as one row per device holding column arrays (binary format; :func:`_fetch_arrays`):
@@ -393,7 +373,7 @@ def _recompute_sql(kind: str) -> str:
 _SQL = {
     (step, kind): fn(kind)
     for kind in ("numeric", "categorical")
-    for step, fn in (("rollup", _rollup_sql), ("new", _new_raw_sql), ("recompute", _recompute_sql))
+    for step, fn in (("new", _new_raw_sql), ("recompute", _recompute_sql))
 }
 
 # Earliest reading of each device before the grid (tenure), from rollups fully ingested by T.
