@@ -10,7 +10,7 @@ whole chain must recover it (issue 8 acceptance):
   and the honest pipeline does not beat the oracle.
 
 Runs only with HEARTH_E2E=1. Size from the environment: HEARTH_E2E_HOUSEHOLDS (default 2000),
-HEARTH_E2E_DAYS (default 90), HEARTH_E2E_SEED (default 42). About 30 min at the default size.
+HEARTH_E2E_DAYS (default 90), HEARTH_E2E_SEED (default 42). About 40 min at the default size.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from tests.conftest import ROOT, Broker, free_port
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(5400),
-    # At the acceptance size the chain alone takes ~30 min on a 2-core machine — over CI's
+    # At the acceptance size the chain alone takes ~40 min on a 2-core machine — over CI's
     # budget. CI runs the smaller fleet test (test_features_fleet.py) instead; this one runs
     # on demand and its figures are in the issue notes (same path as `scripts/demo`).
     pytest.mark.skipif(
         os.environ.get("HEARTH_E2E") != "1",
-        reason="set HEARTH_E2E=1 to run (≈30 min at 2,000 households x 90 days)",
+        reason="set HEARTH_E2E=1 to run (≈40 min at 2,000 households x 90 days)",
     ),
 ]
 
