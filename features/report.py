@@ -37,7 +37,6 @@ from features.model import (
     ReferenceModel,
     choose_window_set,
     time_split,
-    window_sets,
 )
 from features.report_data import FeatureTable, GroundTruth
 
@@ -85,8 +84,8 @@ def _fit_variant(
             "(point-in-time: data ingested after an application date is invisible as of it)"
         )
     had = [n for n, keep in zip(table.names, usable, strict=True) if keep]
-    window_set, _, cv_auc = choose_window_set(had, x[train][:, usable], y[train], kind=kind)
-    usable &= np.isin(np.asarray(table.names), window_sets(had)[window_set])
+    window_set, kept, cv_auc = choose_window_set(had, x[train][:, usable], y[train], kind=kind)
+    usable &= np.isin(np.asarray(table.names), kept)
     names = [n for n, keep in zip(table.names, usable, strict=True) if keep]
     model = ReferenceModel(names, kind=kind, feature_set_version=table.feature_set_version)
     model.fit(x[train][:, usable], y[train])

@@ -31,6 +31,10 @@ WATERMARK_NAME = "hourly"
 DEFAULT_GRACE = timedelta(seconds=60)
 _LOCK_KEY = 0x524F4C4C  # "ROLL": one rollup run at a time
 _SLICE = timedelta(days=1)  # unit of work and of commit (see refresh_rollups)
+_TABLES = (  # (raw table, its rollup)
+    ("numeric_readings", "rollup_numeric_hourly"),
+    ("categorical_readings", "rollup_categorical_hourly"),
+)
 
 # SELECT list of a numeric bucket aggregate over raw alias ``r``, grouped by the first four.
 NUMERIC_AGGREGATE = """
@@ -136,12 +140,6 @@ def refresh_rollups(
         result.watermark.isoformat(),
     )
     return result
-
-
-_TABLES = (
-    ("numeric_readings", "rollup_numeric_hourly"),
-    ("categorical_readings", "rollup_categorical_hourly"),
-)
 
 
 def _slices(
