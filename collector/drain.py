@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,12 +143,25 @@ async def drain_session(
         n = registry.get_sample_value("hearth_collector_rows_stored_total", {"table": table})
         report.rows_stored[table] = int(n or 0)
     report.elapsed_s = time.monotonic() - started
+    if not link_decided(link):
+        # The collector stopped before the queue was found empty: SIGINT/SIGTERM.
+        print(
+            f"drain of {client_id!r} interrupted after {report.acked} message(s); "
+            "its session keeps the rest: run the drain again",
+            file=sys.stderr,
+        )
+        raise KeyboardInterrupt
     if not report.ended:
         raise ServiceUnavailable(
             f"session {client_id!r} was not ended: {report.messages - report.acked} message(s) "
             "not acknowledged (database down?); it keeps its queue — run the drain again"
         )
     return report
+
+
+def link_decided(link: MqttLink | None) -> bool:
+    """Did the drain decide the queue was empty (rather than being stopped by a signal)?"""
+    return isinstance(link, _DrainLink) and link.end_when_clean
 
 
 async def _watch(drainer: Drainer, report: DrainReport, idle_s: float) -> None:
