@@ -17,7 +17,9 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+
+import psycopg
 
 from hearth import admin
 from hearth.admin import AdminError, Conn, PurgeReport
@@ -25,6 +27,8 @@ from hearth.db import connect
 from hearth.ledger import FORMATS
 from hearth.settings import get_settings
 from hearth.signals import DEVICE_KINDS, PURPOSE_CREDIT_SCORING, Category
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -324,6 +328,15 @@ def cmd_broker(args: argparse.Namespace) -> int:
 # --- sessions --------------------------------------------------------------------------------
 
 
+def _registry(read: Callable[[], T]) -> T:
+    try:
+        return read()
+    except psycopg.errors.UndefinedTable:
+        raise AdminError(
+            "no replica registry in this database: run `python -m collector migrate`"
+        ) from None
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     from collector import sessions
 
@@ -331,7 +344,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     stale_after_s = settings.collector_stale_after_s
     if args.action == "list":
         with _connect() as conn:
-            for known in sessions.list_sessions(conn, args.group):
+            for known in _registry(lambda: sessions.list_sessions(conn, args.group)):
                 _emit(known.to_json(stale_after_s))
         return 0
     import asyncio
@@ -340,7 +353,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from collector import drain
 
     with _connect() as conn:
-        record = sessions.get_session(conn, args.client_id)
+        record = _registry(lambda: sessions.get_session(conn, args.client_id))
     drain.check_not_live(record, stale_after_s, args.force)
     group = args.group or (record.share_group if record else settings.mqtt_share_group)
     report = asyncio.run(drain.drain_session(settings, args.client_id, group, idle_s=args.idle))
