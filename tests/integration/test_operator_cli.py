@@ -22,6 +22,7 @@ from tests.integration.fleet import (
     add_device,
     add_user,
     canonical_messages,
+    collector_cli,
     grant,
     publish_all,
     wait_until,
@@ -37,18 +38,6 @@ GROUPS = {
     "broker": ("sync", "init"),
     "sessions": ("list", "drain"),
 }
-
-
-def run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HEARTH_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def help_text(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -100,19 +89,11 @@ def test_bad_arguments_exit_2_naming_the_problem(
 
 
 def test_errors_from_the_real_process_are_one_line(database_url: str) -> None:
-    proc = run(database_url, "retention", "run", "--older-than-days", "-5")
+    proc = collector_cli(database_url, "retention", "run", "--older-than-days", "-5")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("must be at least 1, got -5")
     batch = json.dumps({"user_id": "u", "kind": "toaster", "format": "tasmota", "external_id": "x"})
-    proc = subprocess.run(
-        [sys.executable, "-m", "collector", "devices", "add", "--batch", "-"],
-        input=batch,
-        env={**os.environ, "HEARTH_DATABASE_URL": database_url},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = collector_cli(database_url, "devices", "add", "--batch", "-", stdin=batch)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (
         "error: line 1: unknown device kind 'toaster'; known: phone, phone_app, router, plug, "
@@ -145,18 +126,18 @@ def test_a_reader_that_leaves_early_is_not_an_error(db: Conn, database_url: str)
 
 def test_export_of_an_erased_user_says_nothing_is_held(database_url: str) -> None:
     user = unique("gone")
-    assert run(database_url, "users", "add", "--user-id", user).returncode == 0
-    erased = run(database_url, "users", "erase", "--user-id", user)
+    assert collector_cli(database_url, "users", "add", "--user-id", user).returncode == 0
+    erased = collector_cli(database_url, "users", "erase", "--user-id", user)
     assert erased.returncode == 0, erased.stderr
     audit_id = json.loads(erased.stdout)["audit_id"]
 
-    proc = run(database_url, "users", "export", "--user-id", user)
+    proc = collector_cli(database_url, "users", "export", "--user-id", user)
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)
     assert answer["held"] == "nothing" and answer["audit_id"] == audit_id, answer
     assert answer["audit_subject"] == audit_subject(user) and answer["deleted"]["users"] == 1
 
-    never = run(database_url, "users", "export", "--user-id", unique("never"))
+    never = collector_cli(database_url, "users", "export", "--user-id", unique("never"))
     assert never.returncode == 2 and "unknown user" in never.stderr
 
 

@@ -32,13 +32,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from hearth.migrate import migrate
 from hearth.settings import Settings
 from hearth.signals import SIGNALS
-from tests.conftest import BASE_DATABASE_URL, Broker, _with_dbname, free_port
+from tests.conftest import Broker, free_port, fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "operations.md")
@@ -97,15 +95,8 @@ def walked_blocks(path: Path) -> list[Step]:
 @pytest.fixture
 def walk_database() -> Iterator[str]:
     """A fresh database of its own: the README's ids must be free."""
-    name = f"hearth_walk_{secrets.token_hex(4)}"
-    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
-    url = _with_dbname(BASE_DATABASE_URL, name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        migrate(conn)
-    yield url
-    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("hearth_walk") as url:
+        yield url
 
 
 class Walk:

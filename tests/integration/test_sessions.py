@@ -7,9 +7,7 @@ ones included, so a stopped replica's session keeps queuing its share until it i
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 
 import paho.mqtt.client as mqtt
@@ -20,9 +18,9 @@ from paho.mqtt.properties import Properties
 
 from tests.conftest import Broker
 from tests.integration.fleet import (
-    ROOT,
     CollectorFactory,
     canonical_messages,
+    collector_cli,
     count_rows,
     publish_all,
     register_fleet,
@@ -33,27 +31,18 @@ Conn = psycopg.Connection[tuple[object, ...]]
 FAST_REGISTRY = {"HEARTH_COLLECTOR_HEARTBEAT_S": "1", "HEARTH_COLLECTOR_STALE_AFTER_S": "2"}
 
 
-def collector_cli(
-    database_url: str, broker: Broker, *args: str, timeout_s: float = 120
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "HEARTH_DATABASE_URL": database_url,
-        "HEARTH_MQTT_URL": broker.url,
-        "HEARTH_COLLECTOR_STALE_AFTER_S": "2",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
+def sessions_cli(database_url: str, broker: Broker, *args: str) -> subprocess.CompletedProcess[str]:
+    return collector_cli(
+        database_url,
+        "sessions",
+        *args,
+        HEARTH_MQTT_URL=broker.url,
+        HEARTH_COLLECTOR_STALE_AFTER_S="2",
     )
 
 
 def sessions_by_id(database_url: str, broker: Broker) -> dict[str, dict[str, object]]:
-    proc = collector_cli(database_url, broker, "sessions", "list")
+    proc = sessions_cli(database_url, broker, "list")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     return {str(r["client_id"]): r for r in rows}
@@ -101,7 +90,7 @@ def test_drain_stores_a_stopped_replicas_share_once_and_ends_its_session(
     )
 
     # A running replica is not drained (its session would be taken over under it).
-    refused = collector_cli(database_url, broker, "sessions", "drain", "--client-id", b_id)
+    refused = sessions_cli(database_url, broker, "drain", "--client-id", b_id)
     assert refused.returncode == 2 and "is running" in refused.stderr, refused.stderr
 
     assert b.terminate() == 0  # clean stop: B's session stays on the broker and queues
@@ -120,7 +109,7 @@ def test_drain_stores_a_stopped_replicas_share_once_and_ends_its_session(
     a_share = received(a)
     assert a_share < 1_000  # B's session took its share while B was away: the finding
 
-    drained = collector_cli(database_url, broker, "sessions", "drain", "--client-id", b_id)
+    drained = sessions_cli(database_url, broker, "drain", "--client-id", b_id)
     assert drained.returncode == 0, drained.stderr
     report = json.loads(drained.stdout)
     assert report["session_present"] is True and report["session_ended"] is True, report
@@ -148,9 +137,7 @@ def test_drain_of_an_id_without_a_session_ends_at_once(
     database_url: str, broker: Broker, tag: str
 ) -> None:
     started = time.monotonic()
-    proc = collector_cli(
-        database_url, broker, "sessions", "drain", "--client-id", f"{tag}-never-ran"
-    )
+    proc = sessions_cli(database_url, broker, "drain", "--client-id", f"{tag}-never-ran")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["session_present"] is False and report["messages"] == 0, report
