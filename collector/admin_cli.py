@@ -1,9 +1,12 @@
-"""``python -m collector users|devices|consent|retention|broker ...``: the operator's commands.
+"""``python -m collector users|devices|consent|retention|broker|sessions ...``: operator commands.
 
 Thin argument parsing over :mod:`hearth.admin` (the same functions serve the HTTP admin API).
 Output is JSON on stdout — one object, or JSON lines for lists and ``--batch`` — so scripts and
 the simulator can read it. ``--batch FILE|-`` imports JSON lines in one connection and one
 transaction: all lines land or none (the error names the line).
+
+Each group's actions are sub-commands of their own (``users add --help`` shows only what
+``add`` takes), so argparse itself names a missing or unknown option (exit 2).
 """
 
 from __future__ import annotations
@@ -14,13 +17,21 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+
+import psycopg
 
 from hearth import admin
 from hearth.admin import AdminError, Conn, PurgeReport
 from hearth.db import connect
+from hearth.ledger import FORMATS
 from hearth.settings import get_settings
-from hearth.signals import PURPOSE_CREDIT_SCORING, Category
+from hearth.signals import DEVICE_KINDS, PURPOSE_CREDIT_SCORING, Category
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _emit(obj: object, out: TextIO | None = None) -> None:
@@ -87,13 +98,46 @@ def _batch(conn: Conn, source: str, one: Callable[[dict[str, Any]], object]) -> 
 # --- users -----------------------------------------------------------------------------------
 
 
+def erasure_record(conn: Conn, user_id: str) -> dict[str, object] | None:
+    """The latest ``erase_user`` audit record of a user, found by the keyed subject hash (the
+    audit log never holds the id itself); None when the user was never erased."""
+    row = conn.execute(
+        "SELECT id, at, details FROM audit_log WHERE action = 'erase_user' AND subject_ref = %s "
+        "ORDER BY at DESC, id DESC LIMIT 1",
+        (admin.audit_subject(user_id),),
+    ).fetchone()
+    if row is None:
+        return None
+    audit_id, at, details = row
+    return {
+        "user_id": user_id,
+        "held": "nothing",
+        "erased_at": at.isoformat(),
+        "audit_id": audit_id,
+        "audit_subject": admin.audit_subject(user_id),
+        "deleted": details.get("counts", {}),
+    }
+
+
+def _export(conn: Conn, user_id: str) -> dict[str, object]:
+    """Everything held about a user; for an erased one, "nothing held" and the erasure's audit
+    reference (how an operator verifies an erasure without the log naming anybody)."""
+    try:
+        return admin.export_user(conn, user_id)
+    except AdminError:
+        erased = erasure_record(conn, user_id)
+        if erased is None:
+            raise
+        return erased
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     with _connect() as conn:
         if args.action == "add":
             admin.add_user(conn, args.user_id, args.tz or "UTC")
             _emit({"user_id": args.user_id, "tz": args.tz or "UTC"})
         elif args.action == "export":
-            print(json.dumps(admin.export_user(conn, args.user_id), indent=2, default=str))
+            print(json.dumps(_export(conn, args.user_id), indent=2, default=str))
         else:
             report = admin.erase_user(conn, args.user_id)
             _sync_broker(conn)
@@ -104,7 +148,14 @@ def cmd_users(args: argparse.Namespace) -> int:
 # --- devices ---------------------------------------------------------------------------------
 
 
+def _check_kind(kind: str) -> str:
+    if kind not in DEVICE_KINDS:
+        raise AdminError(f"unknown device kind {kind!r}; known: {', '.join(DEVICE_KINDS)}")
+    return kind
+
+
 def _register(conn: Conn, item: dict[str, Any]) -> dict[str, object]:
+    _check_kind(str(item["kind"]))
     return admin.register_device(
         conn,
         user_id=str(item["user_id"]),
@@ -226,7 +277,9 @@ def cmd_consent(args: argparse.Namespace) -> int:
 def cmd_retention(args: argparse.Namespace) -> int:
     from collector.retention import run_retention
 
-    days = args.older_than_days or get_settings().retention_days
+    days = args.older_than_days
+    if days is None:
+        days = get_settings().retention_days
     with _connect() as conn:
         _emit(run_retention(conn, days).to_json())
     return 0
@@ -272,64 +325,191 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- sessions --------------------------------------------------------------------------------
+
+
+def _registry(read: Callable[[], T]) -> T:
+    try:
+        return read()
+    except psycopg.errors.UndefinedTable:
+        raise AdminError(
+            "no replica registry in this database: run `python -m collector migrate`"
+        ) from None
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from collector import sessions
+
+    settings = get_settings()
+    stale_after_s = settings.collector_stale_after_s
+    if args.action == "list":
+        with _connect() as conn:
+            for known in _registry(lambda: sessions.list_sessions(conn, args.group)):
+                _emit(known.to_json(stale_after_s))
+        return 0
+    import asyncio
+
+    # The drain runs the collector itself (paho, aiohttp, prometheus): imported only here.
+    from collector import drain
+
+    with _connect() as conn:
+        record = _registry(lambda: sessions.get_session(conn, args.client_id))
+    drain.check_not_live(record, stale_after_s, args.force)
+    group = args.group or (record.share_group if record else settings.mqtt_share_group)
+    report = asyncio.run(drain.drain_session(settings, args.client_id, group, idle_s=args.idle))
+    with _connect() as conn:
+        sessions.mark_drained(conn, args.client_id, group)
+    _emit(report.to_json())
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the registry, consent, data-subject, retention and broker sub-commands."""
-    users = sub.add_parser("users", help="add a user; export or erase everything about one")
-    users.add_argument("action", choices=("add", "export", "erase"))
-    users.add_argument("--user-id", required=True)
-    users.add_argument("--tz", help="IANA time zone (users add; default UTC)")
-    users.set_defaults(func=cmd_users)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
-    devices = sub.add_parser(
-        "devices", help="register (prints MQTT credentials as JSON), list or retire devices"
-    )
-    devices.add_argument("action", choices=("add", "list", "retire"))
-    devices.add_argument("--user-id")
-    devices.add_argument("--kind", help="phone, router, plug, contact, motion, thermostat, ...")
-    devices.add_argument("--format", help="hearth, owntracks, zigbee2mqtt, tasmota, shelly")
-    devices.add_argument("--external-id", help="the id the format carries in its topic")
-    devices.add_argument("--tz", help="device zone for naive timestamps (default: the user's)")
-    devices.add_argument("--user-tz", help="create the user with this zone if absent")
-    devices.add_argument("--device-id", help="devices retire")
-    devices.add_argument(
-        "--batch",
-        metavar="FILE|-",
-        help="JSON lines {user_id, kind, format, external_id, tz?, user_tz?} → credentials lines",
-    )
-    devices.set_defaults(func=cmd_devices)
 
-    consent = sub.add_parser("consent", help="grant, withdraw (and purge) or show consent")
-    consent.add_argument("action", choices=("grant", "withdraw", "show"))
-    consent.add_argument("--user-id")
-    consent.add_argument("--category", choices=[c.value for c in Category])
-    consent.add_argument("--purpose", default=PURPOSE_CREDIT_SCORING)
-    consent.add_argument(
-        "--at", help="RFC 3339 time of the event (default now; past times for imports/replays)"
-    )
-    consent.add_argument(
-        "--batch", metavar="FILE|-", help="JSON lines {user_id, category, at?, purpose?}"
-    )
-    consent.set_defaults(func=cmd_consent)
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
 
-    retention = sub.add_parser("retention", help="drop raw telemetry chunks past retention")
-    retention.add_argument("action", choices=("run",))
-    retention.add_argument("--older-than-days", type=int, help="default HEARTH_RETENTION_DAYS (90)")
-    retention.set_defaults(func=cmd_retention)
 
-    broker = sub.add_parser(
-        "broker", help="regenerate the broker's password file and ACL from the registry"
+def _actions(
+    sub: SubParsers, name: str, help: str, func: Callable[[argparse.Namespace], int]
+) -> SubParsers:
+    """A command group whose actions are sub-commands (each with its own --help)."""
+    group = sub.add_parser(name, help=help, description=help)
+    group.set_defaults(func=func)
+    return group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def _batch_arg(p: argparse.ArgumentParser, fields: str) -> None:
+    p.add_argument("--batch", metavar="FILE|-", help=f"JSON lines {fields}, one transaction")
+
+
+def register(sub: SubParsers) -> None:
+    """Add the registry, consent, data-subject, retention, broker and sessions sub-commands."""
+    users = _actions(sub, "users", "add a user; export or erase everything about one", cmd_users)
+    p = users.add_parser("add", help="register a pseudonymous user (idempotent)")
+    p.add_argument("--user-id", required=True)
+    p.add_argument("--tz", help="IANA time zone, e.g. Europe/Berlin (default UTC)")
+    p = users.add_parser(
+        "export",
+        help="everything held about a user as JSON (data-subject access); for an erased user "
+        '"nothing held" with the erasure\'s audit reference',
     )
-    broker.add_argument("action", choices=("sync", "init"))
-    broker.add_argument("--state-dir", help="default HEARTH_STATE_DIR or .hearth")
-    broker.add_argument("--no-reload", action="store_true", help="sync: do not SIGHUP the broker")
-    broker.add_argument(
-        "--watch", action="store_true", help="sync: keep running, re-sync on registry changes"
+    p.add_argument("--user-id", required=True)
+    p = users.add_parser(
+        "erase", help="delete everything of a user and revoke their devices' credentials"
     )
-    broker.add_argument("--mqtt-port", type=int, default=1883, help="init: plain listener port")
-    broker.add_argument(
-        "--mqtts-port", type=int, default=8883, help="init: TLS listener port (0: none)"
+    p.add_argument("--user-id", required=True)
+
+    devices = _actions(
+        sub,
+        "devices",
+        "register (prints MQTT credentials as JSON), list or retire devices",
+        cmd_devices,
     )
-    broker.set_defaults(func=cmd_broker)
+    p = devices.add_parser(
+        "add", help="bind a device to a user; prints its MQTT credentials once, as JSON"
+    )
+    p.add_argument("--user-id")
+    p.add_argument("--kind", choices=DEVICE_KINDS, metavar="KIND", help=", ".join(DEVICE_KINDS))
+    p.add_argument("--format", choices=FORMATS, metavar="FORMAT", help=", ".join(FORMATS))
+    p.add_argument("--external-id", help="the id the format carries in its topic")
+    p.add_argument("--tz", help="device zone for naive timestamps (default: the user's)")
+    p.add_argument("--user-tz", help="create the user with this zone if absent")
+    _batch_arg(p, "{user_id, kind, format, external_id, tz?, user_tz?} → credentials lines")
+    p = devices.add_parser("list", help="registered devices (JSON lines), without secrets")
+    p.add_argument("--user-id", help="only this user's devices")
+    p = devices.add_parser(
+        "retire", help="unbind a device and revoke its broker credential (its data stays)"
+    )
+    p.add_argument("--device-id", required=True)
+
+    consent = _actions(sub, "consent", "grant, withdraw (and purge) or show consent", cmd_consent)
+    for action, help in (
+        ("grant", "record a consent grant: collection of the category starts"),
+        ("withdraw", "record a withdrawal and purge the user's data of the category"),
+    ):
+        p = consent.add_parser(action, help=help)
+        p.add_argument("--user-id")
+        p.add_argument("--category", choices=[c.value for c in Category])
+        p.add_argument("--purpose", default=PURPOSE_CREDIT_SCORING)
+        p.add_argument(
+            "--at", help="RFC 3339 time of the event (default now; past times for imports/replays)"
+        )
+        _batch_arg(p, "{user_id, category, at?, purpose?}")
+    p = consent.add_parser("show", help="a user's consent history (JSON lines, oldest first)")
+    p.add_argument("--user-id")
+    p.add_argument("--category", choices=[c.value for c in Category])
+    p.set_defaults(batch=None)
+
+    retention = _actions(
+        sub, "retention", "drop raw telemetry chunks past retention", cmd_retention
+    )
+    p = retention.add_parser("run", help="drop raw chunks older than the retention age, audited")
+    p.add_argument(
+        "--older-than-days",
+        type=_positive_int,
+        metavar="DAYS",
+        help="at least 1 (default HEARTH_RETENTION_DAYS, 90)",
+    )
+
+    broker = _actions(
+        sub, "broker", "regenerate the broker's password file and ACL from the registry", cmd_broker
+    )
+    p = broker.add_parser("sync", help="write passwd + ACL from the registry; reload the broker")
+    p.add_argument("--state-dir", help="default HEARTH_STATE_DIR or .hearth")
+    p.add_argument("--no-reload", action="store_true", help="do not SIGHUP the broker")
+    p.add_argument("--watch", action="store_true", help="keep running, re-sync on registry changes")
+    p = broker.add_parser("init", help="service accounts, test CA and auth config (idempotent)")
+    p.add_argument("--state-dir", help="default HEARTH_STATE_DIR or .hearth")
+    p.add_argument("--mqtt-port", type=int, default=1883, help="plain listener port")
+    p.add_argument("--mqtts-port", type=int, default=8883, help="TLS listener port (0: none)")
+
+    sessions = _actions(
+        sub,
+        "sessions",
+        "collector replicas' broker sessions: list them; drain a retired one (scale-down)",
+        cmd_sessions,
+    )
+    p = sessions.add_parser(
+        "list",
+        help="known replica ids (heartbeat registry) and whether their session may still be "
+        "queuing; queued counts are null: Mosquitto 2.0 does not report them",
+    )
+    p.add_argument("--group", help="only this share group")
+    p = sessions.add_parser(
+        "drain",
+        help="store everything queued for a stopped replica's session, then end the session",
+    )
+    p.add_argument("--client-id", required=True, help="the retired replica's HEARTH_MQTT_CLIENT_ID")
+    p.add_argument(
+        "--group", help="its share group (default: from the registry, else HEARTH_MQTT_SHARE_GROUP)"
+    )
+    p.add_argument(
+        "--idle",
+        type=_positive_float,
+        default=3.0,
+        metavar="S",
+        help="the queue is empty when all is acknowledged and nothing arrived for S seconds "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="drain even though the registry says the replica is running (it is gone)",
+    )

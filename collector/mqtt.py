@@ -143,8 +143,17 @@ def subscription_topics(share_group: str, filters: list[str]) -> list[str]:
 class MqttLink:
     """One persistent MQTT session whose socket is serviced by the running asyncio loop."""
 
-    def __init__(self, settings: Settings, filters: list[str], on_message: MessageHandler) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        filters: list[str],
+        on_message: MessageHandler,
+        *,
+        subscribe: bool = True,
+    ) -> None:
         self._settings = settings
+        self._subscribe = subscribe  # False: resume a session as it is (sessions drain)
+        self.session_present = False  # the last CONNACK's flag
         self._endpoint = settings.mqtt
         self._topics = subscription_topics(settings.mqtt_share_group, filters)
         self._handler = on_message
@@ -231,12 +240,14 @@ class MqttLink:
         self.connected = True
         self.connects += 1
         self._disconnected.clear()
-        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._topics])
+        self.session_present = bool(getattr(flags, "session_present", False))
+        if self._subscribe:
+            client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._topics])
         log.info(
             "event=mqtt_connected generation=%d session_present=%s topics=%d",
             self.generation,
-            bool(getattr(flags, "session_present", False)),
-            len(self._topics),
+            self.session_present,
+            len(self._topics) if self._subscribe else 0,
         )
 
     def _on_disconnect(
@@ -337,11 +348,37 @@ class MqttLink:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 
-    async def disconnect(self, timeout_s: float = 5.0) -> None:
-        """Send pending PUBACKs, then DISCONNECT (the session stays on the broker)."""
+    async def unsubscribe(self, timeout_s: float = CONNECT_TIMEOUT_S) -> list[ReasonCode]:
+        """UNSUBSCRIBE from the group's topics and wait for the UNSUBACK's reason codes.
+
+        After it the broker routes no new message to this session; what it had queued is
+        still delivered (Mosquitto keeps a session's queue across an UNSUBSCRIBE).
+        """
+        done: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+
+        def on_unsubscribe(_c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+            if not done.done():
+                done.set_result(list(reasons))
+
+        self._client.on_unsubscribe = on_unsubscribe
+        result, _ = self._client.unsubscribe(self._topics)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise ServiceUnavailable(f"HEARTH_MQTT_URL: UNSUBSCRIBE failed: {result.name}")
+        try:
+            return await asyncio.wait_for(done, timeout_s)
+        except TimeoutError:
+            raise ServiceUnavailable("HEARTH_MQTT_URL: no UNSUBACK from the broker") from None
+
+    async def disconnect(self, timeout_s: float = 5.0, *, end_session: bool = False) -> None:
+        """Send pending PUBACKs, then DISCONNECT. The session stays on the broker, unless
+        ``end_session``: Session Expiry Interval 0 on DISCONNECT ends it with its queue."""
         if self._sock is None:
             return
-        self._client.disconnect()
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
         deadline = time.monotonic() + timeout_s
         while self._sock is not None and time.monotonic() < deadline:
             self._client.loop_write()

@@ -30,6 +30,7 @@ from collector.metrics import CollectorMetrics, start_http
 from collector.minimise import Minimiser
 from collector.mqtt import MqttLink
 from collector.pipeline import Batch, Caches, Pipeline
+from collector.sessions import run_replica
 from collector.writer import BatchWriter, WriteResult
 from hearth.db import DatabaseUnavailable
 from hearth.settings import Settings, get_settings
@@ -163,6 +164,10 @@ class Collector:
         self.metrics.in_flight.set(self.in_flight)
 
     # -- lifecycle -------------------------------------------------------------------------
+    def make_link(self) -> MqttLink:
+        """The broker session (``collector sessions drain`` uses one that does not subscribe)."""
+        return MqttLink(self.settings, topic_filters(), self.on_message)
+
     def health(self) -> dict[str, object]:
         connected = self.link is not None and self.link.connected
         return {
@@ -183,7 +188,7 @@ class Collector:
         runner = None
         if self.settings.collector_http_port:
             runner = await start_http(self.metrics, self.health, self.settings.collector_http_port)
-        link = self.link = MqttLink(self.settings, topic_filters(), self.on_message)
+        link = self.link = self.make_link()
         tasks: list[asyncio.Task[None]] = []
         try:
             await link.connect()  # ServiceUnavailable → one line
@@ -237,4 +242,4 @@ class Collector:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = get_settings()
     collector = Collector(settings)  # ConfigError (no pseudonym key) before any connection
-    return asyncio.run(collector.run())
+    return asyncio.run(run_replica(collector))  # with its heartbeat (collector/sessions.py)

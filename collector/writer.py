@@ -49,6 +49,15 @@ SELECT topic, reason, detail, payload, payload_bytes, digest FROM stage_dead
 ON CONFLICT (digest) DO NOTHING
 """
 
+# Readings the consent gate refused, per UTC day and category (migration 0043), counted in the
+# batch's own transaction. Last before COMMIT and in category order: replicas updating the same
+# day's rows hold the row locks briefly and always take them in the same order (no deadlock).
+_DROPPED_SQL = """
+INSERT INTO dropped_readings_daily AS d (day, category, readings)
+SELECT (now() AT TIME ZONE 'UTC')::date, c, n FROM unnest(%s::text[], %s::int8[]) AS u (c, n)
+ON CONFLICT (day, category) DO UPDATE SET readings = d.readings + EXCLUDED.readings
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
@@ -114,6 +123,11 @@ class BatchWriter:
                     await cur.execute(_MOVE_DEAD_SQL)
                     inserted["dead_letters"] = cur.rowcount
                     duplicates["dead_letters"] = len(batch.dead_letters) - cur.rowcount
+                if batch.dropped_by_category:
+                    dropped = sorted(batch.dropped_by_category.items())
+                    await cur.execute(
+                        _DROPPED_SQL, ([c for c, _ in dropped], [n for _, n in dropped])
+                    )
             await conn.commit()
         except BaseException:
             await self.close()  # a broken or cancelled transaction: start over on a new session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from hearth.settings import ConfigError
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service we need is down or refused us
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for any tool whose reader left
 
 
 class ServiceUnavailable(Exception):
@@ -26,6 +28,13 @@ def run_main(main: Callable[[], int]) -> None:
     """Run ``main`` and turn the errors a user can fix into one line on stderr."""
     try:
         code = main()
+        sys.stdout.flush()  # a reader that left (`| head`) shows up here, not at exit
+    except BrokenPipeError:
+        # Python docs' recipe: point stdout at /dev/null so the interpreter's final flush
+        # does not raise again; the reader got what it asked for, so no message.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_CONFIG

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
 
     # Collector observability port (/metrics, /healthz); 0 disables.
     collector_http_port: int = Field(default=9108, ge=0, le=65535)
+    # Replica registry (collector/sessions.py): heartbeat period, and how long a replica id may
+    # go unseen before its possibly-queuing broker session is reported as stale.
+    collector_heartbeat_s: int = Field(default=10, ge=1)
+    collector_stale_after_s: int = Field(default=300, ge=1)
 
     # Feature service.
     http_host: str = "127.0.0.1"

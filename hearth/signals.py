@@ -193,3 +193,19 @@ def signal(name: str) -> Signal:
 def stored_signals(category: Category) -> list[str]:
     """Names of the signals written to disk for a category (what a purge deletes)."""
     return [s.name for s in SIGNALS.values() if s.category is category and s.kind != "raw"]
+
+
+# Device kinds the registry accepts (`devices add --kind`). Features read some of them: router
+# and plug count as always-on infrastructure (features/library/infrastructure.py).
+DEVICE_KINDS = (
+    "phone",
+    "phone_app",
+    "router",
+    "plug",
+    "door",
+    "contact",
+    "motion",
+    "climate",
+    "thermostat",
+    "sensor",
+)

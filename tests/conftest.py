@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -59,7 +60,14 @@ def _test_environment() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """URL of a fresh database with the whole schema migrated; dropped after the session."""
-    name = f"hearth_test_{secrets.token_hex(4)}"
+    with fresh_database("hearth_test") as url:
+        yield url
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A new database cloned from ``hearth_template`` and migrated; dropped on exit."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     try:
         admin = psycopg.connect(BASE_DATABASE_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:

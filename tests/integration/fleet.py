@@ -276,6 +276,21 @@ class CollectorProcess:
                 self.kill()
 
 
+def collector_cli(
+    database_url: str, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m collector ARGS`` as a user runs it: a real process, its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "collector", *args],
+        input=stdin,
+        env={**os.environ, "HEARTH_DATABASE_URL": database_url, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def count_rows(conn: Conn, table: str, device_prefix: str) -> int:
     row = conn.execute(
         f"SELECT count(*) FROM {table} WHERE device_id LIKE %s", (device_prefix + "%",)
