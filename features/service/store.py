@@ -84,6 +84,12 @@ async def configure_connection(conn: AsyncConnection) -> None:
     await conn.execute("SET jit = off")
 
 
+def statement_timeout_sql(timeout_ms: int) -> str:
+    """The bound on each statement a request runs (``HEARTH_SERVICE_STATEMENT_TIMEOUT_MS``;
+    0 = none): a request cannot keep a backend busy for longer, lock waits included."""
+    return f"SET statement_timeout = {int(timeout_ms)}"
+
+
 @dataclass(slots=True)
 class _Waiter:
     rows: Sequence[Row]
