@@ -86,7 +86,7 @@ def create_app(
         kwargs={"autocommit": True},
     )
     cache: VectorCache[Outcome] = VectorCache(cache_entries, cache_ttl_s)
-    store = SnapshotStore(async_pool)
+    store = SnapshotStore(async_pool, max_clock_skew_s=settings.max_clock_skew_s)
     engine = EngineGateway(sync_pool)
     metrics = ServiceMetrics()
     metrics.watch_cache(lambda: (cache.hits, cache.misses))

@@ -150,6 +150,21 @@ async def test_as_of_error_states_the_offset_rule(client: Client) -> None:
     assert "UTC offset" in err["details"][0]["reason"]
 
 
+async def test_a_future_snapshot_is_never_served_as_the_latest(client: Client, seeded: str) -> None:
+    """Issue 12 §3: a snapshot "as of" the future (materialise used to accept one) is not the
+    latest vector; the one before it is."""
+    version = engine_gateway.feature_set_version()
+    with psycopg.connect(seeded, autocommit=True) as conn:
+        seed_user(conn, "bd-future", consent_from=T0)
+        seed_snapshot(conn, "bd-future", AS_OF, version, V)
+        future = datetime.now(UTC) + timedelta(days=30)
+        seed_snapshot(conn, "bd-future", future, version, {"f_a": {"value": 9.0, "coverage": 1.0}})
+    resp = await client.get("/v1/users/bd-future/features", headers=H_READ)
+    body = await resp.json()
+    assert resp.status == 200 and datetime.fromisoformat(body["as_of"]) == AS_OF
+    assert body["features"] == V
+
+
 # --- statement timeout --------------------------------------------------------------------------
 
 
