@@ -85,12 +85,11 @@ def parse_as_of(raw: str | None, settings: Settings) -> datetime | None:
     raise ApiError(400, "invalid_request", "invalid query parameter", [("as_of", error[1])])
 
 
-def _too_many(count: int, limit: int, what: str, setting: str) -> ApiError:
-    return ApiError(
-        413,
-        "too_many_rows",
-        f"{count} {what} in one request; at most {limit} ({setting})",
-    )
+def _check_rows(count: int, limit: int, what: str, setting: str) -> None:
+    if count > limit:
+        raise ApiError(
+            413, "too_many_rows", f"{count} {what} in one request; at most {limit} ({setting})"
+        )
 
 
 def _check_user_id(user_id: str) -> None:
@@ -131,10 +130,9 @@ async def post_online(request: web.Request) -> web.Response:
     body = await read_model(
         request, OnlineRequest, online_max_body(settings), as_of_context(settings)
     )
-    if len(body.user_ids) > settings.online_max_users:
-        raise _too_many(
-            len(body.user_ids), settings.online_max_users, "user ids", "HEARTH_ONLINE_MAX_USERS"
-        )
+    _check_rows(
+        len(body.user_ids), settings.online_max_users, "user ids", "HEARTH_ONLINE_MAX_USERS"
+    )
     version = engine_gateway.feature_set_version()
     user_ids = list(dict.fromkeys(body.user_ids))  # each user once, first-seen order
     outcomes = await state.resolver.resolve([(u, body.as_of) for u in user_ids], version)
@@ -170,10 +168,7 @@ async def post_historical(request: web.Request) -> web.StreamResponse:
     body = await read_model(
         request, HistoricalRequest, historical_max_body(settings), as_of_context(settings)
     )
-    if len(body.rows) > settings.historical_max_rows:
-        raise _too_many(
-            len(body.rows), settings.historical_max_rows, "rows", "HEARTH_HISTORICAL_MAX_ROWS"
-        )
+    _check_rows(len(body.rows), settings.historical_max_rows, "rows", "HEARTH_HISTORICAL_MAX_ROWS")
     version = engine_gateway.feature_set_version()  # fail with 503 before streaming starts
     as_csv = _wants_csv(request)
     names = engine_gateway.feature_names() if as_csv else []
