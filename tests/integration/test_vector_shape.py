@@ -170,7 +170,9 @@ def test_materialize_refuses_a_future_as_of(database_url: str, db: Conn) -> None
         materialize(db, NOW + timedelta(hours=1), users=["shape-1"], progress=False)
     with pytest.raises(ValueError, match="2000-01-01"):
         materialize(db, datetime(1999, 1, 1, tzinfo=UTC), users=["shape-1"], progress=False)
-    row = db.execute("SELECT count(*) FROM feature_snapshots WHERE as_of > now()").fetchone()
+    row = db.execute(
+        "SELECT count(*) FROM feature_snapshots WHERE user_id = 'shape-1' AND as_of > now()"
+    ).fetchone()
     assert row == (0,)
 
 
