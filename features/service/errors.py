@@ -184,7 +184,8 @@ def _abandon(request: web.Request, exc: BaseException) -> web.StreamResponse:
     """A streaming handler let an error escape after its response started: hand back that
     response (nothing more is written to it) and drop the connection, so the client sees a
     truncated stream rather than a second response inside the first."""
-    log_unhandled(request, exc)
+    if not isinstance(exc, ConnectionResetError):  # a client that left is not our error
+        log_unhandled(request, exc)
     response = request[STREAM_STARTED]
     response.force_close()
     if request.transport is not None:
