@@ -51,6 +51,7 @@ class HearthError(Exception):
 class FeatureCell:
     value: float | None
     coverage: float
+    reason: str | None = None  # why value is null by consent (not_consented, consent_withdrawn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,10 @@ def _time(text: str) -> datetime:
 def _cells(raw: dict[str, Any] | None) -> dict[str, FeatureCell] | None:
     if raw is None:
         return None
-    return {k: FeatureCell(v.get("value"), float(v.get("coverage", 0.0))) for k, v in raw.items()}
+    return {
+        k: FeatureCell(v.get("value"), float(v.get("coverage", 0.0)), v.get("reason"))
+        for k, v in raw.items()
+    }
 
 
 def parse_vector(doc: dict[str, Any]) -> FeatureVector:
@@ -188,6 +192,10 @@ def parse_online(doc: dict[str, Any]) -> OnlineResult:
 
 def parse_historical_line(line: str | bytes, offset: int = 0) -> HistoricalRow:
     doc = json.loads(line)
+    if "error" in doc:  # the service failed after the stream started: the rest is missing
+        err = doc["error"]
+        status = 503 if err.get("code") in ("statement_timeout", "database_unavailable") else 500
+        raise HearthError(status, err.get("code", "?"), err.get("message", ""), [])
     return HistoricalRow(
         row=int(doc["row"]) + offset,
         user_id=doc["user_id"],

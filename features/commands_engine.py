@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from features.as_of import as_of_problem, latest_as_of
 from hearth.cli import UsageError
 from hearth.db import connect
 from hearth.settings import get_settings
@@ -46,18 +47,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.set_defaults(func=_rollup)
 
 
-def parse_as_of(text: str) -> datetime:
-    """YYYY-MM-DD means midnight UTC; otherwise RFC 3339 with an explicit offset."""
+def parse_as_of(text: str, max_clock_skew_s: float | None = None) -> datetime:
+    """YYYY-MM-DD means midnight UTC; otherwise RFC 3339 with an explicit offset. Within
+    features.as_of's bounds: not before 2000, not after now plus the clock-skew allowance
+    (default: HEARTH_MAX_CLOCK_SKEW_S)."""
     text = text.strip()
     try:
         if len(text) == 10:
-            return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            value = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+        else:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"--as-of: not a date or RFC 3339 timestamp: {text!r}") from None
     if value.tzinfo is None:
         raise UsageError(f"--as-of: timestamp needs a UTC offset (e.g. Z): {text!r}")
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise UsageError(f"--as-of: out of range: {text!r}") from None
+    if max_clock_skew_s is None:
+        max_clock_skew_s = get_settings().max_clock_skew_s
+    problem = as_of_problem(value, latest_as_of(max_clock_skew_s))
+    if problem is not None:
+        raise UsageError(f"--as-of {text}: {problem}")
+    return value
 
 
 def _users(args: argparse.Namespace) -> list[str] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from hearth.cli import UsageError
 from hearth.settings import get_settings
 
 
@@ -13,7 +14,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "serve",
         help="run the HTTP feature service",
         description="Serve feature vectors, training rows and admin endpoints over HTTP "
-        "(OpenAPI document at /openapi.json; bearer tokens from HEARTH_API_TOKENS).",
+        "(OpenAPI document at /openapi.json; bearer tokens from HEARTH_API_TOKENS). Logs one "
+        "line naming the address and the feature-set version once listening. Exit codes: 2 "
+        "usage, 69 address unavailable (e.g. port in use), 78 configuration.",
     )
     serve.add_argument("--host", help="bind address (default: HEARTH_HTTP_HOST)")
     serve.add_argument("--port", type=int, help="port (default: HEARTH_HTTP_PORT)")
@@ -36,6 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
     from features.service.app import run_service
 
     settings = get_settings()
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: use 1-65535")
+    # Errors come out as one line (hearth.cli.run_main): a port in use is exit 69.
     run_service(
         settings,
         args.host or settings.http_host,

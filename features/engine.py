@@ -42,6 +42,7 @@ from features.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins
 from features.rollups import CATEGORICAL_AGGREGATE_FROM, NUMERIC_AGGREGATE, read_watermark
 from hearth import ledger
 from hearth.signals import SIGNALS, Category
+from hearth.vectors import CellReason, cell
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -57,6 +58,7 @@ DEFAULT_CHUNK_USERS = 250
 class FeatureValue:
     value: float | None
     coverage: float
+    reason: CellReason | None = None  # why the value is null by consent (hearth.vectors)
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,9 @@ class FeatureVector:
             "features": self.vector_json(),
         }
 
-    def vector_json(self) -> dict[str, dict[str, float | None]]:
-        """The ``feature_snapshots.vector`` shape: {name: {"value": x|null, "coverage": c}}."""
-        return {k: {"value": v.value, "coverage": v.coverage} for k, v in self.values.items()}
+    def vector_json(self) -> dict[str, dict[str, object]]:
+        """The ``feature_snapshots.vector`` shape (:mod:`hearth.vectors`)."""
+        return {k: cell(v.value, v.coverage, v.reason) for k, v in self.values.items()}
 
 
 @dataclass
@@ -542,11 +544,20 @@ class _Pairs:
     params: dict[str, object]
     devices: list[ledger.UserDevice]
     consented: dict[Category, np.ndarray]
+    withdrawn: dict[Category, np.ndarray]
 
 
 def _pairs(conn: Conn, users: Sequence[str], as_of: datetime) -> _Pairs:
-    """Parameters naming the chunk's devices and, per device, the signals consented at T."""
+    """Parameters naming the chunk's devices and, per device, the signals consented at T.
+
+    A category consented at T but withdrawn since counts as not consented: the withdrawal
+    purged its data, so what is left of it would read as a confident "nothing happened".
+    """
     consent = ledger.consented_categories_many(conn, users, as_of)
+    since = ledger.categories_withdrawn_after(conn, users, as_of)
+    lost = {u: consent[u] & since[u] for u in consent.keys() & since.keys()}
+    for u, gone in lost.items():
+        consent[u] = consent[u] - gone
     devices = ledger.devices_of_users(conn, users)
     uidx = {u: i for i, u in enumerate(users)}
     signals_of: dict[frozenset[Category], str] = {frozenset(Category): "*"}
@@ -570,7 +581,8 @@ def _pairs(conn: Conn, users: Sequence[str], as_of: datetime) -> _Pairs:
     consented = {
         c: np.array([c in consent.get(u, ()) for u in users], dtype=bool) for c in Category
     }
-    return _Pairs(params, devices, consented)
+    withdrawn = {c: np.array([c in lost.get(u, ()) for u in users], dtype=bool) for c in Category}
+    return _Pairs(params, devices, consented, withdrawn)
 
 
 _SIGNAL_NAMES = list(SIGNAL_INDEX)
@@ -755,6 +767,7 @@ def load_chunk(
         signal_index=SIGNAL_INDEX,
         first_seen_hours=first_seen,
         consented=pairs.consented,
+        withdrawn=pairs.withdrawn,
         device_kinds=[d.kind for d in pairs.devices],
         device_owner=np.asarray(pairs.params["d_uidx"], dtype=np.int64),
         device_first_seen_hours=dev_first_seen,
@@ -781,13 +794,53 @@ def _concat_numeric(a: NumericBins, b: NumericBins) -> NumericBins:
 # --- computing ---------------------------------------------------------------------------------
 
 
-def compute_chunk(chunk: Chunk) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+class ChunkResults(dict[str, tuple[np.ndarray, np.ndarray]]):
+    """Every definition's (value[U], coverage[U]) for a chunk, and ``reasons``: per
+    definition, a [U] array of :data:`REASON_CODES` indices (0: the value stands)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: dict[str, np.ndarray] = {}
+
+    def reason(self, name: str, user: int) -> CellReason | None:
+        codes = self.reasons.get(name)
+        return None if codes is None else REASON_CODES[int(codes[user])]
+
+
+REASON_CODES: tuple[CellReason | None, ...] = (
+    None,
+    CellReason.NOT_CONSENTED,
+    CellReason.CONSENT_WITHDRAWN,
+)
+_CATEGORY_OF = {d.name: Category(d.category) for d in DEFINITIONS}
+
+
+def _mask_by_consent(out: ChunkResults, chunk: Chunk) -> ChunkResults:
+    """A feature whose category is not usable at T is null with coverage 0, whatever its
+    function computed from the (absent) data, and says why: every vector has every feature,
+    and none reads as a confident value without its data."""
+    codes: dict[Category, np.ndarray] = {}
+    for category, ok in chunk.consented.items():
+        withdrawn = chunk.withdrawn.get(category, np.zeros_like(ok))
+        codes[category] = np.where(ok, 0, np.where(withdrawn, 2, 1)).astype(np.int8)
+    for name, (value, coverage) in out.items():
+        of = _CATEGORY_OF.get(name)
+        if of is None or of not in codes:
+            continue
+        ok = codes[of] == 0
+        if not ok.all():
+            out[name] = (np.where(ok, value, np.nan), np.where(ok, coverage, 0.0))
+        out.reasons[name] = codes[of]
+    return out
+
+
+def compute_chunk(chunk: Chunk) -> ChunkResults:
     """Every definition's (value[U], coverage[U]) for a loaded chunk.
 
     One window at a time (its cached matrices are freed before the next one) keeps the peak
     memory at one window's worth.
     """
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out = ChunkResults()
     for days in sorted({d or GRID_DAYS for spec in SPECS for d in spec.windows}):
         w = Window(chunk, days)
         for spec in SPECS:
@@ -801,13 +854,13 @@ def compute_chunk(chunk: Chunk) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                     np.clip(np.nan_to_num(np.asarray(coverage, dtype=np.float64)), 0.0, 1.0),
                 )
         del w
-    return out
+    return _mask_by_consent(out, chunk)
 
 
 def _vectors(
     users: Sequence[str],
     as_of: datetime,
-    results: dict[str, tuple[np.ndarray, np.ndarray]],
+    results: ChunkResults,
     computed_at: datetime,
 ) -> list[FeatureVector]:
     names = [d.name for d in DEFINITIONS]
@@ -819,7 +872,9 @@ def _vectors(
         for n in names:
             v = vals[n][i]
             values[n] = FeatureValue(
-                None if (v is None or not math.isfinite(v)) else float(v), round(covs[n][i], 6)
+                None if (v is None or not math.isfinite(v)) else float(v),
+                round(covs[n][i], 6),
+                results.reason(n, i),
             )
         out.append(FeatureVector(user, as_of, FEATURE_SET_VERSION, computed_at, values))
     return out
@@ -834,7 +889,7 @@ def iter_chunk_results(
     timings: Timings | None = None,
     loaders: Sequence[Conn] = (),
     knowledge: Knowledge = Knowledge.INGESTED,
-) -> Iterator[tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]]:
+) -> Iterator[tuple[list[str], ChunkResults]]:
     """(known users of the chunk, feature arrays) per chunk, in order; unknown users are
     skipped.
 
@@ -864,7 +919,7 @@ def iter_chunk_results(
         tzs = [tz[u] for u in known]
         return known, load_chunk(db, known, tzs, as_of, watermark, timings, knowledge)
 
-    def compute(loaded: tuple[list[str], Chunk]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def compute(loaded: tuple[list[str], Chunk]) -> ChunkResults:
         t0 = time.perf_counter()
         results = compute_chunk(loaded[1])
         if timings is not None:
@@ -969,6 +1024,11 @@ def _from_row(user_id: str, version: str, row: Sequence[object]) -> FeatureVecto
     assert isinstance(as_of, datetime) and isinstance(computed_at, datetime)
     data = vector if isinstance(vector, dict) else json.loads(str(vector))
     values = {
-        k: FeatureValue(v.get("value"), float(v.get("coverage", 0.0))) for k, v in data.items()
+        k: FeatureValue(
+            v.get("value"),
+            float(v.get("coverage", 0.0)),
+            CellReason(v["reason"]) if v.get("reason") else None,
+        )
+        for k, v in data.items()
     }
     return FeatureVector(user_id, as_of, version, computed_at, values)

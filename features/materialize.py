@@ -28,9 +28,18 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from features.as_of import as_of_problem, latest_as_of
 from features.definitions import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
-from features.engine import DEFAULT_CHUNK_USERS, Timings, iter_chunk_results
+from features.engine import (
+    DEFAULT_CHUNK_USERS,
+    REASON_CODES,
+    ChunkResults,
+    Timings,
+    iter_chunk_results,
+)
 from features.rollups import refresh_rollups
+from hearth.settings import get_settings
+from hearth.vectors import reason_suffix
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -51,20 +60,27 @@ class MaterializeResult:
     timings: Timings
 
 
+_REASON_TEXT = [reason_suffix(r) for r in REASON_CODES]
+
+
 def vector_json(results: dict[str, tuple[np.ndarray, np.ndarray]], n_users: int) -> list[str]:
     """The snapshot ``vector`` document of each user of a chunk, serialised: exactly what
-    ``json.dumps`` gives for {name: {"value": x|null, "coverage": c}} (floats by ``repr``,
-    non-finite values as null), written column by column instead of a dict per user."""
+    ``json.dumps`` gives for {name: hearth.vectors.cell(value, coverage, reason)} (floats by
+    ``repr``, non-finite values as null), written column by column instead of a dict per
+    user."""
+    reasons = results.reasons if isinstance(results, ChunkResults) else {}
     columns = []
     for d in DEFINITIONS:
         values, coverage = results[d.name]
         finite = np.isfinite(values).tolist()
         shown = [repr(v) if ok else "null" for v, ok in zip(values.tolist(), finite, strict=True)]
+        codes = reasons.get(d.name)
+        why = [_REASON_TEXT[k] for k in codes.tolist()] if codes is not None else [""] * len(shown)
         head = json.dumps(d.name) + ': {"value": '
         columns.append(
             [
-                f'{head}{v}, "coverage": {c!r}}}'
-                for v, c in zip(shown, np.round(coverage, 6).tolist(), strict=True)
+                f'{head}{v}, "coverage": {c!r}{r}}}'
+                for v, c, r in zip(shown, np.round(coverage, 6).tolist(), why, strict=True)
             ]
         )
     return ["{" + ", ".join(row) + "}" for row in zip(*columns, strict=True)][:n_users]
@@ -108,6 +124,10 @@ def materialize(
     started = time.monotonic()
     _fixed_mmap_threshold()
     as_of = as_of.astimezone(UTC)
+    # A snapshot "as of" the future would be served as the latest while its data still arrives.
+    problem = as_of_problem(as_of, latest_as_of(get_settings().max_clock_skew_s))
+    if problem is not None:
+        raise ValueError(f"as_of {as_of.isoformat()}: {problem}")
     if refresh:
         refresh_rollups(conn)
     sync_definitions(conn)

@@ -56,6 +56,7 @@ from hearth.ledger import consent_history as _ledger_history
 from hearth.pseudonym import DOMAIN_AUDIT_SUBJECT, keyed_hash
 from hearth.settings import get_settings
 from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
+from hearth.vectors import withdrawn_cell
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -142,18 +143,22 @@ def _require_user(conn: Conn, user_id: str) -> None:
         raise AdminError(f"unknown user {user_id!r}; add it with `python -m collector users add`")
 
 
-def add_user(conn: Conn, user_id: str, tz: str = "UTC") -> None:
-    """Register a pseudonymous user with an IANA zone; the same call again is a no-op."""
+def add_user(conn: Conn, user_id: str, tz: str = "UTC") -> bool:
+    """Register a pseudonymous user with an IANA zone; the same call again is a no-op.
+
+    Returns whether the user was created (False: it existed already, with this zone)."""
     _check_id("user id", user_id)
     check_tz(tz)
     with conn.transaction():
-        conn.execute(
+        cur = conn.execute(
             "INSERT INTO users (user_id, tz) VALUES (%s, %s) ON CONFLICT (user_id) DO NOTHING",
             (user_id, tz),
         )
+        created = cur.rowcount == 1
         existing = _user_tz(conn, user_id)
     if existing != tz:
         raise AdminError(f"user {user_id!r} already exists with time zone {existing}, not {tz}")
+    return created
 
 
 # --- Devices ---------------------------------------------------------------------------------
@@ -484,9 +489,10 @@ def withdraw_consent(
 ) -> PurgeReport:
     """Append a withdrawal and purge every stored row of that user and category.
 
-    Purges raw readings and any table with ``user_id`` + ``signal`` (rollups), strips the
-    category's features from ``feature_snapshots`` and notifies caches on CONSENT_CHANNEL. All
-    of the category's data goes, whatever ``at`` says (``at`` only dates the ledger event).
+    Purges raw readings and any table with ``user_id`` + ``signal`` (rollups), nulls the
+    category's features in ``feature_snapshots`` (with a reason) and notifies caches on
+    CONSENT_CHANNEL. All of the category's data goes, whatever ``at`` says (``at`` only dates
+    the ledger event).
     """
     _check_at(at)
     cat = _category(category)
@@ -586,18 +592,21 @@ def purge_category_rows(conn: Conn, user_id: str, category: Category) -> dict[st
             {"user": user_id, "signals": signals, "category": category.value, "devices": devices},
         )
         counts[table] = cur.rowcount
+    # Snapshots keep every feature (one schema for clients): the category's cells become
+    # null with a reason (hearth.vectors), instead of losing their keys.
     cur = conn.execute(
         """
         UPDATE feature_snapshots s
-           SET vector = s.vector - names.list
-          FROM (SELECT feature_set_version, array_agg(name) AS list
+           SET vector = s.vector || names.cells
+          FROM (SELECT feature_set_version,
+                       jsonb_object_agg(name, %(cell)s::jsonb) AS cells
                   FROM feature_definitions WHERE category = %(category)s
                  GROUP BY feature_set_version) names
          WHERE s.user_id = %(user)s
            AND s.feature_set_version = names.feature_set_version
-           AND s.vector ?| names.list
+           AND NOT s.vector @> names.cells
         """,
-        {"user": user_id, "category": category.value},
+        {"user": user_id, "category": category.value, "cell": json.dumps(withdrawn_cell())},
     )
     counts["feature_snapshots.features"] = cur.rowcount
     return counts

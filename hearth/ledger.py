@@ -310,3 +310,20 @@ def consented_categories_many(
     for u, c in conn.execute(sql, params).fetchall():
         out.setdefault(str(u), set()).add(Category(str(c)))
     return out
+
+
+def categories_withdrawn_after(
+    conn: Conn, user_ids: Iterable[str], at: datetime
+) -> dict[str, set[Category]]:
+    """Categories each user withdrew (credit scoring) *after* ``at``: a withdrawal purges the
+    category's data whatever its date, so features as of ``at`` must not treat the category
+    as measured, even though it was consented then (users without any: absent)."""
+    rows = conn.execute(
+        """SELECT DISTINCT user_id, category FROM consent_events
+            WHERE purpose = %s AND action = 'withdraw' AND at > %s AND user_id = ANY(%s)""",
+        (PURPOSE_CREDIT_SCORING, at, list(user_ids)),
+    ).fetchall()
+    out: dict[str, set[Category]] = {}
+    for u, c in rows:
+        out.setdefault(str(u), set()).add(Category(str(c)))
+    return out

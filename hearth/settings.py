@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
     snapshot_stale_after_s: int = Field(default=36 * 3600, ge=0)
+    # Bounds on the work one request can cause (413 past the row limits).
+    online_max_users: int = Field(default=1_000, ge=1)
+    historical_max_rows: int = Field(default=100_000, ge=1)
+    service_statement_timeout_ms: int = Field(default=30_000, ge=0)  # per SQL statement; 0 = off
+    http_header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers
 
     retention_days: int = Field(default=90, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -153,7 +153,7 @@ class Chunk:
     grid: LocalGrid
     signal_index: dict[str, int]
     first_seen_hours: F64  # [U] hours from first-ever reading (≤ T) to T; NaN if never
-    consented: dict[Category, Bool]  # [U] per category: consent active at T
+    consented: dict[Category, Bool]  # [U] per category: consent active at T, not withdrawn since
     device_kinds: list[str]  # kind of each chunk device index
     device_owner: I64  # [n_devices] user index of each chunk device
     # [n_devices] hours from the device's first-ever reading (≤ T) to T; NaN if never
@@ -161,6 +161,8 @@ class Chunk:
     # [n_devices] hours from the device's retirement to T; NaN if not retired by T
     device_retired_hours: F64
     as_of_hours: float  # T in grid hours from the grid start (hours - 1 < as_of_hours ≤ hours)
+    # [U] per category: consented at T but withdrawn since (so not in ``consented``)
+    withdrawn: dict[Category, Bool] = field(default_factory=dict)
     _cache: dict[tuple[object, ...], object] = field(default_factory=dict)
 
     @property

@@ -2,14 +2,23 @@
 
 Middleware order, outermost first: metrics (sees the final status), JSON errors, auth. Pools
 open on startup and close on cleanup; the consent listener runs only when the cache is on.
+Three pools: snapshot reads (async), the engine's on-demand computations, and admin
+operations, so a long purge never holds a connection a read needs. Every read connection
+bounds its statements (``HEARTH_SERVICE_STATEMENT_TIMEOUT_MS``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
+import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -17,18 +26,21 @@ from features.service.auth import TokenAuthenticator, auth_middleware
 from features.service.cache import ConsentListener, VectorCache
 from features.service.engine_gateway import EngineGateway
 from features.service.errors import error_middleware
-from features.service.handlers_features import HISTORICAL_MAX_BODY
+from features.service.handlers_features import historical_max_body
+from features.service.header_timeout import HeaderTimeoutRunner
 from features.service.metrics import ServiceMetrics
 from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
-from features.service.store import SnapshotStore, configure_connection
+from features.service.store import SnapshotStore, configure_connection, statement_timeout_sql
 from features.service.vectors import Outcome, VectorResolver
+from hearth.cli import ServiceUnavailable
 from hearth.settings import Settings
 
 log = logging.getLogger("features.service")
 
 DEFAULT_CACHE_ENTRIES = 100_000
 DEFAULT_CACHE_TTL_S = 5.0
+ADMIN_CONNECTIONS = 2  # admin operations at once; more wait their turn
 
 
 def create_app(
@@ -38,6 +50,15 @@ def create_app(
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
     pool_size: int = 8,
 ) -> web.Application:
+    timeout_sql = statement_timeout_sql(settings.service_statement_timeout_ms)
+
+    async def configure_reads(conn: psycopg.AsyncConnection[Any]) -> None:
+        await configure_connection(conn)
+        await conn.execute(timeout_sql)
+
+    def configure_engine(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(timeout_sql)
+
     # Autocommit: reads need no BEGIN/COMMIT round trips, and hearth.admin manages its own
     # transactions (it commits between purge passes).
     async_pool = AsyncConnectionPool(
@@ -46,13 +67,26 @@ def create_app(
         max_size=pool_size,
         open=False,
         kwargs={"autocommit": True},
-        configure=configure_connection,
+        configure=configure_reads,
     )
     sync_pool = ConnectionPool(
-        settings.database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+        settings.database_url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True},
+        configure=configure_engine,
+    )
+    # No statement timeout here: a withdrawal's purge may rightly take longer than a read.
+    admin_pool = ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=ADMIN_CONNECTIONS,
+        open=False,
+        kwargs={"autocommit": True},
     )
     cache: VectorCache[Outcome] = VectorCache(cache_entries, cache_ttl_s)
-    store = SnapshotStore(async_pool)
+    store = SnapshotStore(async_pool, max_clock_skew_s=settings.max_clock_skew_s)
     engine = EngineGateway(sync_pool)
     metrics = ServiceMetrics()
     metrics.watch_cache(lambda: (cache.hits, cache.misses))
@@ -65,6 +99,8 @@ def create_app(
         settings=settings,
         async_pool=async_pool,
         sync_pool=sync_pool,
+        admin_pool=admin_pool,
+        admin_executor=ThreadPoolExecutor(ADMIN_CONNECTIONS, thread_name_prefix="hearth-admin"),
         store=store,
         engine=engine,
         cache=cache,
@@ -76,7 +112,7 @@ def create_app(
     )
 
     app = web.Application(
-        client_max_size=HISTORICAL_MAX_BODY,
+        client_max_size=historical_max_body(settings),
         middlewares=[
             metrics.middleware(),
             error_middleware,
@@ -97,6 +133,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     await state.async_pool.open(wait=False)
     state.sync_pool.open(wait=False)
+    state.admin_pool.open(wait=False)
     if state.listener is not None:
         state.listener.start()
     yield
@@ -104,6 +141,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await state.listener.stop()
     await state.async_pool.close()
     state.sync_pool.close()
+    state.admin_executor.shutdown(wait=False, cancel_futures=True)
+    state.admin_pool.close()
+
+
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner every way of serving uses. No access log: request lines carry user ids."""
+    return HeaderTimeoutRunner(app, settings.http_header_timeout_s, access_log=None)
 
 
 def run_service(
@@ -114,8 +158,37 @@ def run_service(
     cache_entries: int = DEFAULT_CACHE_ENTRIES,
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
 ) -> None:
+    """Serve until SIGTERM or SIGINT. A port that cannot be bound is ServiceUnavailable."""
     if not settings.api_tokens:
         log.warning("HEARTH_API_TOKENS is empty: every scoped endpoint will answer 401")
     app = create_app(settings, cache_entries=cache_entries, cache_ttl_s=cache_ttl_s)
-    # No access log: request lines carry user ids in paths.
-    web.run_app(app, host=host, port=port, access_log=None, print=None)
+    asyncio.run(_serve(app, settings, host, port))
+
+
+async def _serve(app: web.Application, settings: Settings, host: str, port: int) -> None:
+    from features.service.engine_gateway import feature_set_version
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = make_runner(app, settings)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            # asyncio rewords bind errors ("error while attempting to bind on address ...");
+            # the errno's own text is the short one. Resolver errors have a negative errno.
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+            raise ServiceUnavailable(f"cannot listen on {host}:{port}: {reason or exc}") from None
+        log.info(
+            "event=service_started address=http://%s:%d feature_set_version=%s",
+            host,
+            port,
+            feature_set_version(),
+        )
+        await stop.wait()
+        log.info("event=service_stopping")
+    finally:
+        await runner.cleanup()

@@ -26,7 +26,11 @@ class TokenAuthenticator:
         self._entries = [(hashlib.sha256(t.encode()).digest(), s) for t, s in tokens.items()]
 
     def scopes_for(self, presented: str) -> frozenset[str] | None:
-        digest = hashlib.sha256(presented.encode()).digest()
+        try:
+            encoded = presented.encode()
+        except UnicodeEncodeError:  # header bytes that were not UTF-8 (surrogate-escaped)
+            return None
+        digest = hashlib.sha256(encoded).digest()
         found: frozenset[str] | None = None
         for known, scopes in self._entries:
             if hmac.compare_digest(digest, known):

@@ -23,7 +23,7 @@ from features.engine import FeatureVector, compute_historical
 @dataclass(frozen=True, slots=True)
 class ComputedVector:
     computed_at: datetime
-    features_json: str  # {"name": {"value": x|null, "coverage": c}}, ready to splice into output
+    features_json: str  # {"name": hearth.vectors.cell}, ready to splice into output
 
 
 def feature_set_version() -> str:
@@ -39,11 +39,7 @@ def feature_names() -> list[str]:
 
 
 def _features_json(vector: FeatureVector) -> str:
-    values = {
-        name: {"value": cell.value, "coverage": cell.coverage}
-        for name, cell in vector.values.items()
-    }
-    return json.dumps(values, allow_nan=False)
+    return json.dumps(vector.vector_json(), allow_nan=False)
 
 
 def _convert(vector: FeatureVector | None) -> ComputedVector | None:

@@ -7,13 +7,18 @@ route *pattern* and the exception type only, never the path, query or body: thos
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+import psycopg
 from aiohttp import web
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ValidationError
+
+from features.as_of import FORMAT_HINT
 
 log = logging.getLogger("features.service")
 
@@ -64,15 +69,35 @@ def error_response(
     )
 
 
+# pydantic's own words for these say what is wrong, not what is expected ("Input should have
+# timezone info"): say the rule instead.
+_DATETIME_ERRORS = frozenset(
+    {"timezone_aware", "datetime_parsing", "datetime_from_date_parsing", "datetime_type"}
+)
+
+
 def validation_details(exc: ValidationError) -> list[tuple[str, str]]:
     out = []
     for err in exc.errors(include_url=False, include_input=False)[:MAX_ERROR_DETAILS]:
         field = ".".join(str(p) for p in err["loc"]) or "body"
-        out.append((field, str(err["msg"])))
+        message = str(err["msg"])
+        if err["type"] in _DATETIME_ERRORS:
+            message = f"must be {FORMAT_HINT}"
+        out.append((field, message))
     return out
 
 
-async def read_model(request: web.Request, model: type[M], max_bytes: int) -> M:
+# Bodies larger than this are validated in a worker thread: a 100,000-row historical body
+# takes a few hundred milliseconds to parse, which would stall every other request.
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+async def read_model(
+    request: web.Request,
+    model: type[M],
+    max_bytes: int,
+    context: dict[str, object] | None = None,
+) -> M:
     """The request body validated against ``model``; 413 past ``max_bytes``, 400 when invalid."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
@@ -80,7 +105,9 @@ async def read_model(request: web.Request, model: type[M], max_bytes: int) -> M:
     if len(body) > max_bytes:
         raise ApiError(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
     try:
-        return model.model_validate_json(body)
+        if len(body) > INLINE_PARSE_BYTES:
+            return await asyncio.to_thread(model.model_validate_json, body, context=context)
+        return model.model_validate_json(body, context=context)
     except ValidationError as exc:
         raise ApiError(
             400, "invalid_request", "request body is invalid", validation_details(exc)
@@ -95,7 +122,27 @@ _STATUS_CODES = {
     405: "method_not_allowed",
     413: "body_too_large",
     415: "unsupported_media_type",
+    503: "unavailable",
 }
+
+
+def database_error(exc: Exception) -> ApiError | None:
+    """The 503 a database failure becomes (None: not one the client could retry)."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return ApiError(
+            503,
+            "statement_timeout",
+            "the request's database work exceeded HEARTH_SERVICE_STATEMENT_TIMEOUT_MS",
+        )
+    if isinstance(exc, PoolTimeout | psycopg.OperationalError):
+        return ApiError(503, "database_unavailable", "the database is unavailable or busy")
+    return None
+
+
+# Set on the request by a handler once its streamed response is prepared: from then on an
+# error must end that stream (the handler writes a final error record), never start a second
+# response on the same connection.
+STREAM_STARTED = web.RequestKey("stream_started", web.StreamResponse)
 
 
 @web.middleware
@@ -103,6 +150,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
+        if STREAM_STARTED in request:
+            return _abandon(request, exc)
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -115,8 +164,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             headers=headers,
         )
     except Exception as exc:
-        route = request.match_info.route.resource
-        pattern = route.canonical if route is not None else "?"
-        # No str(exc): driver messages can quote parameter values (user ids).
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, pattern)
+        if STREAM_STARTED in request:
+            return _abandon(request, exc)
+        mapped = database_error(exc)
+        if mapped is not None:
+            return error_response(mapped.status, mapped.code, mapped.message)
+        log_unhandled(request, exc)
         return error_response(500, "internal_error", "internal server error")
+
+
+def log_unhandled(request: web.Request, exc: BaseException) -> None:
+    route = request.match_info.route.resource
+    pattern = route.canonical if route is not None else "?"
+    # No str(exc): driver messages can quote parameter values (user ids).
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, pattern)
+
+
+def _abandon(request: web.Request, exc: BaseException) -> web.StreamResponse:
+    """A streaming handler let an error escape after its response started: hand back that
+    response (nothing more is written to it) and drop the connection, so the client sees a
+    truncated stream rather than a second response inside the first."""
+    if not isinstance(exc, ConnectionResetError):  # a client that left is not our error
+        log_unhandled(request, exc)
+    response = request[STREAM_STARTED]
+    response.force_close()
+    if request.transport is not None:
+        request.transport.close()
+    return response

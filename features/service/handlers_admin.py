@@ -1,9 +1,12 @@
 """Admin endpoints (scope ``admin``): thin HTTP wrappers around :mod:`hearth.admin`.
 
 The admin functions are synchronous and each runs its own transaction, so they run in a worker
-thread on an autocommit connection of the sync pool. Their one-line :class:`AdminError`
-messages become JSON errors: unknown user/device → 404, already registered/exists → 409,
-anything else the caller got wrong → 400.
+thread on an autocommit connection. Both are the admin's own (``ServiceState.admin_pool`` and
+``admin_executor``): a purge of 100,000 rows or an erasure that waits for older transactions
+holds them for seconds, and must never take a connection or a thread a read needs. Their
+one-line :class:`AdminError` messages become JSON errors: unknown user → 404 ``unknown_user``
+(the code the feature endpoints use), unknown device → 404 ``unknown_device``, already
+registered/exists → 409, anything else the caller got wrong → 400.
 """
 
 from __future__ import annotations
@@ -39,22 +42,23 @@ T = TypeVar("T")
 
 def _admin_error(exc: Exception) -> ApiError:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if _NOT_FOUND.search(message):
-        return ApiError(404, "not_found", message)
+    if found := _NOT_FOUND.search(message):
+        return ApiError(404, f"unknown_{found[1]}", message)
     if _CONFLICT.search(message):
         return ApiError(409, "conflict", message)
     return ApiError(400, "invalid_request", message)
 
 
 async def _run(request: web.Request, call: Callable[[psycopg.Connection[Any]], T]) -> T:
-    pool = state_of(request).sync_pool
+    state = state_of(request)
+    pool = state.admin_pool
 
     def work() -> T:
         with pool.connection() as conn:
             return call(conn)
 
     try:
-        return await asyncio.to_thread(work)
+        return await asyncio.get_running_loop().run_in_executor(state.admin_executor, work)
     except AdminError as exc:
         raise _admin_error(exc) from None
     except psycopg.errors.IntegrityError:
@@ -78,8 +82,10 @@ def _path_id(request: web.Request, name: str) -> str:
 
 async def create_user(request: web.Request) -> web.Response:
     body = await read_model(request, CreateUserRequest, ADMIN_MAX_BODY)
-    await _run(request, lambda conn: admin.add_user(conn, body.user_id, body.tz))
-    return _json({"user_id": body.user_id, "tz": body.tz}, status=201)
+    created = await _run(request, lambda conn: admin.add_user(conn, body.user_id, body.tz))
+    # Idempotent: 201 when created, 200 when the same user and zone existed (409 if the
+    # zone differs).
+    return _json({"user_id": body.user_id, "tz": body.tz}, status=201 if created else 200)
 
 
 async def register_device(request: web.Request) -> web.Response:

@@ -15,12 +15,21 @@ from datetime import UTC, datetime
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
+from features.as_of import FORMAT_HINT, latest_as_of
 from features.service import engine_gateway
-from features.service.errors import ApiError, read_model
+from features.service.errors import (
+    STREAM_STARTED,
+    ApiError,
+    database_error,
+    log_unhandled,
+    read_model,
+    validation_details,
+)
 from features.service.models import (
+    LATEST_AS_OF,
     USER_ID_PATTERN,
+    AsOf,
     HistoricalRequest,
-    Instant,
     OnlineRequest,
 )
 from features.service.state import state_of
@@ -31,30 +40,56 @@ from features.service.vectors import (
     historical_lines,
     vector_json,
 )
+from hearth.settings import Settings
 
-ONLINE_MAX_BODY = 256 * 1024
-HISTORICAL_MAX_BODY = 16 * 1024 * 1024  # 100,000 rows of ~70 bytes, with room to spare
+# Request bodies are bounded by bytes as well as by rows: the byte bound follows the row
+# limit (a row is at most ~170 bytes: a 64-character id, an as_of and JSON punctuation).
+ONLINE_BYTES_PER_USER = 256
+HISTORICAL_BYTES_PER_ROW = 168
+MIN_MAX_BODY = 64 * 1024
 HISTORICAL_CHUNK_ROWS = 5_000  # rows per database round trip while streaming
 HISTORICAL_MEMO_ENTRIES = 20_000  # resolved (user, as_of) pairs kept per request
 
-_AS_OF = TypeAdapter(Instant)
+_AS_OF = TypeAdapter(AsOf)
 _USER_ID = re.compile(USER_ID_PATTERN)
+
+
+def online_max_body(settings: Settings) -> int:
+    return max(MIN_MAX_BODY, settings.online_max_users * ONLINE_BYTES_PER_USER)
+
+
+def historical_max_body(settings: Settings) -> int:
+    return max(MIN_MAX_BODY, settings.historical_max_rows * HISTORICAL_BYTES_PER_ROW)
 
 
 def _json(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="application/json")
 
 
-def parse_as_of(raw: str | None) -> datetime | None:
+def as_of_context(settings: Settings) -> dict[str, object]:
+    """Validation context of the as_of rule (features.as_of) for a request arriving now."""
+    return {LATEST_AS_OF: latest_as_of(settings.max_clock_skew_s)}
+
+
+def parse_as_of(raw: str | None, settings: Settings) -> datetime | None:
     """RFC 3339 with an offset. A '+' sent unencoded arrives as a space: accept that too."""
     if raw is None:
         return None
+    context = as_of_context(settings)
+    error: tuple[str, str] = ("as_of", f"must be {FORMAT_HINT}")
     for candidate in (raw, raw.replace(" ", "+")):
         try:
-            return _AS_OF.validate_python(candidate)
+            return _AS_OF.validate_python(candidate, context=context)
         except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]["msg"]
-    raise ApiError(400, "invalid_request", "invalid query parameter", [("as_of", error)])
+            error = validation_details(exc)[0]
+    raise ApiError(400, "invalid_request", "invalid query parameter", [("as_of", error[1])])
+
+
+def _check_rows(count: int, limit: int, what: str, setting: str) -> None:
+    if count > limit:
+        raise ApiError(
+            413, "too_many_rows", f"{count} {what} in one request; at most {limit} ({setting})"
+        )
 
 
 def _check_user_id(user_id: str) -> None:
@@ -79,7 +114,7 @@ async def get_user_features(request: web.Request) -> web.Response:
     state = state_of(request)
     user_id = request.match_info["user_id"]
     _check_user_id(user_id)
-    as_of = parse_as_of(request.query.get("as_of"))
+    as_of = parse_as_of(request.query.get("as_of"), state.settings)
     version = engine_gateway.feature_set_version()
     (outcome,) = await state.resolver.resolve([(user_id, as_of)], version)
     state.metrics.count_vector(outcome.reason or outcome.source or "?")
@@ -91,7 +126,13 @@ async def get_user_features(request: web.Request) -> web.Response:
 
 async def post_online(request: web.Request) -> web.Response:
     state = state_of(request)
-    body = await read_model(request, OnlineRequest, ONLINE_MAX_BODY)
+    settings = state.settings
+    body = await read_model(
+        request, OnlineRequest, online_max_body(settings), as_of_context(settings)
+    )
+    _check_rows(
+        len(body.user_ids), settings.online_max_users, "user ids", "HEARTH_ONLINE_MAX_USERS"
+    )
     version = engine_gateway.feature_set_version()
     user_ids = list(dict.fromkeys(body.user_ids))  # each user once, first-seen order
     outcomes = await state.resolver.resolve([(u, body.as_of) for u in user_ids], version)
@@ -116,9 +157,18 @@ def _wants_csv(request: web.Request) -> bool:
 
 
 async def post_historical(request: web.Request) -> web.StreamResponse:
-    """Exactly one output row per input row, in input order, streamed chunk by chunk."""
+    """Exactly one output row per input row, in input order, streamed chunk by chunk.
+
+    An error once the stream has started cannot change the status any more: the stream then
+    ends with one error record (NDJSON: a ``HistoricalErrorLine``; CSV: a row starting with
+    ``#error``) and the rows it did not reach are missing.
+    """
     state = state_of(request)
-    body = await read_model(request, HistoricalRequest, HISTORICAL_MAX_BODY)
+    settings = state.settings
+    body = await read_model(
+        request, HistoricalRequest, historical_max_body(settings), as_of_context(settings)
+    )
+    _check_rows(len(body.rows), settings.historical_max_rows, "rows", "HEARTH_HISTORICAL_MAX_ROWS")
     version = engine_gateway.feature_set_version()  # fail with 503 before streaming starts
     as_csv = _wants_csv(request)
     names = engine_gateway.feature_names() if as_csv else []
@@ -130,8 +180,38 @@ async def post_historical(request: web.Request) -> web.StreamResponse:
     )
     response.enable_chunked_encoding()
     await response.prepare(request)
-    counter = state.metrics.historical_rows
+    request[STREAM_STARTED] = response
+    try:
+        await _stream_rows(request, response, rows, version, names if as_csv else None)
+    except ConnectionResetError:  # the client left: nobody to tell
+        raise
+    except Exception as exc:  # the status line is gone: end the stream with the error
+        api_error = exc if isinstance(exc, ApiError) else database_error(exc)
+        if api_error is None:
+            log_unhandled(request, exc)
+            api_error = ApiError(500, "internal_error", "internal server error")
+        await response.write(_error_record(api_error, as_csv).encode())
+    await response.write_eof()
+    return response
+
+
+def _error_record(error: ApiError, as_csv: bool) -> str:
     if as_csv:
+        return _csv_text([["#error", error.code, error.message]])
+    return json.dumps({"error": {"code": error.code, "message": error.message}}) + "\n"
+
+
+async def _stream_rows(
+    request: web.Request,
+    response: web.StreamResponse,
+    rows: list[tuple[str, datetime | None]],
+    version: str,
+    names: list[str] | None,
+) -> None:
+    """Write one record per row to the prepared ``response`` (CSV when ``names`` is given)."""
+    state = state_of(request)
+    counter = state.metrics.historical_rows
+    if names is not None:
         await response.write(_csv_text([csv_header(names)]).encode())
     resolver = state.resolver
     # Outcomes already resolved in this request, by (user, as_of): a training set often asks
@@ -162,7 +242,7 @@ async def post_historical(request: web.Request) -> web.StreamResponse:
             if following < len(rows):
                 chunk = rows[following : following + HISTORICAL_CHUNK_ROWS]
                 pending = asyncio.ensure_future(resolve(chunk))
-            if as_csv:
+            if names is not None:
                 text = _csv_text(
                     csv_record(start + i, o, version, names) for i, o in enumerate(outcomes)
                 )
@@ -176,8 +256,6 @@ async def post_historical(request: web.Request) -> web.StreamResponse:
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
-    await response.write_eof()
-    return response
 
 
 def _csv_text(records: Iterable[Sequence[object]]) -> str:

@@ -10,9 +10,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+)
+from pydantic_core import PydanticCustomError
 
+from features.as_of import as_of_problem
 from hearth.signals import Category
+from hearth.vectors import CellReason
 
 # Same rule as the users.user_id CHECK constraint in migration 0001.
 USER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -31,6 +42,23 @@ def _to_utc(value: datetime) -> datetime:
 Instant = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
+LATEST_AS_OF = "latest_as_of"  # validation context key: the latest as_of accepted now
+
+
+def _check_as_of(value: datetime, info: ValidationInfo) -> datetime:
+    """features.as_of's rule; the handler passes now + skew in the validation context."""
+    value = _to_utc(value)
+    latest = (info.context or {}).get(LATEST_AS_OF)
+    problem = as_of_problem(value, latest or datetime.max.replace(tzinfo=UTC))
+    if problem is not None:
+        raise PydanticCustomError("as_of_range", problem)
+    return value
+
+
+# An as_of: an Instant from 2000-01-01 up to now plus the clock-skew allowance.
+AsOf = Annotated[AwareDatetime, AfterValidator(_check_as_of)]
+
+# Defaults of HEARTH_ONLINE_MAX_USERS / HEARTH_HISTORICAL_MAX_ROWS (413 past them).
 MAX_ONLINE_USERS = 1_000
 MAX_HISTORICAL_ROWS = 100_000
 
@@ -60,6 +88,11 @@ class _Output(BaseModel):
 class FeatureCell(_Output):
     value: float | None = Field(description="null when the feature is undefined (see coverage)")
     coverage: float = Field(ge=0, le=1, description="share of the window with data behind value")
+    reason: CellReason | None = Field(
+        default=None,
+        description="present when value is null because of consent: the category was not "
+        "consented at as_of, or was withdrawn since (its data is purged)",
+    )
 
 
 class FeatureVectorOut(_Output):
@@ -74,10 +107,19 @@ class FeatureVectorOut(_Output):
     features: dict[str, FeatureCell]
 
 
+_AS_OF_DESCRIPTION = (
+    "RFC 3339 timestamp with a UTC offset (e.g. 2026-01-01T00:00:00Z), from 2000-01-01 up to "
+    "now plus HEARTH_MAX_CLOCK_SKEW_S"
+)
+
+
 class OnlineRequest(_Input):
-    user_ids: list[UserId] = Field(min_length=1, max_length=MAX_ONLINE_USERS)
-    as_of: Instant | None = Field(
-        default=None, description="RFC 3339 with offset; omitted = latest snapshot"
+    user_ids: list[UserId] = Field(
+        min_length=1,
+        description=f"at most HEARTH_ONLINE_MAX_USERS (default {MAX_ONLINE_USERS:,}); more: 413",
+    )
+    as_of: AsOf | None = Field(
+        default=None, description=_AS_OF_DESCRIPTION + "; omitted = latest snapshot"
     )
 
 
@@ -94,11 +136,15 @@ class OnlineResponse(_Output):
 
 class HistoricalRowIn(_Input):
     user_id: UserId
-    as_of: Instant
+    as_of: AsOf = Field(description=_AS_OF_DESCRIPTION)
 
 
 class HistoricalRequest(_Input):
-    rows: list[HistoricalRowIn] = Field(min_length=1, max_length=MAX_HISTORICAL_ROWS)
+    rows: list[HistoricalRowIn] = Field(
+        min_length=1,
+        description=f"at most HEARTH_HISTORICAL_MAX_ROWS (default {MAX_HISTORICAL_ROWS:,}); "
+        "more: 413",
+    )
 
 
 class HistoricalRowOut(_Output):
@@ -201,4 +247,11 @@ class ErrorBody(_Output):
 
 
 class ErrorResponse(_Output):
+    error: ErrorBody
+
+
+class HistoricalErrorLine(_Output):
+    """The last line of a stream that failed after it started (rows before it stand; the rows
+    after it are missing, so the line count no longer matches the input)."""
+
     error: ErrorBody

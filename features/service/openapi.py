@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from features.service.models import ErrorResponse
+from features.service.models import ErrorResponse, HistoricalErrorLine
 from features.service.routes import ENDPOINTS, Body, Endpoint
 
 REF = "#/components/schemas/{model}"
@@ -27,8 +27,10 @@ _ERROR_DESCRIPTIONS = {
     403: "the token lacks the required scope",
     404: "not found (error.code says what: unknown_user, no_active_consent, ...)",
     409: "conflicts with existing data",
-    413: "request body too large",
-    503: "a dependency (database, feature engine) is unavailable",
+    413: "request body too large, or more rows than HEARTH_ONLINE_MAX_USERS / "
+    "HEARTH_HISTORICAL_MAX_ROWS (error.code too_many_rows)",
+    503: "a dependency (database, feature engine) is unavailable, or the request's database "
+    "work exceeded HEARTH_SERVICE_STATEMENT_TIMEOUT_MS (error.code statement_timeout)",
 }
 
 DESCRIPTION = """\
@@ -44,7 +46,10 @@ Rows of users without a vector are never dropped: they carry a `reason` (`unknow
 
 
 def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
-    pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
+    pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (ErrorResponse, "serialization"),
+        (HistoricalErrorLine, "serialization"),  # the last line of a failed stream
+    ]
     for ep in ENDPOINTS:
         if ep.request is not None:
             pairs.append((ep.request, "validation"))

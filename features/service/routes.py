@@ -78,7 +78,8 @@ AS_OF_PARAM = Param(
     "as_of",
     "query",
     {"type": "string", "format": "date-time"},
-    "RFC 3339 instant with offset; omitted = latest snapshot",
+    "RFC 3339 timestamp with a UTC offset (e.g. 2026-01-01T00:00:00Z), from 2000-01-01 up "
+    "to now plus HEARTH_MAX_CLOCK_SKEW_S; omitted = latest snapshot",
     required=False,
 )
 ANY_OBJECT: dict[str, object] = {"type": "object", "additionalProperties": True}
@@ -101,7 +102,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/v1/features/online",
         feats.post_online,
         "getOnlineFeatures",
-        "Vectors of up to 1,000 users; users without one are listed in missing with a reason",
+        "Vectors of up to HEARTH_ONLINE_MAX_USERS (1,000) users; users without one are "
+        "listed in missing with a reason",
         "features",
         "features:read",
         {200: Body("vectors and missing users", OnlineResponse)},
@@ -114,7 +116,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         feats.post_historical,
         "getHistoricalFeatures",
         "Point-in-time vectors: exactly one output row per input row, in order, streamed "
-        "(NDJSON, one HistoricalRow per line; CSV with Accept: text/csv)",
+        "(NDJSON, one HistoricalRow per line; CSV with Accept: text/csv). An error after the "
+        "stream started ends it with one error record instead (NDJSON: a HistoricalErrorLine; "
+        "CSV: a row '#error,<code>,<message>')",
         "features",
         "features:read",
         {
@@ -144,10 +148,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/v1/admin/users",
         admin.create_user,
         "createUser",
-        "Register a pseudonymous user with an IANA time zone (idempotent)",
+        "Register a pseudonymous user with an IANA time zone (idempotent: 200 when it "
+        "exists with this zone, 409 when with another)",
         "admin",
         "admin",
-        {201: Body("the user", schema=ANY_OBJECT)},
+        {
+            201: Body("the user, created", schema=ANY_OBJECT),
+            200: Body("the user, existing", schema=ANY_OBJECT),
+        },
         request=CreateUserRequest,
         errors=(400, 409, 413),
     ),

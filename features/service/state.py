@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -19,7 +20,9 @@ from hearth.settings import Settings
 class ServiceState:
     settings: Settings
     async_pool: AsyncConnectionPool
-    sync_pool: ConnectionPool
+    sync_pool: ConnectionPool  # the engine's on-demand computations
+    admin_pool: ConnectionPool  # admin operations only (see handlers_admin)
+    admin_executor: ThreadPoolExecutor
     store: SnapshotStore
     engine: EngineGateway
     cache: VectorCache[Outcome]

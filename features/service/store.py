@@ -3,7 +3,8 @@
 For every requested row the statement returns, in request order, whether the user exists,
 whether they have active credit-scoring consent now and at ``as_of``, and the matching snapshot
 (the exact ``as_of`` when given, else the latest) with its vector as JSON *text*, so the hot path
-splices it into the response without parsing and re-serialising it.
+splices it into the response without parsing and re-serialising it. A snapshot dated after now
+plus the clock-skew allowance (``features.as_of``) is never served, not even as the latest.
 
 "Active consent at T" follows ``hearth.ledger``: the latest event per category at or before T
 decides, and only a grant under the current notice version counts.
@@ -36,6 +37,7 @@ from typing import Final
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from features.as_of import latest_as_of
 from hearth.ledger import any_active_consent_sql, consent_rule_params
 
 _CONSENTED_NOW = any_active_consent_sql("r.user_id", "'infinity'::timestamptz")
@@ -55,6 +57,7 @@ SELECT u.user_id IS NOT NULL,
            AND f.user_id = r.user_id
            AND f.feature_set_version = %(version)s
            AND (r.as_of IS NULL OR f.as_of = r.as_of)
+           AND f.as_of <= %(latest)s
          ORDER BY f.as_of DESC
          LIMIT 1
   ) s ON true
@@ -84,6 +87,12 @@ async def configure_connection(conn: AsyncConnection) -> None:
     await conn.execute("SET jit = off")
 
 
+def statement_timeout_sql(timeout_ms: int) -> str:
+    """The bound on each statement a request runs (``HEARTH_SERVICE_STATEMENT_TIMEOUT_MS``;
+    0 = none): a request cannot keep a backend busy for longer, lock waits included."""
+    return f"SET statement_timeout = {int(timeout_ms)}"
+
+
 @dataclass(slots=True)
 class _Waiter:
     rows: Sequence[Row]
@@ -93,9 +102,14 @@ class _Waiter:
 
 class SnapshotStore:
     def __init__(
-        self, pool: AsyncConnectionPool, *, max_inflight: int = DEFAULT_MAX_INFLIGHT
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        max_clock_skew_s: float = 600.0,
     ) -> None:
         self._pool = pool
+        self._max_clock_skew_s = max_clock_skew_s
         self._max_inflight = max(1, max_inflight)
         self._inflight = 0
         self._queue: list[_Waiter] = []
@@ -117,6 +131,7 @@ class SnapshotStore:
             "users": [u for u, _ in rows],
             "as_ofs": [a for _, a in rows],
             "version": version,
+            "latest": latest_as_of(self._max_clock_skew_s),
             **consent_rule_params(),
         }
         async with self._pool.connection() as conn:

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 from aiohttp import web
 
-from features.service.app import create_app
+from features.service.app import create_app, make_runner
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.settings import Settings
 
@@ -91,7 +91,7 @@ def serve_in_thread(settings: Settings, **app_options: object) -> Iterator[str]:
     """The app on a free port in a thread with its own event loop; yields its base URL."""
     port = free_port()
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(settings, **app_options), access_log=None)  # type: ignore[arg-type]
+    runner = make_runner(create_app(settings, **app_options), settings)  # type: ignore[arg-type]
 
     async def start() -> None:
         await runner.setup()

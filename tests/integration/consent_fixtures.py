@@ -132,8 +132,10 @@ def count_signal_rows(conn: Conn, user_id: str, category: Category) -> dict[str,
 
 
 def snapshot_features(conn: Conn, user_id: str) -> set[str]:
+    """Features the user's snapshot holds data for: a withdrawn feature keeps its key, as a
+    null cell with a reason (hearth.vectors), and is not listed."""
     row = conn.execute(
         "SELECT vector FROM feature_snapshots WHERE user_id = %s", (user_id,)
     ).fetchone()
     assert row is not None
-    return set(row[0])
+    return {name for name, cell in row[0].items() if "reason" not in cell}

@@ -11,6 +11,7 @@ import pytest
 from hearth import admin
 from hearth.admin import AdminError, verify_mosquitto_password
 from hearth.signals import Category
+from hearth.vectors import withdrawn_cell
 from tests.integration.consent_fixtures import (
     FEATURES,
     count_signal_rows,
@@ -117,6 +118,10 @@ def test_withdraw_purges_category_everywhere_and_audits(db: psycopg.Connection) 
     features = snapshot_features(db, user)
     assert "test_home_nights_share" not in features
     assert {"test_plug_energy_cv", "test_battery_low_share"} <= features
+    # The withdrawn feature keeps its key (one schema), as null with a reason.
+    (vector,) = db.execute("SELECT vector FROM feature_snapshots WHERE user_id = %s", (user,))
+    assert set(vector[0]) == set(FEATURES)
+    assert vector[0]["test_home_nights_share"] == withdrawn_cell()
     assert report.counts["numeric_readings"] == seeded.rows_per_signal  # region_event
     assert report.counts["categorical_readings"] == seeded.rows_per_signal  # geohash
     assert report.counts["feature_snapshots.features"] == 1

@@ -12,6 +12,7 @@ from features.materialize import materialize
 from features.rollups import read_watermark, refresh_rollups
 from features.testing import add_device, add_user, consent, insert_categorical, insert_numeric
 from hearth.signals import Category
+from hearth.vectors import CellReason
 
 T1 = datetime(2026, 6, 1, tzinfo=UTC)
 ING = timedelta(minutes=2)
@@ -91,21 +92,31 @@ def test_withdrawn_category_contributes_nothing_after_withdrawal(db: psycopg.Con
             rows.append((t, "wd-1-phone", "wd-1", "geohash", cell, t + ING))
     insert_categorical(db, rows)
     refresh_rollups(db, full=True)
-    withdrawn_at = T1 + timedelta(days=3)
-    consent(db, "wd-1", Category.LOCATION, "withdraw", withdrawn_at)
-
     before = compute_vectors(db, ["wd-1"], T1)[0]
     rg = before.values["radius_of_gyration_km_30d"]
     assert rg.value is not None and rg.value > 0 and rg.coverage > 0.9
-    for at in (withdrawn_at, withdrawn_at + timedelta(days=10)):
+    assert rg.reason is None
+
+    withdrawn_at = T1 + timedelta(days=3)
+    consent(db, "wd-1", Category.LOCATION, "withdraw", withdrawn_at)
+    # Issue 12 §3: a withdrawal purges the category's data whatever its date, so even as of
+    # T1 (consented then) the category's features are null with coverage 0 and say why,
+    # never a confident value computed from what is left.
+    for at, reason in (
+        (T1, CellReason.CONSENT_WITHDRAWN),
+        (withdrawn_at, CellReason.NOT_CONSENTED),
+        (withdrawn_at + timedelta(days=10), CellReason.NOT_CONSENTED),
+    ):
         vec = compute_vectors(db, ["wd-1"], at)[0]
         loc = [n for n in vec.values if n.startswith(("radius", "location_", "home_", "week_"))]
         assert loc
         for name in loc:
             assert vec.values[name].value is None, name
             assert vec.values[name].coverage == 0.0, name
+            assert vec.values[name].reason is reason, name
         # Other categories still count.
         assert vec.values["mean_daily_min_battery_pct_90d"].value == 60.0
+        assert vec.values["mean_daily_min_battery_pct_90d"].reason is None
 
 
 def test_rows_not_yet_rolled_up_are_read_from_raw(db: psycopg.Connection) -> None:

@@ -233,7 +233,6 @@ async def test_online_vectors_and_reasons(client: TestClient[object, object], ve
     ("body", "field"),
     [
         ({"user_ids": []}, "user_ids"),
-        ({"user_ids": [f"u{i}" for i in range(1001)]}, "user_ids"),
         ({"user_ids": ["ok", "not ok"]}, "user_ids.1"),
         ({"user_ids": ["ok"], "as_of": "2026-01-01"}, "as_of"),
         ({"user_ids": ["ok"], "extra": 1}, "extra"),
@@ -318,11 +317,16 @@ async def test_historical_invalid(
     assert field in [d["field"] for d in err["error"]["details"]]  # type: ignore[index]
 
 
-async def test_historical_row_limit(client: TestClient[object, object]) -> None:
+async def test_row_limits_are_413(client: TestClient[object, object]) -> None:
+    """Issue 11 §5: more than 1,000 online users or 100,000 historical rows is 413."""
+    users = {"user_ids": [f"u{i}" for i in range(1001)]}
+    resp = await client.post("/v1/features/online", json=users, headers=H_READ)
+    err = await _error(resp, 413, "too_many_rows")
+    assert "HEARTH_ONLINE_MAX_USERS" in err["error"]["message"]  # type: ignore[index]
     rows = [{"user_id": "u", "as_of": "2026-01-01T00:00:00Z"}] * 100_001
     resp = await client.post("/v1/features/historical", json={"rows": rows}, headers=H_READ)
-    err = await _error(resp, 400)
-    assert err["error"]["details"][0]["field"] == "rows"  # type: ignore[index]
+    err = await _error(resp, 413, "too_many_rows")
+    assert "HEARTH_HISTORICAL_MAX_ROWS" in err["error"]["message"]  # type: ignore[index]
 
 
 # --- definitions and operations -------------------------------------------------------------
@@ -387,6 +391,10 @@ async def test_admin_lifecycle(client: TestClient[object, object], version: str,
         "/v1/admin/users", json={"user_id": user, "tz": "Asia/Shanghai"}, headers=H_ADMIN
     )
     assert resp.status == 201 and (await resp.json())["tz"] == "Asia/Shanghai"
+    resp = await client.post(  # the same again: 200, it exists (not a second 201)
+        "/v1/admin/users", json={"user_id": user, "tz": "Asia/Shanghai"}, headers=H_ADMIN
+    )
+    assert resp.status == 200 and (await resp.json())["user_id"] == user
     resp = await client.post(
         "/v1/admin/users", json={"user_id": user, "tz": "UTC"}, headers=H_ADMIN
     )
@@ -404,10 +412,11 @@ async def test_admin_lifecycle(client: TestClient[object, object], version: str,
     resp = await client.post(
         "/v1/admin/devices", json=device | {"user_id": "svc-nobody"}, headers=H_ADMIN
     )
-    await _error(resp, 404)
+    await _error(resp, 404, "unknown_user")
     resp = await client.delete("/v1/admin/devices/svc-plug-1", headers=H_ADMIN)
     assert resp.status == 200 and (await resp.json())["retired_at"] is not None
-    await _error(await client.delete("/v1/admin/devices/svc-nope", headers=H_ADMIN), 404)
+    resp = await client.delete("/v1/admin/devices/svc-nope", headers=H_ADMIN)
+    await _error(resp, 404, "unknown_device")
 
     resp = await client.post(
         "/v1/admin/consent/grant",
@@ -434,12 +443,14 @@ async def test_admin_lifecycle(client: TestClient[object, object], version: str,
     assert [e["action"] for e in (await resp.json())["events"]] == ["grant", "withdraw"]
     resp = await client.get(f"/v1/admin/users/{user}/export", headers=H_ADMIN)
     assert resp.status == 200 and (await resp.json())["user"]["user_id"] == user
-    await _error(await client.get("/v1/admin/users/svc-nobody/consent", headers=H_ADMIN), 404)
-    await _error(await client.get("/v1/admin/users/svc-nobody/export", headers=H_ADMIN), 404)
+    for nobody in ("/v1/admin/users/svc-nobody/consent", "/v1/admin/users/svc-nobody/export"):
+        await _error(await client.get(nobody, headers=H_ADMIN), 404, "unknown_user")
 
     resp = await client.delete(f"/v1/admin/users/{user}", headers=H_ADMIN)
     assert resp.status == 200 and (await resp.json())["action"] == "erase_user"
-    await _error(await client.delete(f"/v1/admin/users/{user}", headers=H_ADMIN), 404)
+    await _error(
+        await client.delete(f"/v1/admin/users/{user}", headers=H_ADMIN), 404, "unknown_user"
+    )
     await _wait_status(client, path, 404)
     resp = await client.get(path, headers=H_READ)
     await _error(resp, 404, "unknown_user")
