@@ -202,6 +202,8 @@ _TIME_WORDS: Final = frozenset({"ts", "tst", "time", "timestamp", "date", "seen"
 _ALLOWED_VALUES: Final = {s.name: frozenset(s.allowed) for s in SIGNALS.values() if s.allowed}
 _KEY_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
+# Every pattern below is bounded (no unbounded run before something that may fail to follow):
+# a payload is attacker-controlled, and a quadratic regex on 64 KiB would stall a replica.
 _HEX = "[0-9A-Fa-f]"
 # MAC / EUI: colon or dash octets (iOS drops leading zeros), Cisco dotted, Zigbee's 0x + 16 hex,
 # bare 12 hex.
@@ -213,12 +215,12 @@ _MAC: Final = re.compile(
 _LONG_ID: Final = re.compile(r"(?<!\d)\d{14,}(?!\d)")  # IMEI/IMSI (15), ICCID (19-20), ...
 # Coordinate pairs: decimals ("31.23041,121.4737") and E7 integers ("312304100 1214737000").
 _COORD_PAIR: Final = re.compile(
-    r"(?<![\d.])-?\d{1,3}\.\d{2,}\s*[,;/ ]\s*-?\d{1,3}\.\d{2,}(?![\d.])"
-    r"|(?<![\d.])-?\d{7,10}\s*[,;/ ]\s*-?\d{7,10}(?![\d.])"
+    r"(?<![\d.])-?\d{1,3}\.\d{2,}\s{0,3}[,;/ ]\s{0,3}-?\d{1,3}\.\d{2,}(?![\d.])"
+    r"|(?<![\d.])-?\d{7,10}\s{0,3}[,;/ ]\s{0,3}-?\d{7,10}(?![\d.])"
 )
 # NMEA ddmm.mmmm / dddmm.mmmm, with its hemisphere letter or with three or more decimals.
 _NMEA: Final = re.compile(
-    r"(?<![\d.])\d{4,5}\.\d+\s*,\s*[NSEWnsew](?![A-Za-z])|(?<![\d.])\d{4,5}\.\d{3,}"
+    r"(?<![\d.])\d{4,5}\.\d+\s{0,3},\s{0,3}[NSEWnsew](?![A-Za-z])|(?<![\d.])\d{4,5}\.\d{3,}"
 )
 # One coordinate: three or more decimals (finer than a geohash-7 cell); not the fraction of a
 # time's seconds ("08:15:30.123").
@@ -251,7 +253,7 @@ _VALUE_MASKS: Final[tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]],
 # In text that is not JSON: a quoted (or ``key=``) key, then its value — a string (perhaps cut
 # off), a flat array or object, or a bare token.
 _KEY_VALUE: Final = re.compile(
-    r"""(?P<key>"(?P<qk>[^"\\\n]{1,64})"\s*[:=]\s*|(?<![\w.])(?P<uk>[A-Za-z_][\w.-]{0,63})=)"""
+    r"""(?P<key>"(?P<qk>[^"\\\n]{1,64})"\s{0,8}[:=]\s{0,8}|(?<![\w.])(?P<uk>[A-Za-z_][\w.-]{0,63})=)"""
     r"""(?P<value>"(?:[^"\\]|\\.)*"?|\[[^\[\]]*\]?|\{[^{}]*\}?|[^,;&}\]\s]+)"""
 )
 

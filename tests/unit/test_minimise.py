@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 
 import pytest
 from hypothesis import given
@@ -328,3 +329,23 @@ def test_scrub_payload_never_raises_and_respects_the_limit(payload: bytes, limit
 def test_scrub_payload_survives_deep_nesting() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     assert scrub_payload(deep, 64) == deep[:64]
+
+
+ADVERSARIAL = {  # 60 kB shapes that make an unbounded regex backtrack quadratically
+    "spaces after a decimal": b"1.23" + b" " * 60_000 + b"x",
+    "spaces in a JSON string": b'{"x":"1.23' + b" " * 60_000 + b'"}',
+    "spaces after an E7 integer": b"1234567" + b" " * 60_000 + b"x",
+    "spaces after a quoted key": b'"lat":' + b" " * 60_000 + b",",
+    "spaces after NMEA": b"1234.5" + b" " * 60_000 + b",",
+    "digit groups": b"12-34 " * 10_000,
+    "hex octets": b"a:" * 30_000,
+}
+
+
+@pytest.mark.parametrize("payload", ADVERSARIAL.values(), ids=list(ADVERSARIAL))
+def test_scrubbing_a_hostile_payload_takes_linear_time(payload: bytes) -> None:
+    # About 0.1 s each here; a quadratic pattern takes minutes (a stalled replica).
+    started = time.perf_counter()
+    scrub_payload(payload, 4096)
+    scrub_detail(payload.decode())
+    assert time.perf_counter() - started < 2.0
