@@ -182,3 +182,106 @@ def test_retention_deletes_old_dead_letters(
 def test_retention_refuses_to_drop_what_ingest_still_accepts(db: Conn) -> None:
     with pytest.raises(AdminError, match="HEARTH_MAX_EVENT_AGE_DAYS"):
         run_retention(db, 30)  # default max event age: 90 days
+
+
+def test_migrations_bring_rows_written_before_them_in_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """0032/0033 on a database holding rows from before: device ids backfilled, unkeyed digests
+    replaced, no_consent rows emptied, free-text net_type deleted, horizons from the audit log."""
+    import hearth.migrate as migrations
+    from tests.conftest import BASE_DATABASE_URL, _with_dbname
+
+    name = f"hearth_test_mig_{secrets.token_hex(4)}"
+    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as server:
+        server.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
+    try:
+        with psycopg.connect(_with_dbname(BASE_DATABASE_URL, name), autocommit=True) as conn:
+            every = migrations.available_migrations()
+            monkeypatch.setattr(
+                migrations, "available_migrations", lambda: [m for m in every if m.version < 32]
+            )
+            if migrations.migrate(conn).current_version >= 32:
+                pytest.skip("the template database is already past 0031")
+            monkeypatch.undo()
+            _legacy_rows(conn)
+            migrations.migrate(conn)
+
+            dead = dict(conn.execute("SELECT detail, device_id FROM dead_letters").fetchall())
+            assert dead == {
+                "ot": "mig-phone",
+                "hearth": "mig-hearth",
+                "nobody": None,
+                "": "mig-plug",  # the no_consent row, its detail and topic emptied
+            }
+            digests = [bytes(r[0]) for r in conn.execute("SELECT digest FROM dead_letters")]  # type: ignore[arg-type]
+            assert hashlib.sha256(b"legacy").digest() not in digests and len(set(digests)) == 4
+            redacted = conn.execute(
+                "SELECT topic, payload FROM dead_letters WHERE reason = 'no_consent'"
+            ).fetchall()
+            assert redacted == [("", None)]
+            assert conn.execute(
+                "SELECT value FROM categorical_readings WHERE signal = 'net_type'"
+            ).fetchall() == [("wifi",)]
+            assert conn.execute(
+                "SELECT count(*) FROM rollup_categorical_hourly WHERE signal = 'net_type'"
+            ).fetchone() == (0,)
+            assert conn.execute(
+                "SELECT hypertable, horizon FROM raw_retention_horizons"
+            ).fetchall() == [("numeric_readings", datetime(2020, 3, 1, tzinfo=UTC))]
+    finally:
+        with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as server:
+            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _legacy_rows(conn: Conn) -> None:
+    """Rows as the code before migration 0032 wrote them."""
+    conn.execute("INSERT INTO users (user_id) VALUES ('mig-u')")
+    for device, fmt, external in (
+        ("mig-phone", "owntracks", "alice/phone"),
+        ("mig-hearth", "hearth", "mig-hearth"),
+        ("mig-plug", "tasmota", "plug7"),
+    ):
+        conn.execute(
+            "INSERT INTO devices (device_id, user_id, kind, format, external_id, registered_at) "
+            "VALUES (%s, 'mig-u', 'sensor', %s, %s, now() - interval '1 day')",
+            (device, fmt, external),
+        )
+    for topic, reason, detail in (
+        ("owntracks/alice/phone", "schema", "ot"),
+        ("hearth/v1/mig-hearth/phone", "bad_json", "hearth"),
+        ("tele/nobody/SENSOR", "unknown_device", "nobody"),
+        ("tele/plug7/SENSOR", "no_consent", ""),
+    ):
+        conn.execute(
+            "INSERT INTO dead_letters (topic, reason, detail, payload, payload_bytes, digest) "
+            "VALUES (%s, %s, %s, %s, 6, %s)",
+            (
+                topic,
+                reason,
+                detail,
+                None if reason == "no_consent" else b"legacy",
+                hashlib.sha256(b"legacy" if detail == "ot" else topic.encode()).digest(),
+            ),
+        )
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    for value in ("wifi", "MyHomeNet-5G"):
+        conn.execute(
+            "INSERT INTO categorical_readings (time, device_id, user_id, signal, value) "
+            "VALUES (%s, 'mig-phone', 'mig-u', 'net_type', %s)",
+            (at, value),
+        )
+        at += timedelta(minutes=1)
+    conn.execute(
+        "INSERT INTO rollup_categorical_hourly (bucket, device_id, user_id, signal, value, "
+        "share, n, max_ingested_at) VALUES (%s, 'mig-phone', 'mig-u', 'net_type', "
+        "'MyHomeNet-5G', 0.5, 2, now())",
+        (datetime(2026, 1, 1, tzinfo=UTC),),
+    )
+    for cutoff, dropped in (
+        ("2020-01-01T00:00:00+00:00", {"numeric_readings": 1, "categorical_readings": 0}),
+        ("2020-03-01T00:00:00+00:00", {"numeric_readings": 2, "categorical_readings": 0}),
+        ("2020-05-01T00:00:00+00:00", {"numeric_readings": 0}),
+    ):
+        conn.execute(
+            "INSERT INTO audit_log (action, details) VALUES ('retention', %s)",
+            (json.dumps({"cutoff": cutoff, "chunks_dropped": dropped}),),
+        )
