@@ -10,6 +10,7 @@ Hot path: one dict lookup per reading, tables built once per :class:`Minimiser`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -18,9 +19,11 @@ from typing import Final, Literal, NamedTuple
 from collector.adapters import geohash
 from collector.adapters.base import GeoPoint, Reading, ReadingValue
 from hearth.pseudonym import (
+    DOMAIN_DEAD_LETTER,
     DOMAIN_SIM_ID,
     DOMAIN_WIFI_BSSID,
     DOMAIN_WIFI_SSID,
+    keyed_digest,
     keyed_hash,
 )
 from hearth.signals import SIGNALS
@@ -99,6 +102,12 @@ class Minimiser:
     def geohash_precision(self) -> int:
         return self._precision
 
+    def dead_letter_digest(self, topic: str, payload: bytes) -> bytes:
+        """Dedupe key of a dead letter: keyed, so it cannot confirm a guessed payload."""
+        return keyed_digest(
+            self._key, DOMAIN_DEAD_LETTER, topic.encode("utf-8", "surrogateescape"), payload
+        )
+
     def minimise(self, readings: Sequence[Reading]) -> list[StoredReading]:
         """Stored form of each reading, in order. Raises KeyError/TypeError on a reading that
         :func:`collector.validate.check_readings` would have rejected (call it first)."""
@@ -168,28 +177,177 @@ def _stored_as(raw_signal: str) -> str:
     return target
 
 
-# --- Dead-letter payloads ---------------------------------------------------------------------
+# --- Dead letters ---------------------------------------------------------------------------
 # A rejected message is kept for diagnosis, but it may be a location fix with one bad field:
-# invariant 7 holds for dead letters too. Scrubbing works on bytes, so it also covers payloads
-# that are not valid JSON (truncated, binary, wrong encoding).
-_COORDINATE = re.compile(rb"-?\b\d{1,3}\.\d{3,}")  # ≥ 3 decimals ≈ finer than a geohash-7 cell
-_MAC_ADDRESS = re.compile(rb"(?i)\b[0-9a-f]{1,2}(?:[:-][0-9a-f]{1,2}){5}\b")
-_PHONE_NUMBER = re.compile(rb"\+\d{7,15}\b")
-_IDENTIFIER_VALUE = re.compile(
-    rb'(?i)("(?:ssid|bssid|wifi_ssid|wifi_bssid|sim_id|imsi|iccid|imei|msisdn|phone)"\s*:\s*)'
-    rb'"(?:[^"\\]|\\.)*"'
+# invariant 7 holds for dead letters too. Everything is scrubbed *before* it is cut to size, so
+# no identifier can lose the character that made it recognisable. Masking is deliberately
+# greedy: a quarantine copy is for seeing a payload's shape, and losing a sensor value that
+# looked like a coordinate costs nothing.
+
+REDACTED: Final = "<redacted>"
+MAX_DETAIL_CHARS: Final = 500
+
+# Keys whose value is masked whatever its JSON type: a key is split into words (snake, kebab,
+# camel case, digits), and any word in this set marks it ("wifiBSSID", "latitudeE7", "sim_id").
+_SENSITIVE_WORDS: Final = frozenset(
+    {
+        "phone", "telephone", "tel", "msisdn", "imei", "imsi", "iccid", "meid", "sim",
+        "ssid", "bssid", "essid", "mac", "macaddr", "macaddress", "ieee", "eui",
+        "lat", "latitude", "lon", "lng", "longitude",
+    }
+)  # fmt: skip
+# Numeric values under these keys are times (epoch seconds look like phone numbers).
+_TIME_WORDS: Final = frozenset({"ts", "tst", "time", "timestamp", "date", "seen", "epoch", "at"})
+# Closed-vocabulary categoricals (net_type): a value outside the allow-list is free text.
+_ALLOWED_VALUES: Final = {s.name: frozenset(s.allowed) for s in SIGNALS.values() if s.allowed}
+_KEY_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+# Every pattern below is bounded (no unbounded run before something that may fail to follow):
+# a payload is attacker-controlled, and a quadratic regex on 64 KiB would stall a replica.
+_HEX = "[0-9A-Fa-f]"
+# MAC / EUI: colon or dash octets (iOS drops leading zeros), Cisco dotted, Zigbee's 0x + 16 hex,
+# bare 12 hex.
+_MAC: Final = re.compile(
+    rf"(?<!{_HEX})(?:{_HEX}{{1,2}}([:-]){_HEX}{{1,2}}(?:\1{_HEX}{{1,2}}){{4}}"
+    rf"(?:\1{_HEX}{{1,2}}\1{_HEX}{{1,2}})?|{_HEX}{{4}}\.{_HEX}{{4}}\.{_HEX}{{4}}"
+    rf"|0[xX]{_HEX}{{16}}|{_HEX}{{12}})(?!{_HEX})"
+)
+_LONG_ID: Final = re.compile(r"(?<!\d)\d{14,}(?!\d)")  # IMEI/IMSI (15), ICCID (19-20), ...
+# Coordinate pairs: decimals ("31.23041,121.4737") and E7 integers ("312304100 1214737000").
+_COORD_PAIR: Final = re.compile(
+    r"(?<![\d.])-?\d{1,3}\.\d{2,}\s{0,3}[,;/ ]\s{0,3}-?\d{1,3}\.\d{2,}(?![\d.])"
+    r"|(?<![\d.])-?\d{7,10}\s{0,3}[,;/ ]\s{0,3}-?\d{7,10}(?![\d.])"
+)
+# NMEA ddmm.mmmm / dddmm.mmmm, with its hemisphere letter or with three or more decimals.
+_NMEA: Final = re.compile(
+    r"(?<![\d.])\d{4,5}\.\d+\s{0,3},\s{0,3}[NSEWnsew](?![A-Za-z])|(?<![\d.])\d{4,5}\.\d{3,}"
+)
+# One coordinate: three or more decimals (finer than a geohash-7 cell); not the fraction of a
+# time's seconds ("08:15:30.123").
+_DECIMAL: Final = re.compile(r"(?<![\d.])(?<!\d:)-?\d{1,3}\.\d{3,}")
+_PHONE_INTERNATIONAL: Final = re.compile(r"\+\d(?:[ -]?\d){6,14}(?!\d)")
+# "0151 1234 5678", "138-0013-8000", "(555) 123-4567"; an ISO date is not a phone number.
+_PHONE_GROUPED: Final = re.compile(
+    r"(?<![\w.+-])(?!\d{4}-\d\d-\d\d(?!\d))\(?\d{2,5}\)?(?:[ -]\(?\d{2,5}\)?){1,4}(?![\w.-])"
+)
+# A bare run of 7-13 digits: a phone number without separators, an E7 coordinate, or an epoch
+# time outside a time key — which cannot be told apart, so all are masked.
+_DIGITS: Final = re.compile(r"(?<![\w.])\d{7,13}(?![\w.])")
+
+
+def _grouped_phone(match: re.Match[str]) -> str:
+    digits = sum(c.isdigit() for c in match[0])
+    return "<phone>" if 7 <= digits <= 15 else match[0]
+
+
+_VALUE_MASKS: Final[tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...]] = (
+    (_MAC, "<mac>"),
+    (_LONG_ID, "<id>"),
+    (_COORD_PAIR, "<coord>"),
+    (_NMEA, "<coord>"),
+    (_DECIMAL, "<num>"),
+    (_PHONE_INTERNATIONAL, "<phone>"),
+    (_PHONE_GROUPED, _grouped_phone),
+    (_DIGITS, "<digits>"),
+)
+# In text that is not JSON: a quoted (or ``key=``) key, then its value — a string (perhaps cut
+# off), a flat array or object, or a bare token.
+_KEY_VALUE: Final = re.compile(
+    r"""(?P<key>"(?P<qk>[^"\\\n]{1,64})"\s{0,8}[:=]\s{0,8}|(?<![\w.])(?P<uk>[A-Za-z_][\w.-]{0,63})=)"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*"?|\[[^\[\]]*\]?|\{[^{}]*\}?|[^,;&}\]\s]+)"""
 )
 
 
-def scrub_payload(payload: bytes, limit: int) -> bytes:
-    """The first ``limit`` bytes of a rejected payload with identifiers and coordinates masked.
+def _key_words(key: str) -> set[str]:
+    return {w.lower() for w in _KEY_WORD.findall(key)}
 
-    Masks decimal numbers with three or more decimals (coordinates; also some sensor values,
-    an acceptable loss for a quarantine copy), MAC addresses, ``+``-prefixed phone numbers and
-    the string values of identifier keys (SSID, BSSID, SIM ids, ...).
+
+def _is_sensitive_key(key: str) -> bool:
+    return not _SENSITIVE_WORDS.isdisjoint(_key_words(key))
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with MAC addresses, long ids, coordinates and phone numbers masked."""
+    for pattern, mask in _VALUE_MASKS:
+        text = pattern.sub(mask, text)
+    return text
+
+
+def _scrub_pair(match: re.Match[str]) -> str:
+    key = match["qk"] or match["uk"] or ""
+    value = match["value"]
+    allowed = _ALLOWED_VALUES.get(key)
+    if _is_sensitive_key(key) or (allowed is not None and value.strip('"') not in allowed):
+        quote = '"' if value.startswith('"') else ""
+        return match["key"] + quote + REDACTED + quote
+    return match[0]
+
+
+def scrub_detail(detail: str) -> str:
+    """A rejection's one-line detail, scrubbed, then cut to :data:`MAX_DETAIL_CHARS`."""
+    return scrub_text(_KEY_VALUE.sub(_scrub_pair, detail))[:MAX_DETAIL_CHARS]
+
+
+def _scrub_json(node: object, key: str | None = None) -> object:
+    if key is not None:
+        if _is_sensitive_key(key):
+            return REDACTED
+        allowed = _ALLOWED_VALUES.get(key)
+        if allowed is not None and not (isinstance(node, str) and node in allowed):
+            return REDACTED
+    if isinstance(node, dict):
+        out: dict[str, object] = {}
+        for k, v in node.items():
+            clean = scrub_text(str(k))
+            while clean in out:  # two keys masked alike (a map of MAC → RSSI): keep both
+                clean += "'"
+            out[clean] = _scrub_json(v, str(k))
+        return out
+    if isinstance(node, list):
+        # [lat, lon] or GeoJSON's [lon, lat(, alt)]
+        if (
+            2 <= len(node) <= 3
+            and all(type(v) in (int, float) for v in node)
+            and _COORD_PAIR.fullmatch(",".join(_number_text(v) for v in node[:2]))
+        ):
+            return "<coord>"
+        return [_scrub_json(v) for v in node]
+    if isinstance(node, str):
+        return scrub_text(node)
+    if type(node) in (int, float):
+        text = _number_text(node)  # type: ignore[arg-type]
+        if key is not None and not _TIME_WORDS.isdisjoint(_key_words(key)):
+            clean = _LONG_ID.sub("<id>", text)  # epoch seconds under "ts" are not phone numbers
+        else:
+            clean = scrub_text(text)
+        return node if clean == text else clean
+    return node  # bool, None
+
+
+def _number_text(value: float) -> str:
+    """A JSON number as written, with an integral float as an integer (13800138000.0)."""
+    if type(value) is float and value.is_integer() and abs(value) < 1e17:
+        return str(int(value))
+    return repr(value)
+
+
+def scrub_payload(payload: bytes, limit: int) -> bytes:
+    """A rejected payload with identifiers and coordinates masked, then cut to ``limit`` bytes.
+
+    JSON is scrubbed as a tree (and re-serialised compactly): the value of any key naming a
+    phone, IMEI/IMSI/ICCID, SIM, SSID, BSSID, MAC, latitude or longitude is replaced whatever
+    its type; a closed-vocabulary categorical (``net_type``) outside its allow-list likewise;
+    every other string, number and key is masked for MAC addresses (colon, dash, dotted, bare
+    12-hex), long digit runs (IMEI/IMSI/ICCID), coordinates (decimal pairs, E7 integers, NMEA,
+    any number with three or more decimals) and phone numbers. Anything that is not JSON
+    (truncated, binary, another encoding) is scrubbed as text with the same rules, keys
+    included. Scrubbing comes first, truncation last.
     """
-    kept = payload[:limit]
-    kept = _IDENTIFIER_VALUE.sub(rb'\1"<redacted>"', kept)
-    kept = _MAC_ADDRESS.sub(b"<mac>", kept)
-    kept = _PHONE_NUMBER.sub(b"<phone>", kept)
-    return _COORDINATE.sub(b"<num>", kept)
+    try:
+        tree = json.loads(payload)
+        scrubbed = json.dumps(_scrub_json(tree), ensure_ascii=True, separators=(",", ":"))
+        kept = scrubbed.encode("ascii")
+    except (ValueError, RecursionError):  # not JSON (or too deep for a tree walk): as text
+        text = payload.decode("utf-8", "surrogateescape")
+        kept = scrub_text(_KEY_VALUE.sub(_scrub_pair, text)).encode("utf-8", "surrogateescape")
+    return kept[:limit]

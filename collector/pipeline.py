@@ -10,18 +10,19 @@ plain Python that unit tests can drive directly; the registry and consent caches
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from paho.mqtt.client import topic_matches_sub
+
 from collector.adapters.base import DeviceMessage, Reason, Rejected
 from collector.adapters.registry import find_adapter
-from collector.minimise import Minimiser, scrub_payload
+from collector.minimise import Minimiser, scrub_detail, scrub_payload
 from collector.validate import check_readings, resolve_event_time
-from hearth.ledger import DeviceRecord
+from hearth.ledger import FORMATS, DeviceRecord, device_topics
 from hearth.settings import Settings
 from hearth.signals import SIGNALS, Category
 
@@ -31,8 +32,9 @@ log = logging.getLogger(__name__)
 # tables in collector.writer.
 NumericRow = tuple[datetime, str, str, str, float, bool]
 CategoricalRow = tuple[datetime, str, str, str, str, bool]
-# (topic, reason, detail, payload or None when redacted, payload_bytes, digest)
-DeadLetterRow = tuple[str, str, str, bytes | None, int, bytes]
+# (topic or "" when redacted, reason, detail, payload or None when redacted, payload_bytes,
+#  keyed digest, device_id or None when no live device publishes on the topic)
+DeadLetterRow = tuple[str, str, str, bytes | None, int, bytes, str | None]
 
 
 @dataclass(slots=True)
@@ -60,9 +62,23 @@ class Batch:
         return self.messages
 
 
-def digest_of(topic: str, payload: bytes) -> bytes:
-    """Identity of a delivery for dead-letter deduplication: sha256(topic NUL payload)."""
-    return hashlib.sha256(topic.encode("utf-8", "surrogateescape") + b"\0" + payload).digest()
+def device_for_topic(
+    devices: dict[tuple[str, str], DeviceRecord], topic: str
+) -> DeviceRecord | None:
+    """The live device allowed to publish on ``topic`` (its :func:`hearth.ledger.device_topics`,
+    which the broker ACL grants), or None. Dead letters carry its id, so erasure and withdrawal
+    find them by device, even those rejected before the payload named a device (bad_json)."""
+    levels = topic.split("/")
+    for fmt in FORMATS:  # external ids are one or two topic levels, in the first three
+        for start in range(min(3, len(levels))):
+            for end in (start + 1, start + 2):
+                device = devices.get((fmt, "/".join(levels[start:end])))
+                if device is not None and any(
+                    topic_matches_sub(f, topic)
+                    for f in device_topics(fmt, device.external_id, device.device_id)
+                ):
+                    return device
+    return None
 
 
 class Pipeline:
@@ -169,8 +185,14 @@ class Pipeline:
         *,
         redact: bool = False,
     ) -> None:
-        kept = None if redact else scrub_payload(payload, self._dead_payload_bytes)
-        batch.dead_letters.append(
-            (topic, str(reason), detail, kept, len(payload), digest_of(topic, payload))
-        )
+        device = device_for_topic(self.caches.devices, topic)
+        device_id = device.device_id if device is not None else None
+        digest = self._minimiser.dead_letter_digest(topic, payload)
+        row: DeadLetterRow
+        if redact:  # no content at all: the keyed digest, the size and the device id
+            row = ("", str(reason), "", None, len(payload), digest, device_id)
+        else:  # scrubbed first, then cut to size (collector.minimise)
+            kept = scrub_payload(payload, self._dead_payload_bytes)
+            row = (topic, str(reason), scrub_detail(detail), kept, len(payload), digest, device_id)
+        batch.dead_letters.append(row)
         batch.dead_by_reason[str(reason)] += 1

@@ -16,11 +16,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from collector.adapters.base import DeviceMessage, GeoPoint, Reason, Rejected
 from hearth.signals import SIGNALS
 
-MAX_CATEGORICAL_CHARS: Final = 128
 MAX_RAW_ID_CHARS: Final = 256
+EARLIEST_EVENT_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 # What an adapter may emit, by signal name:
-#   _NUMERIC: (low, high) bounds; _CATEGORICAL: short strings; "position": a GeoPoint;
+#   _NUMERIC: (low, high) bounds; _CATEGORICAL: allowed values; "position": a GeoPoint;
 #   _RAW_IDS: network/SIM identifiers (strings) that minimise() hashes.
 # Signals that only minimisation produces (geohash, *_hash) are NOT accepted as input: a device
 # sending "wifi_ssid_hash" could otherwise store a raw SSID under a hashed name, and a
@@ -34,9 +34,12 @@ _NUMERIC: Final[dict[str, tuple[float, float]]] = {
     for s in SIGNALS.values()
     if s.kind == "numeric"
 }
-_CATEGORICAL: Final = frozenset(
-    s.name for s in SIGNALS.values() if s.kind == "categorical" and s.name not in _DERIVED
-)
+# Categorical input is closed-vocabulary: each signal's allow-list from the catalogue.
+_CATEGORICAL: Final[dict[str, frozenset[str]]] = {
+    s.name: frozenset(s.allowed or ())
+    for s in SIGNALS.values()
+    if s.kind == "categorical" and s.name not in _DERIVED
+}
 _POSITION: Final = "position"
 _RAW_IDS: Final = frozenset(
     s.name for s in SIGNALS.values() if s.kind == "raw" and s.name != _POSITION
@@ -60,9 +63,11 @@ def check_readings(msg: DeviceMessage) -> None:
                     Reason.SCHEMA, f"{name}: {value!r} outside [{bounds[0]}, {bounds[1]}]"
                 )
         elif name in _CATEGORICAL:
-            if type(value) is not str or not 0 < len(value) <= MAX_CATEGORICAL_CHARS:
+            allowed = _CATEGORICAL[name]
+            if type(value) is not str or value not in allowed:
+                # The value itself stays out of the detail: free text may identify someone.
                 raise Rejected(
-                    Reason.SCHEMA, f"{name}: expected a string of 1..{MAX_CATEGORICAL_CHARS} chars"
+                    Reason.SCHEMA, f"{name}: expected one of {', '.join(sorted(allowed))}"
                 )
         elif name == _POSITION:
             if type(value) is not GeoPoint:
@@ -107,8 +112,11 @@ def resolve_event_time(
       (``fold=0``, the summer offset); a non-existent time (the skipped hour in spring) is read
       with the offset before the change, which shifts it forward by the gap (02:30 → 03:30).
       That is ``zoneinfo``'s PEP 495 behaviour with ``fold=0``.
-    - More than ``max_skew_s`` after ``received_at`` or more than ``max_age_days`` before it →
-      ``Rejected(BAD_TIMESTAMP)``. ``received_at`` must be aware (UTC).
+    - Before 2000-01-01 or more than ``max_skew_s`` after ``received_at`` →
+      ``Rejected(BAD_TIMESTAMP)``; otherwise more than
+      ``max_age_days`` before it → ``Rejected(TOO_OLD)``: raw rows that old may already have
+      been dropped by retention, and a late reading must not rebuild history from less data.
+      ``received_at`` must be aware (UTC).
     """
     if event_time is None:
         return received_at, True
@@ -122,11 +130,11 @@ def resolve_event_time(
         event_utc = event_time.astimezone(UTC)
     except (OverflowError, ValueError):  # year 1 minus an offset, and the like
         raise Rejected(Reason.BAD_TIMESTAMP, "event time out of range") from None
+    if event_utc < EARLIEST_EVENT_TIME:  # a clock never set (epoch 0), not late data
+        raise Rejected(Reason.BAD_TIMESTAMP, f"{event_utc.isoformat()} is before 2000-01-01")
     delta = event_utc - received_at
     if delta > timedelta(seconds=max_skew_s):
         raise Rejected(Reason.BAD_TIMESTAMP, f"{event_utc.isoformat()} is {delta} in the future")
     if -delta > timedelta(days=max_age_days):
-        raise Rejected(
-            Reason.BAD_TIMESTAMP, f"{event_utc.isoformat()} is older than {max_age_days} days"
-        )
+        raise Rejected(Reason.TOO_OLD, f"{event_utc.isoformat()} is older than {max_age_days} days")
     return event_utc, False

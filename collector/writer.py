@@ -30,12 +30,12 @@ CREATE TEMP TABLE IF NOT EXISTS stage_categorical (
     time_received bool) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_dead (
     topic text, reason text, detail text, payload bytea, payload_bytes int4,
-    digest bytea) ON COMMIT DELETE ROWS;
+    digest bytea, device_id text) ON COMMIT DELETE ROWS;
 """
 
 _READING_TYPES = ["timestamptz", "text", "text", "text", "float8", "bool"]
 _CATEGORICAL_TYPES = ["timestamptz", "text", "text", "text", "text", "bool"]
-_DEAD_TYPES = ["text", "text", "text", "bytea", "int4", "bytea"]
+_DEAD_TYPES = ["text", "text", "text", "bytea", "int4", "bytea", "text"]
 
 _MOVE_SQL = """
 INSERT INTO {table} (time, device_id, user_id, signal, value, time_received)
@@ -44,8 +44,8 @@ ON CONFLICT DO NOTHING
 """
 
 _MOVE_DEAD_SQL = """
-INSERT INTO dead_letters (topic, reason, detail, payload, payload_bytes, digest)
-SELECT topic, reason, detail, payload, payload_bytes, digest FROM stage_dead
+INSERT INTO dead_letters (topic, reason, detail, payload, payload_bytes, digest, device_id)
+SELECT topic, reason, detail, payload, payload_bytes, digest, device_id FROM stage_dead
 ON CONFLICT (digest) DO NOTHING
 """
 

@@ -17,10 +17,11 @@ part is published while the rest of the fleet is still being registered.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from device_sim.publish import Credentials
 
@@ -39,6 +40,15 @@ def _run(args: list[str], timeout_s: float = 600.0) -> str:
         last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise RegistrationError(f"{' '.join(cmd[2:5])} exited {proc.returncode}: {last}")
     return proc.stdout
+
+
+def _private_file(path: Path, *, append: bool) -> TextIO:
+    """Open ``path`` for writing with mode 0600, also when it already exists (an older run may
+    have left it world-readable): it holds device passwords."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "w")
 
 
 def load_devices(out_dir: Path) -> list[dict[str, Any]]:
@@ -75,8 +85,9 @@ def register_devices(
         if user and password:
             creds[key] = (str(user), str(password))
     # Keep what the registry answered (device ids, topics) next to the stream; the passwords
-    # stay in this file only, which lives in the output directory the operator chose.
-    with (out_dir / "registered_devices.jsonl").open("a" if batch_name else "w") as f:
+    # stay in this file only, which lives in the output directory the operator chose and is
+    # readable by its owner only.
+    with _private_file(out_dir / "registered_devices.jsonl", append=bool(batch_name)) as f:
         for rec in records:
             f.write(json.dumps(rec, separators=(",", ":")) + "\n")
     if len(records) != len(devices):

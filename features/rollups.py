@@ -10,6 +10,10 @@ Apache-edition TimescaleDB has no continuous aggregates, so Hearth maintains its
 3. The watermark advances to ``now() - grace``. The grace period covers collector transactions
    that started (and stamped ``ingested_at = now()``) before this run but commit after it; rows
    in the overlap are simply recomputed again next time (idempotent).
+4. Only buckets whose raw rows still exist are rebuilt: nothing before the raw table's
+   retention horizon (``raw_retention_horizons``, moved by ``collector retention run``) and, in
+   a full rebuild, nothing before its oldest raw row. A late reading in a dropped range would
+   otherwise replace the bucket's aggregate with one computed from that reading alone.
 
 The aggregate expressions live here once and the point-in-time engine reuses them to
 recompute buckets "as they were at T", so a rollup row and an engine recompute of the same
@@ -21,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -101,9 +105,11 @@ def refresh_rollups(
     instead of one join that spills gigabytes. An interrupted run leaves the watermark where
     it was, so the next run redoes the same slices (recompute is idempotent).
 
-    ``full`` ignores the watermark and rebuilds every bucket (after a restore, or when rows
-    were written with a back-dated ``ingested_at``), dropping buckets whose raw rows are
-    gone. Safe to run concurrently: runs serialise on an advisory lock.
+    ``full`` ignores the watermark and rebuilds every bucket from the oldest raw row on (after
+    a restore, or when rows were written with a back-dated ``ingested_at``), dropping buckets
+    in that range whose raw rows are gone. Buckets before the retention horizon or the oldest
+    raw row are history and stay as they are. Safe to run concurrently: runs serialise on an
+    advisory lock.
     """
     started = time.monotonic()
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -114,13 +120,15 @@ def refresh_rollups(
         row = conn.execute("SELECT now() - %s::interval", (grace,)).fetchone()
         assert row is not None
         new_watermark: datetime = row[0]  # type: ignore[assignment]
-        counts = [
-            sum(
-                _refresh_slice(conn, raw, rollup, day, since, full)
-                for day in _slices(conn, raw, rollup, since, full)
+        counts = []
+        for raw, rollup in _TABLES:
+            floor = rebuild_floor(conn, raw)
+            counts.append(
+                sum(
+                    _refresh_slice(conn, raw, rollup, day, since, full, floor)
+                    for day in _slices(conn, raw, rollup, since, full, floor)
+                )
             )
-            for raw, rollup in _TABLES
-        ]
         # The watermark never moves backwards (a full rebuild with a clock step back).
         conn.execute(
             """INSERT INTO rollup_watermarks (name, watermark) VALUES (%s, %s)
@@ -142,21 +150,39 @@ def refresh_rollups(
     return result
 
 
+def rebuild_floor(conn: psycopg.Connection[tuple[object, ...]], raw: str) -> datetime | None:
+    """The first hour whose buckets may be rebuilt from ``raw``: the hour after its retention
+    horizon (raw rows before it may have been dropped), or None when nothing was dropped."""
+    row = conn.execute(
+        "SELECT horizon FROM raw_retention_horizons WHERE hypertable = %s", (raw,)
+    ).fetchone()
+    if row is None:
+        return None
+    horizon: datetime = row[0]  # type: ignore[assignment]
+    hour = horizon.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return hour if hour == horizon else hour + timedelta(hours=1)
+
+
 def _slices(
     conn: psycopg.Connection[tuple[object, ...]],
     raw: str,
     rollup: str,
     since: datetime | str,
     full: bool,
+    floor: datetime | None,
 ) -> list[datetime]:
     """Start of every event-time day holding rows ingested after ``since``; for a full
-    rebuild, every day from the first raw or rollup row to the last."""
+    rebuild, every day holding raw rows or (from the first raw row on) rollup rows. Days
+    wholly before ``floor`` are left out."""
     if full:
-        sql = f"""SELECT generate_series(time_bucket(INTERVAL '1 day', min(t)),
-                                         max(t), INTERVAL '1 day')
-                    FROM (SELECT min(time) AS t FROM {raw} UNION ALL SELECT max(time) FROM {raw}
-                          UNION ALL SELECT min(bucket) FROM {rollup}
-                          UNION ALL SELECT max(bucket) FROM {rollup}) bounds"""
+        # Days with raw rows, and days with buckets but no raw rows left (to drop them) — yet
+        # never before the first raw row: buckets older than every raw row have nothing to be
+        # rebuilt from, and deleting them would destroy history that retention kept.
+        sql = f"""SELECT time_bucket(INTERVAL '1 day', time) FROM {raw}
+                  UNION
+                  SELECT time_bucket(INTERVAL '1 day', o.bucket) FROM {rollup} o
+                   WHERE o.bucket >= (SELECT time_bucket(INTERVAL '1 day', min(time)) FROM {raw})
+                  ORDER BY 1"""
         rows = conn.execute(sql).fetchall()
     else:
         rows = conn.execute(
@@ -164,7 +190,19 @@ def _slices(
                  WHERE ingested_at > %s ORDER BY 1""",
             (since,),
         ).fetchall()
-    return [r[0] for r in rows if r[0] is not None]  # type: ignore[misc]
+    days: list[datetime] = [r[0] for r in rows if r[0] is not None]  # type: ignore[misc]
+    if floor is None:
+        return days
+    kept = [d for d in days if d + _SLICE > floor]
+    if len(kept) < len(days) and not full:
+        log.warning(
+            "rollups: %s has late rows on %d day(s) before its retention horizon %s; "
+            "their buckets are kept as they were",
+            raw,
+            len(days) - len(kept),
+            floor.isoformat(),
+        )
+    return kept
 
 
 def _refresh_slice(
@@ -174,9 +212,12 @@ def _refresh_slice(
     day: datetime,
     since: datetime | str,
     full: bool,
+    floor: datetime | None,
 ) -> int:
-    """Recompute the dirty buckets of one event-time day; return how many were written."""
-    window = {"d0": day, "d1": day + _SLICE, "since": since}
+    """Recompute the dirty buckets of one event-time day (from ``floor`` on, if it falls in
+    the day); return how many were written."""
+    start = day if floor is None else max(day, floor)
+    window = {"d0": start, "d1": day + _SLICE, "since": since}
     everything = full or since == "-infinity"
     with conn.transaction():
         # A day's groups (≤ devices x signals x 24) sort and hash comfortably in this much.

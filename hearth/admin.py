@@ -27,7 +27,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -592,6 +592,10 @@ def purge_category_rows(conn: Conn, user_id: str, category: Category) -> dict[st
             {"user": user_id, "signals": signals, "category": category.value, "devices": devices},
         )
         counts[table] = cur.rowcount
+    # A dead letter has no category (it may be any part of a message): a withdrawal removes
+    # every one of the user's devices, matched by device id (issue 11 §4).
+    cur = conn.execute("DELETE FROM dead_letters WHERE device_id = ANY(%s)", (devices,))
+    counts["dead_letters"] = cur.rowcount
     # Snapshots keep every feature (one schema for clients): the category's cells become
     # null with a reason (hearth.vectors), instead of losing their keys.
     cur = conn.execute(
@@ -653,28 +657,6 @@ def write_audit(conn: Conn, action: str, user_id: str | None, details: Mapping[s
 # --- Data-subject access and erasure --------------------------------------------------------
 
 
-def _topic_filters_sql(filters: Iterable[str]) -> tuple[sql.Composed, list[str]]:
-    """A WHERE clause matching ``topic`` against MQTT filters ending in ``/#`` or exact."""
-    clauses: list[sql.Composable] = []
-    params: list[str] = []
-    for f in filters:
-        if f.endswith("/#"):
-            base = f[:-2]
-            escaped = base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            clauses.append(sql.SQL("topic = %s OR topic LIKE %s"))
-            params += [base, escaped + "/%"]
-        else:
-            clauses.append(sql.SQL("topic = %s"))
-            params.append(f)
-    if not clauses:
-        return sql.Composed([sql.SQL("false")]), []
-    return sql.SQL(" OR ").join(sql.SQL("(") + c + sql.SQL(")") for c in clauses), params
-
-
-def _device_topic_filters(devices: list[DeviceInfo]) -> list[str]:
-    return [t for d in devices for t in d.topics]
-
-
 def _jsonable(value: object) -> object:
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -697,8 +679,8 @@ def export_user(conn: Conn, user_id: str) -> dict[str, object]:
     """Everything held about a user (data-subject access), as JSON-ready data.
 
     Devices come without password hashes; ``tables`` has the rows of every table holding the
-    user's id or their devices' ids; ``dead_letters`` the quarantined messages on their
-    devices' topics; ``audit`` the purge records about them (found by their keyed hash).
+    user's id or their devices' ids; ``dead_letters`` the quarantined messages of their
+    devices (by device id); ``audit`` the purge records about them (found by their keyed hash).
     """
     with conn.transaction():
         user = _rows(conn, sql.SQL("SELECT * FROM users WHERE user_id = %s"), (user_id,))
@@ -715,10 +697,7 @@ def export_user(conn: Conn, user_id: str) -> dict[str, object]:
             )
             if rows:
                 tables[table] = rows
-        where, params = _topic_filters_sql(_device_topic_filters(devices))
-        dead = _rows(
-            conn, sql.SQL("SELECT * FROM dead_letters WHERE {} ORDER BY id").format(where), params
-        )
+        dead = sorted(tables.pop("dead_letters", []), key=lambda r: int(str(r["id"])))
         audit = _rows(
             conn,
             sql.SQL("SELECT * FROM audit_log WHERE subject_ref = %s ORDER BY id"),
@@ -762,8 +741,8 @@ def _erase_rows(conn: Conn, user_id: str, device_ids: list[str]) -> dict[str, in
 
 
 def erase_user(conn: Conn, user_id: str, *, settle_s: float = CONSENT_PROPAGATION_S) -> PurgeReport:
-    """Delete every row of the user: data in any table with their id or their devices' ids,
-    dead letters on their devices' topics, devices, consent history and the user itself.
+    """Delete every row of the user: data in any table with their id or their devices' ids
+    (dead letters included, by device id), devices, consent history and the user itself.
 
     The audit record keeps only the keyed-hash subject and counts.
     """
@@ -774,9 +753,6 @@ def erase_user(conn: Conn, user_id: str, *, settle_s: float = CONSENT_PROPAGATIO
         devices = list_devices(conn, user_id)
         device_ids = [d.device_id for d in devices]
         report.add(_erase_rows(conn, user_id, device_ids))
-        where, params = _topic_filters_sql(_device_topic_filters(devices))
-        cur = conn.execute(sql.SQL("DELETE FROM dead_letters WHERE {}").format(where), params)
-        report.add({"dead_letters": cur.rowcount})
         conn.execute("SELECT set_config('hearth.erasing', 'on', true)")  # ledger may be deleted
         for table in ("consent_events", "devices", "users"):
             cur = conn.execute(

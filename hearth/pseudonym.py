@@ -23,6 +23,7 @@ DOMAIN_WIFI_SSID = "wifi_ssid"
 DOMAIN_WIFI_BSSID = "wifi_bssid"
 DOMAIN_SIM_ID = "sim_id"
 DOMAIN_AUDIT_SUBJECT = "audit_subject"
+DOMAIN_DEAD_LETTER = "dead_letter"
 
 
 def keyed_hash(key: bytes, domain: str, value: str) -> str:
@@ -32,3 +33,14 @@ def keyed_hash(key: bytes, domain: str, value: str) -> str:
     message = domain.encode() + b"\0" + value.encode()
     # hmac.digest is the one-shot OpenSSL path: several times faster than hmac.new(...).
     return hmac.digest(key, message, "sha256")[: HASH_HEX_CHARS // 2].hex()
+
+
+def keyed_digest(key: bytes, domain: str, *parts: bytes) -> bytes:
+    """Raw 32-byte HMAC-SHA256 of ``domain NUL part1 NUL part2 ...`` under ``key``.
+
+    For binary keys such as the dead-letter dedupe digest: an unkeyed hash of a payload would
+    let anyone holding the table confirm a guessed message (DESIGN §3.7).
+    """
+    if not key:
+        raise ValueError("keyed_digest needs a non-empty key")
+    return hmac.digest(key, b"\0".join([domain.encode(), *parts]), "sha256")

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +32,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from hearth.db import redact_secrets, redact_url
 
 DEFAULT_DATABASE_URL = "postgresql://hearth:hearth@127.0.0.1:5432/hearth"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
@@ -65,29 +76,41 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
 
 
 def parse_api_tokens(raw: str | dict[str, Any]) -> dict[str, frozenset[str]]:
-    """Tokens → scopes, from JSON (``{"tok": ["admin"]}``) or ``tok=scope+scope,tok2=scope``."""
+    """Tokens → scopes, from JSON (``{"tok": ["admin"]}``) or ``tok=scope+scope,tok2=scope``.
+
+    Errors name the entry by its position, never by its text: a malformed entry, or token and
+    scope swapped, would otherwise print a secret to a terminal or a log.
+    """
     if isinstance(raw, str):
         text = raw.strip()
         if not text:
             return {}
         if text.startswith("{"):
-            raw = json.loads(text)
+            try:
+                raw = json.loads(text)
+            except ValueError:
+                raise ValueError('not valid JSON (expected {"token": ["scope", ...]})') from None
         else:
             raw = {}
-            for item in text.split(","):
+            for n, item in enumerate(text.split(","), 1):
                 token, sep, scopes = item.strip().partition("=")
                 if not sep or not token:
-                    raise ValueError(f"expected token=scope[+scope], got {item.strip()!r}")
+                    raise ValueError(f"entry {n}: expected token=scope[+scope]")
                 raw[token] = scopes.split("+")
-    assert isinstance(raw, dict)
+    if not isinstance(raw, dict):
+        raise ValueError("expected a JSON object of token → scopes")
     tokens: dict[str, frozenset[str]] = {}
-    for token, scopes in raw.items():
-        scope_set = frozenset([scopes] if isinstance(scopes, str) else scopes)
-        unknown = scope_set - API_SCOPES
-        if unknown:
-            raise ValueError(f"unknown scope(s) {sorted(unknown)}; known: {sorted(API_SCOPES)}")
-        if len(token) < 16:
-            raise ValueError("every token must be at least 16 characters")
+    for n, (token, scopes) in enumerate(raw.items(), 1):
+        if not isinstance(token, str) or len(token) < 16:
+            raise ValueError(f"entry {n}: every token must be at least 16 characters")
+        listed: object = [scopes] if isinstance(scopes, str) else scopes
+        if not isinstance(listed, list | tuple | frozenset | set) or not all(
+            isinstance(x, str) for x in listed
+        ):
+            raise ValueError(f"entry {n}: scopes must be a list of strings")
+        scope_set = frozenset(listed)
+        if not scope_set <= API_SCOPES:
+            raise ValueError(f"entry {n}: unknown scope; known: {', '.join(sorted(API_SCOPES))}")
         tokens[token] = scope_set
     return tokens
 
@@ -99,10 +122,13 @@ class Settings(BaseSettings):
         env_prefix="HEARTH_", extra="ignore", case_sensitive=False, frozen=True
     )
 
-    database_url: str = DEFAULT_DATABASE_URL
-    mqtt_url: str = DEFAULT_MQTT_URL
+    # repr=False: URLs may carry passwords and tokens are secrets; a logged Settings shows none.
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, repr=False)
+    mqtt_url: str = Field(default=DEFAULT_MQTT_URL, repr=False)
     pseudonym_key: SecretStr | None = None
-    api_tokens: Annotated[dict[str, frozenset[str]], NoDecode] = Field(default_factory=dict)
+    api_tokens: Annotated[dict[str, frozenset[str]], NoDecode] = Field(
+        default_factory=dict, repr=False
+    )
 
     # MQTT session of the collector (shared subscription group, stable client id).
     mqtt_client_id: str = "hearth-collector-1"
@@ -118,7 +144,9 @@ class Settings(BaseSettings):
     dead_letter_payload_bytes: int = Field(default=4096, ge=0)
     geohash_precision: int = Field(default=7, ge=1, le=7)  # 7 ≈ 150 m; never finer (DESIGN §3.7)
     max_clock_skew_s: int = Field(default=600, ge=0)
-    max_event_age_days: int = Field(default=400, ge=1)
+    # Older events are dead-lettered "too_old"; never more than retention_days (checked below).
+    max_event_age_days: int = Field(default=90, ge=1)
+    dead_letter_retention_days: int = Field(default=14, ge=1)
 
     # Collector observability port (/metrics, /healthz); 0 disables.
     collector_http_port: int = Field(default=9108, ge=0, le=65535)
@@ -151,12 +179,33 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a libpq URL starting with postgresql://")
+        # Parsed now (no connection), so a malformed URL fails at start with the password
+        # redacted, instead of later in a pool's log line that quotes it.
+        try:
+            conninfo_to_dict(value)
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(
+                f"not a valid libpq URL ({redact_secrets(first, value)}): {redact_url(value)}"
+            ) from None
         return value
 
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _parse_tokens(cls, value: Any) -> dict[str, frozenset[str]]:
         return parse_api_tokens(value if value is not None else "")
+
+    @model_validator(mode="after")
+    def _check_event_age(self) -> Settings:
+        # A reading older than raw retention may land in a chunk already dropped; its hourly
+        # bucket would then be rebuilt from that reading alone (issue 11 §6).
+        if self.max_event_age_days > self.retention_days:
+            raise ValueError(
+                f"HEARTH_MAX_EVENT_AGE_DAYS ({self.max_event_age_days}) must not exceed "
+                f"HEARTH_RETENTION_DAYS ({self.retention_days}): late readings older than "
+                "the raw retention would rebuild history from partial data"
+            )
+        return self
 
     @property
     def mqtt(self) -> MqttEndpoint:
@@ -201,10 +250,11 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
+        err = exc.errors(include_input=False)[0]
         message = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"HEARTH_{field.upper()}: {message}") from None
+        if not err["loc"]:  # a check across variables names them itself
+            raise ConfigError(message) from None
+        raise ConfigError(f"HEARTH_{str(err['loc'][0]).upper()}: {message}") from None
     except (ValueError, OSError) as exc:  # e.g. an unreadable or malformed TOML file
         raise ConfigError(f"configuration: {exc}") from None
 

@@ -43,6 +43,9 @@ class Signal:
     low: float | None = None  # inclusive valid range for numeric signals
     high: float | None = None
     stored_as: str | None = None  # for raw signals: the minimised signal written instead
+    # For categorical signals a device sends: the only values accepted (stored as sent). Free
+    # text could carry a name, an SSID or a phone number past minimisation (DESIGN §3.7).
+    allowed: tuple[str, ...] | None = None
 
 
 _C = Category
@@ -80,7 +83,8 @@ SIGNALS: dict[str, Signal] = {
             _C.CONNECTIVITY,
             "categorical",
             "enum",
-            "network in use: wifi, mobile, offline",
+            "network in use (one of the allowed values)",
+            allowed=("wifi", "mobile", "offline", "ethernet"),
         ),
         Signal(
             "wifi_ssid",

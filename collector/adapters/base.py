@@ -23,7 +23,8 @@ class Reason(StrEnum):
     BAD_JSON = "bad_json"  # not UTF-8 JSON, or not an object
     SCHEMA = "schema"  # wrong types, missing fields, NaN/inf, out-of-range values
     TOO_LARGE = "too_large"  # payload over the size bound
-    BAD_TIMESTAMP = "bad_timestamp"  # unparseable, too far in the future or the past
+    BAD_TIMESTAMP = "bad_timestamp"  # unparseable, out of range or too far in the future
+    TOO_OLD = "too_old"  # older than HEARTH_MAX_EVENT_AGE_DAYS (raw retention): history is final
     UNKNOWN_TOPIC = "unknown_topic"  # no adapter claims the topic
     UNSUPPORTED = "unsupported"  # a known format's message type we do not store
     UNKNOWN_DEVICE = "unknown_device"  # not registered, or retired
@@ -37,7 +38,9 @@ class Rejected(Exception):
     def __init__(self, reason: Reason, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else str(reason))
         self.reason = reason
-        self.detail = detail[:500]
+        # Not cut here: the pipeline scrubs identifiers first, then truncates (a cut identifier
+        # would escape the scrubber; collector.minimise.scrub_detail).
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

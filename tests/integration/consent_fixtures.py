@@ -51,7 +51,7 @@ def seed_user(
     categories: tuple[Category, ...] = (Category.LOCATION, Category.ENERGY, Category.DEVICE_HEALTH),
 ) -> SeededUser:
     """A user with a phone (owntracks) and a plug (tasmota), consent to ``categories``, raw rows
-    (numeric + categorical), rollups, a snapshot and a dead letter on the phone's topic."""
+    (numeric + categorical), rollups, a snapshot and a dead letter of the phone."""
     user_id = user_id or unique("u")
     admin.add_user(conn, user_id, "Europe/Berlin")
     phone = admin.register_device(
@@ -104,12 +104,17 @@ def seed_user(
         "VALUES (%s, %s, %s, %s)",
         (user_id, T0 + timedelta(days=2), FEATURE_SET, json.dumps(vector)),
     )
-    conn.execute(
-        "INSERT INTO dead_letters (topic, reason, detail, payload, payload_bytes, digest) "
-        "VALUES (%s, 'schema', 'test', %s, 2, %s)",
-        (f"owntracks/{user_id}/phone", b"{}", secrets.token_bytes(32)),
-    )
+    add_dead_letter(conn, user_id, phone.device_id)
     return SeededUser(user_id, [phone.device_id, plug.device_id], rows_per_signal)
+
+
+def add_dead_letter(conn: Conn, user_id: str, device_id: str) -> None:
+    """A quarantined message of the user's phone, attributed by device id as the collector does."""
+    conn.execute(
+        "INSERT INTO dead_letters (topic, reason, detail, payload, payload_bytes, digest, "
+        "device_id) VALUES (%s, 'schema', 'test', %s, 2, %s, %s)",
+        (f"owntracks/{user_id}/phone", b"{}", secrets.token_bytes(32), device_id),
+    )
 
 
 def count_signal_rows(conn: Conn, user_id: str, category: Category) -> dict[str, int]:

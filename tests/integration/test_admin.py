@@ -14,6 +14,7 @@ from hearth.signals import Category
 from hearth.vectors import withdrawn_cell
 from tests.integration.consent_fixtures import (
     FEATURES,
+    add_dead_letter,
     count_signal_rows,
     seed_user,
     snapshot_features,
@@ -184,6 +185,11 @@ def test_export_then_erase_leaves_no_reference(db: psycopg.Connection) -> None:
     user = seeded.user_id
     other = seed_user(db)  # must survive
     admin.withdraw_consent(db, user_id=user, category="energy", settle_s=0)  # an audit record
+    # The withdrawal deleted the user's dead letters (by device id); one arrives afterwards.
+    assert db.execute(
+        "SELECT count(*) FROM dead_letters WHERE device_id = ANY(%s)", (seeded.device_ids,)
+    ).fetchone() == (0,)
+    add_dead_letter(db, user, seeded.device_ids[0])
 
     export = admin.export_user(db, user)
     assert export["user"]["user_id"] == user

@@ -132,7 +132,7 @@ def test_documented_samples_are_stored_as_expected_readings_and_minimised(
             device_of[key] = f"{tag}-s{len(device_of)}"
             add_device(db, device_of[key], f"{tag}-u", format=s.format, external_id=s.external_id)
     # Sample payloads carry their documentation's dates (years old): accept them here.
-    collector = make_collector(HEARTH_MAX_EVENT_AGE_DAYS="36500")
+    collector = make_collector(HEARTH_MAX_EVENT_AGE_DAYS="36500", HEARTH_RETENTION_DAYS="36500")
     collector.start()
     publish_all(broker.host, broker.port, [(s.topic, s.payload) for s in samples])
     wait_until(lambda: acked([collector]) >= len(samples), 60, "every sample acknowledged")

@@ -101,3 +101,91 @@ def test_rollup_values_match_raw(db: psycopg.Connection) -> None:
             WHERE device_id = 'roll-raw-plug'"""
     ).fetchall()
     assert row == [(3, 60.0, 1400.0, 10.0, 30.0, 10.0, 30.0)]
+
+
+# -- late data never destroys history (issue 11 §6) ------------------------------------------
+# Far in the past (before every other test's data but test_retention's 2001), so dropping these
+# chunks and moving the retention horizon touches nothing else in the session's database.
+OLD_HOUR = datetime(2002, 1, 10, 10, tzinfo=UTC)
+RETENTION_NOW = datetime(2002, 7, 1, tzinfo=UTC)  # 90-day cutoff: 2002-04-02
+
+
+def _bucket(conn: psycopg.Connection, device: str, hour: datetime) -> list[tuple[object, ...]]:
+    numeric = conn.execute(
+        "SELECT n, sum, min, max FROM rollup_numeric_hourly WHERE device_id = %s AND bucket = %s",
+        (device, hour),
+    ).fetchall()
+    categorical = conn.execute(
+        "SELECT value, n FROM rollup_categorical_hourly WHERE device_id = %s AND bucket = %s",
+        (device, hour),
+    ).fetchall()
+    return numeric + categorical
+
+
+def test_full_rebuild_keeps_buckets_older_than_every_raw_row(db: psycopg.Connection) -> None:
+    # A bucket older than every raw row (their chunks dropped; no horizon needed) is history,
+    # not an orphan: --full must not delete it. Runs before the horizon test below moves it.
+    user, plug = "roll-hist", "roll-hist-plug"
+    add_user(db, user, granted_at=BASE - timedelta(days=400))
+    add_device(db, plug, user, "plug")
+    _insert(db, [(BASE, plug, user, "power_w", 1.0)])
+    first_raw = db.execute("SELECT min(time) FROM numeric_readings").fetchone()
+    assert first_raw is not None
+    ancient: datetime = first_raw[0] - timedelta(days=1)  # type: ignore[operator]
+    ancient = ancient.replace(minute=0, second=0, microsecond=0)
+    assert db.execute(  # the horizon alone would not protect this bucket
+        "SELECT count(*) FROM raw_retention_horizons WHERE horizon > %s", (ancient,)
+    ).fetchone() == (0,)
+    db.execute(
+        """INSERT INTO rollup_numeric_hourly (bucket, device_id, user_id, signal, n, sum, sumsq,
+               min, max, first, last, first_time, last_time, max_ingested_at)
+           VALUES (%s, %s, %s, 'power_w', 2, 3, 5, 1, 2, 1, 2, %s, %s, now())""",
+        (ancient, plug, user, ancient, ancient),
+    )
+    refresh_rollups(db, full=True)
+    assert _bucket(db, plug, ancient) == [(2, 3.0, 1.0, 2.0)]
+
+
+def test_late_reading_after_retention_never_rebuilds_a_bucket(db: psycopg.Connection) -> None:
+    from collector.retention import run_retention
+
+    user, plug = "roll-late", "roll-late-plug"
+    add_user(db, user, granted_at=OLD_HOUR - timedelta(days=1))
+    add_device(db, plug, user, "plug")
+    _insert(
+        db,
+        [(OLD_HOUR + timedelta(minutes=m), plug, user, "power_w", float(m)) for m in (5, 15, 25)]
+        + [(OLD_HOUR + timedelta(minutes=m), plug, user, "geohash", "u33dc0c") for m in (5, 15)],
+    )
+    refresh_rollups(db, grace=timedelta(0))
+    before = _bucket(db, plug, OLD_HOUR)
+    assert before == [(3, 45.0, 5.0, 25.0), ("u33dc0c", 2)]
+
+    report = run_retention(db, 90, now=RETENTION_NOW)
+    assert report.chunks_dropped["numeric_readings"] >= 1
+    raw_left = db.execute("SELECT count(*) FROM numeric_readings WHERE device_id = %s", (plug,))
+    assert raw_left.fetchone() == (0,)
+    horizon = db.execute(
+        "SELECT horizon FROM raw_retention_horizons WHERE hypertable = 'numeric_readings'"
+    ).fetchone()
+    assert horizon is not None and horizon[0] >= RETENTION_NOW - timedelta(days=90)
+
+    # A late reading of that hour (written behind ingest's back: ingest refuses it as too_old)
+    # is the only raw row left there; neither an incremental nor a full run may rebuild from it.
+    _insert(
+        db,
+        [
+            (OLD_HOUR + timedelta(minutes=45), plug, user, "power_w", 1000.0),
+            (OLD_HOUR + timedelta(minutes=45), plug, user, "geohash", "u33dc1b"),
+        ],
+    )
+    refresh_rollups(db, grace=timedelta(0))
+    assert _bucket(db, plug, OLD_HOUR) == before
+    refresh_rollups(db, full=True)
+    assert _bucket(db, plug, OLD_HOUR) == before
+
+    # After the horizon, buckets are rebuilt as always.
+    recent = RETENTION_NOW - timedelta(days=10)
+    _insert(db, [(recent + timedelta(minutes=1), plug, user, "power_w", 7.0)])
+    refresh_rollups(db, grace=timedelta(0))
+    assert _bucket(db, plug, recent) == [(1, 7.0, 7.0, 7.0)]

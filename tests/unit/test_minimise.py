@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 
 import pytest
 from hypothesis import given
@@ -12,7 +13,13 @@ from hypothesis import strategies as st
 
 from collector.adapters import geohash
 from collector.adapters.base import GeoPoint, Reading
-from collector.minimise import Minimiser, StoredReading, normalise_bssid
+from collector.minimise import (
+    Minimiser,
+    StoredReading,
+    normalise_bssid,
+    scrub_detail,
+    scrub_payload,
+)
 from hearth.pseudonym import keyed_hash
 from hearth.signals import SIGNALS
 
@@ -189,8 +196,6 @@ def test_unvalidated_readings_fail_loudly() -> None:
 
 
 def test_scrub_payload_masks_coordinates_and_identifiers() -> None:
-    from collector.minimise import scrub_payload
-
     raw = (
         b'{"_type":"location","lat":52.5200086,"lon":13.404954,"SSID":"HomeNet-5G",'
         b'"BSSID":"AA:bb:cc:dd:ee:ff","tel":"+4915112345678","batt":"x"'
@@ -200,3 +205,147 @@ def test_scrub_payload_masks_coordinates_and_identifiers() -> None:
         assert secret not in out
     assert b'"batt":"x"' in out  # the diagnostic part survives
     assert scrub_payload(raw, 10) == raw[:10]
+
+
+# -- dead-letter scrubbing: one row per form (issue 11 §4) -----------------------------------
+# (form, payload, what must not survive). JSON payloads are scrubbed as a tree, the rest as text.
+SCRUB_FORMS: list[tuple[str, bytes, list[bytes]]] = [
+    ("mac colon", b'{"x":"AA:bb:cc:dd:ee:ff"}', [b"AA:bb", b"dd:ee:ff"]),
+    ("mac colon, iOS short octets", b'{"x":"b0:f2:8:45:94:33"}', [b"b0:f2", b"94:33"]),
+    ("mac dash", b'{"x":"aa-bb-cc-dd-ee-ff"}', [b"aa-bb", b"ee-ff"]),
+    ("mac dotted", b'{"x":"aabb.ccdd.eeff"}', [b"aabb", b"eeff"]),
+    ("mac bare 12-hex", b'{"x":"A42BB0112233"}', [b"A42BB0", b"112233"]),
+    ("mac inside text", b'{"note":"ap a4:2b:b0:11:22:33 seen"}', [b"a4:2b", b"22:33"]),
+    ("eui-64 (zigbee)", b'{"x":"0x00124b001234abcd"}', [b"00124b", b"1234abcd"]),
+    ("phone with +", b'{"x":"+8613812345678"}', [b"13812345678"]),
+    ("phone with + and spaces", b'{"x":"+49 151 1234 5678"}', [b"151 1234", b"5678"]),
+    ("phone with dashes", b'{"x":"0151-1234-5678"}', [b"1234-5678", b"0151"]),
+    ("phone (area) number", b'{"x":"(555) 123-4567"}', [b"123-4567"]),
+    ("phone without +", b'{"x":"13812345678"}', [b"13812345678"]),
+    ("phone as a number", b'{"x":13812345678}', [b"13812345678"]),
+    ("imei as a string", b'{"x":"356938035643809"}', [b"356938035643809"]),
+    ("imei as a number", b'{"x":356938035643809}', [b"356938035643809"]),
+    ("imsi 15 digits", b'{"x":"460001234567890"}', [b"460001234567890"]),
+    ("iccid 20 digits", b'{"x":"89860012345678901234"}', [b"89860012345678901234"]),
+    ("17 digits", b'{"x":"12345678901234567"}', [b"12345678901234567"]),
+    ("coordinate pair in a string", b'{"x":"31.23041,121.4737"}', [b"31.23", b"121.47"]),
+    ("coordinate pair, 2 decimals", b'{"x":"31.23 121.47"}', [b"31.23", b"121.47"]),
+    ("coordinate pair as an array", b'{"x":[121.4737,31.23041]}', [b"121.47", b"31.23"]),
+    ("coordinate pair array 2 dec.", b'{"g":[31.23,121.47]}', [b"31.23", b"121.47"]),
+    ("one coordinate as a number", b'{"x":52.5200086}', [b"52.52"]),
+    ("E7 integers in a string", b'{"x":"312304100,1214737000"}', [b"312304100", b"1214737000"]),
+    ("E7 integers as an array", b'{"x":[312304100,1214737000]}', [b"312304100", b"1214737000"]),
+    ("E7 integer alone", b'{"x":312304100}', [b"312304100"]),
+    ("NMEA with hemispheres", b'{"x":"3113.8246,N,12128.4220,E"}', [b"3113.82", b"12128.42"]),
+    ("NMEA sentence", b'{"x":"$GPGGA,123519,4807.038,N,01131.000,E"}', [b"4807.0", b"1131.0"]),
+    ("key phone, number value", b'{"phone":12345}', [b"12345"]),
+    ("key phoneNumber, string", b'{"phoneNumber":"call me"}', [b"call me"]),
+    ("key msisdn", b'{"msisdn":"x-42-y"}', [b"x-42-y"]),
+    ("key imei, object value", b'{"imei":{"a":"b42"}}', [b"b42"]),
+    ("key IMEI1", b'{"IMEI1":"abc"}', [b"abc"]),
+    ("key SSID, string", b'{"SSID":"HomeNet"}', [b"HomeNet"]),
+    ("key wifi_ssid", b'{"readings":{"wifi_ssid":"Cafe"}}', [b"Cafe"]),
+    ("key BSSID, array value", b'{"BSSID":["a4","2b"]}', [b'"a4"', b'"2b"']),
+    ("key mac_address", b'{"mac_address":"a4 2b"}', [b"a4 2b"]),
+    ("key macAddress", b'{"macAddress":"a4 2b"}', [b"a4 2b"]),
+    ("key lat, integer", b'{"lat":31}', [b"31"]),
+    ("key lon, string", b'{"lon":"121"}', [b"121"]),
+    ("key lng, number", b'{"lng":121.5}', [b"121.5"]),
+    ("key latitudeE7", b'{"latitudeE7":312304100}', [b"312304100"]),
+    ("key longitude, nested", b'{"pos":{"longitude":[121]}}', [b"121"]),
+    ("key sim_id", b'{"readings":{"sim_id":"S1M-7"}}', [b"S1M-7"]),
+    ("a key that is a MAC", b'{"aa:bb:cc:dd:ee:01":-60}', [b"aa:bb:cc"]),
+    ("net_type outside the allow-list", b'{"readings":{"net_type":"Alices-Net"}}', [b"Alices"]),
+    # Not JSON (bad_json): scrubbed as text, keys included, a value cut off mid-string too.
+    ("text: cut-off ssid value", b'{"ssid":"HomeNe', [b"HomeNe"]),
+    ("text: cut-off coordinates", b'{"lat":52.5200086,"lon":13.4', [b"52.52", b"13.4"]),
+    ("text: binary prefix, mac", b'\xff\xfe"bssid": "aa:bb:cc:dd:ee:ff"', [b"aa:bb"]),
+    ("text: key=value", b"tel=+4915112345678&imei=356938035643809", [b"49151", b"3569380"]),
+    ("text: bare phone", b"call 13812345678 now", [b"13812345678"]),
+    ("text: net_type", b'{"net_type":"Alices-Net",', [b"Alices"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("form", "payload", "secrets"), SCRUB_FORMS, ids=[f[0] for f in SCRUB_FORMS]
+)
+def test_scrub_payload_masks_every_form(form: str, payload: bytes, secrets: list[bytes]) -> None:
+    out = scrub_payload(payload, 4096)
+    for secret in secrets:
+        assert secret not in out, f"{form}: {secret!r} survived in {out!r}"
+    assert out != payload
+
+
+KEPT_FORMS: list[tuple[str, bytes, bytes]] = [
+    ("a plain reading", b'{"readings":{"battery_pct":76}}', b'"battery_pct":76'),
+    ("an allowed net_type", b'{"readings":{"net_type":"wifi"}}', b'"net_type":"wifi"'),
+    ("an ISO time", b'{"ts":"2024-05-01T08:15:30.123+08:00"}', b"2024-05-01T08:15:30.123+08:00"),
+    ("epoch seconds under a time key", b'{"tst":1714531200}', b'"tst":1714531200'),
+    ("a temperature", b'{"temperature":21.5,"humidity":45}', b'"temperature":21.5'),
+    ("a keyed hash", b'{"h":"0123456789abcdef0123456789abcdef"}', b"0123456789abcdef0123"),
+    ("a geohash", b'{"g":"wtw3sjq"}', b"wtw3sjq"),
+]
+
+
+@pytest.mark.parametrize(("form", "payload", "kept"), KEPT_FORMS, ids=[f[0] for f in KEPT_FORMS])
+def test_scrub_payload_keeps_what_identifies_nobody(form: str, payload: bytes, kept: bytes) -> None:
+    assert kept in scrub_payload(payload, 4096), form
+
+
+@pytest.mark.parametrize("cut", range(20, 60))
+def test_scrub_payload_scrubs_before_it_truncates(cut: int) -> None:
+    # Whatever the limit, no prefix of an identifier that the scrubber would catch survives.
+    payload = b'{"note":"x","x":"+4915112345678","y":"356938035643809","z":"aa:bb:cc:dd:ee:ff"}'
+    out = scrub_payload(payload, cut)
+    assert len(out) <= cut
+    for fragment in (b"+49151", b"3569380", b"aa:bb:cc"):
+        assert fragment not in out
+
+
+@pytest.mark.parametrize(
+    ("detail", "secret"),
+    [
+        ("readings.aa:bb:cc:dd:ee:ff: Input should be a valid number", "aa:bb:cc"),
+        ("unreadable time '+4915112345678'", "4915112345678"),
+        ("epoch seconds 356938035643809 out of range", "356938035643809"),
+        ("x" * 490 + " 356938035643809", "3569380"),  # cut after scrubbing, not before
+    ],
+)
+def test_scrub_detail_masks_then_truncates(detail: str, secret: str) -> None:
+    out = scrub_detail(detail)
+    assert secret not in out and len(out) <= 500
+
+
+def test_scrub_detail_keeps_a_plain_reason() -> None:
+    detail = "2099-01-01T00:00:00+00:00 is 27000 days, 0:00:00 in the future"
+    assert scrub_detail(detail) == detail
+
+
+@given(st.binary(max_size=600), st.integers(min_value=0, max_value=700))
+def test_scrub_payload_never_raises_and_respects_the_limit(payload: bytes, limit: int) -> None:
+    assert len(scrub_payload(payload, limit)) <= limit
+
+
+def test_scrub_payload_survives_deep_nesting() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert scrub_payload(deep, 64) == deep[:64]
+
+
+ADVERSARIAL = {  # 60 kB shapes that make an unbounded regex backtrack quadratically
+    "spaces after a decimal": b"1.23" + b" " * 60_000 + b"x",
+    "spaces in a JSON string": b'{"x":"1.23' + b" " * 60_000 + b'"}',
+    "spaces after an E7 integer": b"1234567" + b" " * 60_000 + b"x",
+    "spaces after a quoted key": b'"lat":' + b" " * 60_000 + b",",
+    "spaces after NMEA": b"1234.5" + b" " * 60_000 + b",",
+    "digit groups": b"12-34 " * 10_000,
+    "hex octets": b"a:" * 30_000,
+}
+
+
+@pytest.mark.parametrize("payload", ADVERSARIAL.values(), ids=list(ADVERSARIAL))
+def test_scrubbing_a_hostile_payload_takes_linear_time(payload: bytes) -> None:
+    # About 0.1 s each here; a quadratic pattern takes minutes (a stalled replica).
+    started = time.perf_counter()
+    scrub_payload(payload, 4096)
+    scrub_detail(payload.decode())
+    assert time.perf_counter() - started < 2.0

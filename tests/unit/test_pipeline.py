@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from collector.minimise import Minimiser
-from collector.pipeline import Batch, Caches, Pipeline, digest_of
+from collector.pipeline import Batch, Caches, Pipeline
 from collector.service import flush_size
 from hearth.ledger import DeviceRecord
+from hearth.pseudonym import DOMAIN_DEAD_LETTER, keyed_digest
 from hearth.settings import load_settings
 from hearth.signals import Category
 
@@ -81,7 +83,8 @@ def test_bad_input_is_one_dead_letter_with_its_reason(
     assert [d[1] for d in batch.dead_letters] == [reason]
     dead = batch.dead_letters[0]
     assert dead[3] is not None and len(dead[3]) <= 64  # truncated payload kept
-    assert dead[4] == len(payload) and dead[5] == digest_of(topic, payload)
+    assert dead[4] == len(payload)
+    assert dead[5] == keyed_digest(KEY, DOMAIN_DEAD_LETTER, topic.encode(), payload)
     assert batch.dead_by_reason == {reason: 1}
 
 
@@ -94,11 +97,78 @@ def test_unconsented_readings_are_dropped_and_counted() -> None:
 
 
 def test_message_without_any_consented_reading_is_a_redacted_dead_letter() -> None:
-    batch = run(make_pipeline(set()), "hearth/v1/dev1/p", body({"battery_pct": 5}))
+    payload = body({"battery_pct": 5})
+    batch = run(make_pipeline(set()), "hearth/v1/dev1/p", payload)
     assert batch.numeric == []
-    [(_topic, reason, detail, payload, size, _)] = batch.dead_letters
-    assert (reason, detail, payload) == ("no_consent", "", None)
-    assert size > 0
+    [(topic, reason, detail, kept, size, digest, device_id)] = batch.dead_letters
+    # Nothing of the message but its size, a keyed digest and the device it came from.
+    assert (topic, reason, detail, kept, device_id) == ("", "no_consent", "", None, "dev1")
+    assert size == len(payload)
+    assert digest != hashlib.sha256(b"hearth/v1/dev1/p\0" + payload).digest()
+    assert digest == keyed_digest(KEY, DOMAIN_DEAD_LETTER, b"hearth/v1/dev1/p", payload)
+
+
+def test_every_dead_letter_digest_is_keyed() -> None:
+    topic, payload = "hearth/v1/dev1/x", b"{not json"
+    [dead] = run(make_pipeline(), topic, payload).dead_letters
+    unkeyed = hashlib.sha256(topic.encode() + b"\0" + payload).digest()
+    assert dead[5] != unkeyed and len(dead[5]) == 32
+    other_key = Pipeline(
+        load_settings(), Minimiser(b"another-key-0123456789abcdef"), make_pipeline().caches
+    )
+    [again] = run(other_key, topic, payload).dead_letters
+    assert again[5] != dead[5]  # without the key nobody can recompute it
+
+
+@pytest.mark.parametrize(
+    ("fmt", "external_id", "topic", "attributed"),
+    [
+        ("hearth", "dev-x", "hearth/v1/dev-x/phone", True),  # canonical: device id = external
+        ("owntracks", "alice/phone", "owntracks/alice/phone", True),
+        ("owntracks", "alice/phone", "owntracks/alice/phone/event", True),
+        ("zigbee2mqtt", "door", "zigbee2mqtt/door", True),
+        ("zigbee2mqtt", "door", "zigbee2mqtt/door/availability", True),
+        ("tasmota", "plug1", "tele/plug1/SENSOR", True),
+        ("shelly", "shellyplus1-a8032ab1", "shellyplus1-a8032ab1/events/rpc", True),
+        ("hearth", "dev-x", "hearth/v1/dev2/phone", False),
+        ("tasmota", "plug1", "tele/plug2/SENSOR", False),
+        ("owntracks", "alice/phone", "owntracks/alice/tablet", False),
+    ],
+)
+def test_dead_letter_names_the_device_that_may_publish_on_its_topic(
+    fmt: str, external_id: str, topic: str, attributed: bool
+) -> None:
+    record = DeviceRecord("dev-x", "u1", "sensor", fmt, external_id, "UTC", None)
+    pipeline = make_pipeline()
+    pipeline.caches.devices = {(fmt, external_id): record}
+    [dead] = run(pipeline, topic, b"\xff not json").dead_letters
+    assert dead[6] == ("dev-x" if attributed else None)
+
+
+def test_refused_net_type_is_kept_nowhere() -> None:
+    secret = "Alice-iPhone-0151-2345-6789"
+    batch = run(make_pipeline(), "hearth/v1/dev1/p", body({"net_type": secret, "battery_pct": 5}))
+    assert batch.categorical == [] and batch.numeric == []
+    [(_, reason, detail, kept, _, _, device_id)] = batch.dead_letters
+    assert (reason, device_id) == ("schema", "dev1")
+    assert kept is not None and b'"net_type":"<redac' in kept
+    for part in ("Alice", "iPhone", "2345"):
+        assert part not in detail and part.encode() not in kept
+
+
+def test_detail_is_scrubbed_before_it_is_cut() -> None:
+    # pydantic names the offending key; here a key that is a long id ending at the cut.
+    key = "x" * 480 + "356938035643809"
+    batch = run(make_pipeline(), "hearth/v1/dev1/p", body({key: "y"}))
+    [dead] = batch.dead_letters
+    assert dead[1] == "schema" and len(dead[2]) <= 500
+    assert "3569380" not in dead[2]  # not even the part before a 500-character cut
+
+
+def test_event_older_than_max_age_is_too_old() -> None:
+    old = (NOW - timedelta(days=91)).isoformat()
+    batch = run(make_pipeline(), "hearth/v1/dev1/p", body({"battery_pct": 5}, ts=old))
+    assert batch.dead_by_reason == {"too_old": 1} and batch.numeric == []
 
 
 def test_cache_swap_is_seen_by_the_next_message() -> None:

@@ -51,6 +51,9 @@ def test_valid_readings_pass(reading: tuple[str, ReadingValue]) -> None:
         ("net_type", ""),
         ("net_type", "x" * 129),
         ("net_type", 1.0),
+        ("net_type", "Alice's iPhone"),  # free text: only the catalogue's allowed values
+        ("net_type", "WIFI"),
+        ("net_type", "5g"),
         ("position", GeoPoint(90.1, 0)),
         ("position", GeoPoint(0, -180.5)),
         ("position", GeoPoint(float("nan"), 0)),
@@ -67,6 +70,25 @@ def test_invalid_readings_are_schema_errors(reading: tuple[str, ReadingValue]) -
     with pytest.raises(Rejected) as info:
         check_readings(msg(("online", 1), reading))
     assert info.value.reason is Reason.SCHEMA
+
+
+@pytest.mark.parametrize("value", SIGNALS["net_type"].allowed or ())
+def test_net_type_allow_list_is_the_catalogues(value: str) -> None:
+    assert set(SIGNALS["net_type"].allowed or ()) == {"wifi", "mobile", "offline", "ethernet"}
+    check_readings(msg(("net_type", value)))
+
+
+def test_refused_categorical_value_is_not_in_the_detail() -> None:
+    with pytest.raises(Rejected) as info:
+        check_readings(msg(("net_type", "+4915112345678")))
+    assert "4915112345678" not in info.value.detail and "net_type" in info.value.detail
+
+
+def test_every_device_sent_categorical_signal_has_an_allow_list() -> None:
+    derived = {s.stored_as for s in SIGNALS.values() if s.stored_as}
+    for sig in SIGNALS.values():
+        if sig.kind == "categorical" and sig.name not in derived:
+            assert sig.allowed, f"{sig.name}: free-text categorical input needs an allow-list"
 
 
 def test_empty_readings_rejected() -> None:
@@ -128,12 +150,12 @@ def test_small_future_skew_is_accepted_larger_rejected() -> None:
     assert info.value.reason is Reason.BAD_TIMESTAMP
 
 
-def test_too_old_is_rejected() -> None:
+def test_too_old_is_rejected_as_too_old_not_bad_timestamp() -> None:
     ok = RECEIVED - timedelta(days=400)
     assert resolve_event_time(ok, **LIMITS)[0] == ok  # type: ignore[arg-type]
     with pytest.raises(Rejected) as info:
         resolve_event_time(ok - timedelta(seconds=1), **LIMITS)  # type: ignore[arg-type]
-    assert info.value.reason is Reason.BAD_TIMESTAMP
+    assert info.value.reason is Reason.TOO_OLD
 
 
 def test_absurd_times_are_bad_timestamps() -> None:
