@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     geohash_precision: int = Field(default=7, ge=1, le=7)  # 7 ≈ 150 m; never finer (DESIGN §3.7)
     max_clock_skew_s: int = Field(default=600, ge=0)
     max_event_age_days: int = Field(default=400, ge=1)
+    # The collector stops reading when its registry/consent caches have not been confirmed
+    # against the database for this long (LISTEN connection down), rather than ingest on them.
+    consent_cache_max_age_s: int = Field(default=30, ge=1)
 
     # Collector observability port (/metrics, /healthz); 0 disables.
     collector_http_port: int = Field(default=9108, ge=0, le=65535)
