@@ -6,51 +6,25 @@ Real broker, real database (a private one where the test breaks it), collector s
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
-from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import psycopg
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from collector.service import EXIT_TASK_DIED
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from tests.conftest import BASE_DATABASE_URL, Broker
 from tests.integration.fleet import (
     CollectorFactory,
-    CollectorProcess,
     canonical_messages,
     count_rows,
     publish_all,
     register_fleet,
     wait_until,
 )
-from tests.integration.private_db import private_database
-
-EXIT_TASK_DIED = 70
-
-
-@pytest.fixture
-def own_database() -> Iterator[tuple[str, str]]:
-    with private_database() as created:
-        yield created
-
-
-def acked(collector: CollectorProcess) -> float:
-    return collector.metrics().get("hearth_collector_messages_acked_total", 0)
-
-
-def health(collector: CollectorProcess) -> dict[str, object]:
-    url = f"http://127.0.0.1:{collector.http_port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return dict(json.loads(resp.read()))
-    except urllib.error.HTTPError as exc:  # 503 carries the same body
-        return dict(json.loads(exc.read()))
 
 
 def test_a_dead_cache_keeper_stops_the_collector_with_nothing_lost(
@@ -69,7 +43,7 @@ def test_a_dead_cache_keeper_stops_the_collector_with_nothing_lost(
         collector = make_collector(database_url=url)
         collector.start()
         publish_all(broker.host, broker.port, canonical_messages(devices, 50))
-        wait_until(lambda: acked(collector) >= 50, 20, "the first messages acknowledged")
+        wait_until(lambda: collector.acked() >= 50, 20, "the first messages acknowledged")
 
         conn.execute(
             "INSERT INTO consent_events (user_id, category, notice_version, action) "
@@ -103,7 +77,7 @@ def test_a_stale_consent_cache_stops_consumption_until_it_is_fresh(
     collector = make_collector(database_url=url, HEARTH_CONSENT_CACHE_MAX_AGE_S=str(bound_s))
     collector.start()
     publish_all(broker.host, broker.port, canonical_messages(devices, 20))
-    wait_until(lambda: acked(collector) >= 20, 20, "the first messages acknowledged")
+    wait_until(lambda: collector.acked() >= 20, 20, "the first messages acknowledged")
     assert collector.metrics()["hearth_collector_consent_cache_age_seconds"] < bound_s
 
     with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as admin:
@@ -114,20 +88,20 @@ def test_a_stale_consent_cache_stops_consumption_until_it_is_fresh(
             "WHERE datname = %s AND usename = current_user AND backend_type = 'client backend'",
             (name,),
         )
-        wait_until(lambda: health(collector)["consent_cache_fresh"] is False, 15, "stale cache")
+        wait_until(lambda: collector.health()["consent_cache_fresh"] is False, 15, "stale cache")
         assert collector.metrics()["hearth_collector_consent_cache_age_seconds"] > bound_s
         publish_all(broker.host, broker.port, canonical_messages(devices, 30, offset=20))
         # Not read at all (a failing writer alone would read them and hold them unacked).
         end = time.monotonic() + 2
         while time.monotonic() < end:
-            state = health(collector)
+            state = collector.health()
             assert state["in_flight"] == 0 and state["ok"] is False, state
             time.sleep(0.2)
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
     with psycopg.connect(url, autocommit=True) as conn:
         wait_until(lambda: count_rows(conn, "numeric_readings", tag) == 50, 40, "backlog stored")
-    wait_until(lambda: health(collector)["ok"] is True, 10, "healthy again")
+    wait_until(lambda: collector.health()["ok"] is True, 10, "healthy again")
     assert "event=consent_cache_stale" in collector.log()
     assert "event=consent_cache_fresh" in collector.log()
     assert collector.alive() and collector.starts == 1
@@ -161,4 +135,4 @@ def test_mqtt_connects_counts_reconnects(
         intruder.disconnect()
         intruder.loop_stop()
     wait_until(lambda: collector.metrics().get(connects) == 2, 20, "the collector reconnected")
-    assert health(collector)["mqtt_connected"] is True
+    assert collector.health()["mqtt_connected"] is True

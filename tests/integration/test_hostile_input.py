@@ -9,31 +9,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
-import pytest
 
 from collector.pipeline import digest_of
 from tests.conftest import Broker
 from tests.integration.fleet import (
     BASE_TIME,
     CollectorFactory,
-    CollectorProcess,
     canonical_messages,
     count_rows,
     publish_all,
     register_fleet,
     wait_until,
 )
-from tests.integration.private_db import private_database
 
 Conn = psycopg.Connection[tuple[object, ...]]
-
-
-def acked(collector: CollectorProcess) -> float:
-    return collector.metrics().get("hearth_collector_messages_acked_total", 0)
 
 
 def hostile(device: str) -> list[tuple[str, bytes, str]]:
@@ -60,7 +52,7 @@ def test_nul_and_lone_surrogate_payloads_never_stall_ingest(
     publish_all(broker.host, broker.port, [(t, p) for t, p, _ in bad])
     published = time.monotonic()
     publish_all(broker.host, broker.port, good)
-    wait_until(lambda: acked(collector) >= len(bad) + len(good), 5, "all 103 messages acked")
+    wait_until(lambda: collector.acked() >= len(bad) + len(good), 5, "all 103 messages acked")
     wait_until(lambda: count_rows(db, "numeric_readings", tag) == 100, 1, "the 100 stored")
     assert time.monotonic() - published < 5
     assert collector.alive() and collector.pid == pid and collector.starts == 1
@@ -77,12 +69,6 @@ def test_nul_and_lone_surrogate_payloads_never_stall_ingest(
     assert key_detail is not None and "battery\\x00pct" in str(key_detail[0])  # escaped, kept
     assert count_rows(db, "categorical_readings", tag) == 0
     assert collector.metrics().get("hearth_collector_db_errors_total", 0) == 0
-
-
-@pytest.fixture
-def own_database() -> Iterator[tuple[str, str]]:
-    with private_database() as created:
-        yield created
 
 
 POISON = 42.4242  # the value the planted constraint refuses (a valid temperature)
@@ -114,7 +100,7 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_of_its_batch_s
         collector.start()
         pid = collector.pid
         publish_all(broker.host, broker.port, messages)
-        wait_until(lambda: acked(collector) >= 2_000, 60, "the whole batch acknowledged")
+        wait_until(lambda: collector.acked() >= 2_000, 60, "the whole batch acknowledged")
         assert count_rows(conn, "numeric_readings", tag) == 1_999
         dead = conn.execute(
             "SELECT reason, detail, digest, payload_bytes FROM dead_letters"
