@@ -39,9 +39,11 @@ from tests.integration.private_db import private_database
 EXAMPLES = 10_000  # per format
 BATCH = 1_000
 # The samples carry their documentation's dates (2021-2024): "now", for the pipeline, is just
-# after them, and the registry and ledger were set up long before.
+# after them. Events up to 100 years old are accepted, and the devices were bound and consent
+# granted before that, so every accepted event time is covered by both.
 RECEIVED_AT = datetime(2024, 5, 2, tzinfo=UTC)
-SETUP_AT = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_EVENT_AGE_DAYS = 36_500
+SETUP_AT = datetime(1920, 1, 1, tzinfo=UTC)
 FORMATS = sorted(a.format for a in ADAPTERS)
 REASONS = frozenset(str(r) for r in Reason)
 
@@ -50,7 +52,7 @@ Key = tuple[str, str, datetime]  # (device_id, signal, time): the natural key of
 
 @pytest.fixture(scope="module")
 def fuzz_database() -> Iterator[str]:
-    """Every sample device registered to one user who consented to everything, in 2000."""
+    """Every sample device registered to one user who consented to everything, in 1920."""
     with private_database() as (url, _), psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO users (user_id, created_at) VALUES ('fz-u', %s)", (SETUP_AT,))
         pairs = sorted({(s.format, s.external_id) for s in load_samples()})
@@ -126,7 +128,9 @@ async def _write_all(collector: Collector, messages: list[tuple[str, bytes]]) ->
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_hostile_variant_is_stored_or_dead_lettered(fmt: str, fuzz_database: str) -> None:
     settings = load_settings(
-        database_url=fuzz_database, max_event_age_days=36_500, retention_days=36_500
+        database_url=fuzz_database,
+        max_event_age_days=MAX_EVENT_AGE_DAYS,
+        retention_days=MAX_EVENT_AGE_DAYS,
     )
     collector = Collector(settings)
     asyncio.run(_load_caches(collector))
