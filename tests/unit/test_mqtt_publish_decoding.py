@@ -34,6 +34,6 @@ def test_topics_come_out_without_nul_or_surrogates(raw: bytes, topic: str) -> No
     )
     got: list[tuple[str, bytes, int, int]] = []
     client.publish_sink = lambda *args: got.append(args)
-    client._in_packet = {"command": 0x32, "packet": _publish_qos1(raw, b"{}")}
+    client._in_packet = {"command": 0x32, "packet": _publish_qos1(raw, b"{}")}  # type: ignore[typeddict-item]
     client._handle_publish()
     assert got == [(topic, b"{}", 7, 1)]
