@@ -13,7 +13,9 @@ from datetime import timedelta
 
 import psycopg
 
-from collector.pipeline import digest_of
+from collector.pipeline import Batch, digest_of
+from collector.service import Ack, Collector
+from hearth.settings import load_settings
 from tests.conftest import Broker
 from tests.integration.fleet import (
     BASE_TIME,
@@ -116,3 +118,48 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_of_its_batch_s
         assert m['hearth_collector_dead_lettered_total{reason="unstorable"}'] == 1
         assert m['hearth_collector_rows_stored_total{table="numeric_readings"}'] == 1_999
         assert collector.alive() and collector.pid == pid and collector.starts == 1
+
+
+async def test_text_the_database_or_its_driver_refuses_is_isolated_by_message(
+    database_url: str, db: Conn, tag: str
+) -> None:
+    """Defence in depth behind validation: rows an adapter might let through with a NUL (the
+    server refuses it, class 22) or a lone surrogate (psycopg cannot encode it) are found by
+    the split and dead-lettered; the rest of the batch is stored."""
+    devices = register_fleet(db, tag, 4)
+    collector = Collector(load_settings(database_url=database_url))
+    await collector.keeper.start()
+    await collector.writer.connect()
+    try:
+        batch, acks = Batch(), list[Ack]()
+        good = canonical_messages(devices, 300)
+        bad_at = {17: "wi\x00fi", 250: "mo\ud800bile"}
+        for i, (topic, payload) in enumerate(good):
+            if i in bad_at:  # as if an adapter had skipped check_readings
+                bad = (BASE_TIME, devices[0], f"{tag}-u0", "net_type", bad_at[i], False)
+                batch.categorical.append(bad)
+                batch.messages += 1
+                batch.ends.append(
+                    (len(batch.numeric), len(batch.categorical), len(batch.dead_letters))
+                )
+            else:
+                collector.pipeline.process(topic, payload, batch)
+            acks.append((1, i + 1, 1, topic, payload))
+        await collector.commit(batch, acks)
+    finally:
+        await collector.writer.close()
+        await collector.keeper.close()
+    assert count_rows(db, "numeric_readings", tag) == 298
+    assert count_rows(db, "categorical_readings", tag) == 0
+    for i, error in (
+        (17, "CharacterNotInRepertoire (SQLSTATE 22021)"),
+        (250, "UnicodeEncodeError"),
+    ):
+        row = db.execute(
+            "SELECT reason, detail FROM dead_letters WHERE digest = %s", (digest_of(*good[i]),)
+        ).fetchone()
+        assert row == ("unstorable", error)
+    unstorable = collector.metrics.registry.get_sample_value(
+        "hearth_collector_dead_lettered_total", {"reason": "unstorable"}
+    )
+    assert unstorable == 2
