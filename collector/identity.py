@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 import psycopg
@@ -40,6 +41,9 @@ class CacheKeeper:
         self.caches = caches
         self._conn: AsyncConn | None = None
         self.reloads = 0
+        # Monotonic time as of which the caches are known to match the database (a reload, or
+        # a quiet LISTEN poll on a live connection); the collector's staleness bound reads it.
+        self.synced_at = -math.inf
 
     async def start(self) -> None:
         """Connect, LISTEN and load both snapshots; raises DatabaseUnavailable."""
@@ -60,6 +64,7 @@ class CacheKeeper:
         if consent:
             self.caches.consents = frozenset(await active_consents_async(conn))
         self.reloads += 1
+        self.synced_at = started
         # The first load is silent so that a start-up failure right after it stays one line.
         log.log(
             logging.INFO if self.reloads > 1 else logging.DEBUG,
@@ -83,6 +88,7 @@ class CacheKeeper:
                     backoff = 0.5
                 conn = self._conn
                 assert conn is not None
+                polled = time.monotonic()
                 channels: set[str] = set()
                 async for note in conn.notifies(timeout=NOTIFY_POLL_S):
                     channels.add(note.channel)
@@ -95,6 +101,7 @@ class CacheKeeper:
                         registry=full or REGISTRY_CHANNEL in channels,
                         consent=full or CONSENT_CHANNEL in channels,
                     )
+                self.synced_at = polled  # every change committed before the poll is applied
             except (psycopg.Error, DatabaseUnavailable, OSError) as exc:
                 log.warning(
                     "event=cache_listener_down error=%s retry_s=%.1f", type(exc).__name__, backoff

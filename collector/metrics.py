@@ -1,8 +1,9 @@
 """Prometheus metrics of one collector replica and the tiny HTTP server exposing them.
 
 Counters are bumped once per committed batch (not per message) so observability costs nothing
-on the hot path. ``/healthz`` answers 200 while the broker link is up and the last database write
-succeeded, else 503 with the reason, so an orchestrator can tell "alive" from "useful".
+on the hot path. ``/healthz`` answers 200 while the broker link is up, the last database write
+succeeded and the consent cache is fresh, else 503 with the reason, so an orchestrator can tell
+"alive" from "useful".
 """
 
 from __future__ import annotations
@@ -65,8 +66,19 @@ class CollectorMetrics:
         self.lag = Gauge(
             p + "lag_seconds", "Now minus the event time of the newest stored reading", registry=r
         )
-        self.db_errors = Counter(p + "db_errors", "Failed batch writes (retried)", registry=r)
-        self.mqtt_reconnects = Counter(p + "mqtt_connects", "MQTT (re)connections", registry=r)
+        self.db_errors = Counter(
+            p + "db_errors",
+            "Failed batch writes (retried, or split to find the messages the database refuses)",
+            registry=r,
+        )
+        self.mqtt_connects = Counter(
+            p + "mqtt_connects", "MQTT connections made (the first and every reconnect)", registry=r
+        )
+        self.consent_cache_age = Gauge(
+            p + "consent_cache_age_seconds",
+            "Seconds since the registry/consent caches were last confirmed against the database",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,7 +27,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -126,6 +126,8 @@ class _FastClient(mqtt.Client):
         except IndexError:
             raise MalformedPacket("truncated PUBLISH") from None
         topic = topic_bytes.decode("utf-8", "replace")
+        if b"\0" in topic_bytes:  # MQTT forbids U+0000 in topics; PostgreSQL text cannot hold it
+            topic = topic.replace("\0", "\ufffd")
         sink(topic, packet[end:], mid, qos)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
@@ -150,6 +152,7 @@ class MqttLink:
         on_message: MessageHandler,
         *,
         subscribe: bool = True,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._subscribe = subscribe  # False: resume a session as it is (sessions drain)
@@ -157,12 +160,16 @@ class MqttLink:
         self._endpoint = settings.mqtt
         self._topics = subscription_topics(settings.mqtt_share_group, filters)
         self._handler = on_message
+        self._connected_hook = on_connect  # called on every successful CONNACK
         self._loop = asyncio.get_running_loop()
         self.generation = 0
         self.connected = False
         self.connects = 0
+        # Reasons not to read the socket; unread data waits in TCP buffers, then in the broker.
         self._paused = False  # shutdown: never read again
         self._throttled = False  # too many unacked messages in hand: read again after acks
+        self._held = False  # the consent cache is stale: read again once it is fresh
+        self._reading = False  # whether the loop watches the socket for reading
         self._sock: socket.socket | None = None
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._disconnected = asyncio.Event()
@@ -204,13 +211,30 @@ class MqttLink:
     def _on_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
         self._sock = sock
         self._client.reset_buffer()
-        if not self._paused and not self._throttled:
-            self._loop.add_reader(sock, self._on_readable)
+        self._reading = False
+        self._update_reader()
 
     def _on_socket_close(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
         self._sock = None
+        self._reading = False
+
+    def _update_reader(self) -> None:
+        """Watch the socket for reading exactly when no reason to stop reading holds."""
+        sock = self._sock
+        want = sock is not None and not (self._paused or self._throttled or self._held)
+        if want == self._reading:
+            return
+        self._reading = want
+        if sock is None:
+            return
+        if want:
+            self._loop.add_reader(sock, self._on_readable)
+            if self._client.buffered():  # the socket may never be readable again for these
+                self._loop.call_soon(self._on_readable)
+        else:
+            self._loop.remove_reader(sock)
 
     def _on_register_write(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
         self._loop.add_writer(sock, client.loop_write)
@@ -221,8 +245,10 @@ class MqttLink:
     def _on_readable(self) -> None:
         client = self._client
         for _ in range(MAX_PACKETS_PER_WAKEUP):
+            if not self._reading:  # stopped since this call was scheduled
+                return
             client.loop_read()
-            if self._sock is None or self._paused or self._throttled or not client.buffered():
+            if self._sock is None or not self._reading or not client.buffered():
                 return
         # Still buffered data but the socket may not be readable again: continue next turn.
         self._loop.call_soon(self._on_readable)
@@ -239,6 +265,8 @@ class MqttLink:
         self.generation += 1
         self.connected = True
         self.connects += 1
+        if self._connected_hook is not None:
+            self._connected_hook()
         self._disconnected.clear()
         self.session_present = bool(getattr(flags, "session_present", False))
         if self._subscribe:
@@ -267,6 +295,7 @@ class MqttLink:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
+        topic = topic.replace("\0", "\ufffd")
         self._handler(topic, bytes(msg.payload), self.generation, msg.mid, msg.qos)
 
     # -- public API -----------------------------------------------------------------------
@@ -292,13 +321,14 @@ class MqttLink:
         if reason.is_failure:
             raise ServiceUnavailable(f"HEARTH_MQTT_URL: {where} refused the connection: {reason}")
 
-    def ack(self, acks: list[tuple[int, int, int]]) -> int:
-        """PUBACK (generation, mid, qos) in order — only those that arrived on the current
-        connection (older ones the broker redelivers). Returns how many were acknowledged."""
+    def ack(self, acks: Sequence[tuple[int, int, int, str, bytes]]) -> int:
+        """PUBACK ``(generation, mid, qos, topic, payload)`` entries in order — only those that
+        arrived on the current connection (older ones the broker redelivers). Returns how many
+        were acknowledged."""
         if not self.connected:
             return 0
         current = self.generation
-        mids = [mid for generation, mid, qos in acks if qos and generation == current]
+        mids = [ack[1] for ack in acks if ack[2] and ack[0] == current]
         self._client.ack_many(mids)
         return len(mids)
 
@@ -309,23 +339,18 @@ class MqttLink:
         the redelivered messages lets it send far more), so the collector enforces the bound
         itself; unread data waits in TCP buffers and then in the broker.
         """
-        if on == self._throttled:
-            return
         self._throttled = on
-        if self._sock is None or self._paused:
-            return
-        if on:
-            self._loop.remove_reader(self._sock)
-        else:
-            self._loop.add_reader(self._sock, self._on_readable)
-            if self._client.buffered():  # the socket may never be readable again for these
-                self._loop.call_soon(self._on_readable)
+        self._update_reader()
+
+    def hold(self, on: bool) -> None:
+        """Stop/resume reading for a reason of the service's own (a stale consent cache)."""
+        self._held = on
+        self._update_reader()
 
     def pause(self) -> None:
         """Stop reading from the socket (shutdown: take no new messages)."""
         self._paused = True
-        if self._sock is not None:
-            self._loop.remove_reader(self._sock)
+        self._update_reader()
 
     async def supervise(self) -> None:
         """Keepalive pings, and reconnect with backoff after a lost connection."""

@@ -53,6 +53,9 @@ class Batch:
     categorical: list[CategoricalRow] = field(default_factory=list)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
     messages: int = 0
+    # After each message, in arrival order: (len(numeric), len(categorical), len(dead_letters)).
+    # Message boundaries let the writer split a batch the database refuses (collector.writer).
+    ends: list[tuple[int, int, int]] = field(default_factory=list)
     dead_by_reason: Counter[str] = field(default_factory=Counter)
     dropped_by_category: Counter[str] = field(default_factory=Counter)
     latest_event: datetime | None = None
@@ -107,6 +110,15 @@ class Pipeline:
             self._dead_letter(
                 batch, topic, payload, Reason.SCHEMA, f"unexpected error: {type(exc).__name__}"
             )
+        batch.ends.append((len(batch.numeric), len(batch.categorical), len(batch.dead_letters)))
+
+    def quarantine(
+        self, batch: Batch, topic: str, payload: bytes, reason: Reason, detail: str
+    ) -> None:
+        """Add a message to ``batch`` as a dead letter only (the writer's ``unstorable``)."""
+        batch.messages += 1
+        self._dead_letter(batch, topic, payload, reason, detail)
+        batch.ends.append((len(batch.numeric), len(batch.categorical), len(batch.dead_letters)))
 
     def _process(self, topic: str, payload: bytes, batch: Batch, received_at: datetime) -> None:
         size = len(payload)

@@ -13,7 +13,13 @@ from functools import lru_cache
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from collector.adapters.base import DeviceMessage, GeoPoint, Reason, Rejected
+from collector.adapters.base import (
+    DeviceMessage,
+    GeoPoint,
+    Reason,
+    Rejected,
+    has_unstorable_text,
+)
 from hearth.signals import SIGNALS
 
 MAX_RAW_ID_CHARS: Final = 256
@@ -53,6 +59,9 @@ def check_readings(msg: DeviceMessage) -> None:
     for reading in msg.readings:
         name = reading.signal
         value = reading.value
+        # Refused here, not left to the database: one NUL would fail the whole batch's COPY.
+        if type(value) is str and has_unstorable_text(value):
+            raise Rejected(Reason.SCHEMA, f"{name}: NUL or lone surrogate in text")
         bounds = _NUMERIC.get(name)
         if bounds is not None:
             # bool is an int subclass: True must not pass as 1.

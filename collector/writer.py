@@ -5,18 +5,27 @@ Rows are COPYed (binary) into temporary staging tables, then moved with
 a crash between commit and PUBACK) inserts nothing and is counted as a duplicate. COPY cannot skip
 conflicts itself, hence the staging step; ``ON COMMIT DELETE ROWS`` empties the staging tables at
 every commit without a separate TRUNCATE round trip.
+
+A failed write is one of three kinds (:func:`classify`). *Transient* (connection lost,
+serialization failure, deadlock, lock or resource shortage, admin shutdown) and *other* errors
+(a missing table, a bug) are not caused by any message: the service retries the same batch until
+it commits and acknowledges nothing meanwhile. A *data* error (SQLSTATE class 22 or 23, or text
+Python cannot encode) is caused by a message's rows: retrying would fail forever and stall the
+fleet, so the service splits the batch by message (:func:`sub_batch`, bisection) until the
+refused messages are found, dead-letters them ``unstorable`` and stores the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import psycopg
 
 from collector.pipeline import Batch
-from hearth.db import connect_async
+from hearth.db import DatabaseUnavailable, connect_async
 from hearth.ledger import AsyncConn
 
 log = logging.getLogger(__name__)
@@ -63,8 +72,72 @@ ON CONFLICT (day, category) DO UPDATE SET readings = d.readings + EXCLUDED.readi
 class WriteResult:
     """Rows inserted and rows skipped as already present, per table."""
 
-    inserted: dict[str, int]
-    duplicates: dict[str, int]
+    inserted: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: WriteResult) -> None:
+        """Add ``other``'s counts to these (the parts of a split batch)."""
+        for mine, theirs in ((self.inserted, other.inserted), (self.duplicates, other.duplicates)):
+            for table, n in theirs.items():
+                mine[table] = mine.get(table, 0) + n
+
+
+ErrorKind = Literal["data", "transient", "other"]
+
+# SQLSTATE classes and codes that say "try again later" (PostgreSQL Appendix A): connection
+# exception, insufficient resources, operator intervention (admin shutdown, crash recovery);
+# serialization failure, deadlock, lock not available.
+_TRANSIENT_CLASSES = frozenset({"08", "53", "57"})
+_TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03"})
+# Data exception, integrity constraint violation: the rows themselves are refused.
+_DATA_CLASSES = frozenset({"22", "23"})
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Whether a failed write was caused by the rows (``data``), by the database or network being
+    unavailable for now (``transient``), or by something else no message caused (``other``)."""
+    if isinstance(exc, UnicodeError):  # text psycopg cannot encode, raised while COPYing
+        return "data"
+    if isinstance(exc, DatabaseUnavailable | OSError):
+        return "transient"
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:  # raised by psycopg itself, e.g. the connection is already closed
+            if isinstance(exc, psycopg.DataError):
+                return "data"
+            return (
+                "transient"
+                if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+                else "other"
+            )
+        if state[:2] in _DATA_CLASSES:
+            return "data"
+        if state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES:
+            return "transient"
+    return "other"
+
+
+def describe_write_error(exc: BaseException) -> str:
+    """Error class and SQLSTATE only: the message text may quote the refused value."""
+    state = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__} (SQLSTATE {state})" if state else type(exc).__name__
+
+
+def sub_batch(batch: Batch, lo: int, hi: int) -> Batch:
+    """Messages ``lo``..``hi - 1`` of ``batch``: their rows and dead letters, with boundaries.
+
+    Counters (reasons, consent drops, latest event) stay with the whole batch, which is what the
+    service records once all its parts are written.
+    """
+    n0, c0, d0 = batch.ends[lo - 1] if lo else (0, 0, 0)
+    n1, c1, d1 = batch.ends[hi - 1]
+    return Batch(
+        numeric=batch.numeric[n0:n1],
+        categorical=batch.categorical[c0:c1],
+        dead_letters=batch.dead_letters[d0:d1],
+        messages=hi - lo,
+        ends=[(n - n0, c - c0, d - d0) for n, c, d in batch.ends[lo:hi]],
+    )
 
 
 class BatchWriter:
@@ -129,10 +202,24 @@ class BatchWriter:
                         _DROPPED_SQL, ([c for c, _ in dropped], [n for _, n in dropped])
                     )
             await conn.commit()
+        except Exception as exc:
+            if classify(exc) == "data" and not conn.closed:
+                await self._rollback()  # the session is fine: the next part reuses it
+            else:
+                await self.close()  # a broken transaction: start over on a new session
+            raise
         except BaseException:
-            await self.close()  # a broken or cancelled transaction: start over on a new session
+            await self.close()  # cancelled mid-transaction
             raise
         return WriteResult(inserted, duplicates)
+
+    async def _rollback(self) -> None:
+        conn = self._conn
+        try:
+            if conn is not None:
+                await conn.rollback()
+        except psycopg.Error:
+            await self.close()
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -252,8 +252,12 @@ def device_topics(format: str, external_id: str, device_id: str) -> tuple[str, .
             return (f"zigbee2mqtt/{external_id}", f"zigbee2mqtt/{external_id}/availability")
         case "tasmota":
             return (f"tele/{external_id}/#",)
-        case "shelly":
-            return (f"{external_id}/events/rpc", f"{external_id}/online")
+        case "shelly":  # exactly the topics collector/adapters/shelly reads
+            return (
+                f"{external_id}/events/rpc",
+                f"{external_id}/status/switch:0",
+                f"{external_id}/online",
+            )
         case _:
             raise ValueError(f"unknown device format {format!r}; known: {', '.join(FORMATS)}")
 

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     # Older events are dead-lettered "too_old"; never more than retention_days (checked below).
     max_event_age_days: int = Field(default=90, ge=1)
     dead_letter_retention_days: int = Field(default=14, ge=1)
+    # The collector stops reading when its registry/consent caches have not been confirmed
+    # against the database for this long (LISTEN connection down), rather than ingest on them.
+    consent_cache_max_age_s: int = Field(default=30, ge=1)
 
     # Collector observability port (/metrics, /healthz); 0 disables.
     collector_http_port: int = Field(default=9108, ge=0, le=65535)

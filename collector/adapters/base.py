@@ -11,6 +11,7 @@ module-level ``ADAPTER`` object), a README, ``samples/`` and tests; ``registry.p
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -30,6 +31,30 @@ class Reason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"  # not registered, or retired
     SPOOFED = "spoofed"  # payload/client identity disagrees with the topic's device
     NO_CONSENT = "no_consent"  # user has no active consent for the category (redacted)
+    UNSTORABLE = "unstorable"  # the database refused its rows (a data error), see collector.writer
+
+
+# PostgreSQL text cannot hold NUL, and UTF-8 cannot encode a lone surrogate; Python strings can
+# hold both (JSON "\u0000", bytes decoded with "surrogateescape"). Either one in a row makes its
+# whole batch fail, so no such text may reach the database.
+_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def has_unstorable_text(text: str) -> bool:
+    """Whether ``text`` holds a NUL or a lone surrogate (which PostgreSQL text cannot store)."""
+    return _UNSTORABLE_TEXT.search(text) is not None
+
+
+def storable_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates escaped as ``\\x00`` / ``\\udXXX`` (for messages)."""
+    if text.isascii() and "\x00" not in text:  # the common case: nothing to scan for
+        return text
+    return _UNSTORABLE_TEXT.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class Rejected(Exception):
@@ -39,8 +64,9 @@ class Rejected(Exception):
         super().__init__(f"{reason}: {detail}" if detail else str(reason))
         self.reason = reason
         # Not cut here: the pipeline scrubs identifiers first, then truncates (a cut identifier
-        # would escape the scrubber; collector.minimise.scrub_detail).
-        self.detail = detail
+        # would escape the scrubber; collector.minimise.scrub_detail). Details quote input
+        # (pydantic copies a bad key into its error text): keep them storable.
+        self.detail = storable_text(detail)
 
 
 @dataclass(frozen=True, slots=True)

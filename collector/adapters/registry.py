@@ -7,6 +7,7 @@ from typing import Final
 from collector.adapters.base import Adapter
 from collector.adapters.hearth.adapter import ADAPTER as HEARTH
 from collector.adapters.owntracks.adapter import ADAPTER as OWNTRACKS
+from collector.adapters.shelly.adapter import ADAPTER as SHELLY
 from collector.adapters.tasmota.adapter import ADAPTER as TASMOTA
 from collector.adapters.zigbee2mqtt.adapter import ADAPTER as ZIGBEE2MQTT
 
@@ -15,6 +16,7 @@ ADAPTERS: Final[tuple[Adapter, ...]] = (
     OWNTRACKS,
     ZIGBEE2MQTT,
     TASMOTA,
+    SHELLY,
 )
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from collector.adapters.registry import ADAPTERS, find_adapter, topic_filters
 from collector.adapters.samples import HASHED, load_samples, value_matches
+from hearth.ledger import FORMATS, device_topics
 
 HERE = Path(__file__).parent
 
@@ -21,6 +22,34 @@ def test_formats_are_unique_and_each_has_a_folder() -> None:
         assert (folder / "README.md").is_file()
         assert (folder / f"test_{fmt}.py").is_file()
         assert list((folder / "samples").glob("*.json")), fmt
+
+
+def test_every_format_the_registry_accepts_has_an_adapter() -> None:
+    # A device registered in a format without an adapter would publish into the void.
+    assert set(FORMATS) == {a.format for a in ADAPTERS}
+
+
+def _filter_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic-filter matching (``+`` one level, ``#`` the rest)."""
+    want, have = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(want):
+        if level == "#":
+            return True
+        if i >= len(have) or level not in ("+", have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def test_the_broker_grants_every_sample_topic_and_only_what_the_adapter_reads() -> None:
+    for sample in (s for s in load_samples() if s.expected):  # those that store something
+        # A canonical device's external id is its device id.
+        granted = device_topics(sample.format, sample.external_id, sample.external_id)
+        assert any(_filter_matches(f, sample.topic) for f in granted), sample.name
+    shelly = device_topics("shelly", "shellyplus1pm-a1", "dev-1")
+    assert all("+" not in t and "#" not in t for t in shelly)
+    for topic in shelly:
+        adapter = find_adapter(topic)
+        assert adapter is not None and adapter.format == "shelly", topic
 
 
 def test_topic_filters_have_no_duplicates() -> None:
@@ -39,6 +68,9 @@ def test_topic_filters_have_no_duplicates() -> None:
         ("zigbee2mqtt/lamp", "zigbee2mqtt"),
         ("tele/plug/SENSOR", "tasmota"),
         ("tele/plug/LWT", "tasmota"),
+        ("shellyplus1-a1/events/rpc", "shelly"),
+        ("shellyplus1-a1/status/switch:0", "shelly"),
+        ("shellyplus1-a1/online", "shelly"),
     ],
 )
 def test_find_adapter(topic: str, fmt: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import Broker
 from tests.integration.fleet import CollectorFactory
+from tests.integration.private_db import private_database
 
 
 @pytest.fixture
@@ -25,3 +26,10 @@ def make_collector(
     factory = CollectorFactory(database_url, broker, tag, tmp_path)
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture
+def own_database() -> Iterator[tuple[str, str]]:
+    """(URL, name) of a database of the test's own, for tests that alter or break it."""
+    with private_database() as created:
+        yield created

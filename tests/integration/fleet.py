@@ -250,6 +250,15 @@ class CollectorProcess:
         got = self._get("/metrics")
         return parse_metrics(got[1]) if got else {}
 
+    def acked(self) -> float:
+        """Messages this replica has acknowledged so far."""
+        return self.metrics().get("hearth_collector_messages_acked_total", 0)
+
+    def health(self) -> dict[str, object]:
+        """The /healthz body (given with 503 too), or {} when the collector does not answer."""
+        got = self._get("/healthz")
+        return dict(json.loads(got[1])) if got else {}
+
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)
 

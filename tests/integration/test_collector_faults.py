@@ -101,7 +101,7 @@ def test_malformed_payloads_are_quarantined_and_good_ones_stored(
 
 
 # -- real device formats ------------------------------------------------------------------------
-RAW_KEYS = {"lat", "lon", "SSID", "BSSID", "wifi_ssid", "wifi_bssid"}
+RAW_KEYS = {"lat", "lon", "SSID", "BSSID", "ssid", "wifi_ssid", "wifi_bssid"}
 
 
 def raw_values(node: Any) -> set[str]:

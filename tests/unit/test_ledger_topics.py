@@ -19,6 +19,7 @@ def test_every_format_has_topics_rooted_in_its_own_id() -> None:
     )
     assert device_topics("shelly", "shellyplug-a1", "d4") == (
         "shellyplug-a1/events/rpc",
+        "shellyplug-a1/status/switch:0",
         "shellyplug-a1/online",
     )
     for fmt in FORMATS:

@@ -19,6 +19,7 @@ def test_mqtt_url_with_credentials_and_tls() -> None:
         ("HEARTH_MQTT_URL", "mqtt://host:notaport", "HEARTH_MQTT_URL: bad port"),
         ("HEARTH_DATABASE_URL", "mysql://x", "HEARTH_DATABASE_URL: must be a libpq URL"),
         ("HEARTH_BATCH_MAX_MESSAGES", "0", "HEARTH_BATCH_MAX_MESSAGES:"),
+        ("HEARTH_CONSENT_CACHE_MAX_AGE_S", "0", "HEARTH_CONSENT_CACHE_MAX_AGE_S:"),
         ("HEARTH_API_TOKENS", "shorttoken=admin", "at least 16 characters"),
         ("HEARTH_API_TOKENS", "abcdefghijklmnopq=root", "unknown scope"),
     ],
