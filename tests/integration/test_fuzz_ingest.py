@@ -28,7 +28,8 @@ from hypothesis import settings as hypothesis_settings
 from collector.adapters.base import Reason, has_unstorable_text
 from collector.adapters.registry import ADAPTERS, find_adapter
 from collector.adapters.samples import load_samples
-from collector.pipeline import Batch, digest_of
+from collector.minimise import Minimiser
+from collector.pipeline import Batch
 from collector.service import Ack, Collector
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.settings import load_settings
@@ -176,6 +177,9 @@ def test_every_hostile_variant_is_stored_or_dead_lettered(fmt: str, fuzz_databas
             bytes(digest): str(reason)
             for digest, reason in conn.execute("SELECT digest, reason FROM dead_letters")
         }
+    digest_of = Minimiser(
+        settings.require_pseudonym_key(), settings.geohash_precision
+    ).dead_letter_digest
     tally: Counter[str] = Counter()
     for o in written:
         letter = dead.get(digest_of(o.topic, o.payload))
