@@ -13,10 +13,11 @@ from datetime import timedelta
 
 import psycopg
 
-from collector.pipeline import Batch, digest_of
+from collector.minimise import Minimiser
+from collector.pipeline import Batch
 from collector.service import Ack, Collector
 from hearth.settings import load_settings
-from tests.conftest import Broker
+from tests.conftest import TEST_PSEUDONYM_KEY, Broker
 from tests.integration.fleet import (
     BASE_TIME,
     CollectorFactory,
@@ -26,6 +27,9 @@ from tests.integration.fleet import (
     register_fleet,
     wait_until,
 )
+
+# Dead letters are found by their keyed digest (the tests' pseudonym key).
+digest_of = Minimiser(TEST_PSEUDONYM_KEY.encode(), 7).dead_letter_digest
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
