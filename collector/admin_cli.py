@@ -9,6 +9,7 @@ transaction: all lines land or none (the error names the line).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 from hearth import admin
 from hearth.admin import AdminError, Conn, PurgeReport
 from hearth.db import connect
+from hearth.ledger import PURPOSES
 from hearth.settings import get_settings
 from hearth.signals import PURPOSE_CREDIT_SCORING, Category
 
@@ -27,15 +29,15 @@ def _emit(obj: object, out: TextIO | None = None) -> None:
     print(json.dumps(obj, default=str), file=out or sys.stdout)
 
 
-def _parse_at(text: str | None) -> datetime | None:
+def _parse_at(text: str | None, flag: str = "--at") -> datetime | None:
     if text is None:
         return None
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise AdminError(f"--at {text!r}: not an RFC 3339 time") from None
+        raise AdminError(f"{flag} {text!r}: not an RFC 3339 time") from None
     if at.utcoffset() is None:
-        raise AdminError(f"--at {text!r}: needs a UTC offset (Z or +hh:mm)")
+        raise AdminError(f"{flag} {text!r}: needs a UTC offset (Z or +hh:mm)")
     return at
 
 
@@ -84,6 +86,16 @@ def _batch(conn: Conn, source: str, one: Callable[[dict[str, Any]], object]) -> 
     return results
 
 
+@contextlib.contextmanager
+def _report_even_if_incomplete() -> Iterator[None]:
+    """A purge that left rows still prints its report (with ``left``) before the error."""
+    try:
+        yield
+    except admin.PurgeIncomplete as exc:
+        _emit(exc.report.to_json())
+        raise
+
+
 # --- users -----------------------------------------------------------------------------------
 
 
@@ -95,9 +107,10 @@ def cmd_users(args: argparse.Namespace) -> int:
         elif args.action == "export":
             print(json.dumps(admin.export_user(conn, args.user_id), indent=2, default=str))
         else:
-            report = admin.erase_user(conn, args.user_id)
-            _sync_broker(conn)
-            _emit(report.to_json())
+            with _report_even_if_incomplete():
+                report = admin.erase_user(conn, args.user_id)
+                _sync_broker(conn)
+                _emit(report.to_json())
     return 0
 
 
@@ -113,6 +126,7 @@ def _register(conn: Conn, item: dict[str, Any]) -> dict[str, object]:
         external_id=str(item["external_id"]),
         tz=item.get("tz"),
         user_tz=item.get("user_tz"),
+        bound_at=_parse_at(item.get("bound_at"), "--bound-at"),
     ).to_json()
 
 
@@ -154,38 +168,23 @@ def _consent_batch(conn: Conn, args: argparse.Namespace) -> int:
             return admin.grant_consent(
                 conn, user_id=user_id, category=category, purpose=item_purpose, at=at
             ).to_json()
-        # One settle for the whole batch (below), not one per line.
-        return admin.withdraw_consent(
-            conn, user_id=user_id, category=category, purpose=item_purpose, at=at, settle_s=0
+        # Every withdrawal of the batch is recorded in one transaction; the purges follow.
+        return admin.record_withdrawal(
+            conn, user_id=user_id, category=category, purpose=item_purpose, at=at
         )
 
     results = _batch(conn, args.batch, one)
     if args.action == "withdraw":
-        reports = [r for r in results if isinstance(r, PurgeReport)]
-        _settle_batch_withdrawals(conn, reports)
+        reports = [admin.purge_withdrawn(conn, r) for r in results if isinstance(r, PurgeReport)]
         results = [r.to_json() for r in reports]
+        for r in results:
+            _emit(r)
+        for report in reports:
+            report.raise_if_incomplete()  # after every line's report is out
+        return 0
     for r in results:
         _emit(r)
     return 0
-
-
-def _settle_batch_withdrawals(conn: Conn, reports: list[PurgeReport]) -> None:
-    """Second purge pass for a batch (see hearth.admin): stragglers a collector committed."""
-    if not reports:
-        return
-    admin.wait_for_older_transactions(conn, admin.CONSENT_PROPAGATION_S)
-    with conn.transaction():
-        for report in reports:
-            assert report.category is not None
-            late = admin.purge_category_rows(conn, report.user_id, report.category)
-            if any(late.values()):
-                report.add(late)
-                admin.write_audit(
-                    conn,
-                    "purge_category",
-                    report.user_id,
-                    {"category": report.category.value, "counts": late, "pass": "settle"},
-                )
 
 
 def cmd_consent(args: argparse.Namespace) -> int:
@@ -213,10 +212,11 @@ def cmd_consent(args: argparse.Namespace) -> int:
             )
             _emit(event.to_json())
         else:
-            report = admin.withdraw_consent(
-                conn, user_id=user_id, category=category, purpose=purpose, at=at
-            )
-            _emit(report.to_json())
+            with _report_even_if_incomplete():
+                report = admin.withdraw_consent(
+                    conn, user_id=user_id, category=category, purpose=purpose, at=at
+                )
+                _emit(report.to_json())
     return 0
 
 
@@ -293,11 +293,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     devices.add_argument("--external-id", help="the id the format carries in its topic")
     devices.add_argument("--tz", help="device zone for naive timestamps (default: the user's)")
     devices.add_argument("--user-tz", help="create the user with this zone if absent")
+    devices.add_argument(
+        "--bound-at",
+        help="RFC 3339 time the device has been the user's since (default now); earlier "
+        "readings are refused",
+    )
     devices.add_argument("--device-id", help="devices retire")
     devices.add_argument(
         "--batch",
         metavar="FILE|-",
-        help="JSON lines {user_id, kind, format, external_id, tz?, user_tz?} → credentials lines",
+        help="JSON lines {user_id, kind, format, external_id, tz?, user_tz?, bound_at?} → "
+        "credentials lines",
     )
     devices.set_defaults(func=cmd_devices)
 
@@ -305,7 +311,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     consent.add_argument("action", choices=("grant", "withdraw", "show"))
     consent.add_argument("--user-id")
     consent.add_argument("--category", choices=[c.value for c in Category])
-    consent.add_argument("--purpose", default=PURPOSE_CREDIT_SCORING)
+    consent.add_argument("--purpose", default=PURPOSE_CREDIT_SCORING, choices=sorted(PURPOSES))
     consent.add_argument(
         "--at", help="RFC 3339 time of the event (default now; past times for imports/replays)"
     )

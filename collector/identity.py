@@ -5,6 +5,10 @@ dedicated autocommit connection LISTENs on both channels and reloads the affecte
 a fraction of a second; a periodic full reload is the safety net for notifications missed while
 the connection was down. The pipeline only ever sees whole snapshots (:class:`Caches` fields are
 replaced, never mutated), so a reload cannot tear a message's view of the world.
+
+The caches are the fast, early check (refused messages become dead letters with a reason). They
+may lag a change by a moment; the commit itself enforces consent (collector.writer), so a lag
+never stores a withdrawn category.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from hearth.ledger import (
     CONSENT_CHANNEL,
     REGISTRY_CHANNEL,
     AsyncConn,
-    active_consents_async,
+    consent_since_async,
     load_live_devices_async,
 )
 
@@ -58,7 +62,7 @@ class CacheKeeper:
         if registry:
             self.caches.devices = await load_live_devices_async(conn)
         if consent:
-            self.caches.consents = frozenset(await active_consents_async(conn))
+            self.caches.consents = await consent_since_async(conn)
         self.reloads += 1
         # The first load is silent so that a start-up failure right after it stays one line.
         log.log(

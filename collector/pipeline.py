@@ -1,6 +1,7 @@
 """The ingest pipeline for one MQTT message, in one direction and without I/O.
 
-size check → adapt → check readings → identify → event time → consent gate → minimise → batch.
+size check → adapt → check readings → identify → event time → binding and consent gate →
+minimise → batch.
 
 A message is atomic: either all of its rows go into the batch, or it becomes exactly one dead
 letter with a reason code. Nothing here touches the network or the database, so the hot path is
@@ -21,9 +22,9 @@ from collector.adapters.base import DeviceMessage, Reason, Rejected
 from collector.adapters.registry import find_adapter
 from collector.minimise import Minimiser, scrub_payload
 from collector.validate import check_readings, resolve_event_time
-from hearth.ledger import DeviceRecord
+from hearth.ledger import ConsentSince, DeviceRecord
 from hearth.settings import Settings
-from hearth.signals import SIGNALS, Category
+from hearth.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ class Caches:
     """Registry and consent snapshots; replaced as a whole on reload, never mutated."""
 
     devices: dict[tuple[str, str], DeviceRecord] = field(default_factory=dict)
-    consents: frozenset[tuple[str, Category]] = frozenset()
+    # (user, category) consented now → since when: a reading is stored only if its category
+    # is consented now and its event time is not earlier (hearth.ledger.consent_since).
+    consents: ConsentSince = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -65,6 +68,10 @@ def digest_of(topic: str, payload: bytes) -> bytes:
     return hashlib.sha256(topic.encode("utf-8", "surrogateescape") + b"\0" + payload).digest()
 
 
+# Refusals for consent or binding keep no payload: it is data the user did not consent to.
+_REDACTED = frozenset({Reason.NO_CONSENT, Reason.BEFORE_CONSENT, Reason.BEFORE_BINDING})
+
+
 class Pipeline:
     """Turns (topic, payload) into rows or a dead letter, appended to a :class:`Batch`."""
 
@@ -85,7 +92,8 @@ class Pipeline:
         try:
             self._process(topic, payload, batch, received_at)
         except Rejected as rej:
-            self._dead_letter(batch, topic, payload, rej.reason, rej.detail)
+            redact = rej.reason in _REDACTED
+            self._dead_letter(batch, topic, payload, rej.reason, rej.detail, redact=redact)
         except Exception as exc:  # an adapter bug must quarantine one message, not kill us
             log.exception("event=pipeline_error topic_len=%d error=%s", len(topic), type(exc))
             self._dead_letter(
@@ -105,6 +113,7 @@ class Pipeline:
         numeric: list[NumericRow] = []
         categorical: list[CategoricalRow] = []
         dropped: list[str] = []
+        early = False  # a reading was refused for predating its (current) consent
         latest: datetime | None = None
         for msg in messages:
             check_readings(msg)
@@ -116,14 +125,19 @@ class Pipeline:
                 max_skew_s=self._max_skew_s,
                 max_age_days=self._max_age_days,
             )
+            if device.bound_at is not None and when < device.bound_at:
+                # Dated before this device was bound to its user: possibly another owner's.
+                raise Rejected(Reason.BEFORE_BINDING)
             user = device.user_id
-            readings = [r for r in msg.readings if (user, SIGNALS[r.signal].category) in consents]
-            if len(readings) != len(msg.readings):
-                dropped.extend(
-                    SIGNALS[r.signal].category
-                    for r in msg.readings
-                    if (user, SIGNALS[r.signal].category) not in consents
-                )
+            readings = []
+            for r in msg.readings:
+                category = SIGNALS[r.signal].category
+                since = consents.get((user, category))
+                if since is not None and when >= since:
+                    readings.append(r)
+                else:
+                    dropped.append(category)
+                    early = early or since is not None
             if not readings:
                 continue
             dev = device.device_id
@@ -142,7 +156,8 @@ class Pipeline:
             batch.dropped_by_category.update(dropped)
             if not numeric and not categorical:
                 # Redacted: a user who did not consent must not have the content kept anywhere.
-                self._dead_letter(batch, topic, payload, Reason.NO_CONSENT, "", redact=True)
+                reason = Reason.BEFORE_CONSENT if early else Reason.NO_CONSENT
+                self._dead_letter(batch, topic, payload, reason, "", redact=True)
                 return
         batch.numeric.extend(numeric)
         batch.categorical.extend(categorical)

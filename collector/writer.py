@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
 from collector.pipeline import Batch
 from hearth.db import connect_async
-from hearth.ledger import AsyncConn
+from hearth.ledger import (
+    GATE_INGEST,
+    AsyncConn,
+    consent_rule_params,
+    consented_now_sql,
+    gate_sql,
+    signal_categories_sql,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +44,26 @@ _READING_TYPES = ["timestamptz", "text", "text", "text", "float8", "bool"]
 _CATEGORICAL_TYPES = ["timestamptz", "text", "text", "text", "text", "bool"]
 _DEAD_TYPES = ["text", "text", "text", "bytea", "int4", "bytea"]
 
-_MOVE_SQL = """
-INSERT INTO {table} (time, device_id, user_id, signal, value, time_received)
-SELECT time, device_id, user_id, signal, value, time_received FROM {stage}
-ON CONFLICT DO NOTHING
+# The commit enforces consent (issue 11 §2): under the shared INGEST gate (hearth.ledger), the
+# move keeps only rows whose category is consented now and was at the row's time, per
+# consent_state. The pipeline checked the same with its cache; this catches a withdrawal or an
+# erasure that committed after the check. One indexed join per batch; returns (rows consented,
+# rows inserted), so refused = staged - consented and duplicates = consented - inserted.
+_MOVE_SQL = f"""
+WITH consented AS MATERIALIZED (
+    SELECT s.time, s.device_id, s.user_id, s.signal, s.value, s.time_received
+      FROM {{stage}} s
+      JOIN {signal_categories_sql()} AS sc (signal, category) ON sc.signal = s.signal
+      {consented_now_sql("s", "sc.category")}
+), moved AS (
+    INSERT INTO {{table}} (time, device_id, user_id, signal, value, time_received)
+    SELECT time, device_id, user_id, signal, value, time_received FROM consented
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+SELECT (SELECT count(*) FROM consented), (SELECT count(*) FROM moved)
 """
+_GATE_SQL = gate_sql(GATE_INGEST)
+_CONSENT = consent_rule_params()
 
 _MOVE_DEAD_SQL = """
 INSERT INTO dead_letters (topic, reason, detail, payload, payload_bytes, digest)
@@ -52,10 +74,11 @@ ON CONFLICT (digest) DO NOTHING
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """Rows inserted and rows skipped as already present, per table."""
+    """Rows inserted, skipped as already present, and refused at commit for consent, per table."""
 
     inserted: dict[str, int]
     duplicates: dict[str, int]
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 class BatchWriter:
@@ -86,8 +109,11 @@ class BatchWriter:
         assert conn is not None
         inserted: dict[str, int] = {}
         duplicates: dict[str, int] = {}
+        refused: dict[str, int] = {}
         try:
             async with conn.cursor() as cur:
+                if batch.numeric or batch.categorical:
+                    await cur.execute(_GATE_SQL)  # before the moves take their snapshots
                 for table, stage, rows, types in (
                     ("numeric_readings", "stage_numeric", batch.numeric, _READING_TYPES),
                     (
@@ -103,9 +129,13 @@ class BatchWriter:
                         copy.set_types(types)
                         for row in rows:
                             await copy.write_row(row)
-                    await cur.execute(_MOVE_SQL.format(table=table, stage=stage))
-                    inserted[table] = cur.rowcount
-                    duplicates[table] = len(rows) - cur.rowcount
+                    await cur.execute(_MOVE_SQL.format(table=table, stage=stage), _CONSENT)
+                    counts = await cur.fetchone()
+                    assert counts is not None
+                    consented, moved = int(str(counts[0])), int(str(counts[1]))
+                    inserted[table] = moved
+                    duplicates[table] = consented - moved
+                    refused[table] = len(rows) - consented
                 if batch.dead_letters:
                     async with cur.copy("COPY stage_dead FROM STDIN (FORMAT BINARY)") as copy:
                         copy.set_types(_DEAD_TYPES)
@@ -118,7 +148,7 @@ class BatchWriter:
         except BaseException:
             await self.close()  # a broken or cancelled transaction: start over on a new session
             raise
-        return WriteResult(inserted, duplicates)
+        return WriteResult(inserted, duplicates, refused)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

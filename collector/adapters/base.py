@@ -29,6 +29,8 @@ class Reason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"  # not registered, or retired
     SPOOFED = "spoofed"  # payload/client identity disagrees with the topic's device
     NO_CONSENT = "no_consent"  # user has no active consent for the category (redacted)
+    BEFORE_CONSENT = "before_consent"  # dated before the category's consent began (redacted)
+    BEFORE_BINDING = "before_binding"  # dated before the device was bound to its user (redacted)
 
 
 class Rejected(Exception):
