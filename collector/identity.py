@@ -26,7 +26,7 @@ from hearth.ledger import (
     CONSENT_CHANNEL,
     REGISTRY_CHANNEL,
     AsyncConn,
-    consent_since_async,
+    consent_cache_async,
     load_live_devices_async,
 )
 
@@ -62,7 +62,9 @@ class CacheKeeper:
         if registry:
             self.caches.devices = await load_live_devices_async(conn)
         if consent:
-            self.caches.consents = await consent_since_async(conn)
+            epoch, consents = await consent_cache_async(conn)
+            # Both in one step of the event loop: no message sees one without the other.
+            self.caches.consents, self.caches.consent_epoch = consents, epoch
         self.reloads += 1
         # The first load is silent so that a start-up failure right after it stays one line.
         log.log(

@@ -44,6 +44,8 @@ class Caches:
     # (user, category) consented now → since when: a reading is stored only if its category
     # is consented now and its event time is not earlier (hearth.ledger.consent_since).
     consents: ConsentSince = field(default_factory=dict)
+    # consent_epoch when ``consents`` was loaded; -1: unknown (the commit then checks each row).
+    consent_epoch: int = -1
 
 
 @dataclass(slots=True)
@@ -58,6 +60,8 @@ class Batch:
     dropped_by_category: Counter[str] = field(default_factory=Counter)
     latest_event: datetime | None = None
     started: float = field(default_factory=time.monotonic)
+    # The consent epoch its first message was checked at (the oldest: epochs only grow).
+    consent_epoch: int | None = None
 
     def __len__(self) -> int:
         return self.messages
@@ -87,6 +91,8 @@ class Pipeline:
         self, topic: str, payload: bytes, batch: Batch, received_at: datetime | None = None
     ) -> None:
         batch.messages += 1
+        if batch.consent_epoch is None:
+            batch.consent_epoch = self.caches.consent_epoch
         if received_at is None:
             received_at = datetime.now(UTC)
         try:

@@ -18,6 +18,7 @@ import psycopg
 from collector.pipeline import Batch
 from hearth.db import connect_async
 from hearth.ledger import (
+    CONSENT_EPOCH_SQL,
     GATE_INGEST,
     AsyncConn,
     consent_rule_params,
@@ -44,12 +45,18 @@ _READING_TYPES = ["timestamptz", "text", "text", "text", "float8", "bool"]
 _CATEGORICAL_TYPES = ["timestamptz", "text", "text", "text", "text", "bool"]
 _DEAD_TYPES = ["text", "text", "text", "bytea", "int4", "bytea"]
 
-# The commit enforces consent (issue 11 §2): under the shared INGEST gate (hearth.ledger), the
-# move keeps only rows whose category is consented now and was at the row's time, per
-# consent_state. The pipeline checked the same with its cache; this catches a withdrawal or an
-# erasure that committed after the check. One indexed join per batch; returns (rows consented,
-# rows inserted), so refused = staged - consented and duplicates = consented - inserted.
-_MOVE_SQL = f"""
+# The commit enforces consent (issue 11 §2). Under the shared INGEST gate (hearth.ledger) the
+# writer reads consent_epoch: when no consent was revoked since the batch's messages were
+# checked (the pipeline's cache epoch), the rows move as they are (_MOVE_SQL, the hot path).
+# Otherwise the move joins consent_state and keeps only rows whose category is consented now
+# and was at the row's time (_MOVE_CHECKED_SQL: one indexed join per batch); it returns (rows
+# consented, rows inserted), so refused = staged - consented, duplicates = consented - inserted.
+_MOVE_SQL = """
+INSERT INTO {table} (time, device_id, user_id, signal, value, time_received)
+SELECT time, device_id, user_id, signal, value, time_received FROM {stage}
+ON CONFLICT DO NOTHING
+"""
+_MOVE_CHECKED_SQL = f"""
 WITH consented AS MATERIALIZED (
     SELECT s.time, s.device_id, s.user_id, s.signal, s.value, s.time_received
       FROM {{stage}} s
@@ -112,8 +119,12 @@ class BatchWriter:
         refused: dict[str, int] = {}
         try:
             async with conn.cursor() as cur:
+                checked = False
                 if batch.numeric or batch.categorical:
-                    await cur.execute(_GATE_SQL)  # before the moves take their snapshots
+                    await cur.execute(_GATE_SQL)  # before the statements below take snapshots
+                    await cur.execute(CONSENT_EPOCH_SQL)
+                    epoch = await cur.fetchone()
+                    checked = epoch is None or epoch[0] != batch.consent_epoch
                 for table, stage, rows, types in (
                     ("numeric_readings", "stage_numeric", batch.numeric, _READING_TYPES),
                     (
@@ -129,13 +140,19 @@ class BatchWriter:
                         copy.set_types(types)
                         for row in rows:
                             await copy.write_row(row)
-                    await cur.execute(_MOVE_SQL.format(table=table, stage=stage), _CONSENT)
-                    counts = await cur.fetchone()
-                    assert counts is not None
-                    consented, moved = int(str(counts[0])), int(str(counts[1]))
+                    if checked:
+                        await cur.execute(
+                            _MOVE_CHECKED_SQL.format(table=table, stage=stage), _CONSENT
+                        )
+                        counts = await cur.fetchone()
+                        assert counts is not None
+                        consented, moved = int(str(counts[0])), int(str(counts[1]))
+                        refused[table] = len(rows) - consented
+                    else:
+                        await cur.execute(_MOVE_SQL.format(table=table, stage=stage))
+                        consented, moved = len(rows), cur.rowcount
                     inserted[table] = moved
                     duplicates[table] = consented - moved
-                    refused[table] = len(rows) - consented
                 if batch.dead_letters:
                     async with cur.copy("COPY stage_dead FROM STDIN (FORMAT BINARY)") as copy:
                         copy.set_types(_DEAD_TYPES)

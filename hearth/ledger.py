@@ -157,10 +157,19 @@ def _consent_since(rows: Iterable[tuple[object, ...]]) -> ConsentSince:
     return out
 
 
-async def consent_since_async(conn: AsyncConn) -> ConsentSince:
-    """(user, category) consented now for credit scoring → start of that consent."""
+# consent_epoch (migration 0037) counts revocations. Read it *before* consent_state: a cache
+# then never claims an epoch newer than its consents, which is what lets a writer skip the
+# per-row consent join for a batch checked at the epoch still current (collector.writer).
+CONSENT_EPOCH_SQL = "SELECT epoch FROM consent_epoch"
+
+
+async def consent_cache_async(conn: AsyncConn) -> tuple[int, ConsentSince]:
+    """(epoch, (user, category) consented now for credit scoring → start of that consent)."""
+    cur = await conn.execute(CONSENT_EPOCH_SQL)
+    row = await cur.fetchone()
+    assert row is not None
     cur = await conn.execute(_CONSENT_NOW_SQL, consent_rule_params())
-    return _consent_since(await cur.fetchall())
+    return int(str(row[0])), _consent_since(await cur.fetchall())
 
 
 def consent_since(conn: Conn) -> ConsentSince:
@@ -191,7 +200,8 @@ def consented_now_sql(row: str, category_expr: str) -> str:
 # - INGEST: the collector holds it shared while it moves a batch into the raw tables (tens of
 #   ms); a consent change holds it exclusively while it commits the ledger event. A batch
 #   either committed before the change (the purge that follows sees its rows) or moves its rows
-#   after it, and its join on consent_state then drops the withdrawn category.
+#   after it, and then sees the bumped consent_epoch and joins consent_state, which drops the
+#   withdrawn category.
 # - DERIVED: writers computing from stored data (rollups, snapshots) hold it shared per
 #   transaction; a purge holds it exclusively while it deletes and verifies, so nothing
 #   computed from the rows it deletes can commit after it. Kept apart from INGEST so a long

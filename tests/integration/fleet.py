@@ -36,7 +36,7 @@ Conn = psycopg.Connection[tuple[object, ...]]
 
 
 # -- registry and consent -------------------------------------------------------------------
-LONG_AGO = "now() - interval '1000 days'"
+LONG_AGO = "'2000-01-01 00:00:00+00'::timestamptz"  # before any reading, samples included
 
 
 def add_user(conn: Conn, user_id: str, tz: str = "UTC") -> None:

@@ -25,7 +25,7 @@ from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
 from features.materialize import materialize
 from features.rollups import refresh_rollups
 from features.testing import add_device, add_user, insert_categorical, insert_numeric
-from hearth import admin
+from hearth import admin, ledger
 from hearth.settings import get_settings
 from hearth.signals import Category
 from tests.conftest import Broker
@@ -148,12 +148,24 @@ def test_batch_move_refuses_rows_whose_consent_changed_after_the_pipeline(
         finally:
             await writer.close()
 
-    result = asyncio.run(write())
+    result = asyncio.run(write())  # a batch checked at no known epoch: every row checked
     assert result.refused == {"numeric_readings": 3, "categorical_readings": 3}
     assert result.inserted == {"numeric_readings": 3, "categorical_readings": 0}
     assert sum(count_signal_rows(db, user, Category.LOCATION).values()) == 0
     assert sum(count_signal_rows(db, user, Category.ENERGY).values()) == 0
     assert count_signal_rows(db, user, Category.DEVICE_HEALTH)["numeric_readings"] == 3
+
+    # Checked at the current epoch (no revocation since): the hot path moves rows unchecked.
+    epoch = db.execute(ledger.CONSENT_EPOCH_SQL).fetchone()
+    assert epoch is not None
+    batch = Batch(consent_epoch=int(epoch[0]))
+    batch.numeric.append((now, f"{user}-d", user, "battery_pct", 51.0, False))
+    result = asyncio.run(write())
+    assert (result.inserted, result.refused) == ({"numeric_readings": 1}, {})
+    admin.withdraw_consent(db, user_id=user, category="device_health")  # bumps the epoch
+    batch.numeric[0] = (now + timedelta(seconds=1), f"{user}-d", user, "battery_pct", 52.0, False)
+    result = asyncio.run(write())
+    assert (result.inserted, result.refused) == ({"numeric_readings": 0}, {"numeric_readings": 1})
 
 
 # -- a real collector whose writes fail while consent changes ---------------------------------

@@ -197,11 +197,14 @@ def test_consent_state_follows_the_ledger(db: Conn) -> None:
     user = unique("u")
     admin.add_user(db, user)
     t = datetime(2026, 6, 1, tzinfo=UTC)
+    epoch = _epoch(db)
     admin.grant_consent(db, user_id=user, category="location", at=t)
     admin.grant_consent(db, user_id=user, category="location", at=t + timedelta(days=1))
     assert ledger.consent_since(db)[(user, Category.LOCATION)] == t  # a re-grant continues
+    assert _epoch(db) == epoch  # grants revoke nothing
     admin.withdraw_consent(db, user_id=user, category="location", at=t + timedelta(days=2))
     assert (user, Category.LOCATION) not in ledger.consent_since(db)
+    assert _epoch(db) == epoch + 1  # a revocation: collector batches checked before re-check
     admin.grant_consent(db, user_id=user, category="location", at=t + timedelta(days=3))
     admin.grant_consent(db, user_id=user, category="energy", notice_version="2020-01", at=t)
     since = ledger.consent_since(db)
@@ -209,6 +212,15 @@ def test_consent_state_follows_the_ledger(db: Conn) -> None:
     assert (user, Category.ENERGY) not in since  # an old notice does not count
     now = {c for (u, c) in since if u == user}
     assert now == {c for (u, c) in ledger.active_consents(db) if u == user}
+    epoch = _epoch(db)
+    admin.erase_user(db, user)
+    assert _epoch(db) > epoch
+
+
+def _epoch(conn: Conn) -> int:
+    row = conn.execute(ledger.CONSENT_EPOCH_SQL).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 # -- purge completeness (issue 11 §2) ---------------------------------------------------------
