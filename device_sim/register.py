@@ -58,8 +58,8 @@ def register_devices(
     fields = ("user_id", "kind", "format", "external_id", "tz", "user_tz", "bound_at")
     with batch.open("w") as f:
         for dev in devices:
-            line = {k: dev[k] for k in fields if k in dev}  # older plans have no bound_at
-            f.write(json.dumps(line, separators=(",", ":")) + "\n")
+            record = {k: dev[k] for k in fields if k in dev}  # older plans have no bound_at
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")
     stdout = _run(["devices", "add", "--batch", str(batch)])
     by_external = {(d["format"], d["external_id"]): d["key"] for d in devices}
     creds: Credentials = {}

@@ -302,7 +302,8 @@ def register_device(
             "%(kind)s, %(format)s, %(external)s, %(tz)s, %(device)s, %(hash)s, "
             "greatest(coalesce(%(bound_at)s::timestamptz, now()), "
             "(SELECT max(p.retired_at) FROM devices p WHERE p.format = %(format)s "
-            "AND p.external_id = %(external)s AND p.user_id <> %(user)s) "
+            "AND p.external_id = %(external)s AND p.retired_at IS NOT NULL "
+            "AND p.user_id <> %(user)s) "
             "+ make_interval(secs => %(skew)s))) "
             "ON CONFLICT DO NOTHING RETURNING device_id, bound_at",
             {
@@ -467,11 +468,16 @@ def _append_consent_event(
         ),
     ).fetchone()
     assert row is not None
+    _notify_consent(conn, action, user_id, category)
+    return consent_event_from_row(row)
+
+
+def _notify_consent(conn: Conn, action: str, user_id: str, category: Category | None) -> None:
+    """Tell caches (collectors, feature service) at commit; sent again after each purge."""
     conn.execute(
         "SELECT pg_notify(%s, %s)",
         (CONSENT_CHANNEL, consent_notification(action, user_id, category)),
     )
-    return consent_event_from_row(row)
 
 
 def grant_consent(
@@ -666,6 +672,7 @@ def purge_withdrawn(conn: Conn, report: PurgeReport) -> PurgeReport:
         else:
             report.add(purge_category_rows(conn, report.user_id, category))
             left = category_rows_left(conn, report.user_id, category)
+            _notify_consent(conn, "withdraw", report.user_id, category)  # cached vectors
         report.finish(conn, left)
     return report
 
@@ -959,10 +966,7 @@ def erase_user(conn: Conn, user_id: str, *, settle_s: float = 0.0) -> PurgeRepor
         conn.execute(gate_sql(GATE_INGEST, exclusive=True))
         _require_user(conn, user_id, lock=True)
         conn.execute("DELETE FROM consent_state WHERE user_id = %s", (user_id,))
-        conn.execute(
-            "SELECT pg_notify(%s, %s)",
-            (CONSENT_CHANNEL, consent_notification("erase", user_id, None)),
-        )
+        _notify_consent(conn, "erase", user_id, None)
     with _atomic(conn):
         conn.execute(gate_sql(GATE_DERIVED, exclusive=True))
         _require_user(conn, user_id, lock=True)
@@ -981,6 +985,7 @@ def erase_user(conn: Conn, user_id: str, *, settle_s: float = 0.0) -> PurgeRepor
                 )
                 report.add({table: cur.rowcount})
             conn.execute("SELECT set_config('hearth.erasing', '', true)")
+        _notify_consent(conn, "erase", user_id, None)  # cached vectors
         report.finish(conn, left)
     report.raise_if_incomplete()
     return report
