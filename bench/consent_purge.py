@@ -3,7 +3,7 @@
 Makes a scratch database from ``hearth_template`` (dropped at the end), loads ``--rows`` raw
 readings for one user (a year of hourly location, battery and plug power over several devices)
 plus the same number for other users, then times ``withdraw_consent(location)`` and
-``erase_user`` (first pass only: ``settle_s=0``; the settle pass adds 2 s by design).
+``erase_user`` (each end to end: ledger change under the consent gate, delete, verification).
 
     .venv/bin/python bench/consent_purge.py [--rows 300000]
 """
@@ -69,12 +69,10 @@ def main() -> None:
             load(conn, "other-user", args.rows)
             conn.execute("ANALYZE")
             t = time.monotonic()
-            withdraw = admin.withdraw_consent(
-                conn, user_id="big-user", category="location", settle_s=0
-            )
+            withdraw = admin.withdraw_consent(conn, user_id="big-user", category="location")
             withdraw_s = time.monotonic() - t
             t = time.monotonic()
-            erase = admin.erase_user(conn, "big-user", settle_s=0)
+            erase = admin.erase_user(conn, "big-user")
             erase_s = time.monotonic() - t
     finally:
         with psycopg.connect(BASE_URL, autocommit=True) as root:

@@ -12,6 +12,7 @@ Each group's actions are sub-commands of their own (``users add --help`` shows o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ import psycopg
 from hearth import admin
 from hearth.admin import AdminError, Conn, PurgeReport
 from hearth.db import connect
-from hearth.ledger import FORMATS
+from hearth.ledger import FORMATS, PURPOSES
 from hearth.settings import get_settings
 from hearth.signals import DEVICE_KINDS, PURPOSE_CREDIT_SCORING, Category
 
@@ -38,15 +39,15 @@ def _emit(obj: object, out: TextIO | None = None) -> None:
     print(json.dumps(obj, default=str), file=out or sys.stdout)
 
 
-def _parse_at(text: str | None) -> datetime | None:
+def _parse_at(text: str | None, flag: str = "--at") -> datetime | None:
     if text is None:
         return None
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise AdminError(f"--at {text!r}: not an RFC 3339 time") from None
+        raise AdminError(f"{flag} {text!r}: not an RFC 3339 time") from None
     if at.utcoffset() is None:
-        raise AdminError(f"--at {text!r}: needs a UTC offset (Z or +hh:mm)")
+        raise AdminError(f"{flag} {text!r}: needs a UTC offset (Z or +hh:mm)")
     return at
 
 
@@ -95,6 +96,16 @@ def _batch(conn: Conn, source: str, one: Callable[[dict[str, Any]], object]) -> 
     return results
 
 
+@contextlib.contextmanager
+def _report_even_if_incomplete() -> Iterator[None]:
+    """A purge that left rows still prints its report (with ``left``) before the error."""
+    try:
+        yield
+    except admin.PurgeIncomplete as exc:
+        _emit(exc.report.to_json())
+        raise
+
+
 # --- users -----------------------------------------------------------------------------------
 
 
@@ -139,9 +150,10 @@ def cmd_users(args: argparse.Namespace) -> int:
         elif args.action == "export":
             print(json.dumps(_export(conn, args.user_id), indent=2, default=str))
         else:
-            report = admin.erase_user(conn, args.user_id)
-            _sync_broker(conn)
-            _emit(report.to_json())
+            with _report_even_if_incomplete():
+                report = admin.erase_user(conn, args.user_id)
+                _sync_broker(conn)
+                _emit(report.to_json())
     return 0
 
 
@@ -164,6 +176,7 @@ def _register(conn: Conn, item: dict[str, Any]) -> dict[str, object]:
         external_id=str(item["external_id"]),
         tz=item.get("tz"),
         user_tz=item.get("user_tz"),
+        bound_at=_parse_at(item.get("bound_at"), "--bound-at"),
     ).to_json()
 
 
@@ -205,38 +218,23 @@ def _consent_batch(conn: Conn, args: argparse.Namespace) -> int:
             return admin.grant_consent(
                 conn, user_id=user_id, category=category, purpose=item_purpose, at=at
             ).to_json()
-        # One settle for the whole batch (below), not one per line.
-        return admin.withdraw_consent(
-            conn, user_id=user_id, category=category, purpose=item_purpose, at=at, settle_s=0
+        # Every withdrawal of the batch is recorded in one transaction; the purges follow.
+        return admin.record_withdrawal(
+            conn, user_id=user_id, category=category, purpose=item_purpose, at=at
         )
 
     results = _batch(conn, args.batch, one)
     if args.action == "withdraw":
-        reports = [r for r in results if isinstance(r, PurgeReport)]
-        _settle_batch_withdrawals(conn, reports)
+        reports = [admin.purge_withdrawn(conn, r) for r in results if isinstance(r, PurgeReport)]
         results = [r.to_json() for r in reports]
+        for r in results:
+            _emit(r)
+        for report in reports:
+            report.raise_if_incomplete()  # after every line's report is out
+        return 0
     for r in results:
         _emit(r)
     return 0
-
-
-def _settle_batch_withdrawals(conn: Conn, reports: list[PurgeReport]) -> None:
-    """Second purge pass for a batch (see hearth.admin): stragglers a collector committed."""
-    if not reports:
-        return
-    admin.wait_for_older_transactions(conn, admin.CONSENT_PROPAGATION_S)
-    with conn.transaction():
-        for report in reports:
-            assert report.category is not None
-            late = admin.purge_category_rows(conn, report.user_id, report.category)
-            if any(late.values()):
-                report.add(late)
-                admin.write_audit(
-                    conn,
-                    "purge_category",
-                    report.user_id,
-                    {"category": report.category.value, "counts": late, "pass": "settle"},
-                )
 
 
 def cmd_consent(args: argparse.Namespace) -> int:
@@ -264,10 +262,11 @@ def cmd_consent(args: argparse.Namespace) -> int:
             )
             _emit(event.to_json())
         else:
-            report = admin.withdraw_consent(
-                conn, user_id=user_id, category=category, purpose=purpose, at=at
-            )
-            _emit(report.to_json())
+            with _report_even_if_incomplete():
+                report = admin.withdraw_consent(
+                    conn, user_id=user_id, category=category, purpose=purpose, at=at
+                )
+                _emit(report.to_json())
     return 0
 
 
@@ -431,7 +430,14 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--external-id", help="the id the format carries in its topic")
     p.add_argument("--tz", help="device zone for naive timestamps (default: the user's)")
     p.add_argument("--user-tz", help="create the user with this zone if absent")
-    _batch_arg(p, "{user_id, kind, format, external_id, tz?, user_tz?} → credentials lines")
+    p.add_argument(
+        "--bound-at",
+        help="RFC 3339 time the device has been the user's since (default now); earlier "
+        "readings are refused",
+    )
+    _batch_arg(
+        p, "{user_id, kind, format, external_id, tz?, user_tz?, bound_at?} → credentials lines"
+    )
     p = devices.add_parser("list", help="registered devices (JSON lines), without secrets")
     p.add_argument("--user-id", help="only this user's devices")
     p = devices.add_parser(
@@ -447,7 +453,7 @@ def register(sub: SubParsers) -> None:
         p = consent.add_parser(action, help=help)
         p.add_argument("--user-id")
         p.add_argument("--category", choices=[c.value for c in Category])
-        p.add_argument("--purpose", default=PURPOSE_CREDIT_SCORING)
+        p.add_argument("--purpose", default=PURPOSE_CREDIT_SCORING, choices=sorted(PURPOSES))
         p.add_argument(
             "--at", help="RFC 3339 time of the event (default now; past times for imports/replays)"
         )

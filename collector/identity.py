@@ -5,6 +5,10 @@ dedicated autocommit connection LISTENs on both channels and reloads the affecte
 a fraction of a second; a periodic full reload is the safety net for notifications missed while
 the connection was down. The pipeline only ever sees whole snapshots (:class:`Caches` fields are
 replaced, never mutated), so a reload cannot tear a message's view of the world.
+
+The caches are the fast, early check (refused messages become dead letters with a reason). They
+may lag a change by a moment; the commit itself enforces consent (collector.writer), so a lag
+never stores a withdrawn category.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from hearth.ledger import (
     CONSENT_CHANNEL,
     REGISTRY_CHANNEL,
     AsyncConn,
-    active_consents_async,
+    consent_cache_async,
     load_live_devices_async,
 )
 
@@ -62,7 +66,9 @@ class CacheKeeper:
         if registry:
             self.caches.devices = await load_live_devices_async(conn)
         if consent:
-            self.caches.consents = frozenset(await active_consents_async(conn))
+            epoch, consents = await consent_cache_async(conn)
+            # Both in one step of the event loop: no message sees one without the other.
+            self.caches.consents, self.caches.consent_epoch = consents, epoch
         self.reloads += 1
         self.synced_at = started
         # The first load is silent so that a start-up failure right after it stays one line.

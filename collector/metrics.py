@@ -48,6 +48,12 @@ class CollectorMetrics:
             ["category"],
             registry=r,
         )
+        self.refused_at_commit = Counter(
+            p + "rows_refused_at_commit",
+            "Rows the commit refused: their consent was withdrawn after the pipeline checked it",
+            ["table"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             p + "batch_messages",
             "Messages per committed batch",

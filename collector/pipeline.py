@@ -1,6 +1,7 @@
 """The ingest pipeline for one MQTT message, in one direction and without I/O.
 
-size check → adapt → check readings → identify → event time → consent gate → minimise → batch.
+size check → adapt → check readings → identify → event time → binding and consent gate →
+minimise → batch.
 
 A message is atomic: either all of its rows go into the batch, or it becomes exactly one dead
 letter with a reason code. Nothing here touches the network or the database, so the hot path is
@@ -22,9 +23,9 @@ from collector.adapters.base import DeviceMessage, Reason, Rejected
 from collector.adapters.registry import find_adapter
 from collector.minimise import Minimiser, scrub_detail, scrub_payload
 from collector.validate import check_readings, resolve_event_time
-from hearth.ledger import FORMATS, DeviceRecord, device_topics
+from hearth.ledger import FORMATS, ConsentSince, DeviceRecord, device_topics
 from hearth.settings import Settings
-from hearth.signals import SIGNALS, Category
+from hearth.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,11 @@ class Caches:
     """Registry and consent snapshots; replaced as a whole on reload, never mutated."""
 
     devices: dict[tuple[str, str], DeviceRecord] = field(default_factory=dict)
-    consents: frozenset[tuple[str, Category]] = frozenset()
+    # (user, category) consented now → since when: a reading is stored only if its category
+    # is consented now and its event time is not earlier (hearth.ledger.consent_since).
+    consents: ConsentSince = field(default_factory=dict)
+    # consent_epoch when ``consents`` was loaded; -1: unknown (the commit then checks each row).
+    consent_epoch: int = -1
 
 
 @dataclass(slots=True)
@@ -60,6 +65,8 @@ class Batch:
     dropped_by_category: Counter[str] = field(default_factory=Counter)
     latest_event: datetime | None = None
     started: float = field(default_factory=time.monotonic)
+    # The consent epoch its first message was checked at (the oldest: epochs only grow).
+    consent_epoch: int | None = None
 
     def __len__(self) -> int:
         return self.messages
@@ -84,6 +91,10 @@ def device_for_topic(
     return None
 
 
+# Refusals for consent or binding keep no payload: it is data the user did not consent to.
+_REDACTED = frozenset({Reason.NO_CONSENT, Reason.BEFORE_CONSENT, Reason.BEFORE_BINDING})
+
+
 class Pipeline:
     """Turns (topic, payload) into rows or a dead letter, appended to a :class:`Batch`."""
 
@@ -99,12 +110,15 @@ class Pipeline:
         self, topic: str, payload: bytes, batch: Batch, received_at: datetime | None = None
     ) -> None:
         batch.messages += 1
+        if batch.consent_epoch is None:
+            batch.consent_epoch = self.caches.consent_epoch
         if received_at is None:
             received_at = datetime.now(UTC)
         try:
             self._process(topic, payload, batch, received_at)
         except Rejected as rej:
-            self._dead_letter(batch, topic, payload, rej.reason, rej.detail)
+            redact = rej.reason in _REDACTED
+            self._dead_letter(batch, topic, payload, rej.reason, rej.detail, redact=redact)
         except Exception as exc:  # an adapter bug must quarantine one message, not kill us
             log.exception("event=pipeline_error topic_len=%d error=%s", len(topic), type(exc))
             self._dead_letter(
@@ -133,6 +147,7 @@ class Pipeline:
         numeric: list[NumericRow] = []
         categorical: list[CategoricalRow] = []
         dropped: list[str] = []
+        early = False  # a reading was refused for predating its (current) consent
         latest: datetime | None = None
         for msg in messages:
             check_readings(msg)
@@ -144,14 +159,19 @@ class Pipeline:
                 max_skew_s=self._max_skew_s,
                 max_age_days=self._max_age_days,
             )
+            if device.bound_at is not None and when < device.bound_at:
+                # Dated before this device was bound to its user: possibly another owner's.
+                raise Rejected(Reason.BEFORE_BINDING)
             user = device.user_id
-            readings = [r for r in msg.readings if (user, SIGNALS[r.signal].category) in consents]
-            if len(readings) != len(msg.readings):
-                dropped.extend(
-                    SIGNALS[r.signal].category
-                    for r in msg.readings
-                    if (user, SIGNALS[r.signal].category) not in consents
-                )
+            readings = []
+            for r in msg.readings:
+                category = SIGNALS[r.signal].category
+                since = consents.get((user, category))
+                if since is not None and when >= since:
+                    readings.append(r)
+                else:
+                    dropped.append(category)
+                    early = early or since is not None
             if not readings:
                 continue
             dev = device.device_id
@@ -170,7 +190,8 @@ class Pipeline:
             batch.dropped_by_category.update(dropped)
             if not numeric and not categorical:
                 # Redacted: a user who did not consent must not have the content kept anywhere.
-                self._dead_letter(batch, topic, payload, Reason.NO_CONSENT, "", redact=True)
+                reason = Reason.BEFORE_CONSENT if early else Reason.NO_CONSENT
+                self._dead_letter(batch, topic, payload, reason, "", redact=True)
                 return
         batch.numeric.extend(numeric)
         batch.categorical.extend(categorical)

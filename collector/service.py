@@ -227,6 +227,8 @@ class Collector:
                 m.stored.labels(table).inc(n)
         for table, n in result.duplicates.items():
             m.duplicates.labels(table).inc(n)
+        for table, n in result.refused.items():
+            m.refused_at_commit.labels(table).inc(n)
         for reason, n in batch.dead_by_reason.items():
             m.dead_lettered.labels(reason).inc(n)
         for category, n in batch.dropped_by_category.items():

@@ -26,7 +26,15 @@ import psycopg
 
 from collector.pipeline import Batch
 from hearth.db import DatabaseUnavailable, connect_async
-from hearth.ledger import AsyncConn
+from hearth.ledger import (
+    CONSENT_EPOCH_SQL,
+    GATE_INGEST,
+    AsyncConn,
+    consent_rule_params,
+    consented_now_sql,
+    gate_sql,
+    signal_categories_sql,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +54,32 @@ _READING_TYPES = ["timestamptz", "text", "text", "text", "float8", "bool"]
 _CATEGORICAL_TYPES = ["timestamptz", "text", "text", "text", "text", "bool"]
 _DEAD_TYPES = ["text", "text", "text", "bytea", "int4", "bytea", "text"]
 
+# The commit enforces consent (issue 11 §2). Under the shared INGEST gate (hearth.ledger) the
+# writer reads consent_epoch: when no consent was revoked since the batch's messages were
+# checked (the pipeline's cache epoch), the rows move as they are (_MOVE_SQL, the hot path).
+# Otherwise the move joins consent_state and keeps only rows whose category is consented now
+# and was at the row's time (_MOVE_CHECKED_SQL: one indexed join per batch); it returns (rows
+# consented, rows inserted), so refused = staged - consented, duplicates = consented - inserted.
 _MOVE_SQL = """
 INSERT INTO {table} (time, device_id, user_id, signal, value, time_received)
 SELECT time, device_id, user_id, signal, value, time_received FROM {stage}
 ON CONFLICT DO NOTHING
 """
+_MOVE_CHECKED_SQL = f"""
+WITH consented AS MATERIALIZED (
+    SELECT s.time, s.device_id, s.user_id, s.signal, s.value, s.time_received
+      FROM {{stage}} s
+      JOIN {signal_categories_sql()} AS sc (signal, category) ON sc.signal = s.signal
+      {consented_now_sql("s", "sc.category")}
+), moved AS (
+    INSERT INTO {{table}} (time, device_id, user_id, signal, value, time_received)
+    SELECT time, device_id, user_id, signal, value, time_received FROM consented
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+SELECT (SELECT count(*) FROM consented), (SELECT count(*) FROM moved)
+"""
+_GATE_SQL = gate_sql(GATE_INGEST)
+_CONSENT = consent_rule_params()
 
 _MOVE_DEAD_SQL = """
 INSERT INTO dead_letters (topic, reason, detail, payload, payload_bytes, digest, device_id)
@@ -70,14 +99,19 @@ ON CONFLICT (day, category) DO UPDATE SET readings = d.readings + EXCLUDED.readi
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """Rows inserted and rows skipped as already present, per table."""
+    """Rows inserted, skipped as already present, and refused at commit for consent, per table."""
 
     inserted: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # moved no more: consent changed
 
     def add(self, other: WriteResult) -> None:
         """Add ``other``'s counts to these (the parts of a split batch)."""
-        for mine, theirs in ((self.inserted, other.inserted), (self.duplicates, other.duplicates)):
+        for mine, theirs in (
+            (self.inserted, other.inserted),
+            (self.duplicates, other.duplicates),
+            (self.refused, other.refused),
+        ):
             for table, n in theirs.items():
                 mine[table] = mine.get(table, 0) + n
 
@@ -137,6 +171,7 @@ def sub_batch(batch: Batch, lo: int, hi: int) -> Batch:
         dead_letters=batch.dead_letters[d0:d1],
         messages=hi - lo,
         ends=[(n - n0, c - c0, d - d0) for n, c, d in batch.ends[lo:hi]],
+        consent_epoch=batch.consent_epoch,  # keeps the parts on the unchecked fast path
     )
 
 
@@ -168,8 +203,15 @@ class BatchWriter:
         assert conn is not None
         inserted: dict[str, int] = {}
         duplicates: dict[str, int] = {}
+        refused: dict[str, int] = {}
         try:
             async with conn.cursor() as cur:
+                checked = False
+                if batch.numeric or batch.categorical:
+                    await cur.execute(_GATE_SQL)  # before the statements below take snapshots
+                    await cur.execute(CONSENT_EPOCH_SQL)
+                    epoch = await cur.fetchone()
+                    checked = epoch is None or epoch[0] != batch.consent_epoch
                 for table, stage, rows, types in (
                     ("numeric_readings", "stage_numeric", batch.numeric, _READING_TYPES),
                     (
@@ -185,9 +227,19 @@ class BatchWriter:
                         copy.set_types(types)
                         for row in rows:
                             await copy.write_row(row)
-                    await cur.execute(_MOVE_SQL.format(table=table, stage=stage))
-                    inserted[table] = cur.rowcount
-                    duplicates[table] = len(rows) - cur.rowcount
+                    if checked:
+                        await cur.execute(
+                            _MOVE_CHECKED_SQL.format(table=table, stage=stage), _CONSENT
+                        )
+                        counts = await cur.fetchone()
+                        assert counts is not None
+                        consented, moved = int(str(counts[0])), int(str(counts[1]))
+                        refused[table] = len(rows) - consented
+                    else:
+                        await cur.execute(_MOVE_SQL.format(table=table, stage=stage))
+                        consented, moved = len(rows), cur.rowcount
+                    inserted[table] = moved
+                    duplicates[table] = consented - moved
                 if batch.dead_letters:
                     async with cur.copy("COPY stage_dead FROM STDIN (FORMAT BINARY)") as copy:
                         copy.set_types(_DEAD_TYPES)
@@ -211,7 +263,7 @@ class BatchWriter:
         except BaseException:
             await self.close()  # cancelled mid-transaction
             raise
-        return WriteResult(inserted, duplicates)
+        return WriteResult(inserted, duplicates, refused)
 
     async def _rollback(self) -> None:
         conn = self._conn

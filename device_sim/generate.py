@@ -96,9 +96,12 @@ def _part_range(cfg: SimConfig, part: int) -> range:
     return range(lo, min(cfg.households + cfg.unconsented_devices, lo + cfg.households_per_part))
 
 
-def _device_record(spec: DeviceSpec, consented: bool) -> dict[str, Any]:
+def _device_record(cfg: SimConfig, spec: DeviceSpec, consented: bool) -> dict[str, Any]:
     return {
         **spec.registration(),
+        # Bound to its user a day before the history starts: the collector refuses readings
+        # dated before a device's binding (a day covers the clock-skew fault).
+        "bound_at": format_rfc3339(cfg.start_ts - 86400),
         "key": spec.key,
         "household_id": spec.household_id,
         "topics": list(spec.topics),
@@ -132,9 +135,9 @@ def plan_fleet(cfg: SimConfig) -> FleetPlan:
             persona = _persona_for(cfg, fleet, index)
             if index >= cfg.households:
                 spec = unconsented_router_spec(persona, _unconsented_router_ext(cfg, index))
-                records.append(_device_record(spec, False))
+                records.append(_device_record(cfg, spec, False))
                 continue
-            records += [_device_record(spec, True) for spec in household_specs(cfg, persona)]
+            records += [_device_record(cfg, spec, True) for spec in household_specs(cfg, persona)]
             granted_at = format_rfc3339(cfg.start_ts - int(persona.grant_offset_days * 86400))
             for cat in CATEGORIES:
                 if cat not in persona.declined:
@@ -242,7 +245,7 @@ def generate_part(
                 result.base_by_format[fmt] += rendered.base_messages
                 result.faults.update(rendered.faults)
                 result.late_lines += len(rendered.late)
-                result.devices.append(_device_record(dev.spec, consented))
+                result.devices.append(_device_record(cfg, dev.spec, consented))
             if consented:
                 result.ground_truth.append(_gt_row(cfg, persona, devices))
     result.sha_main = sha_main.hexdigest()

@@ -3,7 +3,8 @@
 The simulator never imports the collector (DESIGN §1); it registers like an operator would:
 
 * ``python -m collector devices add --batch FILE`` — FILE has JSON lines ``{"user_id", "kind",
-  "format", "external_id", "tz", "user_tz"}``; stdout has JSON lines with ``device_id``,
+  "format", "external_id", "tz", "user_tz", "bound_at"}`` (bound a day before the simulated
+  history, which the collector would otherwise refuse); stdout has JSON lines with ``device_id``,
   ``external_id``, ``format``, ``mqtt_username``, ``mqtt_password``, ``topics``.
 * ``python -m collector consent grant --batch FILE`` — ``{"user_id", "category", "at"}`` with
   ``at`` backdated before the simulated history, so point-in-time features see consent.
@@ -64,10 +65,11 @@ def register_devices(
     if devices is None:
         devices = load_devices(out_dir)
     batch = out_dir / f"register_devices{batch_name}.jsonl"
-    fields = ("user_id", "kind", "format", "external_id", "tz", "user_tz")
+    fields = ("user_id", "kind", "format", "external_id", "tz", "user_tz", "bound_at")
     with batch.open("w") as f:
         for dev in devices:
-            f.write(json.dumps({k: dev[k] for k in fields}, separators=(",", ":")) + "\n")
+            record = {k: dev[k] for k in fields if k in dev}  # older plans have no bound_at
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")
     stdout = _run(["devices", "add", "--batch", str(batch)])
     by_external = {(d["format"], d["external_id"]): d["key"] for d in devices}
     creds: Credentials = {}

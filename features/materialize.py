@@ -13,7 +13,7 @@ import ctypes
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -38,6 +38,12 @@ from features.engine import (
     iter_chunk_results,
 )
 from features.rollups import refresh_rollups
+from hearth.ledger import (
+    GATE_DERIVED,
+    gate_sql,
+    withdrawn_categories_sql,
+    withhold_features_sql,
+)
 from hearth.settings import get_settings
 from hearth.vectors import reason_suffix
 
@@ -115,11 +121,13 @@ def materialize(
     refresh: bool = True,
     progress: bool = True,
     database_url: str | None = None,
+    before_write: Callable[[Sequence[str]], None] | None = None,
 ) -> MaterializeResult:
     """Compute and store snapshots as of ``as_of`` for ``users`` (default: every user).
 
     With ``database_url`` loader connections (:data:`LOADER_CONNECTIONS`) read the next
-    chunks while this one is computed and written.
+    chunks while this one is computed and written. ``before_write`` is called with each
+    chunk's users between computing and writing it (tests use it to race a withdrawal).
     """
     started = time.monotonic()
     _fixed_mmap_threshold()
@@ -158,6 +166,8 @@ def materialize(
             t0 = time.perf_counter()
             docs = vector_json(results, len(known))
             timings.add(python_s=time.perf_counter() - t0)
+            if before_write is not None:
+                before_write(known)
             t0 = time.perf_counter()
             _write(conn, known, as_of, docs)
             timings.add(sql_s=time.perf_counter() - t0)
@@ -192,6 +202,20 @@ def _loader(database_url: str | None) -> Conn:
     return loader
 
 
+# The write re-checks consent in its own transaction, under the shared DERIVED gate that a
+# purge takes exclusively (hearth.ledger): features of a category withdrawn before the commit
+# are withheld even though the chunk was computed from data loaded before the withdrawal, and
+# users erased meanwhile are not written (invariant 8).
+_UPSERT_SQL = f"""
+    INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector)
+    SELECT s.user_id, %(as_of)s, %(version)s,
+           {withhold_features_sql("s.vector", "%(version)s", withdrawn_categories_sql("s.user_id"))}
+      FROM snapshot_stage s JOIN users u ON u.user_id = s.user_id
+    ON CONFLICT (user_id, as_of, feature_set_version) DO UPDATE
+       SET vector = excluded.vector, computed_at = now()
+"""
+
+
 def _write(conn: Conn, users: Sequence[str], as_of: datetime, docs: Sequence[str]) -> None:
     """Upsert one chunk's snapshots in one transaction (a crash loses at most this chunk)."""
     with conn.transaction(), conn.cursor() as cur:
@@ -202,13 +226,8 @@ def _write(conn: Conn, users: Sequence[str], as_of: datetime, docs: Sequence[str
         with cur.copy("COPY snapshot_stage (user_id, vector) FROM STDIN") as copy:
             for user, doc in zip(users, docs, strict=True):
                 copy.write_row((user, doc))
-        cur.execute(
-            """INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector)
-               SELECT user_id, %s, %s, vector FROM snapshot_stage
-               ON CONFLICT (user_id, as_of, feature_set_version) DO UPDATE
-                  SET vector = excluded.vector, computed_at = now()""",
-            (as_of, FEATURE_SET_VERSION),
-        )
+        cur.execute(gate_sql(GATE_DERIVED))  # before the upsert reads consent_state
+        cur.execute(_UPSERT_SQL, {"as_of": as_of, "version": FEATURE_SET_VERSION})
 
 
 def _progress(enabled: bool) -> contextlib.AbstractContextManager[Progress | None]:

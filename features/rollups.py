@@ -29,6 +29,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from hearth.ledger import GATE_DERIVED, gate_sql
+
 log = logging.getLogger(__name__)
 
 WATERMARK_NAME = "hourly"
@@ -220,6 +222,9 @@ def _refresh_slice(
     window = {"d0": start, "d1": day + _SLICE, "since": since}
     everything = full or since == "-infinity"
     with conn.transaction():
+        # Shared consent gate (hearth.ledger): a purge waits for this slice to commit and
+        # deletes what it wrote, and no slice reads rows a running purge is deleting.
+        conn.execute(gate_sql(GATE_DERIVED))
         # A day's groups (≤ devices x signals x 24) sort and hash comfortably in this much.
         conn.execute("SET LOCAL work_mem = '64MB'")
         where = "WHERE r.time >= %(d0)s AND r.time < %(d1)s"

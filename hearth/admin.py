@@ -11,12 +11,12 @@ purged by category, any table with a ``user_id`` column is erased, so a new tabl
 forgotten. Each purge writes an ``audit_log`` record whose subject is a keyed hash of the user
 id and whose details are counts per table — no personal data.
 
-A withdrawal or erasure runs in two passes. The first deletes everything and commits the ledger
-event, whose NOTIFY tells the collectors to stop storing the category. A collector batch that
-checked consent just before can still commit afterwards, so after the consent propagation bound
-(:data:`CONSENT_PROPAGATION_S`, the collectors' 2 s promise) and once every transaction older
-than that has ended, a second pass deletes any such stragglers. ``settle_s=0`` skips the second
-pass (simulations and tests with no collector running).
+A withdrawal or erasure runs in two transactions around the consent gate (hearth.ledger): the
+first takes the INGEST gate exclusively and commits the ledger change, so from then on every
+collector commit refuses the category (or user); the second takes the DERIVED gate exclusively,
+deletes, and runs a final verification query. The audit record says ``complete`` only when
+that query finds nothing left; otherwise it lists what is left and :class:`PurgeIncomplete`
+is raised (the CLI exits non-zero). Running the command again finishes the job.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -40,29 +40,31 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from hearth.cli import UsageError
+from hearth import ledger
+from hearth.cli import Incomplete, UsageError
 from hearth.ledger import (
     CONSENT_CHANNEL,
     CONSENT_EVENT_COLUMNS,
     CURRENT_NOTICE_VERSION,
     FORMATS,
+    GATE_DERIVED,
+    GATE_INGEST,
     RESERVED_TOPIC_ROOTS,
     ConsentEvent,
     consent_event_from_row,
     consent_notification,
     device_topics,
+    gate_sql,
+    shows_features_sql,
+    withhold_features_sql,
 )
 from hearth.ledger import consent_history as _ledger_history
 from hearth.pseudonym import DOMAIN_AUDIT_SUBJECT, keyed_hash
 from hearth.settings import get_settings
 from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
-from hearth.vectors import withdrawn_cell
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-# How long after a consent change every collector replica is guaranteed to honour it (issue 5:
-# "within 2 s"); the second purge pass waits this long.
-CONSENT_PROPAGATION_S = 2.0
 # Service accounts of the broker; device usernames may not take this prefix.
 SERVICE_USERNAME_PREFIX = "hearth-"
 
@@ -138,8 +140,17 @@ def _user_tz(conn: Conn, user_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _require_user(conn: Conn, user_id: str) -> None:
-    if _user_tz(conn, user_id) is None:
+def _require_user(conn: Conn, user_id: str, *, lock: bool = False) -> None:
+    """Unknown user → AdminError. ``lock`` also locks the user's row against other consent
+    changes until the transaction ends (FOR NO KEY UPDATE leaves foreign-key checks free)."""
+    found = (
+        conn.execute(
+            "SELECT 1 FROM users WHERE user_id = %s FOR NO KEY UPDATE", (user_id,)
+        ).fetchone()
+        if lock
+        else _user_tz(conn, user_id)
+    )
+    if found is None:
         raise AdminError(f"unknown user {user_id!r}; add it with `python -m collector users add`")
 
 
@@ -176,9 +187,11 @@ class DeviceCredentials:
     mqtt_username: str
     mqtt_password: str
     topics: tuple[str, ...]
+    bound_at: datetime | None = None  # readings dated earlier are refused
 
     def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "topics": list(self.topics)}
+        bound = self.bound_at.isoformat() if self.bound_at else None
+        return {**asdict(self), "topics": list(self.topics), "bound_at": bound}
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +205,7 @@ class DeviceInfo:
     mqtt_username: str | None
     registered_at: datetime
     retired_at: datetime | None
+    bound_at: datetime | None = None  # readings dated earlier are refused
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -202,6 +216,7 @@ class DeviceInfo:
             **asdict(self),
             "registered_at": self.registered_at.isoformat(),
             "retired_at": self.retired_at.isoformat() if self.retired_at else None,
+            "bound_at": self.bound_at.isoformat() if self.bound_at else None,
             "topics": list(self.topics),
         }
 
@@ -226,7 +241,8 @@ def _check_external_id(format: str, external_id: str) -> None:
 
 
 _DEVICE_COLUMNS = (
-    "device_id, user_id, kind, format, external_id, tz, mqtt_username, registered_at, retired_at"
+    "device_id, user_id, kind, format, external_id, tz, mqtt_username, registered_at, retired_at, "
+    "bound_at"
 )
 
 
@@ -243,13 +259,20 @@ def register_device(
     external_id: str,
     tz: str | None = None,
     user_tz: str | None = None,
+    bound_at: datetime | None = None,
 ) -> DeviceCredentials:
     """Bind a new device to a user and mint its MQTT credentials (returned once, stored hashed).
 
     ``user_tz`` creates the user when absent (the simulator registers a household in one call).
     The canonical ``hearth`` format names the device by its topic, so its device id is its
     external id; other formats get a generated id. The MQTT username is the device id.
+
+    The collector refuses readings dated before ``bound_at`` (default now; earlier for imports
+    and simulations of a device the user already had). An external id another user's device
+    had is bound no earlier than ``HEARTH_MAX_CLOCK_SKEW_S`` after that device was retired, so
+    nothing its first owner could have sent, even with a fast clock, reaches the new owner.
     """
+    _check_at(bound_at)
     _check_id("user id", user_id)
     if not _KIND.match(kind):
         raise AdminError(f"device kind {kind!r}: use a lower-case word like phone, plug, router")
@@ -279,19 +302,32 @@ def register_device(
         # runs to explain a refusal. Two statements per device keep --batch imports fast.
         inserted = conn.execute(
             "INSERT INTO devices (device_id, user_id, kind, format, external_id, tz, "
-            "mqtt_username, mqtt_password_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT DO NOTHING RETURNING device_id",
-            (
-                device_id,
-                user_id,
-                kind,
-                format,
-                external_id,
-                tz,
-                device_id,
-                mosquitto_password_hash(password),
-            ),
+            "mqtt_username, mqtt_password_hash, bound_at) VALUES (%(device)s, %(user)s, "
+            "%(kind)s, %(format)s, %(external)s, %(tz)s, %(device)s, %(hash)s, "
+            "greatest(coalesce(%(bound_at)s::timestamptz, now()), "
+            "(SELECT max(p.retired_at) FROM devices p WHERE p.format = %(format)s "
+            "AND p.external_id = %(external)s AND p.retired_at IS NOT NULL "
+            "AND p.user_id <> %(user)s) "
+            "+ make_interval(secs => %(skew)s))) "
+            "ON CONFLICT DO NOTHING RETURNING device_id, bound_at",
+            {
+                "device": device_id,
+                "user": user_id,
+                "kind": kind,
+                "format": format,
+                "external": external_id,
+                "tz": tz,
+                "hash": mosquitto_password_hash(password),
+                "bound_at": bound_at,
+                "skew": get_settings().max_clock_skew_s,
+            },
         ).fetchone()
+        if inserted is not None and bound_at is not None and inserted[1] > bound_at:
+            raise AdminError(
+                f"{format} device {external_id!r} cannot be bound from {bound_at.isoformat()}: "
+                f"another user's device had this id until {inserted[1].isoformat()} "
+                "(its retirement plus HEARTH_MAX_CLOCK_SKEW_S)"
+            )
         if inserted is None:
             clash = conn.execute(
                 "SELECT device_id, retired_at IS NULL FROM devices "
@@ -316,6 +352,7 @@ def register_device(
         mqtt_username=device_id,
         mqtt_password=password,
         topics=device_topics(format, external_id, device_id),
+        bound_at=inserted[1],
     )
 
 
@@ -358,9 +395,26 @@ def _category(value: str) -> Category:
         raise AdminError(f"unknown data category {value!r}; known: {known}") from None
 
 
+def _purpose(value: str) -> str:
+    if value not in ledger.PURPOSES:
+        known = ", ".join(sorted(ledger.PURPOSES))
+        raise AdminError(f"unknown purpose {value!r}; known: {known}")
+    return value
+
+
 def _check_at(at: datetime | None) -> None:
-    if at is not None and at.utcoffset() is None:
+    """An explicit time needs an offset and may not lie in the future beyond the clock-skew
+    allowance (``HEARTH_MAX_CLOCK_SKEW_S``): a future-dated grant would consent ahead of the
+    user, a future-dated withdrawal would leave the category collected until then."""
+    if at is None:
+        return
+    if at.utcoffset() is None:
         raise AdminError(f"time {at.isoformat()} has no UTC offset; use RFC 3339 with Z or +hh:mm")
+    skew = get_settings().max_clock_skew_s
+    if at > datetime.now(UTC) + timedelta(seconds=skew):
+        raise AdminError(
+            f"time {at.isoformat()} is in the future (beyond HEARTH_MAX_CLOCK_SKEW_S={skew} s)"
+        )
 
 
 def evidence_hash(evidence: object) -> str:
@@ -388,10 +442,24 @@ def _append_consent_event(
     at: datetime | None,
     evidence: object | None,
 ) -> ConsentEvent:
-    _require_user(conn, user_id)
+    _require_user(conn, user_id, lock=True)  # one append per user at a time (consent_state)
+    row = conn.execute(
+        "SELECT max(at) FILTER (WHERE action = 'grant'), greatest(max(at), now()) "
+        "FROM consent_events WHERE user_id = %s AND purpose = %s AND category = %s",
+        (user_id, purpose, category.value),
+    ).fetchone()
+    assert row is not None
+    latest_grant, latest_or_now = row
+    if at is None:
+        at = latest_or_now  # an undated event is now, and never older than the latest one
+    elif action == "withdraw" and latest_grant is not None and at < latest_grant:
+        raise AdminError(
+            f"withdrawal at {at.isoformat()} is before the latest grant of {category.value} "
+            f"({latest_grant.isoformat()}); date it at or after that grant, or leave out the time"
+        )
     row = conn.execute(
         "INSERT INTO consent_events (user_id, purpose, category, notice_version, action, at, "
-        "evidence_hash) VALUES (%s, %s, %s, %s, %s, coalesce(%s, now()), %s) "
+        "evidence_hash) VALUES (%s, %s, %s, %s, %s, %s, %s) "
         f"RETURNING {CONSENT_EVENT_COLUMNS}",
         (
             user_id,
@@ -404,11 +472,16 @@ def _append_consent_event(
         ),
     ).fetchone()
     assert row is not None
+    _notify_consent(conn, action, user_id, category)
+    return consent_event_from_row(row)
+
+
+def _notify_consent(conn: Conn, action: str, user_id: str, category: Category | None) -> None:
+    """Tell caches (collectors, feature service) at commit; sent again after each purge."""
     conn.execute(
         "SELECT pg_notify(%s, %s)",
         (CONSENT_CHANNEL, consent_notification(action, user_id, category)),
     )
-    return consent_event_from_row(row)
 
 
 def grant_consent(
@@ -423,9 +496,13 @@ def grant_consent(
 ) -> ConsentEvent:
     """Append a grant. ``at`` (default now) may be in the past for imports of consents given
     elsewhere and for simulations that replay history; "active at T" honours it, so features
-    as of an earlier T see the grant only from ``at`` on. ``evidence`` is stored as a hash."""
+    as of an earlier T see the grant only from ``at`` on, and the collector stores readings
+    from ``at`` on. ``at`` may not be in the future beyond the clock-skew allowance; without it
+    the grant is dated now (or at the category's latest event, if that is later).
+    ``evidence`` is stored as a hash."""
     _check_at(at)
     cat = _category(category)
+    purpose = _purpose(purpose)
     with _atomic(conn):
         return _append_consent_event(
             conn,
@@ -445,9 +522,22 @@ def consent_history(conn: Conn, user_id: str) -> list[ConsentEvent]:
     return _ledger_history(conn, user_id)
 
 
+class PurgeIncomplete(Incomplete):
+    """A purge's final verification found rows left; the audit record lists them."""
+
+    def __init__(self, message: str, report: PurgeReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 @dataclass
 class PurgeReport:
-    """What a withdrawal or erasure deleted: rows per table (``table`` or ``table.field``)."""
+    """What a withdrawal or erasure deleted: rows per table (``table`` or ``table.field``).
+
+    ``status`` is ``complete`` (verified: nothing left), ``incomplete`` (``left`` says what
+    remains) or ``retained`` (a withdrawal of one purpose while another purpose that uses the
+    category, listed in ``retained_for``, keeps an active consent: nothing is deleted).
+    """
 
     action: str  # "purge_category" | "erase_user"
     user_id: str
@@ -456,6 +546,10 @@ class PurgeReport:
     elapsed_s: float = 0.0
     audit_id: int | None = None
     event: ConsentEvent | None = None
+    status: str = "pending"
+    left: dict[str, int] = field(default_factory=dict)
+    retained_for: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def total(self) -> int:
@@ -465,17 +559,51 @@ class PurgeReport:
         for table, n in counts.items():
             self.counts[table] = self.counts.get(table, 0) + n
 
+    def audit_details(self) -> dict[str, object]:
+        details: dict[str, object] = {"status": self.status, "counts": self.counts}
+        if self.category is not None:
+            details["category"] = self.category.value
+        if self.event is not None:
+            details["purpose"] = self.event.purpose
+        if self.left:
+            details["left"] = self.left
+        if self.retained_for:
+            details["retained_for"] = self.retained_for
+        return details
+
     def to_json(self) -> dict[str, object]:
         return {
             "action": self.action,
             "user_id": self.user_id,
             "category": str(self.category) if self.category else None,
+            "status": self.status,
             "counts": dict(sorted(self.counts.items())),
             "total": self.total,
+            "left": dict(sorted(self.left.items())),
+            "retained_for": self.retained_for,
             "elapsed_s": round(self.elapsed_s, 3),
             "audit_id": self.audit_id,
             "event": self.event.to_json() if self.event else None,
         }
+
+    def finish(self, conn: Conn, left: Mapping[str, int]) -> None:
+        """Record the verification's result and the audit record (in the caller's
+        transaction)."""
+        self.left = {t: n for t, n in left.items() if n}
+        if self.status != "retained":
+            self.status = "incomplete" if self.left else "complete"
+        self.elapsed_s = time.monotonic() - self.started
+        self.audit_id = write_audit(conn, self.action, self.user_id, self.audit_details())
+
+    def raise_if_incomplete(self) -> None:
+        if self.left:
+            what = ", ".join(f"{n} in {t}" for t, n in sorted(self.left.items()))
+            scope = f" of {self.category.value}" if self.category else ""
+            raise PurgeIncomplete(
+                f"{self.action}{scope} for user {self.user_id!r} is incomplete: rows left "
+                f"({what}); audit record {self.audit_id}. Run the command again",
+                self,
+            )
 
 
 def withdraw_consent(
@@ -485,20 +613,42 @@ def withdraw_consent(
     category: str,
     purpose: str = PURPOSE_CREDIT_SCORING,
     at: datetime | None = None,
-    settle_s: float = CONSENT_PROPAGATION_S,
+    settle_s: float = 0.0,
 ) -> PurgeReport:
     """Append a withdrawal and purge every stored row of that user and category.
 
     Purges raw readings and any table with ``user_id`` + ``signal`` (rollups), nulls the
-    category's features in ``feature_snapshots`` (with a reason) and notifies caches on
-    CONSENT_CHANNEL. All of the category's data goes, whatever ``at`` says (``at`` only dates
-    the ledger event).
+    category's features in ``feature_snapshots`` (with a reason), deletes the dead letters of the
+    user's devices and notifies caches on CONSENT_CHANNEL. All of the category's data goes,
+    whatever ``at`` says (``at`` only dates the ledger event; it may not be before the
+    category's latest grant, nor in the future) — unless another purpose that uses the category
+    keeps an active consent (``status`` ``retained``). Raises :class:`PurgeIncomplete` when the
+    final verification finds rows left. ``settle_s`` is ignored: the consent gate made the old
+    settle pass unnecessary.
     """
+    del settle_s
+    report = record_withdrawal(conn, user_id=user_id, category=category, purpose=purpose, at=at)
+    purge_withdrawn(conn, report)
+    report.raise_if_incomplete()
+    return report
+
+
+def record_withdrawal(
+    conn: Conn,
+    *,
+    user_id: str,
+    category: str,
+    purpose: str = PURPOSE_CREDIT_SCORING,
+    at: datetime | None = None,
+) -> PurgeReport:
+    """First half of :func:`withdraw_consent`: append the withdrawal under the exclusive INGEST
+    gate. Once it commits, no collector commit stores the category for the user."""
     _check_at(at)
     cat = _category(category)
-    started = time.monotonic()
+    purpose = _purpose(purpose)
     report = PurgeReport("purge_category", user_id, cat)
-    with conn.transaction():
+    with _atomic(conn):
+        conn.execute(gate_sql(GATE_INGEST, exclusive=True))
         report.event = _append_consent_event(
             conn,
             user_id=user_id,
@@ -509,17 +659,38 @@ def withdraw_consent(
             at=at,
             evidence=None,
         )
-        report.add(purge_category_rows(conn, user_id, cat))
-    if settle_s > 0 and _can_commit_between(conn):
-        wait_for_older_transactions(conn, settle_s)
-        with conn.transaction():
-            report.add(purge_category_rows(conn, user_id, cat))
-    report.elapsed_s = time.monotonic() - started
-    with conn.transaction():
-        report.audit_id = write_audit(
-            conn, "purge_category", user_id, {"category": cat.value, "counts": report.counts}
-        )
     return report
+
+
+def purge_withdrawn(conn: Conn, report: PurgeReport) -> PurgeReport:
+    """Second half of :func:`withdraw_consent`: under the exclusive DERIVED gate, delete the
+    category's rows unless another purpose still uses them, verify, and audit. Does not raise
+    on rows left (see :meth:`PurgeReport.raise_if_incomplete`)."""
+    category = report.category
+    assert category is not None
+    with _atomic(conn):
+        conn.execute(gate_sql(GATE_DERIVED, exclusive=True))
+        report.retained_for = purposes_still_using(conn, report.user_id, category)
+        if report.retained_for:
+            report.status = "retained"
+            left: dict[str, int] = {}
+        else:
+            report.add(purge_category_rows(conn, report.user_id, category))
+            left = category_rows_left(conn, report.user_id, category)
+            _notify_consent(conn, "withdraw", report.user_id, category)  # cached vectors
+        report.finish(conn, left)
+    return report
+
+
+def purposes_still_using(conn: Conn, user_id: str, category: Category) -> list[str]:
+    """Purposes using ``category`` for which the user's consent is active now."""
+    using = sorted(p for p, cats in ledger.PURPOSES.items() if category in cats)
+    rows = conn.execute(
+        "SELECT purpose FROM consent_state WHERE user_id = %s AND category = %s "
+        "AND purpose = ANY(%s) AND action = 'grant' AND notice_version = %s ORDER BY purpose",
+        (user_id, category.value, using, CURRENT_NOTICE_VERSION),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 # --- Purge machinery -------------------------------------------------------------------------
@@ -567,14 +738,12 @@ def category_signals(category: Category) -> list[str]:
 
 
 # Tables whose user_id/category columns are the consent record itself, not data of a category.
-_NOT_CATEGORY_DATA = frozenset({"consent_events", "users", "devices"})
+_NOT_CATEGORY_DATA = frozenset({"consent_events", "consent_state", "users", "devices"})
 
 
-def purge_category_rows(conn: Conn, user_id: str, category: Category) -> dict[str, int]:
-    """Delete the user's data of one category everywhere; rows deleted (or changed) per table."""
-    counts: dict[str, int] = {}
-    signals = category_signals(category)
-    devices = _user_device_ids(conn, user_id)
+def _category_row_filters(conn: Conn) -> Iterator[tuple[str, sql.Composable]]:
+    """(table, WHERE) for every table holding data of one category of one user. Parameters:
+    user, signals, category, devices."""
     for table, columns in sorted(user_tables(conn).items()):
         if "user_id" not in columns or table in _NOT_CATEGORY_DATA:
             continue
@@ -587,57 +756,69 @@ def purge_category_rows(conn: Conn, user_id: str, category: Category) -> dict[st
             continue
         if "device_id" in columns:  # lets the (device_id, signal, time) key index serve it
             where = sql.SQL("device_id = ANY(%(devices)s) AND ") + where
-        cur = conn.execute(
-            sql.SQL("DELETE FROM {} WHERE {}").format(_ident(table), where),
-            {"user": user_id, "signals": signals, "category": category.value, "devices": devices},
-        )
+        yield table, where
+
+
+def _category_params(conn: Conn, user_id: str, category: Category) -> dict[str, object]:
+    return {
+        "user": user_id,
+        "signals": category_signals(category),
+        "category": category.value,
+        "devices": _user_device_ids(conn, user_id),
+    }
+
+
+_SNAPSHOT_CATEGORY = "ARRAY[%(category)s]::text[]"
+
+
+def purge_category_rows(conn: Conn, user_id: str, category: Category) -> dict[str, int]:
+    """Delete the user's data of one category everywhere; rows deleted (or changed) per table."""
+    counts: dict[str, int] = {}
+    params = _category_params(conn, user_id, category)
+    for table, where in _category_row_filters(conn):
+        cur = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(_ident(table), where), params)
         counts[table] = cur.rowcount
     # A dead letter has no category (it may be any part of a message): a withdrawal removes
     # every one of the user's devices, matched by device id (issue 11 §4).
-    cur = conn.execute("DELETE FROM dead_letters WHERE device_id = ANY(%s)", (devices,))
+    cur = conn.execute("DELETE FROM dead_letters WHERE device_id = ANY(%(devices)s)", params)
     counts["dead_letters"] = cur.rowcount
-    # Snapshots keep every feature (one schema for clients): the category's cells become
-    # null with a reason (hearth.vectors), instead of losing their keys.
+    # Snapshots keep every feature (one schema for clients): the category's cells become null
+    # with a reason (hearth.vectors), instead of losing their keys.
+    withheld = withhold_features_sql("s.vector", "s.feature_set_version", _SNAPSHOT_CATEGORY)
+    shows = shows_features_sql("s.vector", "s.feature_set_version", _SNAPSHOT_CATEGORY)
     cur = conn.execute(
-        """
-        UPDATE feature_snapshots s
-           SET vector = s.vector || names.cells
-          FROM (SELECT feature_set_version,
-                       jsonb_object_agg(name, %(cell)s::jsonb) AS cells
-                  FROM feature_definitions WHERE category = %(category)s
-                 GROUP BY feature_set_version) names
-         WHERE s.user_id = %(user)s
-           AND s.feature_set_version = names.feature_set_version
-           AND NOT s.vector @> names.cells
-        """,
-        {"user": user_id, "category": category.value, "cell": json.dumps(withdrawn_cell())},
+        f"UPDATE feature_snapshots s SET vector = {withheld} "
+        f"WHERE s.user_id = %(user)s AND {shows}",
+        params,
     )
     counts["feature_snapshots.features"] = cur.rowcount
     return counts
 
 
-def _can_commit_between(conn: Conn) -> bool:
-    """True when no caller transaction is open, so our first pass is already committed."""
-    return conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+def category_rows_left(conn: Conn, user_id: str, category: Category) -> dict[str, int]:
+    """The final verification of a withdrawal: rows of the category still held, per table
+    (the same tables and snapshot features :func:`purge_category_rows` deletes)."""
+    params = _category_params(conn, user_id, category)
+    left = {
+        table: _count(conn, sql.SQL("SELECT count(*) FROM {} WHERE {}"), table, where, params)
+        for table, where in _category_row_filters(conn)
+    }
+    shows = shows_features_sql("s.vector", "s.feature_set_version", _SNAPSHOT_CATEGORY)
+    row = conn.execute(
+        f"SELECT count(*) FROM feature_snapshots s WHERE s.user_id = %(user)s AND {shows}",
+        params,
+    ).fetchone()
+    assert row is not None
+    left["feature_snapshots.features"] = int(row[0])
+    return left
 
 
-def wait_for_older_transactions(conn: Conn, settle_s: float, deadline_s: float = 30.0) -> None:
-    """Wait ``settle_s`` (collectors' reaction bound), then until every transaction of this
-    database that began before that moment has ended: its rows are visible to the next purge."""
-    time.sleep(settle_s)  # a time bound, not a sync point: replicas promise ≤ settle_s
-    cutoff = conn.execute("SELECT clock_timestamp()").fetchone()
-    assert cutoff is not None
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND xact_start < %s "
-            "AND backend_type = 'client backend'",
-            (cutoff[0],),
-        ).fetchone()
-        if row is not None and row[0] == 0:
-            return
-        time.sleep(0.05)
+def _count(
+    conn: Conn, query: sql.SQL, table: str, where: sql.Composable, params: Mapping[str, object]
+) -> int:
+    row = conn.execute(query.format(_ident(table), where), params).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def audit_subject(user_id: str) -> str:
@@ -719,8 +900,8 @@ def _user_row_filters(conn: Conn) -> Iterator[tuple[str, sql.Composable]]:
     the registry itself. Export reads and erasure deletes exactly these rows, so an export
     before erasure returns everything the erasure removes. Parameters: user, devices."""
     for table, columns in sorted(user_tables(conn).items()):
-        if table in ("users", "devices", "consent_events"):
-            continue
+        if table in ("users", "devices", "consent_events", "consent_state"):
+            continue  # the registry and the ledger: exported as such, erased last
         if "user_id" in columns and "device_id" in columns:
             yield table, sql.SQL("(device_id = ANY(%(devices)s) OR user_id = %(user)s)")
         elif "user_id" in columns:
@@ -740,49 +921,58 @@ def _erase_rows(conn: Conn, user_id: str, device_ids: list[str]) -> dict[str, in
     return counts
 
 
-def erase_user(conn: Conn, user_id: str, *, settle_s: float = CONSENT_PROPAGATION_S) -> PurgeReport:
+def _erase_rows_left(conn: Conn, user_id: str, devices: list[DeviceInfo]) -> dict[str, int]:
+    """The final verification of an erasure: rows still held per table (what
+    :func:`_erase_rows` reaches, dead letters included by device id)."""
+    params = {"user": user_id, "devices": [d.device_id for d in devices]}
+    query = sql.SQL("SELECT count(*) FROM {} WHERE {}")
+    return {t: _count(conn, query, t, where, params) for t, where in _user_row_filters(conn)}
+
+
+def erase_user(conn: Conn, user_id: str, *, settle_s: float = 0.0) -> PurgeReport:
     """Delete every row of the user: data in any table with their id or their devices' ids
     (dead letters included, by device id), devices, consent history and the user itself.
 
-    The audit record keeps only the keyed-hash subject and counts.
+    First, under the exclusive INGEST gate, the user's consent state is cleared (no collector
+    commit stores anything of theirs from then on); then, under the exclusive DERIVED gate,
+    everything is deleted and verified. The registry, ledger and user go only when nothing is
+    left, so an incomplete erasure (:class:`PurgeIncomplete`) can simply be run again. The
+    audit record keeps only the keyed-hash subject, counts and status. ``settle_s`` is ignored.
     """
-    started = time.monotonic()
+    del settle_s
     report = PurgeReport("erase_user", user_id, None)
-    with conn.transaction():
-        _require_user(conn, user_id)
+    with _atomic(conn):
+        conn.execute(gate_sql(GATE_INGEST, exclusive=True))
+        _require_user(conn, user_id, lock=True)
+        conn.execute("DELETE FROM consent_state WHERE user_id = %s", (user_id,))
+        _notify_consent(conn, "erase", user_id, None)
+    with _atomic(conn):
+        conn.execute(gate_sql(GATE_DERIVED, exclusive=True))
+        _require_user(conn, user_id, lock=True)
         devices = list_devices(conn, user_id)
-        device_ids = [d.device_id for d in devices]
-        report.add(_erase_rows(conn, user_id, device_ids))
-        conn.execute("SELECT set_config('hearth.erasing', 'on', true)")  # ledger may be deleted
-        for table in ("consent_events", "devices", "users"):
-            cur = conn.execute(
-                sql.SQL("DELETE FROM {} WHERE user_id = %s").format(sql.Identifier(table)),
-                (user_id,),
-            )
-            report.add({table: cur.rowcount})
-        conn.execute("SELECT set_config('hearth.erasing', '', true)")
-        conn.execute(
-            "SELECT pg_notify(%s, %s)",
-            (CONSENT_CHANNEL, consent_notification("erase", user_id, None)),
-        )
-    if settle_s > 0 and _can_commit_between(conn):
-        # Rows a collector batch committed after the first pass (it had identified the device
-        # before the registry NOTIFY) carry the user id; delete them too.
-        wait_for_older_transactions(conn, settle_s)
-        with conn.transaction():
-            report.add(_erase_rows(conn, user_id, device_ids))
-    report.elapsed_s = time.monotonic() - started
-    with conn.transaction():
-        report.audit_id = write_audit(conn, "erase_user", user_id, {"counts": report.counts})
+        report.add(_erase_rows(conn, user_id, [d.device_id for d in devices]))
+        left = _erase_rows_left(conn, user_id, devices)
+        if not any(left.values()):
+            conn.execute("SELECT set_config('hearth.erasing', 'on', true)")  # ledger may go
+            for table in ("consent_events", "devices", "users"):
+                cur = conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE user_id = %s").format(sql.Identifier(table)),
+                    (user_id,),
+                )
+                report.add({table: cur.rowcount})
+            conn.execute("SELECT set_config('hearth.erasing', '', true)")
+        _notify_consent(conn, "erase", user_id, None)  # cached vectors
+        report.finish(conn, left)
+    report.raise_if_incomplete()
     return report
 
 
 __all__ = [
-    "CONSENT_PROPAGATION_S",
     "AdminError",
     "ConsentEvent",
     "DeviceCredentials",
     "DeviceInfo",
+    "PurgeIncomplete",
     "PurgeReport",
     "add_user",
     "consent_history",
@@ -790,6 +980,8 @@ __all__ = [
     "export_user",
     "grant_consent",
     "list_devices",
+    "purge_withdrawn",
+    "record_withdrawal",
     "register_device",
     "retire_device",
     "withdraw_consent",

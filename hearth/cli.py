@@ -14,6 +14,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service we need is down or refused us
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for any tool whose reader left
+EXIT_INCOMPLETE = 75  # sysexits EX_TEMPFAIL: part of the work is left; running it again is safe
 
 
 class ServiceUnavailable(Exception):
@@ -22,6 +23,10 @@ class ServiceUnavailable(Exception):
 
 class UsageError(Exception):
     """The user asked for something impossible (unknown user, bad flag combination)."""
+
+
+class Incomplete(Exception):
+    """The command did part of its work; the message says what is left (one line)."""
 
 
 def run_main(main: Callable[[], int]) -> None:
@@ -44,6 +49,9 @@ def run_main(main: Callable[[], int]) -> None:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
+    except Incomplete as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_INCOMPLETE
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -14,7 +14,8 @@ from datetime import datetime
 
 import psycopg
 
-from hearth.signals import PURPOSE_CREDIT_SCORING, Category
+from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
+from hearth.vectors import withdrawn_cell
 
 REGISTRY_CHANNEL = "hearth_registry"  # NOTIFY on any change to users/devices (migration 0002)
 CONSENT_CHANNEL = "hearth_consent"  # NOTIFY on any change to consent_events
@@ -35,11 +36,12 @@ class DeviceRecord:
     external_id: str
     tz: str  # the device's own zone, else its user's
     mqtt_username: str | None
+    bound_at: datetime | None = None  # readings dated earlier are refused (None: not checked)
 
 
 _LIVE_DEVICES_SQL = """
     SELECT d.device_id, d.user_id, d.kind, d.format, d.external_id,
-           coalesce(d.tz, u.tz), d.mqtt_username
+           coalesce(d.tz, u.tz), d.mqtt_username, d.bound_at
       FROM devices d JOIN users u USING (user_id)
      WHERE d.retired_at IS NULL
 """
@@ -84,7 +86,18 @@ def consent_rule_params() -> dict[str, object]:
 def _devices(rows: Iterable[tuple[object, ...]]) -> dict[tuple[str, str], DeviceRecord]:
     out = {}
     for r in rows:
-        rec = DeviceRecord(*(None if v is None else str(v) for v in r))  # type: ignore[arg-type]
+        device_id, user_id, kind, format, external_id, tz, username, bound_at = r
+        assert bound_at is None or isinstance(bound_at, datetime)
+        rec = DeviceRecord(
+            str(device_id),
+            str(user_id),
+            str(kind),
+            str(format),
+            str(external_id),
+            str(tz),
+            None if username is None else str(username),
+            bound_at,
+        )
         out[(rec.format, rec.external_id)] = rec
     return out
 
@@ -116,12 +129,127 @@ def active_consents(conn: Conn, at: datetime | None = None) -> set[tuple[str, Ca
     return {(str(u), Category(str(c))) for u, c in conn.execute(sql, params).fetchall()}
 
 
-async def active_consents_async(
-    conn: AsyncConn, at: datetime | None = None
-) -> set[tuple[str, Category]]:
-    sql, params = _consent_params(at, None)
-    cur = await conn.execute(sql, params)
-    return {(str(u), Category(str(c))) for u, c in await cur.fetchall()}
+# --- Consent now: the state table, purposes and the consent gate ----------------------------
+
+# The purposes a user can consent to, and the data categories each one uses. The CLI and the
+# API accept only these; a withdrawal purges a category's data only when no purpose that uses
+# the category keeps an active consent (issue 12 §2). The collector stores data under the
+# credit-scoring consent alone (DESIGN §3.6).
+PURPOSES: dict[str, frozenset[Category]] = {PURPOSE_CREDIT_SCORING: frozenset(Category)}
+
+# consent_state (migration 0035) holds the latest ledger event per (user, purpose, category),
+# kept by a trigger in the same transaction as every append. A pair is consented now when that
+# event is a grant under the current notice; ``since`` is when that run of grants began, and a
+# reading dated earlier is refused (consented at its event time *and* now; a withdrawal in
+# between purged the category, so older data stays out).
+_CONSENT_NOW_SQL = """
+    SELECT user_id, category, since FROM consent_state
+     WHERE purpose = %(purpose)s AND action = 'grant' AND notice_version = %(notice)s
+"""
+
+ConsentSince = dict[tuple[str, Category], datetime]
+
+
+def _consent_since(rows: Iterable[tuple[object, ...]]) -> ConsentSince:
+    out: ConsentSince = {}
+    for user, category, since in rows:
+        assert isinstance(since, datetime)
+        out[(str(user), Category(str(category)))] = since
+    return out
+
+
+# consent_epoch (migration 0037) counts revocations. Read it *before* consent_state: a cache
+# then never claims an epoch newer than its consents, which is what lets a writer skip the
+# per-row consent join for a batch checked at the epoch still current (collector.writer).
+CONSENT_EPOCH_SQL = "SELECT epoch FROM consent_epoch"
+
+
+async def consent_cache_async(conn: AsyncConn) -> tuple[int, ConsentSince]:
+    """(epoch, (user, category) consented now for credit scoring → start of that consent)."""
+    cur = await conn.execute(CONSENT_EPOCH_SQL)
+    row = await cur.fetchone()
+    assert row is not None
+    cur = await conn.execute(_CONSENT_NOW_SQL, consent_rule_params())
+    return int(str(row[0])), _consent_since(await cur.fetchall())
+
+
+def consent_since(conn: Conn) -> ConsentSince:
+    return _consent_since(conn.execute(_CONSENT_NOW_SQL, consent_rule_params()).fetchall())
+
+
+def signal_categories_sql() -> str:
+    """``(VALUES ('signal', 'category'), ...)``: the catalogue as an SQL relation (signal,
+    category), for joins that check consent per stored row. Names are catalogue constants."""
+    pairs = ", ".join(f"('{s.name}', '{s.category.value}')" for s in SIGNALS.values())
+    return f"(VALUES {pairs})"
+
+
+def consented_now_sql(row: str, category_expr: str) -> str:
+    """An SQL join clause (``JOIN consent_state ... ON``) keeping the rows of alias ``row`` (with
+    ``user_id`` and ``time``) whose category ``category_expr`` is consented now and was at the
+    row's time. The caller binds ``%(purpose)s`` and ``%(notice)s``
+    (:func:`consent_rule_params`)."""
+    return f"""JOIN consent_state cs
+          ON cs.user_id = {row}.user_id AND cs.purpose = %(purpose)s
+         AND cs.category = {category_expr} AND cs.action = 'grant'
+         AND cs.notice_version = %(notice)s AND {row}.time >= cs.since"""
+
+
+# The consent gate: writers of personal data and consent changes serialise on two advisory
+# locks (transaction level), so that nothing of a category withdrawn, or of a user erased,
+# before a write commits is ever written (issue 11 §2).
+# - INGEST: the collector holds it shared while it moves a batch into the raw tables (tens of
+#   ms); a consent change holds it exclusively while it commits the ledger event. A batch
+#   either committed before the change (the purge that follows sees its rows) or moves its rows
+#   after it, and then sees the bumped consent_epoch and joins consent_state, which drops the
+#   withdrawn category.
+# - DERIVED: writers computing from stored data (rollups, snapshots) hold it shared per
+#   transaction; a purge holds it exclusively while it deletes and verifies, so nothing
+#   computed from the rows it deletes can commit after it. Kept apart from INGEST so a long
+#   rollup transaction never stalls ingest behind a waiting purge.
+# Every statement after the lock sees what committed before it (READ COMMITTED), and a
+# transaction holds one lock, never one per user (max_locks_per_transaction).
+GATE_INGEST = 0x48434749  # "HCGI"
+GATE_DERIVED = 0x48434744  # "HCGD"
+
+
+def gate_sql(gate: int, *, exclusive: bool = False) -> str:
+    """The statement that takes ``gate`` for the rest of the transaction. It must run as a
+    statement of its own, before the statements it protects take their snapshots."""
+    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    return f"SELECT {fn}({gate})"
+
+
+def withdrawn_categories_sql(user_expr: str) -> str:
+    """SQL text[]: the categories user ``user_expr`` has withdrawn from credit scoring (latest
+    event a withdrawal). Their features are never written into a snapshot."""
+    return f"""ARRAY(SELECT ws.category FROM consent_state ws
+                 WHERE ws.user_id = {user_expr} AND ws.purpose = '{PURPOSE_CREDIT_SCORING}'
+                   AND ws.action = 'withdraw')"""
+
+
+# What a snapshot holds of a category it may not show. These two expressions change together:
+# the purge writes with the first and verifies with the second.
+def _withdrawn_cells_sql(version_expr: str, categories_expr: str) -> str:
+    """SQL jsonb: ``{name: withdrawn cell}`` for every feature of ``categories_expr``."""
+    withdrawn = json.dumps(withdrawn_cell())
+    return f"""coalesce(
+        (SELECT jsonb_object_agg(fd.name, '{withdrawn}'::jsonb) FROM feature_definitions fd
+          WHERE fd.feature_set_version = {version_expr}
+            AND fd.category = ANY({categories_expr})), '{{}}'::jsonb)"""
+
+
+def withhold_features_sql(vector_expr: str, version_expr: str, categories_expr: str) -> str:
+    """SQL jsonb: snapshot ``vector_expr`` (feature-set version ``version_expr``) with the
+    features of the categories in text[] ``categories_expr`` (by ``feature_definitions``) made
+    withdrawn cells — null with a reason, the key kept (hearth.vectors: one schema)."""
+    return f"({vector_expr} || {_withdrawn_cells_sql(version_expr, categories_expr)})"
+
+
+def shows_features_sql(vector_expr: str, version_expr: str, categories_expr: str) -> str:
+    """SQL boolean: the snapshot still shows a feature of one of ``categories_expr`` (a cell
+    that is not the withdrawn cell)."""
+    return f"(NOT {vector_expr} @> {_withdrawn_cells_sql(version_expr, categories_expr)})"
 
 
 def consented_categories(conn: Conn, user_id: str, at: datetime) -> set[Category]:

@@ -32,6 +32,8 @@ class Reason(StrEnum):
     SPOOFED = "spoofed"  # payload/client identity disagrees with the topic's device
     NO_CONSENT = "no_consent"  # user has no active consent for the category (redacted)
     UNSTORABLE = "unstorable"  # the database refused its rows (a data error), see collector.writer
+    BEFORE_CONSENT = "before_consent"  # dated before the category's consent began (redacted)
+    BEFORE_BINDING = "before_binding"  # dated before the device was bound to its user (redacted)
 
 
 # PostgreSQL text cannot hold NUL, and UTF-8 cannot encode a lone surrogate; Python strings can

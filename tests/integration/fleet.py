@@ -36,6 +36,9 @@ Conn = psycopg.Connection[tuple[object, ...]]
 
 
 # -- registry and consent -------------------------------------------------------------------
+LONG_AGO = "'2000-01-01 00:00:00+00'::timestamptz"  # before any reading, samples included
+
+
 def add_user(conn: Conn, user_id: str, tz: str = "UTC") -> None:
     conn.execute(
         "INSERT INTO users (user_id, tz) VALUES (%s, %s) ON CONFLICT DO NOTHING", (user_id, tz)
@@ -52,9 +55,11 @@ def add_device(
     kind: str = "sensor",
     tz: str | None = None,
 ) -> None:
+    # Bound and consented long before any test reading (readings dated before either are
+    # refused): these tests replay history "now".
     conn.execute(
-        "INSERT INTO devices (device_id, user_id, kind, format, external_id, tz) "
-        "VALUES (%s, %s, %s, %s, %s, %s)",
+        "INSERT INTO devices (device_id, user_id, kind, format, external_id, tz, bound_at) "
+        f"VALUES (%s, %s, %s, %s, %s, %s, {LONG_AGO})",
         (device_id, user_id, kind, format, external_id or device_id, tz),
     )
 
@@ -62,8 +67,8 @@ def add_device(
 def grant(conn: Conn, user_id: str, categories: Iterable[Category] = tuple(Category)) -> None:
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO consent_events (user_id, category, notice_version, action) "
-            "VALUES (%s, %s, %s, 'grant')",
+            "INSERT INTO consent_events (user_id, category, notice_version, action, at) "
+            f"VALUES (%s, %s, %s, 'grant', {LONG_AGO})",
             [(user_id, str(c), CURRENT_NOTICE_VERSION) for c in categories],
         )
 

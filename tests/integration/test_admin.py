@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from hearth import admin
+from hearth import admin, ledger
 from hearth.admin import AdminError, verify_mosquitto_password
 from hearth.signals import Category
 from hearth.vectors import withdrawn_cell
@@ -51,7 +51,7 @@ def test_register_device_mints_hashed_credentials(db: psycopg.Connection) -> Non
     assert not verify_mosquitto_password("wrong", stored[0])
     assert set(creds.to_json()) == {
         "device_id", "user_id", "kind", "format", "external_id", "mqtt_username",
-        "mqtt_password", "topics",
+        "mqtt_password", "topics", "bound_at",
     }  # fmt: skip
 
     canonical = admin.register_device(
@@ -146,14 +146,16 @@ def test_withdraw_purges_category_everywhere_and_audits(db: psycopg.Connection) 
     ]
 
 
-def test_withdraw_second_pass_removes_rows_of_a_late_collector_batch(
+def test_withdraw_waits_for_a_collector_batch_holding_the_ingest_gate(
     database_url: str, db: psycopg.Connection
 ) -> None:
-    """A collector transaction that began before the withdrawal and commits after the first
-    purge pass (it checked consent before the NOTIFY) is cleaned up by the settle pass."""
+    """A collector batch that checked consent before the withdrawal and has not committed yet
+    holds the INGEST gate: the withdrawal waits for it, so its rows are committed before the
+    purge and deleted by it (no settle pass, no sleep)."""
     seeded = seed_user(db)
     user, phone = seeded.user_id, seeded.device_ids[0]
     late = psycopg.connect(database_url)  # a "collector" batch, still open
+    late.execute(ledger.gate_sql(ledger.GATE_INGEST))
     late.execute(
         "INSERT INTO categorical_readings (time, device_id, user_id, signal, value) "
         "VALUES (now(), %s, %s, 'geohash', 'u33dc0d')",
@@ -163,21 +165,30 @@ def test_withdraw_second_pass_removes_rows_of_a_late_collector_batch(
 
     def withdraw() -> None:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            result["r"] = admin.withdraw_consent(
-                conn, user_id=user, category="location", settle_s=0.2
-            )
+            result["r"] = admin.withdraw_consent(conn, user_id=user, category="location")
 
     worker = threading.Thread(target=withdraw)
     worker.start()
     deadline = time.monotonic() + 10
-    while not any(e.action == "withdraw" for e in admin.consent_history(db, user)):
-        assert time.monotonic() < deadline, "withdrawal never committed"
+    while not _waiting_for_advisory_lock(db):
+        assert time.monotonic() < deadline, "the withdrawal never waited for the gate"
         time.sleep(0.02)
-    late.commit()  # the late batch lands after the first pass
+    assert not any(e.action == "withdraw" for e in admin.consent_history(db, user))
+    late.commit()  # the late batch lands; the withdrawal proceeds
     late.close()
     worker.join(timeout=30)
     assert count_signal_rows(db, user, Category.LOCATION)["categorical_readings"] == 0
     assert result["r"].counts["categorical_readings"] == seeded.rows_per_signal + 1
+    assert result["r"].status == "complete"
+
+
+def _waiting_for_advisory_lock(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND objid::bigint = %s",
+        (ledger.GATE_INGEST,),
+    ).fetchone()
+    return row is not None and row[0] > 0
 
 
 def test_export_then_erase_leaves_no_reference(db: psycopg.Connection) -> None:

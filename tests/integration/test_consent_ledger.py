@@ -61,11 +61,15 @@ def test_old_notice_version_does_not_cover_the_current_one(db: psycopg.Connectio
     assert consented_categories(db, user, T0 + timedelta(days=1)) == {Category.PRESENCE}
 
 
-def test_other_purposes_do_not_count(db: psycopg.Connection) -> None:
+def test_other_purposes_do_not_count(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(ledger.PURPOSES, "marketing", frozenset({Category.USAGE}))
     user = unique("u")
     admin.add_user(db, user)
     admin.grant_consent(db, user_id=user, category="usage", purpose="marketing", at=T0)
     assert consented_categories(db, user, T0 + timedelta(days=1)) == set()
+    assert (user, Category.USAGE) not in ledger.consent_since(db)
 
 
 def test_ledger_is_append_only(db: psycopg.Connection) -> None:

@@ -50,13 +50,19 @@ class Rig:
 
 def _household(conn: psycopg.Connection, categories: tuple[Category, ...]) -> Household:
     user = unique("e2e")
+    at = datetime.now(UTC) - timedelta(days=30)  # bound and consented before any reading
     phone = admin.register_device(
-        conn, user_id=user, kind="phone", format="hearth", external_id=unique("ph"), user_tz="UTC"
+        conn,
+        user_id=user,
+        kind="phone",
+        format="hearth",
+        external_id=unique("ph"),
+        user_tz="UTC",
+        bound_at=at,
     )
     plug = admin.register_device(
-        conn, user_id=user, kind="plug", format="hearth", external_id=unique("pl")
+        conn, user_id=user, kind="plug", format="hearth", external_id=unique("pl"), bound_at=at
     )
-    at = datetime.now(UTC) - timedelta(days=30)
     for c in categories:
         admin.grant_consent(conn, user_id=user, category=c, at=at)
     return Household(user, phone, plug)

@@ -20,14 +20,26 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 KEY = b"unit-test-pseudonym-key-0123456789"
 
 
-def device(device_id: str = "dev1", user: str = "u1") -> DeviceRecord:
-    return DeviceRecord(device_id, user, "phone", "hearth", device_id, "UTC", None)
+LONG_AGO = NOW - timedelta(days=30)
 
 
-def make_pipeline(consents: set[tuple[str, Category]] | None = None) -> Pipeline:
+def device(
+    device_id: str = "dev1", user: str = "u1", bound_at: datetime = LONG_AGO
+) -> DeviceRecord:
+    return DeviceRecord(device_id, user, "phone", "hearth", device_id, "UTC", None, bound_at)
+
+
+def make_pipeline(
+    consents: set[tuple[str, Category]] | None = None,
+    *,
+    since: datetime = LONG_AGO,
+    bound_at: datetime = LONG_AGO,
+) -> Pipeline:
+    """Device dev1 of user u1, bound at ``bound_at``; ``consents`` (default all) since ``since``."""
+    pairs = consents if consents is not None else {("u1", c) for c in Category}
     caches = Caches(
-        devices={("hearth", "dev1"): device()},
-        consents=frozenset(consents if consents is not None else {("u1", c) for c in Category}),
+        devices={("hearth", "dev1"): device(bound_at=bound_at)},
+        consents=dict.fromkeys(pairs, since),
     )
     settings = load_settings(max_payload_bytes=1024, dead_letter_payload_bytes=64)
     return Pipeline(settings, Minimiser(KEY), caches)
@@ -169,6 +181,43 @@ def test_event_older_than_max_age_is_too_old() -> None:
     old = (NOW - timedelta(days=91)).isoformat()
     batch = run(make_pipeline(), "hearth/v1/dev1/p", body({"battery_pct": 5}, ts=old))
     assert batch.dead_by_reason == {"too_old": 1} and batch.numeric == []
+
+
+def test_readings_before_the_consent_began_are_refused_and_redacted() -> None:
+    """Consented now, but not at the reading's event time: ``before_consent``, no payload."""
+    pipeline = make_pipeline(since=NOW - timedelta(minutes=10))
+    early = body({"battery_pct": 5}, ts=(NOW - timedelta(minutes=11)).isoformat())
+    batch = run(pipeline, "hearth/v1/dev1/p", early)
+    assert batch.numeric == []
+    [(_topic, reason, detail, payload, _size, _)] = batch.dead_letters
+    assert (reason, detail, payload) == ("before_consent", "", None)
+    assert batch.dead_by_reason == {"before_consent": 1}
+    assert batch.dropped_by_category == {"device_health": 1}
+    on_time = body({"battery_pct": 5}, ts=(NOW - timedelta(minutes=10)).isoformat())
+    assert [r[3] for r in run(pipeline, "hearth/v1/dev1/p", on_time).numeric] == ["battery_pct"]
+
+
+def test_mixed_message_keeps_only_readings_consented_at_their_time() -> None:
+    pipeline = make_pipeline({("u1", Category.DEVICE_HEALTH)}, since=NOW - timedelta(hours=1))
+    batch = run(pipeline, "hearth/v1/dev1/p", body({"battery_pct": 5, "net_type": "wifi"}))
+    assert [r[3] for r in batch.numeric] == ["battery_pct"] and batch.dead_letters == []
+    # The same message dated before the grant: nothing consented at its time. The reason is
+    # before_consent (a category is consented now), and no payload is kept.
+    old = body({"battery_pct": 5, "net_type": "wifi"}, ts=(NOW - timedelta(hours=2)).isoformat())
+    batch = run(pipeline, "hearth/v1/dev1/p", old)
+    assert [(d[1], d[3]) for d in batch.dead_letters] == [("before_consent", None)]
+
+
+def test_readings_before_the_device_was_bound_are_refused_and_redacted() -> None:
+    pipeline = make_pipeline(bound_at=NOW - timedelta(minutes=5))
+    early = body({"battery_pct": 5}, ts=(NOW - timedelta(minutes=6)).isoformat())
+    batch = run(pipeline, "hearth/v1/dev1/p", early)
+    assert batch.numeric == [] and batch.categorical == []
+    [(_topic, reason, _detail, payload, size, _)] = batch.dead_letters
+    assert (reason, payload) == ("before_binding", None) and size == len(early)
+    assert batch.dead_by_reason == {"before_binding": 1}
+    late = body({"battery_pct": 5}, ts=(NOW - timedelta(minutes=5)).isoformat())
+    assert [r[3] for r in run(pipeline, "hearth/v1/dev1/p", late).numeric] == ["battery_pct"]
 
 
 def test_cache_swap_is_seen_by_the_next_message() -> None:
