@@ -189,7 +189,7 @@ def test_readings_before_the_consent_began_are_refused_and_redacted() -> None:
     early = body({"battery_pct": 5}, ts=(NOW - timedelta(minutes=11)).isoformat())
     batch = run(pipeline, "hearth/v1/dev1/p", early)
     assert batch.numeric == []
-    [(_topic, reason, detail, payload, _size, _)] = batch.dead_letters
+    [(_topic, reason, detail, payload, _size, _digest, _device)] = batch.dead_letters
     assert (reason, detail, payload) == ("before_consent", "", None)
     assert batch.dead_by_reason == {"before_consent": 1}
     assert batch.dropped_by_category == {"device_health": 1}
@@ -213,7 +213,7 @@ def test_readings_before_the_device_was_bound_are_refused_and_redacted() -> None
     early = body({"battery_pct": 5}, ts=(NOW - timedelta(minutes=6)).isoformat())
     batch = run(pipeline, "hearth/v1/dev1/p", early)
     assert batch.numeric == [] and batch.categorical == []
-    [(_topic, reason, _detail, payload, size, _)] = batch.dead_letters
+    [(_topic, reason, _detail, payload, size, _digest, _device)] = batch.dead_letters
     assert (reason, payload) == ("before_binding", None) and size == len(early)
     assert batch.dead_by_reason == {"before_binding": 1}
     late = body({"battery_pct": 5}, ts=(NOW - timedelta(minutes=5)).isoformat())

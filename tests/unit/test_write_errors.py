@@ -67,8 +67,9 @@ def test_error_descriptions_quote_no_value() -> None:
 
 def _pipeline() -> Pipeline:
     device = DeviceRecord("dev1", "u1", "phone", "hearth", "dev1", "UTC", None)
+    since = datetime(2000, 1, 1, tzinfo=UTC)  # consented long before any reading
     caches = Caches(
-        devices={("hearth", "dev1"): device}, consents=frozenset(("u1", c) for c in Category)
+        devices={("hearth", "dev1"): device}, consents={("u1", c): since for c in Category}
     )
     return Pipeline(load_settings(), Minimiser(b"unit-test-pseudonym-key-0123456789"), caches)
 
