@@ -63,6 +63,8 @@ def test_a_dead_cache_keeper_stops_the_collector_with_nothing_lost(
         with conn.transaction():
             conn.execute("SET LOCAL hearth.erasing = 'on'")  # the ledger is append-only
             conn.execute("DELETE FROM consent_events WHERE category = 'finance'")
+            # consent_state follows ledger appends only (its trigger): clear its row too.
+            conn.execute("DELETE FROM consent_state WHERE category = 'finance'")
         collector.start()
         wait_until(lambda: count_rows(conn, "numeric_readings", tag) == 100, 30, "backlog stored")
 

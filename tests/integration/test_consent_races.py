@@ -28,6 +28,7 @@ from features.testing import add_device, add_user, insert_categorical, insert_nu
 from hearth import admin, ledger
 from hearth.settings import get_settings
 from hearth.signals import Category
+from hearth.vectors import withdrawn_cell
 from tests.conftest import Broker
 from tests.integration.consent_fixtures import count_signal_rows, unique
 from tests.integration.fleet import (
@@ -113,7 +114,9 @@ def test_withdrawal_between_materialise_load_and_write_is_not_undone(
     # The chunk was computed before the withdrawal: the control user shows what it held.
     assert any(_vector(db, control)[n]["value"] is not None for n in LOCATION_FEATURES)
     written = _vector(db, withdrawn)
-    assert LOCATION_FEATURES.isdisjoint(written)
+    # Withdrawn features keep their keys (one schema) as null cells that say why (hearth.vectors).
+    assert written.keys() >= LOCATION_FEATURES
+    assert all(written[n] == withdrawn_cell() for n in LOCATION_FEATURES)
     assert written["mean_daily_min_battery_pct_90d"]["value"] is not None  # other categories stay
 
 
