@@ -21,6 +21,7 @@ import pytest
 
 from collector.broker_auth import COLLECTOR_USERNAME, OPERATOR_USERNAME, mqtt_url
 from hearth import admin
+from hearth.broker import BrokerAccounts
 from hearth.signals import Category
 from tests.conftest import free_port
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker
@@ -48,13 +49,21 @@ class Rig:
     everything: Household
 
 
-def _household(conn: psycopg.Connection, categories: tuple[Category, ...]) -> Household:
+def _household(
+    conn: psycopg.Connection, categories: tuple[Category, ...], broker: BrokerAccounts
+) -> Household:
     user = unique("e2e")
     phone = admin.register_device(
-        conn, user_id=user, kind="phone", format="hearth", external_id=unique("ph"), user_tz="UTC"
+        conn,
+        user_id=user,
+        kind="phone",
+        format="hearth",
+        external_id=unique("ph"),
+        user_tz="UTC",
+        broker=broker,
     )
     plug = admin.register_device(
-        conn, user_id=user, kind="plug", format="hearth", external_id=unique("pl")
+        conn, user_id=user, kind="plug", format="hearth", external_id=unique("pl"), broker=broker
     )
     at = datetime.now(UTC) - timedelta(days=30)
     for c in categories:
@@ -64,11 +73,11 @@ def _household(conn: psycopg.Connection, categories: tuple[Category, ...]) -> Ho
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Rig]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        energy_only = _household(conn, (Category.ENERGY,))
-        everything = _household(conn, tuple(Category))
     state: Path = tmp_path_factory.mktemp("e2e")
-    ab = start_auth_broker(state, database_url)
+    ab = start_auth_broker(state, database_url)  # first: registration makes the accounts
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        energy_only = _household(conn, (Category.ENERGY,), ab.admin)
+        everything = _household(conn, tuple(Category), ab.admin)
     collector = CollectorProcess(
         database_url=database_url,
         mqtt_url=mqtt_url(
