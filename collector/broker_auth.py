@@ -460,6 +460,14 @@ def watch(
     wake = threading.Event()  # the broker connection came back
     client: DynsecClient | None = None
     backoff = 0.5
+    said = ""  # the last warning: a long outage logs once, not every retry
+
+    def watching() -> None:
+        nonlocal said, backoff
+        said, backoff = "", 0.5
+        if on_watching is not None:
+            on_watching()
+
     try:
         while not stop.is_set():
             try:
@@ -467,18 +475,21 @@ def watch(
                     client = DynsecClient(admin_url, ca_file=ca_file, on_connect=wake.set)
                 accounts = BrokerAccounts(client)
                 _watch_connected(
-                    database_url, accounts, paths, interval_s, debounce_s, stop, wake, on_watching
+                    database_url, accounts, paths, interval_s, debounce_s, stop, wake, watching
                 )
                 return
             except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
-                log.warning("broker sync: database unavailable (%s); retrying", first)
+                text = str(exc).strip()
+                warning = f"database unavailable ({text.splitlines()[0] if text else type(exc)})"
             except psycopg.errors.UndefinedTable:
-                log.warning("broker sync: the registry is not migrated yet; retrying")
+                warning = "the registry is not migrated yet (python -m collector migrate)"
             except BrokerUnavailable as exc:
-                log.warning("broker sync: %s; retrying", exc)
+                warning = str(exc)
             except InterruptedError:
                 return
+            if warning != said:
+                log.warning("broker sync: %s; retrying", warning)
+                said = warning
             stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
     finally:
@@ -494,7 +505,7 @@ def _watch_connected(
     debounce_s: float,
     stop: threading.Event,
     wake: threading.Event,
-    on_watching: Callable[[], None] | None,
+    on_watching: Callable[[], None],
 ) -> None:
     # Named, so an operator (or a test) can find the watcher's sessions in pg_stat_activity.
     kwargs: dict[str, Any] = {
@@ -512,8 +523,7 @@ def _watch_connected(
                 report.devices,
                 report.changes,
             )
-            if on_watching is not None:
-                on_watching()
+            on_watching()
             last = time.monotonic()
             while not stop.is_set():
                 pending = wake.is_set()

@@ -261,14 +261,28 @@ def test_init_local_writes_urls_and_config(tmp_path: Path, database_url: str) ->
 def test_first_plugin_file_carries_a_password_file_setup_over(
     tmp_path: Path, database_url: str
 ) -> None:
-    """Devices of a registry that still had ``$7$`` hashes (before migration 0040) keep their
-    passwords when ``broker init`` writes the plugin's first file."""
-    paths = AuthPaths(tmp_path)
-    accounts = broker_auth.ensure_service_accounts(paths)
+    """Live devices of a registry that still has ``$7$`` hashes (before migration 0040) keep
+    their passwords when ``broker init`` writes the plugin's first file; retired ones do not."""
+    schema = unique("legacy").replace("-", "_")
     device_password = "carried-over-password"
-    legacy = {"dlegacy": (mosquitto_password_hash(device_password), ("tele/legacy1/#",))}
-    paths.dynsec.parent.mkdir(parents=True)
-    paths.dynsec.write_text(json.dumps(broker_auth.initial_dynsec_config(accounts, legacy)))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"SET search_path = {schema}")  # a `devices` table as 0001 made it
+        conn.execute(
+            "CREATE TABLE devices (device_id text, format text, external_id text, "
+            "mqtt_username text, mqtt_password_hash text, retired_at timestamptz)"
+        )
+        conn.execute(
+            "INSERT INTO devices VALUES ('dlegacy', 'tasmota', 'legacy1', 'dlegacy', %s, NULL), "
+            "('dgone', 'tasmota', 'gone1', 'dgone', %s, now())",
+            (mosquitto_password_hash(device_password), mosquitto_password_hash("x")),
+        )
+        paths = AuthPaths(tmp_path)
+        assert broker_auth.write_dynsec_config(
+            paths, broker_auth.ensure_service_accounts(paths), conn
+        )
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    assert "dgone" not in paths.dynsec.read_text()
     broker_auth.write_auth_conf(paths, mqtts_port=None)
     b = start_broker(tmp_path, auth=f"include_dir {paths.auth_conf.parent}")
     try:
