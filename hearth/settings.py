@@ -145,7 +145,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_broker_admin_url(cls, value: str | None) -> str | None:
         if value:
-            parse_mqtt_url(value)
+            endpoint = parse_mqtt_url(value)
+            if not endpoint.username or endpoint.password is None:
+                raise ValueError("needs the admin's user:password@ (see `broker init`)")
         return value or None
 
     @field_validator("database_url")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +25,17 @@ from collector.broker_auth import (
 )
 from hearth import admin
 from hearth.admin import mosquitto_password_hash
-from hearth.broker import REGISTRY_MARKER_ROLE, device_role
+from hearth.broker import (
+    REGISTRY_MARKER_ROLE,
+    BrokerAccounts,
+    BrokerUnavailable,
+    DynsecClient,
+    device_role,
+)
 from hearth.settings import ConfigError
-from tests.conftest import start_broker
+from tests.conftest import ROOT, free_port, start_broker
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker, wait_for
 from tests.integration.consent_fixtures import unique
-
-ADMIN_TOKEN = "broker-test-admin-token-0123456789"
 
 
 def test_hash_format_matches_real_mosquitto_passwd(tmp_path: Path) -> None:
@@ -354,3 +361,45 @@ def test_sync_refuses_a_broker_bound_to_another_registry(setup: Setup) -> None:
         report = broker_auth.sync(conn, setup.ab.admin_url, paths=setup.ab.paths, rebind=True)
     assert any(line.startswith(REGISTRY_MARKER_ROLE) for line in report.repaired)
     assert setup.ab.resync().changes == 0
+
+
+# --- an unreachable broker -------------------------------------------------------------------
+
+
+def test_registration_needs_the_broker_retirement_does_not(
+    tmp_path: Path, database_url: str, db: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A password the broker never got is useless, so an unreachable broker fails the
+    registration and registers nothing; a retirement still happens (the collector refuses the
+    device's data) and the account goes at the next sync."""
+    ab = start_auth_broker(tmp_path / "down", database_url)
+    user = unique("down")
+    admin.add_user(db, user)
+    kept = admin.register_device(
+        db, user_id=user, kind="plug", format="tasmota", external_id=unique("k"), broker=ab.admin
+    )
+    slow = BrokerAccounts(DynsecClient(ab.admin_url, timeout_s=1.0))
+    ab.stop()
+    ext = unique("never")
+    with pytest.raises(BrokerUnavailable):
+        admin.register_device(
+            db, user_id=user, kind="plug", format="tasmota", external_id=ext, broker=slow
+        )
+    assert db.execute("SELECT 1 FROM devices WHERE external_id = %s", (ext,)).fetchone() is None
+    with caplog.at_level(logging.WARNING, logger="hearth.admin"):
+        info = admin.retire_device(db, kept.device_id, broker=slow)
+    assert info.retired_at is not None
+    assert "removed by the next `broker sync`" in caplog.text
+    ab.restart()
+    ab.resync()
+    assert kept.mqtt_username not in ab.usernames()
+    out = subprocess.run(
+        [sys.executable, "-m", "collector", "devices", "add", "--user-id", user,
+         "--kind", "plug", "--format", "tasmota", "--external-id", ext],
+        env={**os.environ, **ab.env(), "HEARTH_BROKER_ADMIN_URL": f"mqtt://a:b@127.0.0.1:{free_port()}"},
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 69, out.stderr
+    assert out.stderr.strip().startswith("error: broker admin: cannot reach")
+    assert db.execute("SELECT 1 FROM devices WHERE external_id = %s", (ext,)).fetchone() is None
+    ab.stop()
