@@ -13,10 +13,11 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector import broker_auth
-from collector.broker_auth import BROKER_ADMIN_USERNAME, AuthPaths
+from collector.broker_auth import BROKER_ADMIN_USERNAME, COLLECTOR_USERNAME, AuthPaths
 from hearth.broker import BrokerAccounts, DynsecClient, SyncReport
 from tests.conftest import Broker, free_port, start_broker, wait_for_port
 from tests.integration.consent_fixtures import unique
+from tests.integration.fleet import CollectorProcess
 
 
 @dataclass
@@ -36,6 +37,23 @@ class AuthBroker:
     @property
     def port(self) -> int:
         return self.broker.port
+
+    @property
+    def collector_url(self) -> str:
+        password = self.accounts[COLLECTOR_USERNAME]
+        return broker_auth.mqtt_url(COLLECTOR_USERNAME, password, "127.0.0.1", self.port)
+
+    def collector(self, log_path: Path) -> CollectorProcess:
+        """A collector replica logged in as the read-only collector account, in a share group
+        of its own."""
+        return CollectorProcess(
+            database_url=self.database_url,
+            mqtt_url=self.collector_url,
+            client_id=unique("collector"),
+            share_group=unique("g"),
+            http_port=free_port(),
+            log_path=log_path,
+        )
 
     def env(self) -> dict[str, str]:
         """What a Hearth command needs to manage this broker for the test database."""

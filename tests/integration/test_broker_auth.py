@@ -195,14 +195,7 @@ def test_registering_again_rotates_the_password(setup: Setup, db: psycopg.Connec
     old = connect(setup.port, c.mqtt_username, c.mqtt_password)
     assert not old.connack.is_failure
     audits_before = _audit_count(db, "rotate_device_credentials")
-    again = admin.register_device(
-        db,
-        user_id=c.user_id,
-        kind=c.kind,
-        format=c.format,
-        external_id=c.external_id,
-        broker=setup.ab.admin,
-    )
+    again = _register_again(db, c, setup)
     assert again.rotated and again.device_id == c.device_id
     assert again.mqtt_password != c.mqtt_password and again.topics == c.topics
     wait_for(lambda: old.disconnected.is_set(), "the old session dropped", deadline_s=1)
@@ -220,6 +213,19 @@ def test_registering_again_rotates_the_password(setup: Setup, db: psycopg.Connec
             broker=setup.ab.admin,
         )
     setup.devices["c"] = again
+
+
+def _register_again(
+    db: psycopg.Connection, creds: admin.DeviceCredentials, setup: Setup
+) -> admin.DeviceCredentials:
+    return admin.register_device(
+        db,
+        user_id=creds.user_id,
+        kind=creds.kind,
+        format=creds.format,
+        external_id=creds.external_id,
+        broker=setup.ab.admin,
+    )
 
 
 def _audit_count(db: psycopg.Connection, action: str) -> int:
@@ -332,14 +338,7 @@ def test_sync_repairs_drift_and_is_idempotent(setup: Setup, db: psycopg.Connecti
     # No password is kept anywhere, so the recreated account cannot log in until the device is
     # registered again, which issues a new password.
     assert refused(connect(setup.port, a.mqtt_username, a.mqtt_password))
-    again = admin.register_device(
-        db,
-        user_id=a.user_id,
-        kind=a.kind,
-        format=a.format,
-        external_id=a.external_id,
-        broker=setup.ab.admin,
-    )
+    again = _register_again(db, a, setup)
     assert not refused(connect(setup.port, again.mqtt_username, again.mqtt_password))
     setup.devices["a"] = again
     assert setup.ab.resync().changes == 0

@@ -25,11 +25,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector.broker_auth import COLLECTOR_USERNAME, SYNC_APPLICATION_NAME, mqtt_url
+from collector.broker_auth import SYNC_APPLICATION_NAME
 from features.service.testing import serve_subprocess
 from hearth import admin
 from hearth.ledger import REGISTRY_CHANNEL
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker
 from tests.integration.consent_fixtures import unique
 from tests.integration.fleet import CollectorProcess, wait_until
@@ -50,16 +50,7 @@ class Rig:
 def rig(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Rig]:
     state: Path = tmp_path_factory.mktemp("lifecycle")
     ab = start_auth_broker(state, database_url)
-    collector = CollectorProcess(
-        database_url=database_url,
-        mqtt_url=mqtt_url(
-            COLLECTOR_USERNAME, ab.accounts[COLLECTOR_USERNAME], "127.0.0.1", ab.port
-        ),
-        client_id=unique("collector"),
-        share_group=unique("g"),
-        http_port=free_port(),
-        log_path=state / "collector.log",
-    )
+    collector = ab.collector(state / "collector.log")
     try:
         collector.start()
         yield Rig(ab, collector, database_url)
@@ -339,7 +330,7 @@ def test_watch_survives_database_and_broker_restarts(rig: Rig, tmp_path: Path) -
                 "WHERE application_name = %s AND datname = current_database()",
                 (SYNC_APPLICATION_NAME,),
             ).fetchone()
-        assert killed is not None and killed[0] >= 2
+        assert killed is not None and killed[0] >= 1
         _registry_only_retire(rig, devices[0])
         wait_until(lambda: devices[0].mqtt_username not in rig.ab.usernames(), 15, "removal 1")
         assert "database unavailable" in watcher.log() and watcher.alive()

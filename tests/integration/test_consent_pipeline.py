@@ -19,11 +19,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector.broker_auth import COLLECTOR_USERNAME, OPERATOR_USERNAME, mqtt_url
+from collector.broker_auth import OPERATOR_USERNAME
 from hearth import admin
 from hearth.broker import BrokerAccounts
 from hearth.signals import Category
-from tests.conftest import free_port
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker
 from tests.integration.consent_fixtures import count_signal_rows, unique
 from tests.integration.fleet import CollectorProcess, wait_until
@@ -78,16 +77,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator
     with psycopg.connect(database_url, autocommit=True) as conn:
         energy_only = _household(conn, (Category.ENERGY,), ab.admin)
         everything = _household(conn, tuple(Category), ab.admin)
-    collector = CollectorProcess(
-        database_url=database_url,
-        mqtt_url=mqtt_url(
-            COLLECTOR_USERNAME, ab.accounts[COLLECTOR_USERNAME], "127.0.0.1", ab.broker.port
-        ),
-        client_id=unique("collector"),
-        share_group=unique("g"),
-        http_port=free_port(),
-        log_path=state / "collector.log",
-    )
+    collector = ab.collector(state / "collector.log")
     try:
         collector.start()
         yield Rig(ab, collector, database_url, energy_only, everything)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from collector.broker_auth import COLLECTOR_USERNAME, mqtt_url
 from tests.conftest import ROOT, free_port
 from tests.integration.auth_broker import start_auth_broker
 from tests.integration.consent_fixtures import unique
@@ -32,11 +31,10 @@ def _kv(text: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_small_demo_runs_twice_with_the_same_seed(database_url: str, tmp_path: Path) -> None:
     ab = start_auth_broker(tmp_path / "state", database_url)
-    collector = mqtt_url(COLLECTOR_USERNAME, ab.accounts[COLLECTOR_USERNAME], "127.0.0.1", ab.port)
     env = {
         **os.environ,
         **ab.env(),
-        "HEARTH_MQTT_URL": collector,
+        "HEARTH_MQTT_URL": ab.collector_url,
         "HEARTH_MQTT_CLIENT_ID": unique("demo"),
         "HEARTH_MQTT_SHARE_GROUP": unique("g"),
         "HEARTH_COLLECTOR_HTTP_PORT": str(free_port()),
