@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -274,44 +274,37 @@ def register_device(
         device_id = "d" + secrets.token_hex(8)
     accounts = broker if broker is not None else accounts_from_settings()
     password = secrets.token_urlsafe(24)
-    rotated = created = False
-    try:
-        with _atomic(conn):
-            if user_tz is not None:
-                conn.execute(
-                    "INSERT INTO users (user_id, tz) VALUES (%s, %s) "
-                    "ON CONFLICT (user_id) DO NOTHING",
-                    (user_id, user_tz),
-                )
+    rotated = False
+    made: list[str] = []  # the broker account this registration created
+    with _unmade_on_rollback(conn, accounts, made), _atomic(conn):
+        if user_tz is not None:
+            conn.execute(
+                "INSERT INTO users (user_id, tz) VALUES (%s, %s) ON CONFLICT (user_id) DO NOTHING",
+                (user_id, user_tz),
+            )
+        else:
+            _require_user(conn, user_id)
+        # ON CONFLICT without a target covers the primary key, the unique username and the
+        # partial "one live device per (format, external id)" index; the SELECT behind it only
+        # runs on a conflict. Two statements per device keep --batch imports fast.
+        inserted = conn.execute(
+            "INSERT INTO devices (device_id, user_id, kind, format, external_id, tz, "
+            "mqtt_username) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING device_id",
+            (device_id, user_id, kind, format, external_id, tz, device_id),
+        ).fetchone()
+        if inserted is None:
+            device_id = _registered_again(conn, user_id, kind, format, external_id, device_id)
+            rotated = True
+            write_audit(conn, "rotate_device_credentials", user_id, {"device_id": device_id})
+        topics = device_topics(format, external_id, device_id)
+        if accounts is not None:
+            lock_for_change(conn)
+            if rotated:
+                accounts.set_device_password(device_id, password, topics)
             else:
-                _require_user(conn, user_id)
-            # ON CONFLICT without a target covers the primary key, the unique username and the
-            # partial "one live device per (format, external id)" index; the SELECT below only
-            # runs on a conflict. Two statements per device keep --batch imports fast.
-            inserted = conn.execute(
-                "INSERT INTO devices (device_id, user_id, kind, format, external_id, tz, "
-                "mqtt_username) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING RETURNING device_id",
-                (device_id, user_id, kind, format, external_id, tz, device_id),
-            ).fetchone()
-            if inserted is None:
-                device_id = _registered_again(conn, user_id, kind, format, external_id, device_id)
-                rotated = True
-                write_audit(conn, "rotate_device_credentials", user_id, {"device_id": device_id})
-            topics = device_topics(format, external_id, device_id)
-            if accounts is not None:
-                lock_for_change(conn)
-                if rotated:
-                    accounts.set_device_password(device_id, password, topics)
-                else:
-                    accounts.create_device(device_id, password, topics)
-                    created = True
-    except BaseException:
-        if created and conn.info.transaction_status == _IDLE:
-            # The registration rolled back after its account was made: take it away again
-            # (a later `broker sync` would, too; its password was never shown to anyone).
-            revoke_broker_accounts([device_id], broker=accounts)
-        raise
+                accounts.create_device(device_id, password, topics)
+                made.append(device_id)
     return DeviceCredentials(
         device_id=device_id,
         user_id=user_id,
@@ -325,7 +318,19 @@ def register_device(
     )
 
 
-_IDLE = psycopg.pq.TransactionStatus.IDLE
+@contextmanager
+def _unmade_on_rollback(
+    conn: Conn, accounts: BrokerAccounts | None, made: list[str]
+) -> Iterator[None]:
+    """If the registration rolls back after its broker account was made, take the account
+    away again (a later `broker sync` would, too; its password was never shown to anyone).
+    Inside a caller's transaction (``--batch``) the caller does this for all its lines."""
+    try:
+        yield
+    except BaseException:
+        if made and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            revoke_broker_accounts(made, broker=accounts)
+        raise
 
 
 def _registered_again(

@@ -402,3 +402,29 @@ def test_registration_needs_the_broker_retirement_does_not(
     assert out.stderr.strip().startswith("error: broker admin: cannot reach")
     assert db.execute("SELECT 1 FROM devices WHERE external_id = %s", (ext,)).fetchone() is None
     ab.stop()
+
+
+def test_a_failed_batch_leaves_no_account_behind(setup: Setup) -> None:
+    """``devices add --batch`` is one transaction: when a later line fails, the accounts its
+    earlier lines made go too, and nothing is registered."""
+    before = setup.ab.usernames()
+    prefix = unique("batch")
+    good = {"user_id": f"{prefix}-u", "kind": "plug", "format": "tasmota", "user_tz": "UTC"}
+    lines = [
+        good | {"external_id": f"{prefix}-1"},
+        good | {"external_id": f"{prefix}-2"},
+        good | {"external_id": f"{prefix}-1", "user_id": f"{prefix}-other"},  # a clash
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "collector", "devices", "add", "--batch", "-"],
+        input="\n".join(json.dumps(line) for line in lines),
+        env={**os.environ, **setup.ab.env()}, cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "line 3" in out.stderr, out.stderr
+    assert setup.ab.usernames() == before
+    with psycopg.connect(setup.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM devices WHERE external_id LIKE %s", (f"{prefix}%",)
+        ).fetchone()
+    assert row == (0,)
