@@ -109,7 +109,8 @@ def _register(conn: Conn, item: dict[str, Any]) -> dict[str, object]:
 
 def _register_batch(conn: Conn, source: str) -> list[object]:
     """All lines in one transaction; if it rolls back, the broker accounts its lines already
-    made go too (their passwords were never shown)."""
+    made go too (their passwords were never shown). Lines that rotated an existing device's
+    password cannot be undone (the old password is not kept): run the batch again."""
     made: list[str] = []
 
     def one(item: dict[str, Any]) -> object:
