@@ -49,6 +49,7 @@ from hearth.broker import (
     BrokerUnavailable,
     DynsecClient,
     RegistryMismatch,
+    RegistryNotReady,
     SyncReport,
     device_acls,
     device_role,
@@ -481,9 +482,7 @@ def watch(
             except (psycopg.OperationalError, DatabaseUnavailable) as exc:
                 text = str(exc).strip()
                 warning = f"database unavailable ({text.splitlines()[0] if text else type(exc)})"
-            except psycopg.errors.UndefinedTable:
-                warning = "the registry is not migrated yet (python -m collector migrate)"
-            except BrokerUnavailable as exc:
+            except (BrokerUnavailable, RegistryNotReady) as exc:
                 warning = str(exc)
             except InterruptedError:
                 return

@@ -478,8 +478,17 @@ class RegistryMismatch(Exception):
     """The broker's accounts belong to another registry; message is one line."""
 
 
+class RegistryNotReady(ServiceUnavailable):
+    """The registry's schema is not migrated yet; message is one line."""
+
+
 def registry_id(conn: psycopg.Connection[Any]) -> str:
-    row = conn.execute("SELECT id::text FROM registry_identity").fetchone()
+    try:
+        row = conn.execute("SELECT id::text FROM registry_identity").fetchone()
+    except psycopg.errors.UndefinedTable:
+        raise RegistryNotReady(
+            "the registry is not migrated yet (python -m collector migrate)"
+        ) from None
     if row is None:
         raise RegistryMismatch("registry_identity is empty; run `python -m collector migrate`")
     return str(row[0])
