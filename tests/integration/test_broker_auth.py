@@ -372,36 +372,43 @@ def test_registration_needs_the_broker_retirement_does_not(
     registration and registers nothing; a retirement still happens (the collector refuses the
     device's data) and the account goes at the next sync."""
     ab = start_auth_broker(tmp_path / "down", database_url)
-    user = unique("down")
-    admin.add_user(db, user)
-    kept = admin.register_device(
-        db, user_id=user, kind="plug", format="tasmota", external_id=unique("k"), broker=ab.admin
-    )
-    slow = BrokerAccounts(DynsecClient(ab.admin_url, timeout_s=1.0))
-    ab.stop()
-    ext = unique("never")
-    with pytest.raises(BrokerUnavailable):
-        admin.register_device(
-            db, user_id=user, kind="plug", format="tasmota", external_id=ext, broker=slow
+    try:
+        user = unique("down")
+        admin.add_user(db, user)
+        kept = admin.register_device(
+            db,
+            user_id=user,
+            kind="plug",
+            format="tasmota",
+            external_id=unique("k"),
+            broker=ab.admin,
         )
-    assert db.execute("SELECT 1 FROM devices WHERE external_id = %s", (ext,)).fetchone() is None
-    with caplog.at_level(logging.WARNING, logger="hearth.admin"):
-        info = admin.retire_device(db, kept.device_id, broker=slow)
-    assert info.retired_at is not None
-    assert "removed by the next `broker sync`" in caplog.text
-    ab.restart()
-    ab.resync()
-    assert kept.mqtt_username not in ab.usernames()
-    out = subprocess.run(
-        [sys.executable, "-m", "collector", "devices", "add", "--user-id", user,
-         "--kind", "plug", "--format", "tasmota", "--external-id", ext],
-        env={**os.environ, **ab.env(), "HEARTH_BROKER_ADMIN_URL": f"mqtt://a:b@127.0.0.1:{free_port()}"},
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 69, out.stderr
-    assert out.stderr.strip().startswith("error: broker admin: cannot reach")
-    assert db.execute("SELECT 1 FROM devices WHERE external_id = %s", (ext,)).fetchone() is None
-    ab.stop()
+        slow = BrokerAccounts(DynsecClient(ab.admin_url, timeout_s=1.0))
+        ab.stop()
+        ext = unique("never")
+        with pytest.raises(BrokerUnavailable):
+            admin.register_device(
+                db, user_id=user, kind="plug", format="tasmota", external_id=ext, broker=slow
+            )
+        assert db.execute("SELECT 1 FROM devices WHERE external_id = %s", (ext,)).fetchone() is None
+        with caplog.at_level(logging.WARNING, logger="hearth.admin"):
+            info = admin.retire_device(db, kept.device_id, broker=slow)
+        assert info.retired_at is not None
+        assert "removed by the next `broker sync`" in caplog.text
+        ab.restart()
+        ab.resync()
+        assert kept.mqtt_username not in ab.usernames()
+        out = subprocess.run(
+            [sys.executable, "-m", "collector", "devices", "add", "--user-id", user,
+             "--kind", "plug", "--format", "tasmota", "--external-id", ext],
+            env={**os.environ, **ab.env(), "HEARTH_BROKER_ADMIN_URL": f"mqtt://a:b@127.0.0.1:{free_port()}"},
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 69, out.stderr
+        assert out.stderr.strip().startswith("error: broker admin: cannot reach")
+        assert db.execute("SELECT 1 FROM devices WHERE external_id = %s", (ext,)).fetchone() is None
+    finally:
+        ab.stop()
 
 
 def test_a_failed_batch_leaves_no_account_behind(setup: Setup) -> None:
