@@ -1,12 +1,13 @@
 """End-to-end simulator benchmark (issue 4): a fleet from ``device_sim run`` into a live collector.
 
-On a private Mosquitto (the shipped configuration, authentication on, password file and ACL
-generated from the benchmark database) and one collector replica (``--collectors N``: N
-replicas in one shared-subscription group):
+On a private Mosquitto (the shipped configuration, authentication on through the
+dynamic-security plugin) and one collector replica (``--collectors N``: N replicas in one
+shared-subscription group):
 
 1. ``python -m device_sim run`` generates the fleet, registers devices and consent through
-   ``python -m collector devices add|consent grant`` (which re-syncs this broker's password
-   file), publishes every message with each device's own credentials and waits for every PUBACK;
+   ``python -m collector devices add|consent grant`` (which makes each device's account in
+   this broker), publishes every message with each device's own credentials and waits for
+   every PUBACK;
 2. the clock stops when the collector has acknowledged (= committed) as many messages as the
    simulator published.
 
@@ -41,9 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from collector import broker_auth  # noqa: E402
-from collector.broker_auth import COLLECTOR_USERNAME, AuthPaths  # noqa: E402
+from collector.broker_auth import COLLECTOR_USERNAME  # noqa: E402
 from hearth.migrate import migrate  # noqa: E402
-from tests.conftest import free_port, start_broker  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.integration.auth_broker import AuthBroker, start_auth_broker  # noqa: E402
 from tests.integration.fleet import CollectorProcess, wait_until  # noqa: E402
 
 BASE_URL = os.environ.get(
@@ -163,27 +165,24 @@ def main() -> None:
     dbname = url.rpartition("/")[2].split("?")[0]
     tmp = Path(tempfile.mkdtemp(prefix="hearth-simbench-"))
     state = tmp / "state"
-    paths = AuthPaths(state)
     env = {
         **os.environ,
         "HEARTH_DATABASE_URL": url,
-        "HEARTH_STATE_DIR": str(state),  # `devices add` re-syncs this broker's password file
         "HEARTH_CONFIG": str(ROOT / "tests" / "empty.toml"),
         "HEARTH_PSEUDONYM_KEY": PSEUDONYM_KEY,
         "HEARTH_LOG_LEVEL": "WARNING",
     }
     collectors: list[CollectorProcess] = []
-    broker = None
+    ab: AuthBroker | None = None
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
             row = conn.execute("SELECT count(*) FROM devices").fetchone()
             if row and row[0]:  # also keeps a shared database (e.g. `hearth`) out of this
                 raise SystemExit(f"{dbname} already has {row[0]} devices: use a fresh database")
-            broker_auth.write_auth_files(paths, conn, url)
-        broker_auth.write_auth_conf(paths, mqtts_port=None)
-        broker = start_broker(state, auth=f"include_dir {paths.auth_conf.parent}")
-        accounts = broker_auth.ensure_service_accounts(paths)
+        ab = start_auth_broker(state, url)
+        env.update(ab.env())  # `devices add` makes each account through this broker's plugin
+        broker, accounts = ab.broker, ab.accounts
         collector_url = broker_auth.mqtt_url(
             COLLECTOR_USERNAME, accounts[COLLECTOR_USERNAME], broker.host, broker.port
         )
@@ -240,9 +239,8 @@ def main() -> None:
     finally:
         for c in collectors:
             c.stop()
-        if broker is not None:
-            broker.process.terminate()
-            broker.process.wait(timeout=10)
+        if ab is not None:
+            ab.stop()
         if throwaway:
             with psycopg.connect(BASE_URL, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

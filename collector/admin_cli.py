@@ -26,7 +26,7 @@ from hearth import admin
 from hearth.admin import AdminError, Conn, PurgeReport
 from hearth.db import connect
 from hearth.ledger import FORMATS, PURPOSES
-from hearth.settings import get_settings
+from hearth.settings import ConfigError, get_settings
 from hearth.signals import DEVICE_KINDS, PURPOSE_CREDIT_SCORING, Category
 
 T = TypeVar("T")
@@ -53,13 +53,6 @@ def _parse_at(text: str | None, flag: str = "--at") -> datetime | None:
 
 def _connect() -> Conn:
     return connect(get_settings().database_url, autocommit=True)
-
-
-def _sync_broker(conn: Conn) -> None:
-    """Registry changed: refresh the local broker's password file/ACL when it is ours."""
-    from collector.broker_auth import sync_if_configured
-
-    sync_if_configured(conn, get_settings().database_url)
 
 
 def _json_lines(source: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -151,9 +144,7 @@ def cmd_users(args: argparse.Namespace) -> int:
             print(json.dumps(_export(conn, args.user_id), indent=2, default=str))
         else:
             with _report_even_if_incomplete():
-                report = admin.erase_user(conn, args.user_id)
-                _sync_broker(conn)
-                _emit(report.to_json())
+                _emit(admin.erase_user(conn, args.user_id).to_json())
     return 0
 
 
@@ -180,11 +171,30 @@ def _register(conn: Conn, item: dict[str, Any]) -> dict[str, object]:
     ).to_json()
 
 
+def _register_batch(conn: Conn, source: str) -> list[object]:
+    """All lines in one transaction; if it rolls back, the broker accounts its lines already
+    made go too (their passwords were never shown). Lines that rotated an existing device's
+    password cannot be undone (the old password is not kept): run the batch again."""
+    made: list[str] = []
+
+    def one(item: dict[str, Any]) -> object:
+        creds = _register(conn, item)
+        if not creds["rotated"]:
+            made.append(str(creds["mqtt_username"]))
+        return creds
+
+    try:
+        return _batch(conn, source, one)
+    except BaseException:
+        admin.revoke_broker_accounts(made)
+        raise
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     with _connect() as conn:
         if args.action == "add":
             if args.batch:
-                for creds in _batch(conn, args.batch, lambda item: _register(conn, item)):
+                for creds in _register_batch(conn, args.batch):
                     _emit(creds)
             else:
                 missing = [
@@ -194,13 +204,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
                     flags = ", ".join("--" + m.replace("_", "-") for m in missing)
                     raise AdminError(f"devices add needs {flags} (or --batch FILE)")
                 _emit(_register(conn, vars(args) | {"tz": args.tz, "user_tz": args.user_tz}))
-            _sync_broker(conn)
         elif args.action == "list":
             for device in admin.list_devices(conn, args.user_id):
                 _emit(device.to_json())
         else:
             _emit(admin.retire_device(conn, args.device_id).to_json())
-            _sync_broker(conn)
     return 0
 
 
@@ -285,42 +293,67 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    """``broker init`` prepares the broker's files (before it starts); ``broker sync``
+    reconciles its accounts with the registry, ``--watch`` keeps doing so."""
     from collector import broker_auth
 
     settings = get_settings()
-    paths = broker_auth.AuthPaths(
-        Path(args.state_dir) if args.state_dir else broker_auth.state_dir()
-    )
+    root = Path(args.state_dir) if args.state_dir else broker_auth.state_dir()
+    paths = broker_auth.AuthPaths(root)
     if args.action == "init":
         try:
             conn: Conn | None = _connect()
-        except Exception as exc:  # no database yet: service accounts only, devices on next sync
-            print(f"warning: {exc}; writing service accounts only", file=sys.stderr)
+        except Exception:  # no database yet: service accounts only
             conn = None
         try:
-            mqtts = None if args.mqtts_port == 0 else args.mqtts_port
-            broker_auth.init_local(
-                paths, conn, settings.database_url, mqtt_port=args.mqtt_port, mqtts_port=mqtts
+            urls = broker_auth.init_local(
+                paths,
+                conn,
+                mqtt_host=args.mqtt_host,
+                mqtt_port=args.mqtt_port,
+                mqtts_port=None if args.mqtts_port == 0 else args.mqtts_port,
+                plugin=Path(args.plugin) if args.plugin else None,
             )
         finally:
             if conn is not None:
                 conn.close()
-        _emit({"auth_conf": str(paths.auth_conf), "mqtt_url_in": str(paths.root / "hearth.toml")})
+        _emit(
+            {
+                "auth_conf": str(paths.auth_conf),
+                "dynsec_file": str(paths.dynsec),
+                "urls_in": str(paths.root / "hearth.toml"),
+                "accounts": sorted(k for k in urls),
+            }
+        )
         return 0
+    admin_url = settings.broker_admin_url
+    if not admin_url:
+        raise ConfigError(
+            "HEARTH_BROKER_ADMIN_URL is not set: the broker's dynamic-security admin "
+            "(`python -m collector broker init` writes it to .hearth/hearth.toml)"
+        )
+    # The state directory's service passwords, when this is the machine that made them.
+    owned = paths if paths.accounts.is_file() else None
     if args.watch:
-        print(f"watching the registry; syncing {paths.passwd} on changes", file=sys.stderr)
-        broker_auth.watch(paths, settings.database_url)
+        import signal
+        import threading
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # scripts/services down, compose
+        broker_auth.watch(
+            settings.database_url,
+            admin_url,
+            paths=owned,
+            ca_file=settings.mqtt_ca_file,
+            interval_s=args.interval,
+            stop=stop,
+        )
         return 0
     with _connect() as conn:
-        result = broker_auth.sync(paths, conn, settings.database_url, reload=not args.no_reload)
-    _emit(
-        {
-            "devices": result.devices,
-            "passwd": str(paths.passwd),
-            "acl": str(paths.acl),
-            "reloaded_pid": result.pid,
-        }
-    )
+        report = broker_auth.sync(
+            conn, admin_url, paths=owned, ca_file=settings.mqtt_ca_file, rebind=args.rebind
+        )
+    _emit(report.to_json())
     return 0
 
 
@@ -475,16 +508,38 @@ def register(sub: SubParsers) -> None:
     )
 
     broker = _actions(
-        sub, "broker", "regenerate the broker's password file and ACL from the registry", cmd_broker
+        sub,
+        "broker",
+        "the broker's device accounts (dynamic-security plugin): init its files, sync them "
+        "with the registry",
+        cmd_broker,
     )
-    p = broker.add_parser("sync", help="write passwd + ACL from the registry; reload the broker")
+    p = broker.add_parser(
+        "sync", help="reconcile the broker's accounts with the registry (adds, removes, repairs)"
+    )
     p.add_argument("--state-dir", help="default HEARTH_STATE_DIR or .hearth")
-    p.add_argument("--no-reload", action="store_true", help="do not SIGHUP the broker")
-    p.add_argument("--watch", action="store_true", help="keep running, re-sync on registry changes")
-    p = broker.add_parser("init", help="service accounts, test CA and auth config (idempotent)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep running; reconcile on registry changes, broker reconnects and every "
+        "--interval seconds",
+    )
+    p.add_argument(
+        "--interval", type=_positive_float, default=60.0, help="--watch: drift check period (60)"
+    )
+    p.add_argument(
+        "--rebind",
+        action="store_true",
+        help="take over a broker bound to another registry (after a restore or move)",
+    )
+    p = broker.add_parser(
+        "init", help="service accounts, test CA and the plugin's first file (idempotent)"
+    )
     p.add_argument("--state-dir", help="default HEARTH_STATE_DIR or .hearth")
+    p.add_argument("--mqtt-host", default="127.0.0.1", help="host in the URLs written")
     p.add_argument("--mqtt-port", type=int, default=1883, help="plain listener port")
     p.add_argument("--mqtts-port", type=int, default=8883, help="TLS listener port (0: none)")
+    p.add_argument("--plugin", help="path of mosquitto_dynamic_security.so (default: searched)")
 
     sessions = _actions(
         sub,

@@ -1,47 +1,90 @@
-"""Broker identity: Mosquitto password file, ACL and TLS material generated from the registry.
+"""The broker's identity setup and ``python -m collector broker init|sync [--watch]``.
+
+Mosquitto authenticates and authorises through its dynamic-security plugin; the device accounts
+themselves are managed at run time by :mod:`hearth.broker`. This module prepares what the
+broker needs before it starts, and runs the reconciling sync.
 
 Layout under the state directory (``HEARTH_STATE_DIR``, default ``.hearth``)::
 
     mqtt-accounts.json          service-account passwords (0600; never inside mosquitto/)
+    mqtt-operator.url           the operator's URL for publishers acting for any device (0600)
+    hearth.toml                 mqtt_url (collector) and broker_admin_url, read by every command
     tls/ca.key                  the local test CA's key (0600)
-    mosquitto/auth.d/auth.conf  included by mosquitto.conf: anonymous off, files, TLS listener
-    mosquitto/passwd            service accounts + every live device, ``$7$`` PBKDF2 hashes
-    mosquitto/acl               per-username topic rules
+    mosquitto/auth.d/auth.conf  included by mosquitto.conf: anonymous off, the plugin, TLS
+    mosquitto/dynsec/dynamic-security.json
+                                the plugin's own state: clients with salted PBKDF2 hashes,
+                                roles, ACLs; written once here, then only by the broker
     mosquitto/tls/{ca,server}.crt, server.key
-    mosquitto/sync-source       which database the files were generated from
-
-Devices' hashes live in ``devices.mqtt_password_hash`` in Mosquitto's own format, so both files
-can be regenerated from the database at any time (``python -m collector broker sync``) and the
-broker reloads them on SIGHUP. Each device may publish only its own topics
-(:func:`hearth.ledger.device_topics`); the collector may only read; the operator (bench load
-generators, the demo's publisher) may read and write everything; anonymous clients are refused.
 """
 
 from __future__ import annotations
 
-import hashlib
+import glob
 import json
+import logging
 import os
 import re
 import secrets
-import signal
 import subprocess
 import tempfile
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
 
-from hearth.admin import SERVICE_USERNAME_PREFIX, mosquitto_password_hash
+from hearth.admin import mosquitto_password_hash
+from hearth.broker import (
+    BROKER_ADMIN_USERNAME,
+    COLLECTOR_USERNAME,
+    DEFAULT_ACL_ACCESS,
+    OPERATOR_USERNAME,
+    SERVICE_ACCOUNTS,
+    SERVICE_ROLES,
+    BrokerAccounts,
+    BrokerUnavailable,
+    DynsecClient,
+    RegistryMismatch,
+    RegistryNotReady,
+    SyncReport,
+    device_acls,
+    device_role,
+    reconcile,
+)
 from hearth.cli import ServiceUnavailable
+from hearth.db import DatabaseUnavailable
 from hearth.ledger import REGISTRY_CHANNEL, device_topics
+from hearth.settings import ConfigError
 
-COLLECTOR_USERNAME = f"{SERVICE_USERNAME_PREFIX}collector"
-OPERATOR_USERNAME = f"{SERVICE_USERNAME_PREFIX}operator"
-SERVICE_ACCOUNTS = (COLLECTOR_USERNAME, OPERATOR_USERNAME)
+__all__ = [
+    "BROKER_ADMIN_USERNAME",
+    "COLLECTOR_USERNAME",
+    "OPERATOR_USERNAME",
+    "SERVICE_ACCOUNTS",
+    "AuthPaths",
+    "ensure_service_accounts",
+    "ensure_test_ca",
+    "init_local",
+    "mqtt_url",
+    "sync",
+    "watch",
+]
+
+log = logging.getLogger("hearth.broker")
+
 DEFAULT_MQTTS_PORT = 8883
+# Where distributions and the eclipse-mosquitto image put the plugin.
+PLUGIN_GLOBS = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/*/mosquitto_dynamic_security.so",
+)
+SYNC_APPLICATION_NAME = "hearth-broker-sync"
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -72,12 +115,9 @@ class AuthPaths:
         return self.mosquitto / "auth.d" / "auth.conf"
 
     @property
-    def passwd(self) -> Path:
-        return self.mosquitto / "passwd"
-
-    @property
-    def acl(self) -> Path:
-        return self.mosquitto / "acl"
+    def dynsec(self) -> Path:
+        """The plugin's file; its directory must be the broker's to write (it renames into it)."""
+        return self.mosquitto / "dynsec" / "dynamic-security.json"
 
     @property
     def tls(self) -> Path:
@@ -88,18 +128,15 @@ class AuthPaths:
         return self.tls / "ca.crt"
 
     @property
-    def sync_source(self) -> Path:
-        return self.mosquitto / "sync-source"
-
-    @property
     def pid_file(self) -> Path:
         return self.mosquitto / "mosquitto.pid"
 
 
 def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write via a temporary file and rename, so the broker never reads half a file.
+    """Write via a temporary file and rename, so no reader ever sees half a file.
 
-    Mode 0644 because Mosquitto drops root privileges to its own user before reading them.
+    Mode 0644 because Mosquitto drops root privileges to its own user before reading its
+    configuration.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -113,7 +150,7 @@ def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def ensure_service_accounts(paths: AuthPaths) -> dict[str, str]:
-    """The collector's and operator's passwords, generated once and kept (0600)."""
+    """The collector's, operator's and broker admin's passwords, generated once and kept."""
     accounts: dict[str, str] = {}
     if paths.accounts.is_file():
         accounts = json.loads(paths.accounts.read_text())
@@ -127,81 +164,113 @@ def ensure_service_accounts(paths: AuthPaths) -> dict[str, str]:
     return accounts
 
 
+def service_passwords(paths: AuthPaths | None) -> dict[str, str]:
+    """What the sync may (re)create service accounts with: only where the state dir is ours."""
+    if paths is None or not paths.accounts.is_file():
+        return {}
+    return {k: v for k, v in json.loads(paths.accounts.read_text()).items() if k in SERVICE_ROLES}
+
+
 def mqtt_url(username: str, password: str, host: str, port: int, *, tls: bool = False) -> str:
     scheme = "mqtts" if tls else "mqtt"
     return f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{host}:{port}"
 
 
-# --- Password file and ACL -------------------------------------------------------------------
+# --- The plugin's first file -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerDevice:
-    username: str
-    password_hash: str
-    topics: tuple[str, ...]
+def find_dynsec_plugin() -> Path:
+    for pattern in PLUGIN_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return Path(found[0])
+    raise ConfigError(
+        "Mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) not found; install "
+        "mosquitto 2.x, or name it with `broker init --plugin PATH`"
+    )
 
 
-def live_broker_devices(conn: Conn) -> list[BrokerDevice]:
-    """Live devices with a credential; an unmigrated database has none (service accounts only)."""
+def _client_entry(username: str, password_hash: str, role: str) -> dict[str, Any]:
+    """A client as the plugin stores it, from a ``$7$`` hash (the same PBKDF2-SHA512)."""
+    _, seven, iterations, salt, digest = password_hash.split("$")
+    assert seven == "7"
+    return {
+        "username": username,
+        "password": digest,
+        "salt": salt,
+        "iterations": int(iterations),
+        "roles": [{"rolename": role}],
+    }
+
+
+def legacy_device_hashes(conn: Conn | None) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Live devices' ``$7$`` hashes from a registry not yet migrated past 0040 (username →
+    (hash, topics)); empty once the column is gone. Lets the first plugin file carry them."""
+    if conn is None:
+        return {}
     try:
         rows = conn.execute(
             "SELECT mqtt_username, mqtt_password_hash, format, external_id, device_id "
-            "FROM devices WHERE retired_at IS NULL AND mqtt_password_hash IS NOT NULL "
-            "AND mqtt_username IS NOT NULL ORDER BY mqtt_username"
+            "FROM devices WHERE retired_at IS NULL AND mqtt_password_hash LIKE '$7$%%' "
+            "AND mqtt_username IS NOT NULL"
         ).fetchall()
-    except psycopg.errors.UndefinedTable:
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
         conn.rollback()
-        return []
-    out = []
+        return {}
+    out = {}
     for username, pw_hash, fmt, external_id, device_id in rows:
         try:
             topics = device_topics(str(fmt), str(external_id), str(device_id))
         except ValueError:
-            continue  # a format this version does not know gets no broker access
-        out.append(BrokerDevice(str(username), str(pw_hash), topics))
+            continue
+        out[str(username)] = (str(pw_hash), topics)
     return out
 
 
-_SAFE_ACL_TOKEN = re.compile(r"^[^\s:#+]+$")
-
-
-def render_passwd(service_accounts: dict[str, str], devices: Iterable[BrokerDevice]) -> str:
-    lines = [f"{n}:{mosquitto_password_hash(pw)}" for n, pw in sorted(service_accounts.items())]
-    lines += [
-        f"{d.username}:{d.password_hash}" for d in devices if _SAFE_ACL_TOKEN.match(d.username)
+def initial_dynsec_config(
+    accounts: Mapping[str, str], devices: Mapping[str, tuple[str, tuple[str, ...]]] | None = None
+) -> dict[str, Any]:
+    """What ``mosquitto_ctrl dynsec init`` writes, with Hearth's service accounts and roles
+    (and any devices carried over from a password-file setup)."""
+    clients = [
+        _client_entry(name, mosquitto_password_hash(accounts[name]), name) for name in SERVICE_ROLES
     ]
-    return "\n".join(lines) + "\n"
+    roles = [{"rolename": name, "acls": acls} for name, acls in SERVICE_ROLES.items()]
+    for username, (pw_hash, topics) in sorted((devices or {}).items()):
+        clients.append(_client_entry(username, pw_hash, device_role(username)))
+        roles.append({"rolename": device_role(username), "acls": device_acls(topics)})
+    return {
+        "defaultACLAccess": DEFAULT_ACL_ACCESS,
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+    }
 
 
-def render_acl(devices: Iterable[BrokerDevice]) -> str:
-    """Per-username rules. Mosquitto denies anything no rule grants, so a device gets exactly its
-    topics, and ``read`` for the collector includes ``$share/<group>/...`` subscriptions."""
-    lines = [
-        "# Generated by `python -m collector broker sync` from the device registry; do not edit.",
-        f"user {COLLECTOR_USERNAME}",
-        "topic read #",
-        "",
-        f"user {OPERATOR_USERNAME}",
-        "topic readwrite #",
-        "",
-    ]
-    for d in devices:
-        if not _SAFE_ACL_TOKEN.match(d.username):
-            continue
-        lines.append(f"user {d.username}")
-        lines += [f"topic readwrite {t}" for t in d.topics]
-        lines.append("")
-    return "\n".join(lines)
+def write_dynsec_config(paths: AuthPaths, accounts: dict[str, str], conn: Conn | None) -> bool:
+    """The plugin's first file, if there is none yet (afterwards only the broker writes it).
+
+    Returns True when written. Mode 0600 in a 0700 directory: it holds the password hashes.
+    """
+    if paths.dynsec.is_file():
+        return False
+    devices = legacy_device_hashes(conn)
+    paths.dynsec.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(paths.dynsec.parent, 0o700)
+    text = json.dumps(initial_dynsec_config(accounts, devices), indent=1) + "\n"
+    _write_atomic(paths.dynsec, text, mode=0o600)
+    if devices:
+        log.info("broker init: carried %d device accounts over into the plugin", len(devices))
+    return True
 
 
-def render_auth_conf(paths: AuthPaths, *, mqtts_port: int | None) -> str:
+def render_auth_conf(paths: AuthPaths, *, mqtts_port: int | None, plugin: Path) -> str:
     """The snippet ``mosquitto.conf`` includes where its template says ``@AUTH@``."""
     lines = [
         "# Generated by hearth (collector/broker_auth.py); do not edit.",
         "allow_anonymous false",
-        f"password_file {paths.passwd.resolve()}",
-        f"acl_file {paths.acl.resolve()}",
+        f"plugin {plugin}",
+        f"plugin_opt_config_file {paths.dynsec.resolve()}",
     ]
     if mqtts_port is not None and (paths.tls / "server.crt").is_file():
         lines += [
@@ -214,83 +283,12 @@ def render_auth_conf(paths: AuthPaths, *, mqtts_port: int | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_auth_conf(paths: AuthPaths, *, mqtts_port: int | None) -> Path:
-    _write_atomic(paths.auth_conf, render_auth_conf(paths, mqtts_port=mqtts_port))
+def write_auth_conf(
+    paths: AuthPaths, *, mqtts_port: int | None, plugin: Path | None = None
+) -> Path:
+    text = render_auth_conf(paths, mqtts_port=mqtts_port, plugin=plugin or find_dynsec_plugin())
+    _write_atomic(paths.auth_conf, text)
     return paths.auth_conf
-
-
-def database_fingerprint(database_url: str) -> str:
-    return hashlib.sha256(database_url.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    devices: int
-    reloaded: bool
-    pid: int | None
-
-
-def write_auth_files(paths: AuthPaths, conn: Conn, database_url: str) -> int:
-    """Regenerate password file and ACL from the registry; returns the number of devices."""
-    accounts = ensure_service_accounts(paths)
-    devices = live_broker_devices(conn)
-    _write_atomic(paths.passwd, render_passwd(accounts, devices))
-    _write_atomic(paths.acl, render_acl(devices))
-    _write_atomic(paths.sync_source, database_fingerprint(database_url) + "\n")
-    return len(devices)
-
-
-def reload_broker(paths: AuthPaths) -> int | None:
-    """SIGHUP the broker whose pid file is in the state directory; its pid, or None if down."""
-    try:
-        pid = int(paths.pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
-def sync(paths: AuthPaths, conn: Conn, database_url: str, *, reload: bool = True) -> SyncResult:
-    n = write_auth_files(paths, conn, database_url)
-    pid = reload_broker(paths) if reload else None
-    return SyncResult(devices=n, reloaded=pid is not None, pid=pid)
-
-
-def sync_if_configured(conn: Conn, database_url: str, paths: AuthPaths | None = None) -> bool:
-    """After a registry change: re-sync the local broker, but only if its files were generated
-    from this same database — a test run against a scratch database must never rewrite the
-    shared broker's password file."""
-    paths = paths or AuthPaths(state_dir())
-    try:
-        source = paths.sync_source.read_text().strip()
-    except OSError:
-        return False
-    if source != database_fingerprint(database_url):
-        return False
-    sync(paths, conn, database_url)
-    return True
-
-
-def watch(paths: AuthPaths, database_url: str, *, debounce_s: float = 0.3) -> None:
-    """Re-sync on every registry change (NOTIFY on REGISTRY_CHANNEL) until interrupted.
-
-    For devices registered through the HTTP admin API, whose process has no business writing
-    broker files. A burst of registrations (a ``--batch`` import) becomes one sync.
-    """
-    with psycopg.connect(database_url, autocommit=True) as listener:
-        listener.execute(f"LISTEN {REGISTRY_CHANNEL}")
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            sync(paths, conn, database_url)
-            while True:
-                pending = False
-                for _ in listener.notifies(timeout=60.0, stop_after=1):
-                    pending = True
-                while pending:  # drain the burst, then sync once
-                    got = list(listener.notifies(timeout=debounce_s, stop_after=1))
-                    if not got:
-                        break
-                if pending:
-                    sync(paths, conn, database_url)
 
 
 # --- TLS test CA -----------------------------------------------------------------------------
@@ -350,7 +348,7 @@ def ensure_test_ca(paths: AuthPaths, hostnames: tuple[str, ...] = ("localhost",)
     return paths.ca_cert
 
 
-# --- Local setup (scripts/services) ----------------------------------------------------------
+# --- Local setup (scripts/services, compose) -------------------------------------------------
 
 
 def set_toml_key(toml_path: Path, key: str, value: str) -> None:
@@ -371,29 +369,169 @@ def set_toml_key(toml_path: Path, key: str, value: str) -> None:
 def init_local(
     paths: AuthPaths,
     conn: Conn | None,
-    database_url: str,
     *,
+    mqtt_host: str = "127.0.0.1",
     mqtt_port: int,
     mqtts_port: int | None = DEFAULT_MQTTS_PORT,
+    plugin: Path | None = None,
 ) -> dict[str, str]:
-    """Everything ``scripts/services up`` needs for an authenticated broker.
+    """Everything a broker with the dynamic-security plugin needs before it starts (idempotent).
 
-    Service accounts, test CA, password file/ACL (devices only when the database is reachable
-    and migrated), the include snippet, the collector's URL in ``hearth.toml`` (``mqtt_url``),
-    and ``mqtt-operator.url`` for publishers that act for any device (bench, demo loadgen).
-    Returns the URLs written.
+    Service-account passwords, the test CA, the plugin's first file (service accounts, their
+    roles, and the devices of a registry that still has password hashes), the include snippet,
+    ``mqtt_url`` (collector) and ``broker_admin_url`` in ``hearth.toml``, and
+    ``mqtt-operator.url`` for publishers that act for any device. Returns the URLs written.
     """
     accounts = ensure_service_accounts(paths)
     if mqtts_port is not None:
         ensure_test_ca(paths)
-    devices = live_broker_devices(conn) if conn is not None else []
-    _write_atomic(paths.passwd, render_passwd(accounts, devices))
-    _write_atomic(paths.acl, render_acl(devices))
-    if conn is not None:
-        _write_atomic(paths.sync_source, database_fingerprint(database_url) + "\n")
-    write_auth_conf(paths, mqtts_port=mqtts_port)
-    collector = mqtt_url(COLLECTOR_USERNAME, accounts[COLLECTOR_USERNAME], "127.0.0.1", mqtt_port)
-    operator = mqtt_url(OPERATOR_USERNAME, accounts[OPERATOR_USERNAME], "127.0.0.1", mqtt_port)
-    set_toml_key(paths.root / "hearth.toml", "mqtt_url", collector)
-    _write_atomic(paths.root / "mqtt-operator.url", operator + "\n", mode=0o600)
-    return {"collector": collector, "operator": operator}
+    write_dynsec_config(paths, accounts, conn)
+    write_auth_conf(paths, mqtts_port=mqtts_port, plugin=plugin)
+    urls = {
+        "collector": mqtt_url(
+            COLLECTOR_USERNAME, accounts[COLLECTOR_USERNAME], mqtt_host, mqtt_port
+        ),
+        "operator": mqtt_url(OPERATOR_USERNAME, accounts[OPERATOR_USERNAME], mqtt_host, mqtt_port),
+        "admin": mqtt_url(
+            BROKER_ADMIN_USERNAME, accounts[BROKER_ADMIN_USERNAME], mqtt_host, mqtt_port
+        ),
+    }
+    toml = paths.root / "hearth.toml"
+    set_toml_key(toml, "mqtt_url", urls["collector"])
+    set_toml_key(toml, "broker_admin_url", urls["admin"])
+    _write_atomic(paths.root / "mqtt-operator.url", urls["operator"] + "\n", mode=0o600)
+    return urls
+
+
+# --- Sync ------------------------------------------------------------------------------------
+
+
+def sync(
+    conn: Conn,
+    admin_url: str,
+    *,
+    paths: AuthPaths | None = None,
+    ca_file: Path | None = None,
+    rebind: bool = False,
+) -> SyncReport:
+    """One reconciliation of the broker's accounts with the registry (see hearth.broker)."""
+    client = DynsecClient(admin_url, ca_file=ca_file)
+    try:
+        return _reconcile(conn, BrokerAccounts(client), paths, rebind=rebind)
+    finally:
+        client.close()
+
+
+def _reconcile(
+    conn: Conn,
+    accounts: BrokerAccounts,
+    paths: AuthPaths | None,
+    *,
+    rebind: bool = False,
+    stop: threading.Event | None = None,
+) -> SyncReport:
+    try:
+        return reconcile(
+            conn, accounts, service_passwords=service_passwords(paths), rebind=rebind, stop=stop
+        )
+    except RegistryMismatch as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def watch(
+    database_url: str,
+    admin_url: str,
+    *,
+    paths: AuthPaths | None = None,
+    ca_file: Path | None = None,
+    interval_s: float = 60.0,
+    debounce_s: float = 0.2,
+    stop: threading.Event | None = None,
+    on_watching: Callable[[], None] | None = None,
+) -> None:
+    """Reconcile at start, on every registry NOTIFY (a burst becomes one pass), whenever the
+    broker connection comes back, and every ``interval_s`` (drift made by hand), until ``stop``.
+
+    Survives restarts of the database and of the broker: a lost connection is logged and
+    retried with a short backoff, and every reconnection reconciles first (NOTIFYs sent while
+    away are lost, the registry's state is not). Only a broker bound to another registry
+    stops it (:class:`ConfigError`).
+    """
+    stop = stop or threading.Event()
+    wake = threading.Event()  # the broker connection came back
+    client: DynsecClient | None = None
+    backoff = 0.5
+    said = ""  # the last warning: a long outage logs once, not every retry
+
+    def watching() -> None:
+        nonlocal said, backoff
+        said, backoff = "", 0.5
+        if on_watching is not None:
+            on_watching()
+
+    try:
+        while not stop.is_set():
+            try:
+                if client is None:
+                    client = DynsecClient(admin_url, ca_file=ca_file, on_connect=wake.set)
+                accounts = BrokerAccounts(client)
+                _watch_connected(
+                    database_url, accounts, paths, interval_s, debounce_s, stop, wake, watching
+                )
+                return
+            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+                text = str(exc).strip()
+                warning = f"database unavailable ({text.splitlines()[0] if text else type(exc)})"
+            except (BrokerUnavailable, RegistryNotReady) as exc:
+                warning = str(exc)
+            except InterruptedError:
+                return
+            if warning != said:
+                log.warning("broker sync: %s; retrying", warning)
+                said = warning
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _watch_connected(
+    database_url: str,
+    accounts: BrokerAccounts,
+    paths: AuthPaths | None,
+    interval_s: float,
+    debounce_s: float,
+    stop: threading.Event,
+    wake: threading.Event,
+    on_watching: Callable[[], None],
+) -> None:
+    # Named, so an operator (or a test) can find the watcher's sessions in pg_stat_activity.
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": SYNC_APPLICATION_NAME,
+        "connect_timeout": 5,
+    }
+    with psycopg.connect(database_url, **kwargs) as listener:
+        listener.execute(f"LISTEN {REGISTRY_CHANNEL}")
+        with psycopg.connect(database_url, **kwargs) as conn:
+            wake.clear()
+            report = _reconcile(conn, accounts, paths, stop=stop)
+            log.info(
+                "broker sync: watching the registry (%d devices, %d changes at start)",
+                report.devices,
+                report.changes,
+            )
+            on_watching()
+            last = time.monotonic()
+            while not stop.is_set():
+                pending = wake.is_set()
+                for _ in listener.notifies(timeout=0.5, stop_after=1):
+                    pending = True
+                while pending and not stop.is_set():  # drain the burst, then one pass
+                    if not list(listener.notifies(timeout=debounce_s, stop_after=1)):
+                        break
+                if pending or time.monotonic() - last >= interval_s:
+                    wake.clear()
+                    _reconcile(conn, accounts, paths, stop=stop)
+                    last = time.monotonic()

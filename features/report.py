@@ -17,12 +17,18 @@ Leakage check. The same pipeline is run on features computed *after* the applica
 defaulters, so that variant must score a much higher AUC: this proves the check can fail. The
 honest pipeline passes when it stays at or below the oracle (plus a small tolerance) and no
 feature has an IV above 0.5 that the report does not explain.
+
+Too small to validate. A labelled set with fewer than :data:`MIN_SCORED_USERS` users with
+features, or whose training or test part lacks defaulters or non-defaulters, still gets its
+features summarised (coverage per feature) in a report whose model section says plainly why
+no model was trained (``model_skipped_reason``); nothing is written to ``model/``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -45,6 +51,8 @@ LEAKY_MIN_GAIN = 0.05
 # The honest model may beat the oracle by sampling noise only.
 ORACLE_TOLERANCE = 0.02
 REASON_EXAMPLES = 8
+# Fewer scored users than this cannot train and validate a model out of time.
+MIN_SCORED_USERS = 20
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,65 @@ def _sample(values: np.ndarray, limit: int = 200) -> list[float]:
     return [float(x) for x in values[idx]]
 
 
+def _too_small(truth: GroundTruth, rows: np.ndarray, test_share: float) -> str | None:
+    """Why these users cannot train and validate a model (None: they can)."""
+    if rows.size < MIN_SCORED_USERS:
+        return (
+            f"only {rows.size} of {len(truth)} users have features; training and validating "
+            f"a model out of time needs at least {MIN_SCORED_USERS}"
+        )
+    y = truth.defaulted[rows]
+    try:
+        train, test, _ = time_split([truth.application_times[i] for i in rows], test_share)
+    except ValueError as exc:
+        return f"no out-of-time split: {exc}"
+    for part, mask in (("training", train), ("test", test)):
+        defaulters = int(y[mask].sum())
+        if defaulters in (0, int(mask.sum())):
+            return (
+                f"the {part} population ({int(mask.sum())} users, {defaulters} defaulters) needs "
+                "both defaulters and non-defaulters; simulate more households"
+            )
+    return None
+
+
+def _coverage(table: FeatureTable, rows: np.ndarray) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for j, name in enumerate(table.names):
+        column, cov_column = table.values[rows, j], table.coverage[rows, j]
+        out[name] = {
+            "non_null_share": float((~np.isnan(column)).mean()) if rows.size else 0.0,
+            "mean_coverage": (
+                float(np.nanmean(cov_column)) if not np.isnan(cov_column).all() else None
+            ),
+        }
+    return out
+
+
+def features_only_report(
+    truth: GroundTruth, honest: FeatureTable, rows: np.ndarray, reason: str
+) -> dict[str, Any]:
+    """The report of a labelled set too small to validate: who has features, how complete
+    they are, and why there is no model."""
+    y = truth.defaulted[rows]
+    return {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "model_skipped_reason": reason,
+        "n_users": len(truth),
+        "n_scored": int(rows.size),
+        "n_unscored": int(len(truth) - rows.size),
+        "n_defaulters_scored": int(y.sum()),
+        "model_kind": None,
+        "model_version": None,
+        "feature_set_version": honest.feature_set_version,
+        "features_source": honest.source,
+        "n_features": len(honest.names),
+        "coverage": _coverage(honest, rows),
+        "families": honest.families,
+        "categories": honest.categories,
+    }
+
+
 def build_report(
     truth: GroundTruth,
     honest: FeatureTable,
@@ -119,20 +186,19 @@ def build_report(
     kind: ModelKind = "logistic",
     test_share: float = 0.3,
     leaky_shift_days: float | None = None,
-) -> tuple[dict[str, Any], FittedVariant, dict[str, Any]]:
-    """Train, validate and summarise. Returns (report JSON, honest variant, plot data)."""
+) -> tuple[dict[str, Any], FittedVariant | None, dict[str, Any]]:
+    """Train, validate and summarise. Returns (report JSON, honest variant, plot data); a set
+    too small to validate gets :func:`features_only_report` and no variant."""
     scored = honest.scored.copy()
     if leaky is not None:
         scored &= leaky.scored  # both variants on exactly the same users
     rows = np.flatnonzero(scored)
-    if rows.size < 20:
-        raise ValueError(f"only {rows.size} users have features; need at least 20")
+    reason = _too_small(truth, rows, test_share)
+    if reason is not None:
+        return features_only_report(truth, honest, rows, reason), None, {}
     y = truth.defaulted[rows]
     times = [truth.application_times[i] for i in rows]
     train, test, cutoff = time_split(times, test_share)
-    for part, mask in (("training", train), ("test", test)):
-        if np.unique(y[mask]).size < 2:
-            raise ValueError(f"the {part} population needs both defaulters and non-defaulters")
 
     fitted = _fit_variant(honest, rows, y, train, test, kind)
     y_test = y[test]
@@ -148,7 +214,7 @@ def build_report(
     iv: dict[str, float] = {}
     iv_tables: dict[str, list[dict[str, Any]]] = {}
     psi_feature: dict[str, float] = {}
-    coverage: dict[str, dict[str, float | None]] = {}
+    coverage = _coverage(honest, rows)
     for j, name in enumerate(honest.names):
         column = x_all[:, j]
         binning = v.woe_binning(column, y, feature=name)
@@ -159,13 +225,6 @@ def build_report(
         ]
         if not np.isnan(column[train]).all():
             psi_feature[name] = v.psi(column[train], column[test]).psi
-        cov_column = honest.coverage[rows, j]
-        coverage[name] = {
-            "non_null_share": float((~np.isnan(column)).mean()),
-            "mean_coverage": (
-                float(np.nanmean(cov_column)) if not np.isnan(cov_column).all() else None
-            ),
-        }
     score_psi = v.psi(fitted.p_train, p_test)
     max_iv_feature = max(iv, key=lambda n: iv[n]) if iv else None
     suspect = sorted(n for n, val in iv.items() if val > 0.5)
@@ -275,14 +334,18 @@ def build_report(
 def write_report(
     out_dir: Path,
     report: dict[str, Any],
-    fitted: FittedVariant,
+    fitted: FittedVariant | None,
     plots: dict[str, Any],
 ) -> tuple[Path, Path]:
-    """Write ``report.json``, ``report.html`` and ``model/`` into ``out_dir``."""
+    """Write ``report.json``, ``report.html`` and ``model/`` (when a model was trained; an
+    earlier run's model is removed otherwise, so it is never taken for this one's)."""
     from features.report_html import render_html
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    fitted.model.save(out_dir / "model")
+    if fitted is not None:
+        fitted.model.save(out_dir / "model")
+    else:
+        shutil.rmtree(out_dir / "model", ignore_errors=True)
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True) + "\n")
     html_path = out_dir / "report.html"
@@ -309,6 +372,12 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str]]:
     def fmt(value: Any, digits: int = 3) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
+    if report.get("model_skipped_reason"):
+        return [
+            ("users (scored / total)", f"{report['n_scored']} / {report['n_users']}"),
+            ("model", "not trained: too few users to validate (see the report)"),
+            ("feature-set version", str(report["feature_set_version"])),
+        ]
     leak = report["leakage"]
     return [
         ("users (scored / total)", f"{report['n_scored']} / {report['n_users']}"),

@@ -309,14 +309,64 @@ def _leakage_section(report: dict[str, Any]) -> str:
     return f"<p>Verdict for the honest pipeline: {verdict}</p><ul>{''.join(items)}</ul>"
 
 
-def render_html(report: dict[str, Any], plots: dict[str, Any]) -> str:
+def _cards(report: dict[str, Any]) -> str:
     from features.report import headline
 
-    cards = "".join(
+    return "".join(
         f'<div class="card"><div class="k">{html.escape(k)}</div>'
         f'<div class="v">{html.escape(val)}</div></div>'
         for k, val in headline(report)
     )
+
+
+def _features_only_html(report: dict[str, Any]) -> str:
+    """A labelled set too small to validate: its features' coverage, and why no model."""
+    coverage = report["coverage"]
+    rows = [
+        [
+            html.escape(name),
+            html.escape(report["families"].get(name, "")),
+            html.escape(report["categories"].get(name, "")),
+            _fmt(coverage[name]["non_null_share"]),
+            _fmt(coverage[name]["mean_coverage"]),
+        ]
+        for name in sorted(coverage)
+    ]
+    table = _table(
+        ["feature", "family", "data category", "users with value", "mean coverage"],
+        rows,
+        "features",
+    )
+    sections = f"""
+<section><h2>Model: not trained</h2>
+<p>{_badge("too small to validate", "warn")} {html.escape(report["model_skipped_reason"])}.</p>
+<p>So this report has no ranking power, calibration, Information Value, stability, leakage or
+reason-code sections: each needs a trained model or both outcomes in the training and test
+populations. The features below were computed for {report["n_scored"]} of
+{report["n_users"]} users ({report["n_defaulters_scored"]} of them defaulted).</p>
+</section>
+<section><h2>Features: coverage</h2>
+{table}
+{_coverage_plot(report) if coverage else ""}
+</section>
+"""
+    page = Template(TEMPLATE.read_text(encoding="utf-8"))
+    return page.substitute(
+        title="Hearth model validation report",
+        generated_at=html.escape(report["generated_at"]),
+        model_version="none",
+        feature_set_version=html.escape(str(report["feature_set_version"])),
+        model_kind="(not trained)",
+        source=html.escape(str(report["features_source"])),
+        cards=_cards(report),
+        sections=sections,
+    )
+
+
+def render_html(report: dict[str, Any], plots: dict[str, Any]) -> str:
+    if report.get("model_skipped_reason"):
+        return _features_only_html(report)
+    cards = _cards(report)
     charts = "".join(
         f'<figure class="chart">{img}</figure>'
         for img in (

@@ -24,11 +24,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -41,6 +42,14 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from hearth import ledger
+from hearth.broker import (
+    SERVICE_USERNAME_PREFIX,
+    BrokerAccounts,
+    BrokerError,
+    BrokerUnavailable,
+    accounts_from_settings,
+    lock_for_change,
+)
 from hearth.cli import Incomplete, UsageError
 from hearth.ledger import (
     CONSENT_CHANNEL,
@@ -64,9 +73,7 @@ from hearth.settings import get_settings
 from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-
-# Service accounts of the broker; device usernames may not take this prefix.
-SERVICE_USERNAME_PREFIX = "hearth-"
+log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # users.user_id / devices.device_id CHECK
 _TOPIC_PART = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # one topic level of an external id
@@ -85,13 +92,10 @@ MOSQUITTO_PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default
 def mosquitto_password_hash(
     password: str, *, salt: bytes | None = None, iterations: int = MOSQUITTO_PBKDF2_ITERATIONS
 ) -> str:
-    """``$7$<iterations>$<salt>$<hash>``: PBKDF2-SHA512 as ``mosquitto_passwd`` 2.0 writes it.
-
-    Stored in ``devices.mqtt_password_hash`` so the broker's password file can be regenerated
-    from the registry at any time without ever holding a password. The low iteration count is
-    Mosquitto's own default and is safe here because every password is 192 random bits (nothing
-    to guess); it keeps registering thousands of simulated devices, and every broker connect,
-    cheap (~0.1 ms per hash).
+    """``$7$<iterations>$<salt>$<hash>``: PBKDF2-SHA512 as ``mosquitto_passwd`` 2.0 writes it,
+    the same hash the dynamic-security plugin keeps (``broker init`` writes the service accounts
+    into the plugin's first file with it). The low iteration count is Mosquitto's own default
+    and is safe because every password is 192 random bits (nothing to guess).
     """
     salt = salt if salt is not None else secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
@@ -188,6 +192,7 @@ class DeviceCredentials:
     mqtt_password: str
     topics: tuple[str, ...]
     bound_at: datetime | None = None  # readings dated earlier are refused
+    rotated: bool = False  # the device was registered already: this is its new password
 
     def to_json(self) -> dict[str, object]:
         bound = self.bound_at.isoformat() if self.bound_at else None
@@ -260,8 +265,9 @@ def register_device(
     tz: str | None = None,
     user_tz: str | None = None,
     bound_at: datetime | None = None,
+    broker: BrokerAccounts | None = None,
 ) -> DeviceCredentials:
-    """Bind a new device to a user and mint its MQTT credentials (returned once, stored hashed).
+    """Bind a new device to a user and mint its MQTT credentials (returned once, kept nowhere).
 
     ``user_tz`` creates the user when absent (the simulator registers a household in one call).
     The canonical ``hearth`` format names the device by its topic, so its device id is its
@@ -271,6 +277,13 @@ def register_device(
     and simulations of a device the user already had). An external id another user's device
     had is bound no earlier than ``HEARTH_MAX_CLOCK_SKEW_S`` after that device was retired, so
     nothing its first owner could have sent, even with a fast clock, reaches the new owner.
+
+    The same user, format and external id again (a live device) rotates its password instead:
+    same device (and binding time), new credentials (``rotated``), an audit record, and the old
+    password stops working at once. The broker account (``broker``, default from
+    ``HEARTH_BROKER_ADMIN_URL``; none configured: registry only) is created or changed before
+    the registration commits, so the device can connect as soon as it has; an unreachable
+    broker fails the registration.
     """
     _check_at(bound_at)
     _check_id("user id", user_id)
@@ -288,8 +301,11 @@ def register_device(
             raise AdminError(f"device id {device_id!r}: the prefix 'hearth-' is reserved")
     else:
         device_id = "d" + secrets.token_hex(8)
+    accounts = broker if broker is not None else accounts_from_settings()
     password = secrets.token_urlsafe(24)
-    with _atomic(conn):
+    rotated = False
+    made: list[str] = []  # the broker account this registration created
+    with _unmade_on_rollback(conn, accounts, made), _atomic(conn):
         if user_tz is not None:
             conn.execute(
                 "INSERT INTO users (user_id, tz) VALUES (%s, %s) ON CONFLICT (user_id) DO NOTHING",
@@ -298,12 +314,12 @@ def register_device(
         else:
             _require_user(conn, user_id)
         # ON CONFLICT without a target covers the primary key, the unique username and the
-        # partial "one live device per (format, external id)" index; the SELECT below only
-        # runs to explain a refusal. Two statements per device keep --batch imports fast.
+        # partial "one live device per (format, external id)" index; the SELECT behind it only
+        # runs on a conflict. Two statements per device keep --batch imports fast.
         inserted = conn.execute(
             "INSERT INTO devices (device_id, user_id, kind, format, external_id, tz, "
-            "mqtt_username, mqtt_password_hash, bound_at) VALUES (%(device)s, %(user)s, "
-            "%(kind)s, %(format)s, %(external)s, %(tz)s, %(device)s, %(hash)s, "
+            "mqtt_username, bound_at) VALUES (%(device)s, %(user)s, "
+            "%(kind)s, %(format)s, %(external)s, %(tz)s, %(device)s, "
             "greatest(coalesce(%(bound_at)s::timestamptz, now()), "
             "(SELECT max(p.retired_at) FROM devices p WHERE p.format = %(format)s "
             "AND p.external_id = %(external)s AND p.retired_at IS NOT NULL "
@@ -317,7 +333,6 @@ def register_device(
                 "format": format,
                 "external": external_id,
                 "tz": tz,
-                "hash": mosquitto_password_hash(password),
                 "bound_at": bound_at,
                 "skew": get_settings().max_clock_skew_s,
             },
@@ -329,20 +344,21 @@ def register_device(
                 "(its retirement plus HEARTH_MAX_CLOCK_SKEW_S)"
             )
         if inserted is None:
-            clash = conn.execute(
-                "SELECT device_id, retired_at IS NULL FROM devices "
-                "WHERE (format = %s AND external_id = %s AND retired_at IS NULL) "
-                "OR device_id = %s",
-                (format, external_id, device_id),
+            device_id = _registered_again(conn, user_id, kind, format, external_id, device_id)
+            rotated = True
+            write_audit(conn, "rotate_device_credentials", user_id, {"device_id": device_id})
+            inserted = conn.execute(
+                "SELECT device_id, bound_at FROM devices WHERE device_id = %s", (device_id,)
             ).fetchone()
-            if clash is None:  # a random-id collision (2^-64): nothing to explain
-                raise AdminError(f"could not register {format} device {external_id!r}; retry")
-            state = "live" if clash[1] else "retired"
-            raise AdminError(
-                f"{format} device {external_id!r} is already registered ({state} device "
-                f"{clash[0]}); retire it first"
-                + ("" if clash[1] else ", or choose a new id: a device id is never reused")
-            )
+            assert inserted is not None
+        topics = device_topics(format, external_id, device_id)
+        if accounts is not None:
+            lock_for_change(conn)
+            if rotated:
+                accounts.set_device_password(device_id, password, topics)
+            else:
+                accounts.create_device(device_id, password, topics)
+                made.append(device_id)
     return DeviceCredentials(
         device_id=device_id,
         user_id=user_id,
@@ -351,26 +367,106 @@ def register_device(
         external_id=external_id,
         mqtt_username=device_id,
         mqtt_password=password,
-        topics=device_topics(format, external_id, device_id),
+        topics=topics,
         bound_at=inserted[1],
+        rotated=rotated,
     )
 
 
-def retire_device(conn: Conn, device_id: str) -> DeviceInfo:
-    """Unbind a device: its messages are rejected and its broker credential is destroyed.
+@contextmanager
+def _unmade_on_rollback(
+    conn: Conn, accounts: BrokerAccounts | None, made: list[str]
+) -> Iterator[None]:
+    """If the registration rolls back after its broker account was made, take the account
+    away again (a later `broker sync` would, too; its password was never shown to anyone).
+    Inside a caller's transaction (``--batch``) the caller does this for all its lines."""
+    try:
+        yield
+    except BaseException:
+        if made and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            revoke_broker_accounts(made, broker=accounts)
+        raise
 
-    Its stored data stays (it is the user's, bound by ``user_id``); retiring twice is a no-op.
+
+def _registered_again(
+    conn: Conn, user_id: str, kind: str, format: str, external_id: str, device_id: str
+) -> str:
+    """The device id to rotate when (user, format, external id) is this user's live device;
+    otherwise why the registration is refused."""
+    clash = conn.execute(
+        "SELECT device_id, retired_at IS NULL, user_id, kind FROM devices "
+        "WHERE (format = %s AND external_id = %s AND retired_at IS NULL) OR device_id = %s "
+        "ORDER BY retired_at IS NULL DESC LIMIT 1",
+        (format, external_id, device_id),
+    ).fetchone()
+    if clash is None:  # a random-id collision (2^-64): nothing to explain
+        raise AdminError(f"could not register {format} device {external_id!r}; retry")
+    existing, live, owner, existing_kind = clash
+    if live and owner == user_id:
+        if existing_kind != kind:
+            raise AdminError(
+                f"{format} device {external_id!r} is already registered as a {existing_kind} "
+                f"(device {existing}); retire it first to register it as a {kind}"
+            )
+        return str(existing)
+    state = "live" if live else "retired"
+    raise AdminError(
+        f"{format} device {external_id!r} is already registered ({state} device "
+        f"{existing}{'' if owner == user_id else ' of another user'}); retire it first"
+        + ("" if live else ", or choose a new id: a device id is never reused")
+    )
+
+
+def revoke_broker_accounts(
+    usernames: list[str], *, conn: Conn | None = None, broker: BrokerAccounts | None = None
+) -> None:
+    """Delete devices' broker accounts, which also disconnects them. Retirement and erasure
+    call it inside their transaction (``conn``: it then holds off reconciliation until the
+    commit), so a device cannot send anything after its retirement or erasure commits; a
+    registration that rolled back calls it to take back the account it made.
+
+    An unreachable broker does not stop the change (the collector already refuses a retired
+    device's data): the accounts go at the next ``python -m collector broker sync``, which the
+    watcher runs when the broker is back.
+    """
+    if not usernames:
+        return
+    try:
+        accounts = broker if broker is not None else accounts_from_settings()
+        if accounts is None:
+            return
+        if conn is not None:
+            lock_for_change(conn)
+        accounts.delete_devices(usernames)
+    except (BrokerUnavailable, BrokerError) as exc:
+        log.warning(
+            "%s; the broker accounts of %s are removed by the next `broker sync`",
+            exc,
+            ", ".join(usernames),
+        )
+
+
+def retire_device(
+    conn: Conn, device_id: str, *, broker: BrokerAccounts | None = None
+) -> DeviceInfo:
+    """Unbind a device: its messages are rejected and its broker account is deleted, which
+    disconnects it (see :func:`revoke_broker_accounts`).
+
+    Its stored data stays (it is the user's, bound by ``user_id``); retiring twice is a no-op
+    in the registry and deletes the broker account again if it is still there.
     """
     with conn.transaction():
         row = conn.execute(
-            "UPDATE devices SET retired_at = coalesce(retired_at, now()), "
-            "mqtt_password_hash = NULL WHERE device_id = %s "
+            "UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s "
             f"RETURNING {_DEVICE_COLUMNS}",
             (device_id,),
         ).fetchone()
+        if row is not None:
+            info = _device_info(row)
+            revoke_broker_accounts([info.mqtt_username or info.device_id], conn=conn, broker=broker)
     if row is None:
         raise AdminError(f"unknown device {device_id!r}")
-    return _device_info(row)
+    return info
 
 
 def list_devices(conn: Conn, user_id: str | None = None) -> list[DeviceInfo]:
@@ -929,12 +1025,16 @@ def _erase_rows_left(conn: Conn, user_id: str, devices: list[DeviceInfo]) -> dic
     return {t: _count(conn, query, t, where, params) for t, where in _user_row_filters(conn)}
 
 
-def erase_user(conn: Conn, user_id: str, *, settle_s: float = 0.0) -> PurgeReport:
+def erase_user(
+    conn: Conn, user_id: str, *, settle_s: float = 0.0, broker: BrokerAccounts | None = None
+) -> PurgeReport:
     """Delete every row of the user: data in any table with their id or their devices' ids
     (dead letters included, by device id), devices, consent history and the user itself.
 
     First, under the exclusive INGEST gate, the user's consent state is cleared (no collector
-    commit stores anything of theirs from then on); then, under the exclusive DERIVED gate,
+    commit stores anything of theirs from then on) and the devices' broker accounts are deleted
+    before that commits (which disconnects them; ``broker`` as for :func:`register_device`);
+    then, under the exclusive DERIVED gate,
     everything is deleted and verified. The registry, ledger and user go only when nothing is
     left, so an incomplete erasure (:class:`PurgeIncomplete`) can simply be run again. The
     audit record keeps only the keyed-hash subject, counts and status. ``settle_s`` is ignored.
@@ -946,6 +1046,8 @@ def erase_user(conn: Conn, user_id: str, *, settle_s: float = 0.0) -> PurgeRepor
         _require_user(conn, user_id, lock=True)
         conn.execute("DELETE FROM consent_state WHERE user_id = %s", (user_id,))
         _notify_consent(conn, "erase", user_id, None)
+        usernames = [d.mqtt_username or d.device_id for d in list_devices(conn, user_id)]
+        revoke_broker_accounts(usernames, conn=conn, broker=broker)
     with _atomic(conn):
         conn.execute(gate_sql(GATE_DERIVED, exclusive=True))
         _require_user(conn, user_id, lock=True)
@@ -984,5 +1086,6 @@ __all__ = [
     "record_withdrawal",
     "register_device",
     "retire_device",
+    "revoke_broker_accounts",
     "withdraw_consent",
 ]

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
     mqtt_receive_maximum: int = Field(default=2000, ge=1, le=65535)
     mqtt_ca_file: Path | None = None
+    # The broker's dynamic-security admin account (hearth.broker): registration, retirement,
+    # erasure and `broker sync` manage device accounts through it. Unset: the broker is not
+    # managed by Hearth (anonymous trials), and device accounts exist only in the registry.
+    broker_admin_url: str | None = None
 
     # Batching: flush on size or age, whichever comes first.
     batch_max_messages: int = Field(default=2000, ge=1)
@@ -176,6 +180,15 @@ class Settings(BaseSettings):
     def _check_mqtt_url(cls, value: str) -> str:
         parse_mqtt_url(value)
         return value
+
+    @field_validator("broker_admin_url")
+    @classmethod
+    def _check_broker_admin_url(cls, value: str | None) -> str | None:
+        if value:
+            endpoint = parse_mqtt_url(value)
+            if not endpoint.username or endpoint.password is None:
+                raise ValueError("needs the admin's user:password@ (see `broker init`)")
+        return value or None
 
     @field_validator("database_url")
     @classmethod

@@ -118,11 +118,14 @@ def wait_for_port(port: int, deadline_s: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {deadline_s}s")
 
 
-def start_broker(state_dir: Path, auth: str = "allow_anonymous true") -> Broker:
-    """A private Mosquitto from the shipped configuration template, in the foreground."""
+def start_broker(
+    state_dir: Path, auth: str = "allow_anonymous true", port: int | None = None
+) -> Broker:
+    """A private Mosquitto from the shipped configuration template, in the foreground (on
+    ``port`` again to restart one)."""
     if shutil.which("mosquitto") is None:
         pytest.fail("mosquitto not installed; run scripts/services up", pytrace=False)
-    port = free_port()
+    port = port or free_port()
     (state_dir / "mosquitto" / "data").mkdir(parents=True, exist_ok=True)
     template = (ROOT / "config" / "mosquitto" / "mosquitto.conf").read_text()
     conf = (

@@ -31,6 +31,7 @@ from features.service.models import (
 from features.service.state import state_of
 from hearth import admin
 from hearth.admin import AdminError
+from hearth.broker import BrokerUnavailable
 
 ADMIN_MAX_BODY = 64 * 1024
 _NOT_FOUND = re.compile(r"^unknown (user|device) '")
@@ -63,6 +64,8 @@ async def _run(request: web.Request, call: Callable[[psycopg.Connection[Any]], T
         raise _admin_error(exc) from None
     except psycopg.errors.IntegrityError:
         raise ApiError(409, "conflict", "the change conflicts with existing data") from None
+    except BrokerUnavailable as exc:  # registration needs the broker to make the account
+        raise ApiError(503, "unavailable", str(exc)) from None
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -91,7 +94,7 @@ async def create_user(request: web.Request) -> web.Response:
 async def register_device(request: web.Request) -> web.Response:
     body = await read_model(request, RegisterDeviceRequest, ADMIN_MAX_BODY)
     creds = await _run(request, lambda conn: admin.register_device(conn, **body.model_dump()))
-    return _json(creds.to_json(), status=201)
+    return _json(creds.to_json(), status=200 if creds.rotated else 201)
 
 
 async def retire_device(request: web.Request) -> web.Response:

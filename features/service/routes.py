@@ -164,12 +164,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/v1/admin/devices",
         admin.register_device,
         "registerDevice",
-        "Register and bind a device; returns its MQTT credentials once",
+        "Register and bind a device; returns its MQTT credentials once. The same user, format "
+        "and external id again rotates the device's password (200, `rotated: true`)",
         "admin",
         "admin",
-        {201: Body("device credentials", schema=ANY_OBJECT)},
+        {
+            201: Body("device credentials", schema=ANY_OBJECT),
+            200: Body("new credentials of a device registered again", schema=ANY_OBJECT),
+        },
         request=RegisterDeviceRequest,
-        errors=(400, 404, 409, 413),
+        errors=(400, 404, 409, 413, 503),
     ),
     Endpoint(
         "DELETE",

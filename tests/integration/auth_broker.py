@@ -1,4 +1,4 @@
-"""MQTT v5 test clients and a private Mosquitto running Hearth's generated auth files."""
+"""MQTT v5 test clients and a private Mosquitto with Hearth's dynamic-security setup."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector import broker_auth
-from collector.broker_auth import AuthPaths
-from tests.conftest import Broker, free_port, start_broker
+from collector.broker_auth import BROKER_ADMIN_USERNAME, COLLECTOR_USERNAME, AuthPaths
+from hearth.broker import BrokerAccounts, DynsecClient, SyncReport
+from tests.conftest import Broker, free_port, start_broker, wait_for_port
 from tests.integration.consent_fixtures import unique
+from tests.integration.fleet import CollectorProcess
 
 
 @dataclass
@@ -24,28 +26,82 @@ class AuthBroker:
     paths: AuthPaths
     tls_port: int
     accounts: dict[str, str]
+    database_url: str
+    admin: BrokerAccounts  # pass as ``broker=`` to hearth.admin's operations
 
-    def resync(self, database_url: str) -> None:
-        """Regenerate passwd/ACL from the registry and SIGHUP the broker (new devices)."""
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            broker_auth.sync(self.paths, conn, database_url)
+    @property
+    def admin_url(self) -> str:
+        password = self.accounts[BROKER_ADMIN_USERNAME]
+        return broker_auth.mqtt_url(BROKER_ADMIN_USERNAME, password, "127.0.0.1", self.port)
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    @property
+    def collector_url(self) -> str:
+        password = self.accounts[COLLECTOR_USERNAME]
+        return broker_auth.mqtt_url(COLLECTOR_USERNAME, password, "127.0.0.1", self.port)
+
+    def collector(self, log_path: Path) -> CollectorProcess:
+        """A collector replica logged in as the read-only collector account, in a share group
+        of its own."""
+        return CollectorProcess(
+            database_url=self.database_url,
+            mqtt_url=self.collector_url,
+            client_id=unique("collector"),
+            share_group=unique("g"),
+            http_port=free_port(),
+            log_path=log_path,
+        )
+
+    def env(self) -> dict[str, str]:
+        """What a Hearth command needs to manage this broker for the test database."""
+        return {
+            "HEARTH_DATABASE_URL": self.database_url,
+            "HEARTH_BROKER_ADMIN_URL": self.admin_url,
+            "HEARTH_STATE_DIR": str(self.paths.root),
+        }
+
+    def resync(self) -> SyncReport:
+        """One ``broker sync`` against the test database (drift repair)."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return broker_auth.sync(conn, self.admin_url, paths=self.paths)
+
+    def usernames(self) -> set[str]:
+        return set(self.admin.state().clients)
+
+    def restart(self) -> None:
+        """Stop the broker and start it again on the same port with the same state."""
+        self.stop()
+        self.broker = _start(self.paths, self.port)
+        wait_for_port(self.port)
 
     def stop(self) -> None:
         self.broker.process.terminate()
         self.broker.process.wait(timeout=10)
 
 
+def _start(paths: AuthPaths, port: int | None = None) -> Broker:
+    # One line, as scripts/services renders it (the template's @AUTH@ is single-line).
+    return start_broker(paths.root, auth=f"include_dir {paths.auth_conf.parent}", port=port)
+
+
 def start_auth_broker(state: Path, database_url: str) -> AuthBroker:
-    """Password file and ACL from the database's registry, TLS listener from a fresh test CA."""
+    """The plugin's first file with the service accounts, a TLS listener from a fresh test CA,
+    then the admin connection; devices come from registrations made with ``broker=admin``."""
     paths = AuthPaths(state)
     broker_auth.ensure_test_ca(paths)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        broker_auth.write_auth_files(paths, conn, database_url)
+    accounts = broker_auth.ensure_service_accounts(paths)
+    broker_auth.write_dynsec_config(paths, accounts, None)
     tls_port = free_port()
     broker_auth.write_auth_conf(paths, mqtts_port=tls_port)
-    # One line, as scripts/services renders it (the template's @AUTH@ is single-line).
-    b = start_broker(state, auth=f"include_dir {paths.auth_conf.parent}")
-    return AuthBroker(b, paths, tls_port, broker_auth.ensure_service_accounts(paths))
+    b = _start(paths)
+    url = broker_auth.mqtt_url(
+        BROKER_ADMIN_USERNAME, accounts[BROKER_ADMIN_USERNAME], "127.0.0.1", b.port
+    )
+    admin = BrokerAccounts(DynsecClient(url))
+    return AuthBroker(b, paths, tls_port, accounts, database_url, admin)
 
 
 @dataclass
@@ -55,6 +111,8 @@ class Client:
     client: mqtt.Client
     connack: Any = None
     connected: threading.Event = field(default_factory=threading.Event)
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    disconnected_at: float | None = None  # time.monotonic() of the first disconnect
     received: list[tuple[str, bytes]] = field(default_factory=list)
     pubacks: dict[int, int] = field(default_factory=dict)  # mid → reason code value
     subacks: dict[int, list[int]] = field(default_factory=dict)
@@ -84,12 +142,20 @@ def wait_for(condition: Any, what: str, deadline_s: float = 10.0) -> None:
 
 
 def connect(
-    port: int, username: str | None, password: str | None, *, ca_file: Path | None = None
+    port: int,
+    username: str | None,
+    password: str | None,
+    *,
+    ca_file: Path | None = None,
+    reconnect: bool = True,
 ) -> Client:
+    """Connect and wait for the CONNACK (``connack.is_failure`` tells a refusal); with
+    ``reconnect=False`` paho stays away after a disconnect."""
     c = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=unique("t"),
         protocol=mqtt.MQTTv5,
+        reconnect_on_failure=reconnect,
     )
     wrapper = Client(c)
     if username is not None:
@@ -114,6 +180,9 @@ def connect(
         if not wrapper.connected.is_set():
             wrapper.connack = reason
             wrapper.connected.set()
+        if wrapper.disconnected_at is None:
+            wrapper.disconnected_at = time.monotonic()
+        wrapper.disconnected.set()
 
     c.on_connect, c.on_publish, c.on_subscribe = on_connect, on_publish, on_subscribe
     c.on_message, c.on_disconnect = on_message, on_disconnect

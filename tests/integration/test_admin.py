@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from hearth import admin, ledger
-from hearth.admin import AdminError, verify_mosquitto_password
+from hearth.admin import AdminError
 from hearth.signals import Category
 from hearth.vectors import withdrawn_cell
 from tests.integration.consent_fixtures import (
@@ -35,24 +35,29 @@ def test_add_user_is_idempotent_and_validates_zone(db: psycopg.Connection) -> No
         admin.add_user(db, "no spaces allowed", "UTC")
 
 
-def test_register_device_mints_hashed_credentials(db: psycopg.Connection) -> None:
+def test_register_device_mints_credentials_it_keeps_nowhere(db: psycopg.Connection) -> None:
+    """The password goes to the broker's plugin (hashed there) and to the caller, nowhere
+    else: no registry column holds it or a hash of it (issue 13)."""
     user = unique("u")
     creds = admin.register_device(
         db, user_id=user, kind="phone", format="owntracks", external_id=f"{user}/p", user_tz="UTC"
     )
     assert creds.topics == (f"owntracks/{user}/p/#",)
     assert creds.mqtt_username == creds.device_id and len(creds.mqtt_password) >= 32
-    stored = db.execute(
-        "SELECT mqtt_password_hash FROM devices WHERE device_id = %s", (creds.device_id,)
-    ).fetchone()
-    assert stored is not None and stored[0].startswith("$7$101$")
-    assert creds.mqtt_password not in stored[0]
-    assert verify_mosquitto_password(creds.mqtt_password, stored[0])
-    assert not verify_mosquitto_password("wrong", stored[0])
+    columns = {
+        str(r[0])
+        for r in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'devices'"
+        ).fetchall()
+    }
+    assert not any("password" in c for c in columns), columns
+    row = db.execute("SELECT * FROM devices WHERE device_id = %s", (creds.device_id,)).fetchone()
+    assert row is not None and creds.mqtt_password not in repr(row)
     assert set(creds.to_json()) == {
         "device_id", "user_id", "kind", "format", "external_id", "mqtt_username",
-        "mqtt_password", "topics", "bound_at",
+        "mqtt_password", "topics", "bound_at", "rotated",
     }  # fmt: skip
+    assert creds.rotated is False
 
     canonical = admin.register_device(
         db, user_id=user, kind="router", format="hearth", external_id=unique("r")
@@ -70,8 +75,12 @@ def test_register_device_errors_are_clear(db: psycopg.Connection) -> None:
     admin.add_user(db, user)
     ext = unique("plug")
     admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id=ext)
-    with pytest.raises(AdminError, match="already registered"):
-        admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id=ext)
+    other = unique("u")
+    admin.add_user(db, other)
+    with pytest.raises(AdminError, match=r"already registered .* of another user"):
+        admin.register_device(db, user_id=other, kind="plug", format="tasmota", external_id=ext)
+    with pytest.raises(AdminError, match="already registered as a plug"):
+        admin.register_device(db, user_id=user, kind="sensor", format="tasmota", external_id=ext)
     with pytest.raises(AdminError, match="unknown device format"):
         admin.register_device(db, user_id=user, kind="plug", format="x10", external_id="a")
     with pytest.raises(AdminError, match="one topic level"):
@@ -92,10 +101,6 @@ def test_retire_destroys_credential_and_frees_external_id(db: psycopg.Connection
     info = admin.retire_device(db, first.device_id)
     assert info.retired_at is not None
     assert admin.retire_device(db, first.device_id).retired_at == info.retired_at  # idempotent
-    row = db.execute(
-        "SELECT mqtt_password_hash FROM devices WHERE device_id = %s", (first.device_id,)
-    ).fetchone()
-    assert row == (None,)
     second = admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id=ext)
     assert second.device_id != first.device_id
     listed = {d.device_id: d for d in admin.list_devices(db, user)}

@@ -150,7 +150,8 @@ def test_batch_is_all_or_nothing(cli, db: psycopg.Connection) -> None:  # type: 
     batch = "\n".join(
         [
             json.dumps(good | {"external_id": f"{prefix}-1"}),
-            json.dumps(good | {"external_id": f"{prefix}-1"}),  # duplicate
+            # another user's: a clash (the same user again would rotate the password)
+            json.dumps(good | {"external_id": f"{prefix}-1", "user_id": f"{prefix}-v"}),
         ]
     )
     with pytest.raises(AdminError, match=r"line 2: .*already registered"):

@@ -19,10 +19,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector.broker_auth import COLLECTOR_USERNAME, OPERATOR_USERNAME, mqtt_url
+from collector.broker_auth import OPERATOR_USERNAME
 from hearth import admin
+from hearth.broker import BrokerAccounts
 from hearth.signals import Category
-from tests.conftest import free_port
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker
 from tests.integration.consent_fixtures import count_signal_rows, unique
 from tests.integration.fleet import CollectorProcess, wait_until
@@ -48,7 +48,9 @@ class Rig:
     everything: Household
 
 
-def _household(conn: psycopg.Connection, categories: tuple[Category, ...]) -> Household:
+def _household(
+    conn: psycopg.Connection, categories: tuple[Category, ...], broker: BrokerAccounts
+) -> Household:
     user = unique("e2e")
     at = datetime.now(UTC) - timedelta(days=30)  # bound and consented before any reading
     phone = admin.register_device(
@@ -59,9 +61,16 @@ def _household(conn: psycopg.Connection, categories: tuple[Category, ...]) -> Ho
         external_id=unique("ph"),
         user_tz="UTC",
         bound_at=at,
+        broker=broker,
     )
     plug = admin.register_device(
-        conn, user_id=user, kind="plug", format="hearth", external_id=unique("pl"), bound_at=at
+        conn,
+        user_id=user,
+        kind="plug",
+        format="hearth",
+        external_id=unique("pl"),
+        bound_at=at,
+        broker=broker,
     )
     for c in categories:
         admin.grant_consent(conn, user_id=user, category=c, at=at)
@@ -70,21 +79,12 @@ def _household(conn: psycopg.Connection, categories: tuple[Category, ...]) -> Ho
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Rig]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        energy_only = _household(conn, (Category.ENERGY,))
-        everything = _household(conn, tuple(Category))
     state: Path = tmp_path_factory.mktemp("e2e")
-    ab = start_auth_broker(state, database_url)
-    collector = CollectorProcess(
-        database_url=database_url,
-        mqtt_url=mqtt_url(
-            COLLECTOR_USERNAME, ab.accounts[COLLECTOR_USERNAME], "127.0.0.1", ab.broker.port
-        ),
-        client_id=unique("collector"),
-        share_group=unique("g"),
-        http_port=free_port(),
-        log_path=state / "collector.log",
-    )
+    ab = start_auth_broker(state, database_url)  # first: registration makes the accounts
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        energy_only = _household(conn, (Category.ENERGY,), ab.admin)
+        everything = _household(conn, tuple(Category), ab.admin)
+    collector = ab.collector(state / "collector.log")
     try:
         collector.start()
         yield Rig(ab, collector, database_url, energy_only, everything)

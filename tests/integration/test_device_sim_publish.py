@@ -143,14 +143,14 @@ def test_unreachable_broker_is_one_line_error(tmp_path: Path) -> None:
 def test_run_registers_and_publishes_as_each_device_under_the_acl(
     database_url: str, tmp_path: Path
 ) -> None:
-    """Authenticated broker, password file and ACL from the registry: the fleet registers in
-    batches while it is generated (``devices add`` re-syncs this broker), then every device
+    """Authenticated broker (dynamic-security plugin): the fleet registers in batches while it
+    is generated (``devices add`` makes each account through the plugin), then every device
     connects with its own credentials. Mosquitto silently drops a 3.1.1 publish the ACL denies,
     so receiving every message proves each device published only its own topics."""
     state = tmp_path / "state"
     ab = start_auth_broker(state, database_url)
     counter = Counter(ab.broker, "#", OPERATOR_USERNAME, ab.accounts[OPERATOR_USERNAME])
-    env = dict(os.environ, HEARTH_DATABASE_URL=database_url, HEARTH_STATE_DIR=str(state))
+    env = {**os.environ, **ab.env()}  # `devices add` makes the accounts through the plugin
     try:
         out = _sim(
             "run",

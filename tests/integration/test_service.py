@@ -408,7 +408,19 @@ async def test_admin_lifecycle(client: TestClient[object, object], version: str,
     resp = await client.post("/v1/admin/devices", json=device, headers=H_ADMIN)
     creds = await resp.json()
     assert resp.status == 201 and creds["device_id"] == "svc-plug-1" and creds["mqtt_password"]
-    await _error(await client.post("/v1/admin/devices", json=device, headers=H_ADMIN), 409)
+    # The same device again rotates its password (issue 12 §4); another user's is a conflict.
+    resp = await client.post("/v1/admin/devices", json=device, headers=H_ADMIN)
+    again = await resp.json()
+    assert resp.status == 200 and again["rotated"] and again["device_id"] == "svc-plug-1"
+    assert again["mqtt_password"] != creds["mqtt_password"]
+    resp = await client.post(
+        "/v1/admin/users", json={"user_id": "svc-admin-2", "tz": "UTC"}, headers=H_ADMIN
+    )
+    assert resp.status == 201
+    resp = await client.post(
+        "/v1/admin/devices", json=device | {"user_id": "svc-admin-2"}, headers=H_ADMIN
+    )
+    await _error(resp, 409)
     resp = await client.post(
         "/v1/admin/devices", json=device | {"user_id": "svc-nobody"}, headers=H_ADMIN
     )

@@ -161,6 +161,37 @@ def test_headline_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert report["auc_leaky"] is None  # no leaky variant without features after the date
 
 
+@pytest.mark.parametrize(
+    ("n", "why"),
+    [(30, "only 10 of 30 users have features"), (220, "needs both defaulters and non")],
+)
+def test_a_fleet_too_small_to_validate_still_gets_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int, why: str
+) -> None:
+    """Issue 12 §4: exit 0, features summarised, and the report says plainly why the model
+    section is empty; an earlier run's model/ does not stay behind to be mistaken for one."""
+    paths = write_world(tmp_path, n=n, seed=5)
+    if n == 220:  # every user repaid: no defaulters anywhere
+        rows = paths["truth"].read_text().splitlines()
+        header, body = rows[0], [r.split(",") for r in rows[1:]]
+        body = [[*r[:2], "0", *r[3:]] for r in body]
+        paths["truth"].write_text("\n".join([header, *(",".join(r) for r in body)]) + "\n")
+    out = tmp_path / "o"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "stale.txt").write_text("from an earlier, bigger run")
+    args = ["report", "--ground-truth", str(paths["truth"]), "--out", str(out)]
+    assert main([*args, "--features-source", "csv", "--features-file", str(paths["honest"])]) == 0
+    assert "not trained" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert why in report["model_skipped_reason"]
+    assert report["n_users"] == n and report["n_scored"] == n - 20
+    assert set(report["coverage"]) == set(NAMES)
+    assert 0.5 < report["coverage"]["noise"]["non_null_share"] <= 1.0
+    page = (out / "report.html").read_text()
+    assert "Model: not trained" in page and why in page and "Features: coverage" in page
+    assert not (out / "model").exists()
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     bad = tmp_path / "gt.csv"
     bad.write_text("user_id,default\nu1,0\n")
