@@ -161,9 +161,10 @@ class Publisher:
 
 
 def _device_with_consent(conn: psycopg.Connection, rig: Rig, user: str) -> admin.DeviceCredentials:
+    # Bound and consented before the readings' event times (now - 3 h), which are then stored.
     creds = admin.register_device(
         conn, user_id=user, kind="plug", format="hearth", external_id=unique("pl"),
-        user_tz="UTC", broker=rig.ab.admin,
+        user_tz="UTC", bound_at=datetime.now(UTC) - timedelta(days=30), broker=rig.ab.admin,
     )  # fmt: skip
     admin.grant_consent(
         conn, user_id=user, category="energy", at=datetime.now(UTC) - timedelta(days=30)
