@@ -25,8 +25,9 @@ import psycopg
 from hearth import admin
 from hearth.admin import AdminError, Conn, PurgeReport
 from hearth.db import connect
+from hearth.errors import ConfigError
 from hearth.ledger import FORMATS, PURPOSES
-from hearth.settings import ConfigError, get_settings
+from hearth.settings import get_settings
 from hearth.signals import DEVICE_KINDS, PURPOSE_CREDIT_SCORING, Category
 
 T = TypeVar("T")

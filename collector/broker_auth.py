@@ -57,8 +57,8 @@ from hearth.broker import (
 )
 from hearth.cli import ServiceUnavailable
 from hearth.db import DatabaseUnavailable
+from hearth.errors import ConfigError
 from hearth.ledger import REGISTRY_CHANNEL, device_topics
-from hearth.settings import ConfigError
 
 __all__ = [
     "BROKER_ADMIN_USERNAME",

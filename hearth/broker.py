@@ -43,8 +43,9 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from hearth.cli import ServiceUnavailable
+from hearth.errors import ConfigError
 from hearth.ledger import device_topics, load_live_devices
-from hearth.settings import ConfigError, get_settings, parse_mqtt_url
+from hearth.settings import get_settings, parse_mqtt_url
 
 log = logging.getLogger("hearth.broker")
 

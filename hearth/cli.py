@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from hearth.db import DatabaseUnavailable
-from hearth.settings import ConfigError
+from hearth.errors import ConfigError
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service we need is down or refused us

@@ -12,8 +12,14 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from hearth.errors import Unavailable
 
-class DatabaseUnavailable(Exception):
+# The connection types every module annotates with (rows as plain tuples).
+Conn = psycopg.Connection[tuple[object, ...]]
+AsyncConn = psycopg.AsyncConnection[tuple[object, ...]]
+
+
+class DatabaseUnavailable(Unavailable):
     """The database cannot be reached or refused us; the message is one line."""
 
 

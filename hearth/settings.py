@@ -34,15 +34,13 @@ from pydantic_settings import (
 )
 
 from hearth.db import redact_secrets, redact_url
+from hearth.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "postgresql://hearth:hearth@127.0.0.1:5432/hearth"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+
 DEFAULT_CONFIG_FILE = Path(".hearth/hearth.toml")
 API_SCOPES = frozenset({"features:read", "admin"})
-
-
-class ConfigError(Exception):
-    """A configuration value is missing or invalid; the message is one line for the user."""
 
 
 class MqttEndpoint(BaseModel):

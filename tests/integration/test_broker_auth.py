@@ -32,7 +32,7 @@ from hearth.broker import (
     DynsecClient,
     device_role,
 )
-from hearth.settings import ConfigError
+from hearth.errors import ConfigError
 from tests.conftest import ROOT, free_port, start_broker
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker, wait_for
 from tests.integration.consent_fixtures import unique

@@ -82,6 +82,9 @@ def e2e_env(database_url: str, broker: Broker) -> dict[str, str]:
             "HEARTH_MQTT_URL": broker.url,
             "HEARTH_MQTT_CLIENT_ID": f"hearth-e2e-{os.getpid()}",
             "HEARTH_COLLECTOR_HTTP_PORT": str(free_port()),
+            # The fleet replays DAYS of history: the collector must accept events that old.
+            "HEARTH_MAX_EVENT_AGE_DAYS": str(DAYS + 2),
+            "HEARTH_RETENTION_DAYS": str(DAYS + 2),
         }
     )
     return env

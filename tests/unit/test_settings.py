@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from hearth.db import DatabaseUnavailable, connect, redact_url
-from hearth.settings import ConfigError, load_settings, parse_api_tokens, parse_mqtt_url
+from hearth.errors import ConfigError
+from hearth.settings import load_settings, parse_api_tokens, parse_mqtt_url
 
 
 def test_mqtt_url_with_credentials_and_tls() -> None:
