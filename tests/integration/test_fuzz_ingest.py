@@ -60,8 +60,14 @@ def fuzz_database() -> Iterator[str]:
         for i, (fmt, external_id) in enumerate(pairs):
             conn.execute(
                 "INSERT INTO devices (device_id, user_id, kind, format, external_id, "
-                "registered_at) VALUES (%s, 'fz-u', 'sensor', %s, %s, %s)",
-                (external_id if fmt == "hearth" else f"fz-{i}", fmt, external_id, SETUP_AT),
+                "registered_at, bound_at) VALUES (%s, 'fz-u', 'sensor', %s, %s, %s, %s)",
+                (
+                    external_id if fmt == "hearth" else f"fz-{i}",
+                    fmt,
+                    external_id,
+                    SETUP_AT,
+                    SETUP_AT,
+                ),
             )
         with conn.cursor() as cur:
             cur.executemany(
