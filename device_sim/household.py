@@ -25,16 +25,6 @@ from device_sim.world import LocalClock, offset_point
 # "Message budget"), so scale = --messages-per-day / 24.5 hits the requested budget.
 BASE_MESSAGES_PER_DAY = 24.5
 
-# Which consent category each device kind's data falls under (for README and summaries).
-KIND_FORMAT: dict[str, str] = {
-    "phone": "owntracks",
-    "phone_app": "hearth",
-    "router": "hearth",
-    "door": "zigbee2mqtt",
-    "motion": "zigbee2mqtt",
-    "climate": "zigbee2mqtt",
-}
-
 
 @dataclass(slots=True)
 class DeviceSpec:
