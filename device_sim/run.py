@@ -50,7 +50,7 @@ def registration_batches(parts: int) -> list[list[int]]:
     return batches
 
 
-class Registration(threading.Thread):
+class _Registration(threading.Thread):
     """Registers the planned fleet and grants its consent in batches while the stream is being
     generated; ``REGISTRY_SETTLE_S`` after a batch's grants, hands its parts and credentials to
     ``on_batch``. Not alive any more once every batch is handed over (or one failed)."""
@@ -94,7 +94,7 @@ class Registration(threading.Thread):
             self.seconds = time.monotonic() - started
 
 
-class Feeder:
+class _Feeder:
     """Hands each generated part to the publishers once its devices are registered."""
 
     def __init__(self, publisher: PartPublisher) -> None:
@@ -177,8 +177,8 @@ class _FleetRun:
             on_progress=self._advancer(self.pub_task),
             client_tag="publish",
         )
-        self.feeder = Feeder(self.publisher)
-        self.registration: Registration | None = None
+        self.feeder = _Feeder(self.publisher)
+        self.registration: _Registration | None = None
 
     def _advancer(self, task: TaskID) -> Callable[[int], None]:
         return lambda n: self.progress.advance(task, n)
@@ -191,7 +191,7 @@ class _FleetRun:
         if not self.options.register:
             self.feeder.register_all_anonymous()
         else:
-            self.registration = Registration(self.options.out, plan, self.on_registered)
+            self.registration = _Registration(self.options.out, plan, self.on_registered)
             self.registration.start()
 
     def on_part(self, res: PartResult) -> None:
