@@ -9,8 +9,8 @@ dropped at the end):
 3. the naive pattern (paho auto-ack, one INSERT + commit per message) on a smaller backlog;
 4. two collector replicas on one shared subscription.
 
-Each backlog is published by a bounded-window paho publisher that waits for every PUBACK
-(DESIGN §9), after the consuming session was created and went offline.
+Each backlog is published by a bounded-window paho publisher that waits for every PUBACK,
+after the consuming session was created and went offline.
 
     .venv/bin/python bench/ingest.py --messages 100000
 Last line: ``rate_msgs_s=… ratio_vs_mosquitto_sub=… speedup_vs_naive=… peak_rss_mb=…``

@@ -33,7 +33,7 @@ from hearth.signals import DEVICE_KINDS, PURPOSE_CREDIT_SCORING, Category
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001 - no public name
 
 
 def _emit(obj: object, out: TextIO | None = None) -> None:

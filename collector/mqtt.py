@@ -1,14 +1,15 @@
 """paho-mqtt 2.x driven by the asyncio event loop, with manual, generation-checked PUBACKs.
 
 Why paho and not aiomqtt: aiomqtt 2.x acknowledges before the application sees a message, which
-breaks "no acknowledged message is lost" (DESIGN §3.1). paho with ``manual_ack=True`` lets the
-service PUBACK only after the batch holding the message is committed.
+breaks "no acknowledged message is lost" (docs/invariants.md#1). paho with ``manual_ack=True``
+lets the service PUBACK only after the batch holding the message is committed.
 
 Event-loop integration uses paho's socket callbacks (``on_socket_open``/``…register_write``): the
 loop watches the socket and calls ``loop_read``/``loop_write``, so everything runs on one thread
 (no GIL hand-offs, no locks between receive and ack). paho reads every packet with at least three
-``recv()`` calls (command byte, each length byte, body); :class:`_FastClient` serves those
-from one 64 KiB read, which is most of paho's receive cost at 10k msg/s.
+``recv()`` calls (command byte, each length byte, body); ``FastClient`` (collector/paho_fast.py,
+the one place that touches paho's internals) serves those from one 64 KiB read, which is most of
+paho's receive cost at 10k msg/s.
 
 Session: MQTT v5, ``clean_start=False``, a stable client id and a session expiry, so unacked and
 queued messages wait in the broker while we are away. The Receive Maximum we announce bounds the
@@ -25,19 +26,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from collector.paho_fast import FastClient, message_topic
 from hearth.cli import ServiceUnavailable
 from hearth.settings import Settings
 
@@ -46,96 +46,11 @@ log = logging.getLogger(__name__)
 # (topic, payload, generation, mid, qos)
 MessageHandler = Callable[[str, bytes, int, int, int], None]
 
-READ_CHUNK = 65536
 MAX_PACKETS_PER_WAKEUP = 200  # then yield to the loop so the writer and HTTP get a turn
 # Long enough that a database outage (reading paused, no PUBACKs) does not end the session at
 # once: paho pings every keepalive and gives up after a second one unanswered.
 KEEPALIVE_S = 60
-PUBACK = 0x40
-_PUBACK = struct.Struct("!BBH")
 CONNECT_TIMEOUT_S = 10.0
-
-
-# (topic, payload, mid, qos) from the lean PUBLISH decoder
-_PublishSink = Callable[[str, bytes, int, int], None]
-
-
-class _FastClient(mqtt.Client):
-    """paho Client with the three per-message costs that dominate a 10k msg/s drain removed.
-
-    - Reads: paho asks the socket for each packet's command byte, each length byte and the body
-      separately (3+ ``recv`` calls per message); here they are served from one 64 KiB read.
-    - PUBLISH decoding: paho builds an MQTT v5 ``Properties`` object (dozens of ``hasattr``
-      and string operations), an ``MQTTMessage`` and a debug-log line per message; the collector
-      needs topic, payload, mid and QoS only, so QoS 0/1 PUBLISH packets are decoded here and
-      handed straight to the sink. QoS 2 (never subscribed) keeps paho's path.
-    - PUBACKs: :meth:`ack_many` queues the acknowledgements of a whole batch as one buffer,
-      one ``send`` instead of one per message, still in arrival order.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._rbuf = b""
-        self._rpos = 0
-        self.publish_sink: _PublishSink | None = None
-
-    def reset_buffer(self) -> None:
-        self._rbuf = b""
-        self._rpos = 0
-
-    def buffered(self) -> bool:
-        return self._rpos < len(self._rbuf)
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._rpos >= len(self._rbuf):
-            data = super()._sock_recv(READ_CHUNK)  # BlockingIOError when nothing is there
-            if not data:
-                return data  # EOF: paho turns it into "connection lost"
-            self._rbuf = data
-            self._rpos = 0
-        start = self._rpos
-        self._rpos = min(start + bufsize, len(self._rbuf))
-        return self._rbuf[start : self._rpos]
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        command: int = self._in_packet["command"]
-        qos = (command & 0x06) >> 1
-        sink = self.publish_sink
-        if qos == 2 or sink is None:
-            return super()._handle_publish()
-        packet = bytes(self._in_packet["packet"])  # no copy when it already is bytes
-        try:
-            end = 2 + int.from_bytes(packet[0:2], "big")
-            topic_bytes = packet[2:end]
-            mid = 0
-            if qos:
-                mid = int.from_bytes(packet[end : end + 2], "big")
-                end += 2
-            # MQTT v5: properties length as a variable byte integer, then the properties.
-            props_len, mult = 0, 1
-            while True:
-                byte = packet[end]
-                end += 1
-                props_len += (byte & 0x7F) * mult
-                mult *= 128
-                if byte < 0x80:
-                    break
-            end += props_len
-            if end > len(packet) or (qos and mid == 0):
-                raise MalformedPacket("bad PUBLISH")
-        except IndexError:
-            raise MalformedPacket("truncated PUBLISH") from None
-        topic = topic_bytes.decode("utf-8", "replace")
-        if b"\0" in topic_bytes:  # MQTT forbids U+0000 in topics; PostgreSQL text cannot hold it
-            topic = topic.replace("\0", "\ufffd")
-        sink(topic, packet[end:], mid, qos)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def ack_many(self, mids: list[int]) -> None:
-        """PUBACK every mid, in order, as one write (v5 PUBACK without reason = success)."""
-        if mids:
-            buf = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids)
-            self._packet_queue(PUBACK, buf, 0, 0)
 
 
 def subscription_topics(share_group: str, filters: list[str]) -> list[str]:
@@ -176,9 +91,9 @@ class MqttLink:
         self._client = self._make_client()
 
     # -- paho setup ---------------------------------------------------------------------
-    def _make_client(self) -> _FastClient:
+    def _make_client(self) -> FastClient:
         s = self._settings
-        client = _FastClient(
+        client = FastClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=s.mqtt_client_id,
             protocol=mqtt.MQTTv5,
@@ -291,11 +206,7 @@ class MqttLink:
         self._handler(topic, payload, self.generation, mid, qos)
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = msg._topic.decode("utf-8", "replace")
-        topic = topic.replace("\0", "\ufffd")
+        topic = message_topic(msg).replace("\0", "\ufffd")
         self._handler(topic, bytes(msg.payload), self.generation, msg.mid, msg.qos)
 
     # -- public API -----------------------------------------------------------------------

@@ -5,22 +5,20 @@ Sub-commands:
 * ``generate`` — write the message stream and ground truth to a directory (no network).
 * ``run`` — generate, register devices and consent through the admin CLI, publish everything
   (QoS 1, bounded window, every PUBACK awaited), withdraw the few withdrawals, print a summary.
-  The three overlap: registration starts from the personas before any household is simulated,
-  and each stream part is published as soon as it is written and the fleet is registered.
+  The three overlap (``device_sim/run.py``).
 * ``load`` — publish N valid canonical messages at a target rate, for ingest benchmarks.
 
-The simulator deliberately imports nothing from ``hearth``, ``collector`` or ``features``
-(DESIGN §1): it is an outside fleet speaking public formats, so errors are printed here.
+This module is argparse and output; the work is in ``generate``, ``run`` and ``load``. The
+simulator deliberately imports nothing from ``hearth``, ``collector`` or ``features``
+(docs/architecture.md): it is an outside fleet speaking public formats, so errors are printed
+here.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,34 +28,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from device_sim.config import FaultRates, SimConfig
-from device_sim.generate import FleetPlan, Generated, PartResult, generate, part_count
+from device_sim.generate import Generated, generate
 from device_sim.load import read_device_ids, run_load
 from device_sim.publish import (
     DEFAULT_WINDOW,
     Counts,
-    Credentials,
-    PartPublisher,
     PublishError,
-    WindowedClient,
     default_mqtt_url,
     parse_mqtt_url,
-    publish_files,
 )
-from device_sim.register import (
-    RegistrationError,
-    grant_consent,
-    load_devices,
-    register_devices,
-    withdraw_consent,
-)
+from device_sim.register import RegistrationError, withdraw_consent
+from device_sim.run import RunOptions, realtime_heartbeats, run_fleet
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
-
-# The collector applies registry and consent changes within a fraction of a second (LISTEN/
-# NOTIFY, 0.25 s polls, then a reload); publishing waits this long after the last grant so the
-# first messages never meet a collector that does not know their device or consent yet.
-REGISTRY_SETTLE_S = 2.0
 
 
 class UsageError(Exception):
@@ -231,150 +215,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def registration_batches(parts: int) -> list[list[int]]:
-    """Stream parts grouped for registration: 1, 4, 16, ... parts per batch, so the first part is
-    published seconds after the start while the rest of the fleet is still registering. Few
-    batches: each costs two admin CLI start-ups (~1 s of CPU each, far more on a busy box)."""
-    batches, start, size = [], 0, 1
-    while start < parts:
-        batches.append(list(range(start, min(parts, start + size))))
-        start += size
-        size *= 4
-    return batches
-
-
-class _Registration(threading.Thread):
-    """Registers the planned fleet and grants its consent in batches while the stream is being
-    generated; ``REGISTRY_SETTLE_S`` after a batch's grants, hands its parts and credentials to
-    ``on_batch``. Not alive any more once every batch is handed over (or one failed)."""
-
-    def __init__(
-        self,
-        out_dir: Path,
-        plan: FleetPlan,
-        on_batch: Callable[[list[int], Credentials | None], None],
-    ) -> None:
-        super().__init__(name="register", daemon=True)
-        self.out_dir = out_dir
-        self.plan = plan
-        self.on_batch = on_batch
-        self.grants = 0
-        self.seconds = 0.0
-        self.batches: list[str] = []  # "<devices> devices <seconds> s" per batch
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        started = time.monotonic()
-        timers: list[threading.Timer] = []
-        try:
-            for k, parts in enumerate(registration_batches(len(self.plan.parts))):
-                batch_started = time.monotonic()
-                devices = [rec for p in parts for rec in self.plan.parts[p]]
-                creds = register_devices(self.out_dir, devices, f".batch{k}") or None
-                users = {str(rec["user_id"]) for rec in devices}
-                grants = [g for g in self.plan.grants if g["user_id"] in users]
-                self.grants += grant_consent(self.out_dir, grants, f".batch{k}")
-                self.batches.append(f"{len(devices)}/{time.monotonic() - batch_started:.0f}s")
-                timer = threading.Timer(REGISTRY_SETTLE_S, self.on_batch, (parts, creds))
-                timer.daemon = True
-                timer.start()
-                timers.append(timer)
-        except BaseException as exc:  # re-raised by the main thread
-            self.error = exc
-        finally:
-            for timer in timers:
-                timer.join()
-            self.seconds = time.monotonic() - started
-
-
-class _Feeder:
-    """Hands each generated part to the publishers once its devices are registered."""
-
-    def __init__(self, publisher: PartPublisher) -> None:
-        self.publisher = publisher
-        self.lock = threading.Lock()
-        self.generated: dict[int, tuple[Path, list[str]]] = {}
-        self.registered: set[int] = set()
-        self.everything_registered = False  # --no-register: publish anonymously at once
-        self.creds: Credentials | None = None
-        self.first_submit: float | None = None
-
-    def part_done(self, index: int, path: Path, keys: list[str]) -> None:
-        with self.lock:
-            self.generated[index] = (path, keys)
-            self._release()
-
-    def registered_parts(self, parts: list[int], creds: Credentials | None) -> None:
-        with self.lock:
-            self.registered.update(parts)
-            if creds:
-                self.creds = {**(self.creds or {}), **creds}
-            self._release()
-
-    def register_all_anonymous(self) -> None:
-        with self.lock:
-            self.everything_registered = True
-            self._release()
-
-    def _release(self) -> None:
-        for index in sorted(self.generated):
-            if not (self.everything_registered or index in self.registered):
-                continue
-            path, keys = self.generated.pop(index)
-            creds = self.creds
-            part_creds = None if creds is None else {k: creds[k] for k in keys if k in creds}
-            self.publisher.submit(path, part_creds)
-            if self.first_submit is None:
-                self.first_submit = time.monotonic()
-
-
-def _realtime(
-    console: Console,
-    mqtt_url: str,
-    out_dir: Path,
-    creds: dict[str, tuple[str, str]] | None,
-    minutes: float,
-    speed: float,
-) -> int:
-    """Keep the fleet's canonical routers alive in real time: a heartbeat per tick."""
-    routers = [d for d in load_devices(out_dir) if d["kind"] == "router"]
-    endpoint = parse_mqtt_url(mqtt_url)
-    tick = max(1.0, 300.0 / speed)
-    deadline = time.monotonic() + minutes * 60 if minutes > 0 else float("inf")
-    sent = 0
-    console.print(f"realtime: {len(routers)} routers, heartbeat every {tick:.0f} s (Ctrl-C stops)")
-    shared = None if creds else WindowedClient(endpoint, "device-sim-realtime")
-    try:
-        while time.monotonic() < deadline:
-            now = int(time.time())
-            stamp = datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            for dev in routers:
-                ext = dev["external_id"]
-                body = json.dumps(
-                    {
-                        "ts": stamp,
-                        "device_id": ext,
-                        "readings": {"online": 1, "uptime_s": now % 86400},
-                    },
-                    separators=(",", ":"),
-                )
-                if shared is not None:
-                    shared.publish(f"hearth/v1/{ext}/status", body)
-                elif creds and dev["key"] in creds:
-                    user, pw = creds[dev["key"]]
-                    client = WindowedClient(endpoint, user, 10, username=user, password=pw)
-                    client.publish(f"hearth/v1/{ext}/status", body)
-                    client.close()
-                sent += 1
-            time.sleep(min(tick, max(0.0, deadline - time.monotonic())))  # pacing
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if shared is not None:
-            shared.close()
-    return sent
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     console = Console(stderr=True)
@@ -383,94 +223,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         parse_mqtt_url(mqtt_url)
     except ValueError as exc:
         raise UsageError(f"--mqtt-url: {exc}") from None
-    started = time.monotonic()
-    timings: dict[str, float] = {}
-    extra: dict[str, Any] = {}
-    registration: _Registration | None = None
+    options = RunOptions(
+        out=args.out,
+        mqtt_url=mqtt_url,
+        processes=args.processes,
+        window=args.window,
+        register=not args.no_register,
+        ground_truth=args.ground_truth,
+    )
     with _progress(console) as progress:
-        gen_task = progress.add_task("generate", total=cfg.households + cfg.unconsented_devices)
-        reg_task = progress.add_task(
-            "register", total=part_count(cfg), visible=not args.no_register
-        )
-        pub_task = progress.add_task("publish", total=None)
-        pub_total = 0
-        publisher = PartPublisher(  # forks: before any thread starts
-            mqtt_url,
-            args.processes,
-            args.window,
-            on_progress=lambda n: progress.advance(pub_task, n),
-            client_tag="publish",
-        )
-        feeder = _Feeder(publisher)
-
-        def on_registered(parts: list[int], creds: Credentials | None) -> None:
-            progress.advance(reg_task, len(parts))
-            feeder.registered_parts(parts, creds)
-
-        def on_plan(plan: FleetPlan) -> None:
-            nonlocal registration
-            if args.no_register:
-                feeder.register_all_anonymous()
-            else:
-                registration = _Registration(args.out, plan, on_registered)
-                registration.start()
-
-        def on_part(res: PartResult) -> None:
-            nonlocal pub_total
-            progress.advance(gen_task, res.households)
-            pub_total += res.messages - res.late_lines
-            progress.update(pub_task, total=pub_total)
-            assert res.path is not None
-            feeder.part_done(res.index, res.path, [str(rec["key"]) for rec in res.devices])
-            publisher.poll()  # a broker that refuses us stops the run now, not after generating
-
-        try:
-            gen = generate(
-                cfg,
-                args.out,
-                processes=args.processes,
-                ground_truth_path=args.ground_truth,
-                on_part=on_part,
-                on_plan=on_plan,
-            )
-            timings["generate"] = time.monotonic() - started
-            if registration is not None:
-                while registration.is_alive():
-                    registration.join(0.2)
-                    publisher.poll()
-                if registration.error is not None:
-                    raise registration.error
-                timings["register"] = registration.seconds
-                extra["consent grants"] = registration.grants
-                extra["registration batches"] = " ".join(registration.batches)
-                extra["devices registered"] = gen.devices
-                extra["publishing as"] = "each device" if feeder.creds else "anonymous"
-            counts = publisher.finish()
-        except BaseException:
-            publisher.abort()
-            raise
-        late = sorted((args.out / "parts").glob("late-*.tsv"))
-        if gen.late_lines:
-            late_task = progress.add_task("late", total=gen.late_lines)
-            counts.add(
-                publish_files(
-                    mqtt_url,
-                    late,
-                    feeder.creds,
-                    processes=args.processes,
-                    window=args.window,
-                    on_progress=lambda n: progress.advance(late_task, n),
-                    client_tag="late",
-                )
-            )
-    finished = time.monotonic()
-    timings["publish"] = finished - (feeder.first_submit or finished)
-    timings["total"] = finished - started  # generate, register and publish overlap
-    if not args.no_register:
+        outcome = run_fleet(cfg, options, progress)
+    gen, counts, timings, extra = outcome.generated, outcome.counts, outcome.timings, outcome.extra
+    if options.register:
         extra["consent withdrawals"] = withdraw_consent(args.out)
     if args.realtime:
-        extra["realtime heartbeats"] = _realtime(
-            console, mqtt_url, args.out, feeder.creds, args.realtime_minutes, args.speed
+        extra["realtime heartbeats"] = realtime_heartbeats(
+            console, mqtt_url, args.out, outcome.creds, args.realtime_minutes, args.speed
         )
     _summary(console, gen, timings, counts, extra)
     rate = counts.acked / timings["publish"] if timings["publish"] > 0 else 0.0
@@ -595,4 +363,4 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-__all__ = ["main", "part_count"]
+__all__ = ["main"]

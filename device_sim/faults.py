@@ -54,6 +54,55 @@ class Rendered:
     base_messages: int = 0  # messages before any fault (what a healthy device would send)
 
 
+@dataclass(frozen=True, slots=True)
+class _FaultDraws:
+    """Every fault decision for one device's ``n`` messages, drawn up front in a fixed order
+    so counts are reproducible."""
+
+    offline_days: np.ndarray  # bool per day of the history
+    skew_mask: np.ndarray  # the rest: one value per message
+    skew: np.ndarray  # seconds, ±2-30 min
+    spoof_mask: np.ndarray
+    malformed_mask: np.ndarray
+    malformed_kind: np.ndarray  # index into MALFORMED_KINDS
+    late_mask: np.ndarray
+    ooo_draw: np.ndarray  # compared with the out-of-order rate
+    dup_mask: np.ndarray
+    spoof_pick: np.ndarray  # index into the spoofable ids
+
+    @classmethod
+    def draw(
+        cls, cfg: SimConfig, n: int, fmt: str, rng: np.random.Generator, spoofable: int
+    ) -> _FaultDraws:
+        rates = cfg.faults
+        offline_days = rng.random(cfg.days + 1) < rates.offline
+        skew_mask = rng.random(n) < rates.clock_skew
+        skew = rng.choice(np.array([-1, 1]), size=n) * rng.integers(120, 1800, size=n)
+        spoof_mask = (rng.random(n) < rates.spoof) & (fmt == "hearth")
+        malformed_mask = (rng.random(n) < rates.malformed) & ~spoof_mask
+        malformed_kind = rng.integers(0, len(MALFORMED_KINDS), size=n)
+        late_mask = rng.random(n) < rates.late
+        ooo_draw = rng.random(n)
+        dup_mask = rng.random(n) < rates.duplicate
+        spoof_pick = rng.integers(0, max(1, spoofable), size=n)
+        return cls(
+            offline_days,
+            skew_mask,
+            skew,
+            spoof_mask,
+            malformed_mask,
+            malformed_kind,
+            late_mask,
+            ooo_draw,
+            dup_mask,
+            spoof_pick,
+        )
+
+
+# (tags, topic, payload) of one message; tags joined by commas, "" for none
+_Entry = tuple[str, str, str]
+
+
 def render_device(
     cfg: SimConfig,
     hist: DeviceHistory,
@@ -70,66 +119,16 @@ def render_device(
     if n == 0:
         return out
     if not rates.any():  # the healthy fleet: what the general path below gives, without draws
-        out.faults["offline_device_days"] += 0
-        out.faults["offline_dropped"] += 0
-        key = spec.key
-        payloads = encode(spec.format, hist.bodies, ts, clock)
-        out.main = [
-            f"{key}\t\t{topic}\t{payload}\n"
-            for topic, payload in zip(hist.topics, payloads, strict=True)
-        ]
-        return out
-    # Draw every fault decision up front, in a fixed order, so counts are reproducible.
+        return _render_healthy(out, hist, ts, clock)
     day_idx = (ts - cfg.start_ts) // 86400
-    offline_days = rng.random(cfg.days + 1) < rates.offline
-    skew_mask = rng.random(n) < rates.clock_skew
-    skew = rng.choice(np.array([-1, 1]), size=n) * rng.integers(120, 1800, size=n)
-    spoof_mask = (rng.random(n) < rates.spoof) & (spec.format == "hearth")
-    malformed_mask = (rng.random(n) < rates.malformed) & ~spoof_mask
-    malformed_kind = rng.integers(0, len(MALFORMED_KINDS), size=n)
-    late_mask = rng.random(n) < rates.late
-    ooo_draw = rng.random(n)
-    dup_mask = rng.random(n) < rates.duplicate
-    spoof_pick = rng.integers(0, max(1, len(spoof_ids)), size=n)
-
-    keep = ~offline_days[np.clip(day_idx, 0, cfg.days)]
-    out.faults["offline_device_days"] += int(offline_days[np.unique(day_idx)].sum())
+    draws = _FaultDraws.draw(cfg, n, spec.format, rng, len(spoof_ids))
+    keep = ~draws.offline_days[np.clip(day_idx, 0, cfg.days)]
+    out.faults["offline_device_days"] += int(draws.offline_days[np.unique(day_idx)].sum())
     out.faults["offline_dropped"] += int((~keep).sum())
-    stamp = np.where(skew_mask, ts + skew, ts)
+    stamp = np.where(draws.skew_mask, ts + draws.skew, ts)
     payloads = encode(spec.format, hist.bodies, stamp, clock)
-
-    kept: list[tuple[str, str, str]] = []  # (tags, topic, payload)
-    late: list[tuple[str, str, str]] = []
-    for i in np.flatnonzero(keep).tolist():
-        tag_list: list[str] = []
-        payload = payloads[i]
-        if skew_mask[i]:
-            tag_list.append("clock_skew")
-        if spoof_mask[i] and spoof_ids:
-            body = hist.bodies[i]
-            assert isinstance(body, dict)
-            claimed = spoof_ids[int(spoof_pick[i])]
-            payload = dumps({**body, "device_id": claimed})
-            tag_list.append("spoof")
-        elif malformed_mask[i]:
-            kind = MALFORMED_KINDS[int(malformed_kind[i])]
-            payload = malform(payload, kind)
-            tag_list.append(f"malformed:{kind}")
-        entry = (",".join(tag_list), hist.topics[i], payload)
-        if late_mask[i]:
-            late.append((",".join([*tag_list, "late"]), entry[1], entry[2]))
-        else:
-            kept.append(entry)
-    # Out of order: swap a message with its successor (the successor is published first).
-    i = 0
-    while i < len(kept) - 1:
-        if ooo_draw[i] < rates.out_of_order:
-            first, second = kept[i], kept[i + 1]
-            kept[i] = second
-            kept[i + 1] = (_tag(first[0], "out_of_order"), first[1], first[2])
-            i += 2
-        else:
-            i += 1
+    kept, late = _tag_messages(hist, payloads, keep, draws, spoof_ids)
+    _swap_out_of_order(kept, draws.ooo_draw, rates.out_of_order)
     # Counted before duplication: a duplicate line repeats its original's tags and payload.
     for tags, _, _ in (*kept, *late):
         for tag in tags.split(","):
@@ -138,11 +137,72 @@ def render_device(
     key = spec.key
     for j, (tags, topic, payload) in enumerate(kept):
         out.main.append(f"{key}\t{tags}\t{topic}\t{payload}\n")
-        if dup_mask[j]:
+        if draws.dup_mask[j]:
             out.main.append(f"{key}\t{_tag(tags, 'duplicate')}\t{topic}\t{payload}\n")
             out.faults["duplicate"] += 1
     out.late = [f"{key}\t{tags}\t{topic}\t{payload}\n" for tags, topic, payload in late]
     return out
+
+
+def _render_healthy(
+    out: Rendered, hist: DeviceHistory, ts: np.ndarray, clock: LocalClock
+) -> Rendered:
+    out.faults["offline_device_days"] += 0
+    out.faults["offline_dropped"] += 0
+    key = hist.spec.key
+    payloads = encode(hist.spec.format, hist.bodies, ts, clock)
+    out.main = [
+        f"{key}\t\t{topic}\t{payload}\n"
+        for topic, payload in zip(hist.topics, payloads, strict=True)
+    ]
+    return out
+
+
+def _tag_messages(
+    hist: DeviceHistory,
+    payloads: list[str],
+    keep: np.ndarray,
+    draws: _FaultDraws,
+    spoof_ids: list[str],
+) -> tuple[list[_Entry], list[_Entry]]:
+    """The kept messages with their clock-skew, spoof and malformed faults applied and tagged:
+    (in order, late)."""
+    kept: list[_Entry] = []
+    late: list[_Entry] = []
+    for i in np.flatnonzero(keep).tolist():
+        tag_list: list[str] = []
+        payload = payloads[i]
+        if draws.skew_mask[i]:
+            tag_list.append("clock_skew")
+        if draws.spoof_mask[i] and spoof_ids:
+            body = hist.bodies[i]
+            assert isinstance(body, dict)
+            claimed = spoof_ids[int(draws.spoof_pick[i])]
+            payload = dumps({**body, "device_id": claimed})
+            tag_list.append("spoof")
+        elif draws.malformed_mask[i]:
+            kind = MALFORMED_KINDS[int(draws.malformed_kind[i])]
+            payload = malform(payload, kind)
+            tag_list.append(f"malformed:{kind}")
+        entry = (",".join(tag_list), hist.topics[i], payload)
+        if draws.late_mask[i]:
+            late.append((",".join([*tag_list, "late"]), entry[1], entry[2]))
+        else:
+            kept.append(entry)
+    return kept, late
+
+
+def _swap_out_of_order(kept: list[_Entry], ooo_draw: np.ndarray, rate: float) -> None:
+    """Out of order: swap a message with its successor (the successor is published first)."""
+    i = 0
+    while i < len(kept) - 1:
+        if ooo_draw[i] < rate:
+            first, second = kept[i], kept[i + 1]
+            kept[i] = second
+            kept[i + 1] = (_tag(first[0], "out_of_order"), first[1], first[2])
+            i += 2
+        else:
+            i += 1
 
 
 def _tag(tags: str, tag: str) -> str:

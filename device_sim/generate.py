@@ -375,22 +375,28 @@ def _collect_parts(
         stream_sha256=stream_hash.hexdigest(),
         default_rate=defaults / users if users else 0.0,
     )
+    _write_manifest(cfg, gen, gt_path)
+    return gen
+
+
+def _write_manifest(cfg: SimConfig, gen: Generated, gt_path: Path) -> None:
+    """``manifest.json``: the configuration and what was generated from it."""
     manifest = {
         "config": {**asdict(cfg), "faults": cfg.faults.as_dict()},
         "start": format_rfc3339(cfg.start_ts),
         "end": format_rfc3339(cfg.end_ts),
         "parts": gen.parts,
         "households": gen.households,
-        "users": users,
-        "devices": devices,
+        "users": gen.users,
+        "devices": gen.devices,
         "messages": gen.messages,
-        "messages_by_format": dict(sorted(messages.items())),
-        "base_messages_by_format": dict(sorted(base.items())),
-        "faults": dict(sorted(faults.items())),
-        "late_lines": late,
+        "messages_by_format": dict(sorted(gen.messages_by_format.items())),
+        "base_messages_by_format": dict(sorted(gen.base_by_format.items())),
+        "faults": dict(sorted(gen.faults.items())),
+        "late_lines": gen.late_lines,
         "default_rate": gen.default_rate,
-        "ground_truth": os.path.relpath(gt_path, out_dir),
+        "ground_truth": os.path.relpath(gt_path, gen.out_dir),
         "stream_sha256": gen.stream_sha256,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return gen
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    (gen.out_dir / "manifest.json").write_text(text)

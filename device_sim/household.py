@@ -25,16 +25,6 @@ from device_sim.world import LocalClock, offset_point
 # "Message budget"), so scale = --messages-per-day / 24.5 hits the requested budget.
 BASE_MESSAGES_PER_DAY = 24.5
 
-# Which consent category each device kind's data falls under (for README and summaries).
-KIND_FORMAT: dict[str, str] = {
-    "phone": "owntracks",
-    "phone_app": "hearth",
-    "router": "hearth",
-    "door": "zigbee2mqtt",
-    "motion": "zigbee2mqtt",
-    "climate": "zigbee2mqtt",
-}
-
 
 @dataclass(slots=True)
 class DeviceSpec:
@@ -166,6 +156,71 @@ def unconsented_router_spec(p: Persona, ext: str) -> DeviceSpec:
     spec = _make_spec(p, "router", "hearth", ext, (f"hearth/v1/{ext}/status",))
     spec.consented = False
     return spec
+
+
+@dataclass(frozen=True, slots=True)
+class _Plug:
+    """An energy plug's fixed properties, and the household load it meters."""
+
+    watts: np.ndarray  # mean power per UTC hour from ``start_hour``
+    cum_kwh: np.ndarray  # energy metered before each of those hours
+    start_hour: int
+    total0: float  # kWh on the meter when the history starts
+    boot0: int  # last boot before the history (UTC)
+    wifi: tuple[str, str]  # (SSID, BSSID)
+    signal0: float  # mean Wi-Fi signal, dBm
+    lq0: float  # mean Zigbee link quality
+    voltage0: float  # mains voltage
+
+
+@dataclass(frozen=True, slots=True)
+class _PlugReading:
+    total: float  # kWh
+    today: float
+    yesterday: float
+    power: float  # W
+    current: float  # A
+
+
+@dataclass(slots=True)
+class _PhoneBattery:
+    """A phone's charge along its events: it drains (a third as fast before wake-up), charges
+    in the overnight windows, and is plugged in for a while when it runs low or flat."""
+
+    windows: list[tuple[int, int]]  # overnight charging, UTC, in time order
+    drain_pct_per_h: float
+    level: float = 80.0
+    last_ts: int = 0
+    charge_until: int = 0  # plugged in after running low or flat
+    window: int = 0  # the first window not over at ``last_ts``
+
+    def at(self, ts: int, hour: float, day: Day, rng: FastRandom) -> bool | None:
+        """Move the level on to ``ts``; whether the phone is charging then, or ``None`` when
+        it is flat and off (no message)."""
+        windows = self.windows
+        while self.window < len(windows) and windows[self.window][1] <= self.last_ts:
+            self.window += 1
+        dt_h = (ts - self.last_ts) / 3600.0
+        charging = ts < self.charge_until or (
+            self.window < len(windows) and windows[self.window][0] <= ts < windows[self.window][1]
+        )
+        if charging:
+            self.level = min(100.0, self.level + 45.0 * dt_h)
+        else:
+            drain = self.drain_pct_per_h * dt_h * (0.3 if hour < day.wake else 1)
+            self.level = max(0.0, self.level - drain)
+        self.last_ts = ts
+        if self.level <= 0.0:
+            # Flat battery: the phone is off until its owner notices and plugs it in.
+            if rng.random() < 0.5:
+                return None
+            self.charge_until = ts + int(3600 * rng.uniform(0.7, 2.0))
+            charging = True
+            self.level = 1.0
+        if not charging and self.level < day.traits.low_battery_pct and rng.random() < 0.7:
+            self.charge_until = ts + int(3600 * rng.uniform(0.7, 2.0))
+            charging = True
+        return charging
 
 
 class HouseholdSimulator:
@@ -337,12 +392,41 @@ class HouseholdSimulator:
 
     def _phones(self, specs: list[DeviceSpec]) -> list[DeviceHistory]:
         """OwnTracks: location fixes while awake (few at night) and home enter/leave events."""
-        rng, p = self.r, self.p
-        change = p.device_change_day
+        rng, change = self.r, self.p.device_change_day
         histories = [DeviceHistory(spec) for spec in specs]
         owner = specs[0].external_id.rsplit("/", 1)[0]
         tid = owner[-2:]
-        # (utc, kind, hour-of-day, day) for every fix and transition, then a battery pass.
+        events = self._phone_events()
+        battery = _PhoneBattery(
+            self._charge_windows(), self.p.drain_pct_per_h, last_ts=events[0][0] if events else 0
+        )
+        for ts, what, hour, d in events:
+            if self._inside(self.phone_gaps, ts) or d >= len(self.days):
+                continue
+            charging = battery.at(ts, hour, self.days[d], rng)
+            if charging is None:
+                continue
+            dev = histories[1] if change is not None and d >= change else histories[0]
+            place, lat, lon = self._place(d, hour)
+            lat, lon = offset_point(lat, lon, *((rng.normal() * 0.03, rng.normal() * 0.03)))
+            acc = rng.choice(_ACCURACIES)
+            batt = round(battery.level)
+            bs = (3 if batt >= 100 else 2) if charging else 1
+            if what == "fix":
+                body = self._location_fix(place, lat, lon, acc, batt, bs, tid)
+                wifi = self._phone_wifi(place, d, ts)
+                if wifi is not None:
+                    body["conn"] = "w"
+                    body["SSID"], body["BSSID"] = wifi
+                dev.add(ts, dev.spec.topics[0], body)
+            else:
+                dev.add(ts, dev.spec.topics[1], self._home_transition(d, what, acc, tid))
+        return histories
+
+    def _phone_events(self) -> list[tuple[int, str, float, int]]:
+        """``(utc, "fix" | "leave" | "enter", local hour, day)`` of every location fix and home
+        transition, in time order."""
+        rng = self.r
         events: list[tuple[int, str, float, int]] = []
         for d, day in enumerate(self.days):
             for _ in range(self._count(7.5)):
@@ -358,7 +442,11 @@ class HouseholdSimulator:
                 events.append((self._at(d, day.sleep - 0.5), "leave", day.sleep - 0.5, d))
                 events.append((self._at(d, 24 + day.wake + 0.5), "enter", day.wake + 0.5, d + 1))
         events.sort()
-        charge_windows = [
+        return events
+
+    def _charge_windows(self) -> list[tuple[int, int]]:
+        """Overnight charging: from the evening's charge start to the next wake-up (UTC)."""
+        return [
             (
                 self._at(d, day.charge_start),
                 self._at(d, 24 + self.days[min(d + 1, len(self.days) - 1)].wake),
@@ -366,88 +454,53 @@ class HouseholdSimulator:
             for d, day in enumerate(self.days)
             if day.overnight_charge
         ]
-        level = 80.0
-        last_ts = events[0][0] if events else 0
-        charge_until = 0
-        ci = 0
-        for ts, what, hour, d in events:
-            if self._inside(self.phone_gaps, ts) or d >= len(self.days):
-                continue
-            day = self.days[d]
-            while ci < len(charge_windows) and charge_windows[ci][1] <= last_ts:
-                ci += 1
-            dt_h = (ts - last_ts) / 3600.0
-            charging_now = ts < charge_until or (
-                ci < len(charge_windows) and charge_windows[ci][0] <= ts < charge_windows[ci][1]
-            )
-            if charging_now:
-                level = min(100.0, level + 45.0 * dt_h)
-            else:
-                level = max(0.0, level - p.drain_pct_per_h * dt_h * (0.3 if hour < day.wake else 1))
-            last_ts = ts
-            if level <= 0.0:
-                # Flat battery: the phone is off until its owner notices and plugs it in.
-                if rng.random() < 0.5:
-                    continue
-                charge_until = ts + int(3600 * rng.uniform(0.7, 2.0))
-                charging_now = True
-                level = 1.0
-            if not charging_now and level < day.traits.low_battery_pct and rng.random() < 0.7:
-                charge_until = ts + int(3600 * rng.uniform(0.7, 2.0))
-                charging_now = True
-            dev = histories[1] if change is not None and d >= change else histories[0]
-            place, lat, lon = self._place(d, hour)
-            home_idx = self._home_index(d)
-            outage = self._inside(self.outages, ts)
-            lat, lon = offset_point(lat, lon, *((rng.normal() * 0.03, rng.normal() * 0.03)))
-            acc = rng.choice(_ACCURACIES)
-            batt = round(level)
-            bs = (3 if batt >= 100 else 2) if charging_now else 1
-            if what == "fix":
-                body: dict[str, object] = {
-                    "_type": "location",
-                    "acc": acc,
-                    "alt": int(rng.integers(0, 80)),
-                    "batt": batt,
-                    "bs": bs,
-                    "conn": "m",
-                    "lat": round(lat, 6),
-                    "lon": round(lon, 6),
-                    "m": 1,
-                    "t": "u" if rng.random() < 0.8 else "p",
-                    "tid": tid,
-                    "tst": 0,
-                    "vac": int(rng.integers(3, 30)),
-                    "vel": 0 if place in ("home", "work") else int(rng.integers(0, 40)),
-                }
-                wifi = None
-                if place == "home" and not outage:
-                    wifi = self.homes_wifi[home_idx]
-                elif place == "work" and rng.random() < 0.5:
-                    wifi = self.work_wifi
-                if wifi is not None:
-                    body["conn"] = "w"
-                    body["SSID"], body["BSSID"] = wifi
-                dev.add(ts, dev.spec.topics[0], body)
-            else:
-                home_lat, home_lon = self.days[min(d, len(self.days) - 1)].home
-                dev.add(
-                    ts,
-                    dev.spec.topics[1],
-                    {
-                        "_type": "transition",
-                        "acc": acc,
-                        "desc": "Home",
-                        "event": what,
-                        "lat": round(home_lat, 6),
-                        "lon": round(home_lon, 6),
-                        "t": "c",
-                        "tid": tid,
-                        "tst": 0,
-                        "wtst": self.cfg.start_ts - 86400 * 200,
-                    },
-                )
-        return histories
+
+    def _location_fix(
+        self, place: str, lat: float, lon: float, acc: int, batt: int, bs: int, tid: str
+    ) -> dict[str, object]:
+        """An OwnTracks ``location`` on the mobile network (Wi-Fi is added by the caller)."""
+        rng = self.r
+        return {
+            "_type": "location",
+            "acc": acc,
+            "alt": int(rng.integers(0, 80)),
+            "batt": batt,
+            "bs": bs,
+            "conn": "m",
+            "lat": round(lat, 6),
+            "lon": round(lon, 6),
+            "m": 1,
+            "t": "u" if rng.random() < 0.8 else "p",
+            "tid": tid,
+            "tst": 0,
+            "vac": int(rng.integers(3, 30)),
+            "vel": 0 if place in ("home", "work") else int(rng.integers(0, 40)),
+        }
+
+    def _phone_wifi(self, place: str, d: int, ts: int) -> tuple[str, str] | None:
+        """The (SSID, BSSID) the phone is on at ``place``: home's unless in an outage, the
+        office's half the time at work."""
+        if place == "home" and not self._inside(self.outages, ts):
+            return self.homes_wifi[self._home_index(d)]
+        if place == "work" and self.r.random() < 0.5:
+            return self.work_wifi
+        return None
+
+    def _home_transition(self, d: int, event: str, acc: int, tid: str) -> dict[str, object]:
+        """An OwnTracks ``transition`` of the "Home" region (``event``: enter or leave)."""
+        home_lat, home_lon = self.days[min(d, len(self.days) - 1)].home
+        return {
+            "_type": "transition",
+            "acc": acc,
+            "desc": "Home",
+            "event": event,
+            "lat": round(home_lat, 6),
+            "lon": round(home_lon, 6),
+            "t": "c",
+            "tid": tid,
+            "tst": 0,
+            "wtst": self.cfg.start_ts - 86400 * 200,
+        }
 
     def _phone_app(self, spec: DeviceSpec) -> DeviceHistory:
         """Canonical companion app: screen on at wake, off at sleep, daily SIM identity."""
@@ -549,90 +602,115 @@ class HouseholdSimulator:
         cum_kwh = np.concatenate([[0.0], np.cumsum(watts) / 1000.0])
         total0 = float(rng.uniform(5, 400))
         boot0 = self.cfg.start_ts - int(rng.uniform(1, 90) * 86400)
+        plug = _Plug(
+            watts=watts,
+            cum_kwh=cum_kwh,
+            start_hour=start_hour,
+            total0=total0,
+            boot0=boot0,
+            wifi=self.homes_wifi[0],
+            signal0=rng.uniform(-80, -50),
+            lq0=rng.uniform(60, 200),
+            voltage0=(
+                230.0 if self.p.city.ssid_style != "en" or "London" in self.p.city.name else 120.0
+            ),
+        )
         tasmota = spec.format == "tasmota"
         topics = spec.topics
         dev = DeviceHistory(spec)
-        ssid, bssid = self.homes_wifi[0]
-        signal0 = rng.uniform(-80, -50)
-        lq0 = rng.uniform(60, 200)
-        voltage0 = (
-            230.0 if self.p.city.ssid_style != "en" or "London" in self.p.city.name else 120.0
-        )
         last_report: int | None = None
         for ts in self._periodic(4.0):
-            h = min(len(watts) - 1, max(0, ts // 3600 - start_hour))
-            frac = (ts % 3600) / 3600.0
-            total = total0 + float(cum_kwh[h] + watts[h] * frac / 1000.0)
-            local = ts + self.clock.offset_of(ts)
-            midnight_utc = ts - (local % 86400)
-            mh = min(len(watts) - 1, max(0, midnight_utc // 3600 - start_hour))
-            today = max(0.0, float(cum_kwh[h] - cum_kwh[mh]) + watts[h] * frac / 1000.0)
-            yh = max(0, mh - 24)
-            yesterday = float(cum_kwh[mh] - cum_kwh[yh])
-            power = max(0.0, float(watts[h]) * (1 + rng.normal(0, 0.15)))
-            current = power / voltage0
+            reading = self._plug_reading(plug, ts)
             if tasmota:
-                factor = 0.0 if power < 1 else round(float(rng.uniform(0.55, 0.98)), 2)
-                apparent = round(power / factor) if factor else 0
-                period_wh = 0 if last_report is None else round(power * (ts - last_report) / 3600)
-                energy = {
-                    "TotalStartTime": "2024-01-15T10:12:44",
-                    "Total": round(total, 3),
-                    "Yesterday": round(yesterday, 3),
-                    "Today": round(today, 3),
-                    "Period": period_wh,
-                    "Power": round(power),
-                    "ApparentPower": apparent,
-                    "ReactivePower": round(math.sqrt(max(0, apparent**2 - power**2))),
-                    "Factor": factor,
-                    "Voltage": round(voltage0 + rng.normal(0, 2)),
-                    "Current": round(current, 3),
-                }
+                energy = self._tasmota_energy(plug, reading, ts, last_report)
                 dev.add(ts, topics[0], {"Time": "", "ENERGY": energy})
                 if last_report is None:
                     dev.add(ts - 5, topics[2], "Online")
                 if rng.random() < 0.25:
-                    up = self._uptime_at(ts, boot0)
-                    signal = round(signal0 + rng.normal(0, 3))
-                    state = {
-                        "Time": "",
-                        "Uptime": tasmota_uptime(up),
-                        "UptimeSec": up,
-                        "Heap": 25,
-                        "SleepMode": "Dynamic",
-                        "Sleep": 50,
-                        "LoadAvg": 19,
-                        "MqttCount": 1 + sum(1 for a, _ in self.outages if a < ts),
-                        "POWER": "ON",
-                        "Wifi": {
-                            "AP": 1,
-                            "SSId": ssid,
-                            "BSSId": bssid,
-                            "Channel": 6,
-                            "Mode": "11n",
-                            "RSSI": wifi_quality(signal),
-                            "Signal": signal,
-                            "LinkCount": 1,
-                            "Downtime": "0T00:00:03",
-                        },
-                    }
-                    dev.add(ts + 1, topics[1], state)
+                    dev.add(ts + 1, topics[1], self._tasmota_state(plug, ts))
             else:
-                dev.add(
-                    ts,
-                    topics[0],
-                    {
-                        "current": round(current, 2),
-                        "energy": round(total, 2),
-                        "linkquality": int(_clip(lq0 + rng.normal(0, 12), 0, 255)),
-                        "power": round(power, 1),
-                        "state": "ON",
-                        "voltage": round(voltage0 + rng.normal(0, 2), 1),
-                        "last_seen": "",
-                    },
-                )
+                dev.add(ts, topics[0], self._zigbee_plug(plug, reading))
             last_report = ts
         return dev
+
+    def _plug_reading(self, plug: _Plug, ts: int) -> _PlugReading:
+        """What the plug measures at ``ts``: its meter (total, today, yesterday in kWh) and the
+        momentary power (the hour's mean with noise) and current."""
+        watts, cum_kwh, start_hour = plug.watts, plug.cum_kwh, plug.start_hour
+        h = min(len(watts) - 1, max(0, ts // 3600 - start_hour))
+        frac = (ts % 3600) / 3600.0
+        total = plug.total0 + float(cum_kwh[h] + watts[h] * frac / 1000.0)
+        local = ts + self.clock.offset_of(ts)
+        midnight_utc = ts - (local % 86400)
+        mh = min(len(watts) - 1, max(0, midnight_utc // 3600 - start_hour))
+        today = max(0.0, float(cum_kwh[h] - cum_kwh[mh]) + watts[h] * frac / 1000.0)
+        yh = max(0, mh - 24)
+        yesterday = float(cum_kwh[mh] - cum_kwh[yh])
+        power = max(0.0, float(watts[h]) * (1 + self.r.normal(0, 0.15)))
+        return _PlugReading(total, today, yesterday, power, power / plug.voltage0)
+
+    def _tasmota_energy(
+        self, plug: _Plug, reading: _PlugReading, ts: int, last_report: int | None
+    ) -> dict[str, object]:
+        """Tasmota's ``ENERGY`` object of a ``tele/<topic>/SENSOR`` report."""
+        rng, power = self.r, reading.power
+        factor = 0.0 if power < 1 else round(float(rng.uniform(0.55, 0.98)), 2)
+        apparent = round(power / factor) if factor else 0
+        period_wh = 0 if last_report is None else round(power * (ts - last_report) / 3600)
+        return {
+            "TotalStartTime": "2024-01-15T10:12:44",
+            "Total": round(reading.total, 3),
+            "Yesterday": round(reading.yesterday, 3),
+            "Today": round(reading.today, 3),
+            "Period": period_wh,
+            "Power": round(power),
+            "ApparentPower": apparent,
+            "ReactivePower": round(math.sqrt(max(0, apparent**2 - power**2))),
+            "Factor": factor,
+            "Voltage": round(plug.voltage0 + rng.normal(0, 2)),
+            "Current": round(reading.current, 3),
+        }
+
+    def _tasmota_state(self, plug: _Plug, ts: int) -> dict[str, object]:
+        """A Tasmota ``tele/<topic>/STATE`` report: uptime since the last outage, Wi-Fi."""
+        up = self._uptime_at(ts, plug.boot0)
+        signal = round(plug.signal0 + self.r.normal(0, 3))
+        ssid, bssid = plug.wifi
+        return {
+            "Time": "",
+            "Uptime": tasmota_uptime(up),
+            "UptimeSec": up,
+            "Heap": 25,
+            "SleepMode": "Dynamic",
+            "Sleep": 50,
+            "LoadAvg": 19,
+            "MqttCount": 1 + sum(1 for a, _ in self.outages if a < ts),
+            "POWER": "ON",
+            "Wifi": {
+                "AP": 1,
+                "SSId": ssid,
+                "BSSId": bssid,
+                "Channel": 6,
+                "Mode": "11n",
+                "RSSI": wifi_quality(signal),
+                "Signal": signal,
+                "LinkCount": 1,
+                "Downtime": "0T00:00:03",
+            },
+        }
+
+    def _zigbee_plug(self, plug: _Plug, reading: _PlugReading) -> dict[str, object]:
+        """A Zigbee2MQTT smart plug's state message."""
+        rng = self.r
+        return {
+            "current": round(reading.current, 2),
+            "energy": round(reading.total, 2),
+            "linkquality": int(_clip(plug.lq0 + rng.normal(0, 12), 0, 255)),
+            "power": round(reading.power, 1),
+            "state": "ON",
+            "voltage": round(plug.voltage0 + rng.normal(0, 2), 1),
+            "last_seen": "",
+        }
 
     def _battery_sensor(self, spec: DeviceSpec) -> tuple[DeviceHistory, float, float]:
         dev = DeviceHistory(spec)

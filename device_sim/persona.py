@@ -110,10 +110,6 @@ class Traits:
     night_activity_prob: float
 
 
-def _logistic(x: float) -> float:
-    return _sigmoid(x)
-
-
 def traits_from(z: FloatArray) -> Traits:
     """Map per-trait stability draws (higher = more stable) to behaviour."""
     e = math.exp
@@ -121,15 +117,15 @@ def traits_from(z: FloatArray) -> Traits:
         wake_sd_h=0.35 * e(-0.5 * z[0]),
         sleep_sd_h=0.45 * e(-0.5 * z[1]),
         weekend_shift_h=0.8 * e(-0.3 * z[2]),
-        commute_prob=_logistic(1.6 + 0.8 * z[3]),
+        commute_prob=_sigmoid(1.6 + 0.8 * z[3]),
         return_sd_h=0.5 * e(-0.5 * z[4]),
-        night_home_prob=_logistic(2.6 + 0.9 * z[5]),
+        night_home_prob=_sigmoid(2.6 + 0.9 * z[5]),
         mobility_km=4.0 * e(-0.35 * z[6]),
         outage_rate=0.015 * e(-0.9 * z[7]),
         outage_mean_h=1.5 * e(-0.4 * z[7]),
         phone_gap_rate=0.012 * e(-1.0 * z[8]),
         energy_cv=0.18 * e(-0.45 * z[9]),
-        overnight_charge_prob=_logistic(1.4 + 1.0 * z[10]),
+        overnight_charge_prob=_sigmoid(1.4 + 1.0 * z[10]),
         charge_sd_h=0.5 * e(-0.5 * z[11]),
         low_battery_pct=float(np.clip(30 + 10 * z[12], 3, 60)),
         door_extra_rate=1.0 * e(-0.3 * z[13]),
@@ -182,26 +178,24 @@ def _pick_city(rng: np.random.Generator) -> City:
     return CITIES[int(rng.choice(len(CITIES), p=weights / weights.sum()))]
 
 
-def draw_persona(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
-    rng = np.random.default_rng([cfg.seed, 1, index])
-    s = float(fleet.stability[index])
-    eps = rng.normal(size=N_TRAITS)
-    z = TRAIT_LOADING * s + math.sqrt(1 - TRAIT_LOADING**2) * eps
-    normal = traits_from(z)
-    distress = traits_from(z - cfg.distress_shift)
-    city = _pick_city(rng)
-    years = cfg.days / 365.0
-    z_moves = float(z[6])
+def _draw_homes(
+    rng: np.random.Generator, cfg: SimConfig, city: City, years: float, z_moves: float
+) -> list[tuple[int, float, float]]:
+    """``(from_day, lat, lon)`` of the first home and of each residential move (fewer for
+    the stable)."""
     home = offset_point(city.lat, city.lon, *(rng.normal(size=2) * 6.0))
     homes: list[tuple[int, float, float]] = [(0, home[0], home[1])]
     n_moves = min(3, int(rng.poisson(years * 0.5 * math.exp(-0.9 * z_moves))))
     for day in sorted(rng.integers(1, max(2, cfg.days), size=n_moves).tolist()):
         lat, lon = offset_point(city.lat, city.lon, *(rng.normal(size=2) * 6.0))
         homes.append((int(day), lat, lon))
-    angle = rng.uniform(0, 2 * math.pi)
-    dist = float(rng.gamma(2.0, 3.0))
-    work = offset_point(home[0], home[1], dist * math.sin(angle), dist * math.cos(angle))
-    wake = float(np.clip(6.6 + 0.8 * rng.normal(), 4.5, 10.0))
+    return homes
+
+
+def _draw_holidays(
+    rng: np.random.Generator, cfg: SimConfig, years: float, home: tuple[float, float]
+) -> list[Holiday]:
+    """Trips away, about three a year: most regional, the rest near another city."""
     holidays: list[Holiday] = []
     for _ in range(int(rng.poisson(years * 3.0))):
         other = CITIES[int(rng.integers(len(CITIES)))]
@@ -212,12 +206,23 @@ def draw_persona(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
         holidays.append(
             Holiday(int(rng.integers(0, cfg.days)), int(rng.integers(2, 10)), dest[0], dest[1])
         )
-    z_dev = float(z[10])
+    return holidays
+
+
+def _draw_phone_changes(
+    rng: np.random.Generator, cfg: SimConfig, years: float, z_dev: float
+) -> tuple[tuple[int, ...], int | None]:
+    """Days the SIM card changes, and the day the phone is replaced (None: never)."""
     n_sim = min(3, int(rng.poisson(years * 0.4 * math.exp(-1.0 * z_dev))))
     sim_days = tuple(sorted(int(d) for d in rng.integers(1, max(2, cfg.days), size=n_sim)))
     device_change: int | None = None
     if rng.random() < 1 - math.exp(-years * 0.4 * math.exp(-0.8 * z_dev)):
         device_change = int(rng.integers(1, max(2, cfg.days)))
+    return sim_days, device_change
+
+
+def _draw_devices(rng: np.random.Generator) -> tuple[list[str], str]:
+    """The device kinds besides the phone, and the plug's format."""
     kinds: list[str] = []
     for kind, share in (
         ("phone_app", 0.5),
@@ -230,11 +235,38 @@ def draw_persona(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
         if rng.random() < share:
             kinds.append(kind)
     plug_format = "tasmota" if rng.random() < 0.5 else "zigbee2mqtt"
+    return kinds, plug_format
+
+
+def _draw_consent(rng: np.random.Generator) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Categories declined at onboarding, and the one (if any) withdrawn later."""
     declined = tuple(c for c in CATEGORIES if rng.random() < DECLINE_SHARE[c])
     granted = [c for c in CATEGORIES if c not in declined]
     withdrawn: tuple[str, ...] = ()
     if granted and rng.random() < WITHDRAW_SHARE:
         withdrawn = (granted[int(rng.integers(len(granted)))],)
+    return declined, withdrawn
+
+
+def draw_persona(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
+    rng = np.random.default_rng([cfg.seed, 1, index])
+    s = float(fleet.stability[index])
+    eps = rng.normal(size=N_TRAITS)
+    z = TRAIT_LOADING * s + math.sqrt(1 - TRAIT_LOADING**2) * eps
+    normal = traits_from(z)
+    distress = traits_from(z - cfg.distress_shift)
+    city = _pick_city(rng)
+    years = cfg.days / 365.0
+    homes = _draw_homes(rng, cfg, city, years, z_moves=float(z[6]))
+    home = homes[0][1], homes[0][2]
+    angle = rng.uniform(0, 2 * math.pi)
+    dist = float(rng.gamma(2.0, 3.0))
+    work = offset_point(home[0], home[1], dist * math.sin(angle), dist * math.cos(angle))
+    wake = float(np.clip(6.6 + 0.8 * rng.normal(), 4.5, 10.0))
+    holidays = _draw_holidays(rng, cfg, years, home)
+    sim_days, device_change = _draw_phone_changes(rng, cfg, years, z_dev=float(z[10]))
+    kinds, plug_format = _draw_devices(rng)
+    declined, withdrawn = _draw_consent(rng)
     prefix = cfg.prefix
     return Persona(
         index=index,

@@ -1,7 +1,7 @@
 """Publish generated streams over MQTT: QoS 1, a bounded in-flight window, every PUBACK awaited.
 
 Why a window: ``mosquitto_pub -l`` exits before its queue is acknowledged and paho slows to a
-crawl with tens of thousands of unacknowledged publishes (DESIGN §9); so each connection keeps
+crawl with tens of thousands of unacknowledged publishes; so each connection keeps
 at most ``window`` publishes in flight and the run ends only when every PUBACK arrived.
 
 With credentials (from registration) each device connects as itself — the broker's ACL lets a
@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,6 +28,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from device_sim.paho_fast import use_prebuilt_ack_objects
 
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 DEFAULT_WINDOW = 800
@@ -77,46 +79,6 @@ class Counts:
         self.acked += other.acked
         self.refused += other.refused
         self.connect_failures += other.connect_failures
-
-
-def _prebuilt(cls: Any) -> Callable[..., Any]:
-    """A constructor for ``cls`` that copies a prebuilt instance when called with a packet type
-    only. paho's ``ReasonCode``/``Properties`` build their lookup tables per instance (~40 us
-    per PUBACK, more than the rest of a publish); the copies share those read-only tables and
-    own their attributes, so unpacking a v5 reason code or property into one changes only it."""
-    templates: dict[int, Any] = {}
-
-    def make(packet_type: int, *args: Any, **kwargs: Any) -> Any:
-        if args or kwargs:
-            return cls(packet_type, *args, **kwargs)
-        template = templates.get(packet_type)
-        if template is None:
-            template = templates[packet_type] = cls(packet_type)
-        obj = cls.__new__(cls)
-        obj.__dict__.update(template.__dict__)
-        return obj
-
-    return make
-
-
-def use_prebuilt_ack_objects() -> bool:
-    """Make paho's packet decoder (which builds a ReasonCode and a Properties object for every
-    PUBACK, even under MQTT 3.1.1) copy prebuilt ones instead. Idempotent; a paho without the
-    expected module layout is left alone (publishing is then just slower)."""
-    try:
-        from paho.mqtt import _packet
-    except ImportError:
-        return False
-    if getattr(_packet, "_hearth_prebuilt", False):
-        return True
-    if getattr(_packet, "ReasonCode", None) is not ReasonCode or (
-        getattr(_packet, "Properties", None) is not Properties
-    ):
-        return False
-    _packet.ReasonCode = _prebuilt(ReasonCode)  # type: ignore[attr-defined,assignment]
-    _packet.Properties = _prebuilt(Properties)  # type: ignore[attr-defined,assignment]
-    _packet._hearth_prebuilt = True  # type: ignore[attr-defined]
-    return True
 
 
 class WindowedClient:
@@ -470,7 +432,6 @@ class PartPublisher:
         self._progress: Any = ctx.Queue()
         self._on_progress = on_progress
         self.total = Counts()
-        self.submitted = 0
         self._done = 0
         self._errors: list[str] = []
         self._workers = []
@@ -484,7 +445,6 @@ class PartPublisher:
 
     def submit(self, path: Path, credentials: Credentials | None) -> None:
         self._tasks.put((str(path), credentials))
-        self.submitted += 1
 
     def _handle(self, kind: str, value: Any) -> None:
         if kind == "n":
@@ -554,9 +514,3 @@ def publish_files(
     for name in names:
         publisher.submit(name, credentials)
     return publisher.finish()
-
-
-@dataclass(slots=True)
-class LoadResult:
-    counts: Counts = field(default_factory=Counts)
-    elapsed_s: float = 0.0

@@ -85,7 +85,7 @@ class HeaderTimeoutRunner(web.AppRunner):
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
-            loop=server._loop,
+            loop=server._loop,  # noqa: SLF001 - aiohttp keeps no public copy
             header_timeout_s=self._header_timeout_s,
-            **server._kwargs,
+            **server._kwargs,  # noqa: SLF001 - the options the server was made with
         )

@@ -17,7 +17,6 @@ from hearth.admin import AdminError
 from tests.integration.consent_fixtures import unique
 
 ROOT = Path(__file__).resolve().parents[2]
-Completed = subprocess.CompletedProcess[str]
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ BOTH = "both-token-0123456789"
 TOKENS = {READ: ["features:read"], ADMIN: ["admin"], BOTH: ["features:read", "admin"]}
 H_READ = {"Authorization": f"Bearer {READ}"}
 H_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
-H_BOTH = {"Authorization": f"Bearer {BOTH}"}
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 AS_OF_1 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from device_sim.config import FaultRates, SimConfig
-from device_sim.generate import generate
+from device_sim.generate import FleetPlan, PartResult, generate
+from device_sim.run import registration_batches
 
 END = 1_790_000_000 // 3600 * 3600
 
@@ -224,8 +225,6 @@ def test_payload_shapes_follow_the_documented_formats(tmp_path: Path) -> None:
 def test_registration_files_are_written_before_the_stream(tmp_path: Path) -> None:
     """``run`` registers from the plan while parts are generated: the plan must be complete
     before the first part and name exactly the devices the parts then contain."""
-    from device_sim.generate import FleetPlan, PartResult
-
     events: list[str] = []
     plans: list[FleetPlan] = []
     parts: list[PartResult] = []
@@ -262,8 +261,6 @@ def test_registration_files_are_written_before_the_stream(tmp_path: Path) -> Non
 
 
 def test_registration_batches_grow() -> None:
-    from device_sim.cli import registration_batches
-
     assert registration_batches(1) == [[0]]
     assert registration_batches(3) == [[0], [1, 2]]
     batches = registration_batches(21)

@@ -10,7 +10,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device_sim.publish import use_prebuilt_ack_objects
+from device_sim.paho_fast import use_prebuilt_ack_objects
 
 _packet = pytest.importorskip("paho.mqtt._packet")
 PUBACK_HEADER = 0x40

@@ -8,7 +8,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.mqtt import _FastClient
+from collector.paho_fast import FastClient
 
 
 def _publish_qos1(topic: bytes, payload: bytes, mid: int = 7) -> bytes:
@@ -26,7 +26,7 @@ def _publish_qos1(topic: bytes, payload: bytes, mid: int = 7) -> bytes:
     ],
 )
 def test_topics_come_out_without_nul_or_surrogates(raw: bytes, topic: str) -> None:
-    client = _FastClient(
+    client = FastClient(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id="t",
         protocol=mqtt.MQTTv5,
