@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from collector import admin_cli
 from hearth.cli import configure_logging
 from hearth.db import connect
 from hearth.migrate import MigrationError, migrate
@@ -50,10 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("run", help="run a collector replica until SIGTERM, then drain and exit 0")
     p.set_defaults(func=cmd_run)
-    # The operator's commands register themselves, next to their code.
-    from collector import admin_cli
-
-    admin_cli.register(sub)
+    admin_cli.register(sub)  # the operator's commands, next to their code
     return parser
 
 

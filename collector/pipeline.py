@@ -23,7 +23,8 @@ from collector.adapters.base import DeviceMessage, Reason, Rejected
 from collector.adapters.registry import find_adapter
 from collector.minimise import Minimiser, scrub_detail, scrub_payload
 from collector.validate import check_readings, resolve_event_time
-from hearth.ledger import FORMATS, ConsentSince, DeviceRecord, device_topics
+from hearth.formats import FORMATS, device_topics
+from hearth.ledger import ConsentSince, DeviceRecord
 from hearth.settings import Settings
 from hearth.signals import SIGNALS
 
@@ -75,7 +76,7 @@ class Batch:
 def device_for_topic(
     devices: dict[tuple[str, str], DeviceRecord], topic: str
 ) -> DeviceRecord | None:
-    """The live device allowed to publish on ``topic`` (its :func:`hearth.ledger.device_topics`,
+    """The live device allowed to publish on ``topic`` (its :func:`hearth.formats.device_topics`,
     which the broker ACL grants), or None. Dead letters carry its id, so erasure and withdrawal
     find them by device, even those rejected before the payload named a device (bad_json)."""
     levels = topic.split("/")

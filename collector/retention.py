@@ -19,12 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import psycopg
-
-from hearth.admin import AdminError, write_audit
+from hearth.admin.audit import write_audit
+from hearth.db import Conn
+from hearth.errors import Invalid
 from hearth.settings import get_settings
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 DEAD_LETTER_DELETE_BATCH = 10_000  # rows per DELETE: short locks even after a flood
 
@@ -73,11 +71,11 @@ def run_retention(
     if dead_letter_days is None:
         dead_letter_days = settings.dead_letter_retention_days
     if older_than_days < 1 or dead_letter_days < 1:
-        raise AdminError("retention: days must be at least 1")
+        raise Invalid("retention: days must be at least 1")
     if older_than_days < settings.max_event_age_days:
         # The collector would still accept readings into the range being dropped, and they
         # would be the only raw rows left of their hours (issue 11 §6).
-        raise AdminError(
+        raise Invalid(
             f"retention: {older_than_days} days is less than HEARTH_MAX_EVENT_AGE_DAYS "
             f"({settings.max_event_age_days}); lower that first"
         )

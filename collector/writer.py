@@ -25,11 +25,10 @@ from typing import Literal
 import psycopg
 
 from collector.pipeline import Batch
-from hearth.db import DatabaseUnavailable, connect_async
+from hearth.db import AsyncConn, DatabaseUnavailable, connect_async
 from hearth.ledger import (
     CONSENT_EPOCH_SQL,
     GATE_INGEST,
-    AsyncConn,
     consent_rule_params,
     consented_now_sql,
     gate_sql,
