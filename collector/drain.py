@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.adapters.registry import topic_filters
 from collector.mqtt import MqttLink
 from collector.service import Collector
 from hearth.errors import Unavailable
@@ -94,8 +95,6 @@ class Drainer(Collector):
         self.messages = 0
 
     def make_link(self) -> MqttLink:
-        from collector.adapters.registry import topic_filters
-
         link = _DrainLink(self.settings, topic_filters(), self.on_message)
         link.clean = lambda: self.in_flight == 0 and self.batch.messages == 0
         return link

@@ -100,10 +100,6 @@ class AuthPaths:
     def ca_cert(self) -> Path:
         return self.tls / "ca.crt"
 
-    @property
-    def pid_file(self) -> Path:
-        return self.mosquitto / "mosquitto.pid"
-
 
 def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     """Write via a temporary file and rename, so no reader ever sees half a file.

@@ -30,7 +30,6 @@ class ClientState:
     roles: tuple[str, ...]
     groups: tuple[str, ...]
     disabled: bool
-    textdescription: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +111,6 @@ class BrokerAccounts:
                 roles=tuple(sorted(str(r["rolename"]) for r in c.get("roles", []))),
                 groups=tuple(sorted(str(g["groupname"]) for g in c.get("groups", []))),
                 disabled=bool(c.get("disabled", False)),
-                textdescription=c.get("textdescription"),
             )
         roles: dict[str, frozenset[Acl]] = {}
         descriptions: dict[str, str | None] = {}

@@ -24,16 +24,14 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psutil
-import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hearth.db import Conn
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.signals import Category
 from tests.conftest import Broker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-Conn = psycopg.Connection[tuple[object, ...]]
-
 
 # -- registry and consent -------------------------------------------------------------------
 LONG_AGO = "'2000-01-01 00:00:00+00'::timestamptz"  # before any reading, samples included

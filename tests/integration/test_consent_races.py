@@ -26,6 +26,7 @@ from features.materialize import materialize
 from features.rollups import refresh_rollups
 from features.testing import add_device, add_user, insert_categorical, insert_numeric
 from hearth import admin, ledger
+from hearth.db import Conn
 from hearth.errors import Invalid
 from hearth.settings import get_settings
 from hearth.signals import Category
@@ -43,7 +44,6 @@ from tests.integration.fleet import add_device as fleet_device
 from tests.integration.fleet import add_user as fleet_user
 from tests.integration.privacy_scan import find_references
 
-Conn = psycopg.Connection[Any]
 AS_OF = datetime(2026, 5, 1, tzinfo=UTC)
 LOCATION_FEATURES = {d.name for d in DEFINITIONS if d.category == Category.LOCATION}
 

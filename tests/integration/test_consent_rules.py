@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -18,12 +17,12 @@ from hearth import admin, ledger
 from hearth.admin import PurgeIncomplete
 from hearth.admin import purge as admin_purge
 from hearth.cli import run_main
+from hearth.db import Conn
 from hearth.errors import EXIT_INCOMPLETE, EXIT_USAGE, Invalid
 from hearth.settings import get_settings, load_settings
 from hearth.signals import Category
 from tests.integration.consent_fixtures import count_signal_rows, seed_user, unique
 
-Conn = psycopg.Connection[Any]
 CliRun = Callable[..., tuple[int, str, str]]
 
 

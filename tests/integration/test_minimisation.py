@@ -18,6 +18,7 @@ import pytest
 
 from collector.retention import run_retention
 from hearth import admin
+from hearth.db import Conn
 from hearth.errors import Invalid
 from tests.conftest import Broker
 from tests.integration.consent_fixtures import add_dead_letter, seed_user, unique
@@ -30,8 +31,6 @@ from tests.integration.fleet import (
     wait_until,
 )
 from tests.integration.privacy_scan import find_references
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 
 def _ts(age: timedelta) -> str:
