@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from paho.mqtt.client import topic_matches_sub
 
-from collector.adapters.base import DeviceMessage, Reason, Rejected
+from collector.adapters.base import DeviceMessage, Reading, Reason, Rejected
 from collector.adapters.registry import find_adapter
 from collector.minimise import Minimiser, scrub_detail, scrub_payload
 from collector.validate import check_readings, resolve_event_time
@@ -96,6 +97,29 @@ def device_for_topic(
 _REDACTED = frozenset({Reason.NO_CONSENT, Reason.BEFORE_CONSENT, Reason.BEFORE_BINDING})
 
 
+def _consented(
+    readings: Sequence[Reading],
+    user: str,
+    when: datetime,
+    consents: ConsentSince,
+    dropped: list[str],
+) -> tuple[list[Reading], bool]:
+    """The readings whose category the user consents to now and did at ``when``; the
+    categories of the others go to ``dropped``. Also whether one was refused only for
+    predating its consent."""
+    kept: list[Reading] = []
+    early = False
+    for r in readings:
+        category = SIGNALS[r.signal].category
+        since = consents.get((user, category))
+        if since is not None and when >= since:
+            kept.append(r)
+        else:
+            dropped.append(category)
+            early = early or since is not None
+    return kept, early
+
+
 class Pipeline:
     """Turns (topic, payload) into rows or a dead letter, appended to a :class:`Batch`."""
 
@@ -164,15 +188,8 @@ class Pipeline:
                 # Dated before this device was bound to its user: possibly another owner's.
                 raise Rejected(Reason.BEFORE_BINDING)
             user = device.user_id
-            readings = []
-            for r in msg.readings:
-                category = SIGNALS[r.signal].category
-                since = consents.get((user, category))
-                if since is not None and when >= since:
-                    readings.append(r)
-                else:
-                    dropped.append(category)
-                    early = early or since is not None
+            readings, refused_early = _consented(msg.readings, user, when, consents, dropped)
+            early = early or refused_early
             if not readings:
                 continue
             dev = device.device_id

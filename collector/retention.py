@@ -87,32 +87,8 @@ def run_retention(
             cutoff=at - timedelta(days=older_than_days),
             dead_letter_cutoff=at - timedelta(days=dead_letter_days),
         )
-        for table in raw_hypertables(conn):
-            dropped = conn.execute(
-                "SELECT drop_chunks(%s::regclass, older_than => %s::timestamptz)",
-                (table, report.cutoff),
-            ).fetchall()
-            report.chunks_dropped[table] = len(dropped)
-            if dropped:  # the horizon only moves forward (a later run may use more days)
-                conn.execute(
-                    """INSERT INTO raw_retention_horizons (hypertable, horizon) VALUES (%s, %s)
-                       ON CONFLICT (hypertable) DO UPDATE
-                          SET horizon = greatest(raw_retention_horizons.horizon,
-                                                 excluded.horizon),
-                              updated_at = now()""",
-                    (table, report.cutoff),
-                )
-    # Dead letters in batches, each committed: a flood of rejects must not hold one long lock.
-    while True:
-        with conn.transaction():
-            cur = conn.execute(
-                """DELETE FROM dead_letters WHERE id IN (
-                       SELECT id FROM dead_letters WHERE received_at < %s LIMIT %s)""",
-                (report.dead_letter_cutoff, DEAD_LETTER_DELETE_BATCH),
-            )
-        report.dead_letters_deleted += max(cur.rowcount, 0)
-        if cur.rowcount < DEAD_LETTER_DELETE_BATCH:
-            break
+        _drop_raw_chunks(conn, report)
+    report.dead_letters_deleted = _delete_dead_letters(conn, at - timedelta(days=dead_letter_days))
     with conn.transaction():
         report.audit_id = write_audit(
             conn,
@@ -127,3 +103,39 @@ def run_retention(
             },
         )
     return report
+
+
+def _drop_raw_chunks(conn: Conn, report: RetentionReport) -> None:
+    """Drop each raw table's chunks older than the cutoff and move its horizon (in the
+    caller's transaction)."""
+    for table in raw_hypertables(conn):
+        dropped = conn.execute(
+            "SELECT drop_chunks(%s::regclass, older_than => %s::timestamptz)",
+            (table, report.cutoff),
+        ).fetchall()
+        report.chunks_dropped[table] = len(dropped)
+        if dropped:  # the horizon only moves forward (a later run may use more days)
+            conn.execute(
+                """INSERT INTO raw_retention_horizons (hypertable, horizon) VALUES (%s, %s)
+                   ON CONFLICT (hypertable) DO UPDATE
+                      SET horizon = greatest(raw_retention_horizons.horizon,
+                                             excluded.horizon),
+                          updated_at = now()""",
+                (table, report.cutoff),
+            )
+
+
+def _delete_dead_letters(conn: Conn, received_before: datetime) -> int:
+    """Delete dead letters received before the cutoff in batches, each committed: a flood of
+    rejects must not hold one long lock. Returns how many went."""
+    deleted = 0
+    while True:
+        with conn.transaction():
+            cur = conn.execute(
+                """DELETE FROM dead_letters WHERE id IN (
+                       SELECT id FROM dead_letters WHERE received_at < %s LIMIT %s)""",
+                (received_before, DEAD_LETTER_DELETE_BATCH),
+            )
+        deleted += max(cur.rowcount, 0)
+        if cur.rowcount < DEAD_LETTER_DELETE_BATCH:
+            return deleted
