@@ -1,8 +1,8 @@
 """paho-mqtt 2.x driven by the asyncio event loop, with manual, generation-checked PUBACKs.
 
 Why paho and not aiomqtt: aiomqtt 2.x acknowledges before the application sees a message, which
-breaks "no acknowledged message is lost" (DESIGN §3.1). paho with ``manual_ack=True`` lets the
-service PUBACK only after the batch holding the message is committed.
+breaks "no acknowledged message is lost" (docs/invariants.md#1). paho with ``manual_ack=True``
+lets the service PUBACK only after the batch holding the message is committed.
 
 Event-loop integration uses paho's socket callbacks (``on_socket_open``/``…register_write``): the
 loop watches the socket and calls ``loop_read``/``loop_write``, so everything runs on one thread

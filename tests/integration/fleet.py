@@ -3,7 +3,7 @@
 - Registration writes users, devices and consent grants directly with SQL (the admin CLI is
   another part's product; these tests are about ingest).
 - :func:`publish_all` is an independent MQTT client that waits for every PUBACK with a bounded
-  window of unacknowledged publishes (DESIGN §9: ``mosquitto_pub -l`` exits before its queue is
+  window of unacknowledged publishes (``mosquitto_pub -l`` exits before its queue is
   acknowledged and loses most of a bulk load).
 - :class:`CollectorProcess` runs ``python -m collector run`` as a real subprocess.
 """

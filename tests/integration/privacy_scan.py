@@ -1,4 +1,5 @@
-"""Scan every table and column of a database for data that must never be stored (DESIGN §3.7).
+"""Scan every table and column of a database for data that must never be stored
+(docs/invariants.md#7).
 
 Reusable after any pipeline run::
 

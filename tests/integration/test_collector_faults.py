@@ -31,7 +31,7 @@ from tests.integration.fleet import (
     wait_until,
 )
 
-RSS_BOUND_BYTES = 150 * 2**20  # DESIGN/issue 3: peak RSS ≤ 150 MB per replica
+RSS_BOUND_BYTES = 150 * 2**20  # issue 3: peak RSS ≤ 150 MB per replica
 
 
 def acked(collectors: list[Any]) -> float:
