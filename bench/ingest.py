@@ -10,8 +10,7 @@ dropped at the end):
 4. two collector replicas on one shared subscription.
 
 Each backlog is published by a bounded-window paho publisher that waits for every PUBACK
-(``mosquitto_pub -l`` exits before its queue is acknowledged), after the consuming session was
-created and went offline.
+(DESIGN §9), after the consuming session was created and went offline.
 
     .venv/bin/python bench/ingest.py --messages 100000
 Last line: ``rate_msgs_s=… ratio_vs_mosquitto_sub=… speedup_vs_naive=… peak_rss_mb=…``

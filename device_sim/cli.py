@@ -10,7 +10,7 @@ Sub-commands:
 * ``load`` — publish N valid canonical messages at a target rate, for ingest benchmarks.
 
 The simulator deliberately imports nothing from ``hearth``, ``collector`` or ``features``
-(docs/architecture.md): it is an outside fleet speaking public formats, so errors are printed here.
+(DESIGN §1): it is an outside fleet speaking public formats, so errors are printed here.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Category names of the consent scopes (docs/invariants.md, data categories). Spelled out here
-# on purpose: the simulator must not import the product's code (docs/architecture.md), it
-# speaks the public contract.
+# Category names of the consent scopes (DESIGN §4). Spelled out here on purpose: the simulator
+# must not import the product's code (DESIGN §1), it speaks the public contract.
 CATEGORIES: tuple[str, ...] = (
     "location",
     "connectivity",

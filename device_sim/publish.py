@@ -1,7 +1,7 @@
 """Publish generated streams over MQTT: QoS 1, a bounded in-flight window, every PUBACK awaited.
 
 Why a window: ``mosquitto_pub -l`` exits before its queue is acknowledged and paho slows to a
-crawl with tens of thousands of unacknowledged publishes; so each connection keeps
+crawl with tens of thousands of unacknowledged publishes (DESIGN §9); so each connection keeps
 at most ``window`` publishes in flight and the run ends only when every PUBACK arrived.
 
 With credentials (from registration) each device connects as itself — the broker's ACL lets a

@@ -1,7 +1,6 @@
 """Registration and consent through the product's admin CLI, run as subprocesses.
 
-The simulator never imports the collector (docs/architecture.md); it registers like an operator
-would:
+The simulator never imports the collector (DESIGN §1); it registers like an operator would:
 
 * ``python -m collector devices add --batch FILE`` — FILE has JSON lines ``{"user_id", "kind",
   "format", "external_id", "tz", "user_tz", "bound_at"}`` (bound a day before the simulated
