@@ -17,14 +17,12 @@ a registration needs), :class:`~hearth.admin.purge.PurgeIncomplete` (a purge tha
 The CLI and the HTTP layer map them by class.
 """
 
-from hearth.admin.audit import audit_subject, erasure_record, write_audit
-from hearth.admin.common import check_tz
+from hearth.admin.audit import audit_subject, erasure_record
 from hearth.admin.consent import (
     consent_history,
     evidence_hash,
     grant_consent,
     purge_withdrawn,
-    purposes_still_using,
     record_withdrawal,
     withdraw_consent,
 )
@@ -37,13 +35,7 @@ from hearth.admin.devices import (
     revoke_broker_accounts,
 )
 from hearth.admin.privacy import erase_user, export_user
-from hearth.admin.purge import (
-    PurgeIncomplete,
-    PurgeReport,
-    category_rows_left,
-    purge_category_rows,
-    user_tables,
-)
+from hearth.admin.purge import PurgeIncomplete, PurgeReport, purge_category_rows
 from hearth.admin.users import add_user
 from hearth.ledger import ConsentEvent
 
@@ -55,8 +47,6 @@ __all__ = [
     "PurgeReport",
     "add_user",
     "audit_subject",
-    "category_rows_left",
-    "check_tz",
     "consent_history",
     "erase_user",
     "erasure_record",
@@ -66,12 +56,9 @@ __all__ = [
     "list_devices",
     "purge_category_rows",
     "purge_withdrawn",
-    "purposes_still_using",
     "record_withdrawal",
     "register_device",
     "retire_device",
     "revoke_broker_accounts",
-    "user_tables",
     "withdraw_consent",
-    "write_audit",
 ]
