@@ -41,8 +41,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collector import broker_auth  # noqa: E402
-from collector.broker_auth import COLLECTOR_USERNAME  # noqa: E402
+from collector.broker.local_setup import mqtt_url  # noqa: E402
+from hearth.broker import COLLECTOR_USERNAME  # noqa: E402
 from hearth.migrate import migrate  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.auth_broker import AuthBroker, start_auth_broker  # noqa: E402
@@ -183,7 +183,7 @@ def main() -> None:
         ab = start_auth_broker(state, url)
         env.update(ab.env())  # `devices add` makes each account through this broker's plugin
         broker, accounts = ab.broker, ab.accounts
-        collector_url = broker_auth.mqtt_url(
+        collector_url = mqtt_url(
             COLLECTOR_USERNAME, accounts[COLLECTOR_USERNAME], broker.host, broker.port
         )
         tag = secrets.token_hex(2)

@@ -12,9 +12,12 @@ Each group's actions are sub-commands of their own (``users add --help`` shows o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,13 +25,19 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import psycopg
 
+from collector import sessions
+from collector.broker import local_setup
+from collector.broker import sync as broker_sync
+from collector.retention import run_retention
 from hearth import admin
-from hearth.admin import AdminError, Conn, PurgeReport
-from hearth.db import connect
-from hearth.errors import ConfigError
-from hearth.ledger import FORMATS, PURPOSES
+from hearth.admin import PurgeReport
+from hearth.db import Conn, connect
+from hearth.errors import ConfigError, Invalid, NotFound
+from hearth.formats import FORMATS
+from hearth.ledger import PURPOSES
 from hearth.settings import get_settings
 from hearth.signals import DEVICE_KINDS, PURPOSE_CREDIT_SCORING, Category
+from hearth.times import parse_rfc3339
 
 T = TypeVar("T")
 
@@ -40,16 +49,9 @@ def _emit(obj: object, out: TextIO | None = None) -> None:
     print(json.dumps(obj, default=str), file=out or sys.stdout)
 
 
-def _parse_at(text: str | None, flag: str = "--at") -> datetime | None:
-    if text is None:
-        return None
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise AdminError(f"{flag} {text!r}: not an RFC 3339 time") from None
-    if at.utcoffset() is None:
-        raise AdminError(f"{flag} {text!r}: needs a UTC offset (Z or +hh:mm)")
-    return at
+def _parse_at(text: object, flag: str = "--at") -> datetime | None:
+    """An event time given on the command line or in a ``--batch`` line (offset required)."""
+    return None if text is None else parse_rfc3339(str(text), what=flag)
 
 
 def _connect() -> Conn:
@@ -65,12 +67,12 @@ def _json_lines(source: str) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 item = json.loads(line)
             except ValueError as exc:
-                raise AdminError(f"line {lineno}: not JSON ({exc})") from None
+                raise Invalid(f"line {lineno}: not JSON ({exc})") from None
             if not isinstance(item, dict):
-                raise AdminError(f"line {lineno}: expected a JSON object")
+                raise Invalid(f"line {lineno}: expected a JSON object")
             yield lineno, item
     except FileNotFoundError:
-        raise AdminError(f"--batch: no such file {source!r}") from None
+        raise Invalid(f"--batch: no such file {source!r}") from None
     finally:
         if stream is not sys.stdin:
             stream.close()
@@ -83,10 +85,10 @@ def _batch(conn: Conn, source: str, one: Callable[[dict[str, Any]], object]) -> 
         for lineno, item in _json_lines(source):
             try:
                 results.append(one(item))
-            except AdminError as exc:
-                raise AdminError(f"line {lineno}: {exc}") from None
+            except Invalid as exc:
+                raise exc.within(f"line {lineno}") from None
             except (KeyError, TypeError) as exc:
-                raise AdminError(f"line {lineno}: missing or bad field {exc}") from None
+                raise Invalid(f"line {lineno}: missing or bad field {exc}") from None
     return results
 
 
@@ -103,34 +105,13 @@ def _report_even_if_incomplete() -> Iterator[None]:
 # --- users -----------------------------------------------------------------------------------
 
 
-def erasure_record(conn: Conn, user_id: str) -> dict[str, object] | None:
-    """The latest ``erase_user`` audit record of a user, found by the keyed subject hash (the
-    audit log never holds the id itself); None when the user was never erased."""
-    row = conn.execute(
-        "SELECT id, at, details FROM audit_log WHERE action = 'erase_user' AND subject_ref = %s "
-        "ORDER BY at DESC, id DESC LIMIT 1",
-        (admin.audit_subject(user_id),),
-    ).fetchone()
-    if row is None:
-        return None
-    audit_id, at, details = row
-    return {
-        "user_id": user_id,
-        "held": "nothing",
-        "erased_at": at.isoformat(),
-        "audit_id": audit_id,
-        "audit_subject": admin.audit_subject(user_id),
-        "deleted": details.get("counts", {}),
-    }
-
-
 def _export(conn: Conn, user_id: str) -> dict[str, object]:
     """Everything held about a user; for an erased one, "nothing held" and the erasure's audit
     reference (how an operator verifies an erasure without the log naming anybody)."""
     try:
         return admin.export_user(conn, user_id)
-    except AdminError:
-        erased = erasure_record(conn, user_id)
+    except NotFound:
+        erased = admin.erasure_record(conn, user_id)
         if erased is None:
             raise
         return erased
@@ -154,7 +135,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 def _check_kind(kind: str) -> str:
     if kind not in DEVICE_KINDS:
-        raise AdminError(f"unknown device kind {kind!r}; known: {', '.join(DEVICE_KINDS)}")
+        raise Invalid(f"unknown device kind {kind!r}; known: {', '.join(DEVICE_KINDS)}")
     return kind
 
 
@@ -203,7 +184,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
                 ]
                 if missing:
                     flags = ", ".join("--" + m.replace("_", "-") for m in missing)
-                    raise AdminError(f"devices add needs {flags} (or --batch FILE)")
+                    raise Invalid(f"devices add needs {flags} (or --batch FILE)")
                 _emit(_register(conn, vars(args) | {"tz": args.tz, "user_tz": args.user_tz}))
         elif args.action == "list":
             for device in admin.list_devices(conn, args.user_id):
@@ -250,10 +231,10 @@ def cmd_consent(args: argparse.Namespace) -> int:
     with _connect() as conn:
         if args.batch:
             if args.action == "show":
-                raise AdminError("consent show takes --user-id, not --batch")
+                raise Invalid("consent show takes --user-id, not --batch")
             return _consent_batch(conn, args)
         if not args.user_id:
-            raise AdminError(f"consent {args.action} needs --user-id (or --batch FILE)")
+            raise Invalid(f"consent {args.action} needs --user-id (or --batch FILE)")
         if args.action == "show":
             events = admin.consent_history(conn, args.user_id)
             if args.category:
@@ -262,7 +243,7 @@ def cmd_consent(args: argparse.Namespace) -> int:
                 _emit(event.to_json())
             return 0
         if not args.category:
-            raise AdminError(f"consent {args.action} needs --category")
+            raise Invalid(f"consent {args.action} needs --category")
         at = _parse_at(args.at)
         user_id, category, purpose = args.user_id, args.category, args.purpose
         if args.action == "grant":
@@ -283,8 +264,6 @@ def cmd_consent(args: argparse.Namespace) -> int:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from collector.retention import run_retention
-
     days = args.older_than_days
     if days is None:
         days = get_settings().retention_days
@@ -296,37 +275,12 @@ def cmd_retention(args: argparse.Namespace) -> int:
 def cmd_broker(args: argparse.Namespace) -> int:
     """``broker init`` prepares the broker's files (before it starts); ``broker sync``
     reconciles its accounts with the registry, ``--watch`` keeps doing so."""
-    from collector import broker_auth
-
-    settings = get_settings()
-    root = Path(args.state_dir) if args.state_dir else broker_auth.state_dir()
-    paths = broker_auth.AuthPaths(root)
+    root = Path(args.state_dir) if args.state_dir else local_setup.state_dir()
+    paths = local_setup.AuthPaths(root)
     if args.action == "init":
-        try:
-            conn: Conn | None = _connect()
-        except Exception:  # no database yet: service accounts only
-            conn = None
-        try:
-            urls = broker_auth.init_local(
-                paths,
-                conn,
-                mqtt_host=args.mqtt_host,
-                mqtt_port=args.mqtt_port,
-                mqtts_port=None if args.mqtts_port == 0 else args.mqtts_port,
-                plugin=Path(args.plugin) if args.plugin else None,
-            )
-        finally:
-            if conn is not None:
-                conn.close()
-        _emit(
-            {
-                "auth_conf": str(paths.auth_conf),
-                "dynsec_file": str(paths.dynsec),
-                "urls_in": str(paths.root / "hearth.toml"),
-                "accounts": sorted(k for k in urls),
-            }
-        )
+        _emit(_broker_init(args, paths))
         return 0
+    settings = get_settings()
     admin_url = settings.broker_admin_url
     if not admin_url:
         raise ConfigError(
@@ -336,12 +290,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
     # The state directory's service passwords, when this is the machine that made them.
     owned = paths if paths.accounts.is_file() else None
     if args.watch:
-        import signal
-        import threading
-
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())  # scripts/services down, compose
-        broker_auth.watch(
+        broker_sync.watch(
             settings.database_url,
             admin_url,
             paths=owned,
@@ -351,11 +302,36 @@ def cmd_broker(args: argparse.Namespace) -> int:
         )
         return 0
     with _connect() as conn:
-        report = broker_auth.sync(
+        report = broker_sync.sync(
             conn, admin_url, paths=owned, ca_file=settings.mqtt_ca_file, rebind=args.rebind
         )
     _emit(report.to_json())
     return 0
+
+
+def _broker_init(args: argparse.Namespace, paths: local_setup.AuthPaths) -> dict[str, object]:
+    try:
+        conn: Conn | None = _connect()
+    except Exception:  # no database yet: service accounts only
+        conn = None
+    try:
+        urls = local_setup.init_local(
+            paths,
+            conn,
+            mqtt_host=args.mqtt_host,
+            mqtt_port=args.mqtt_port,
+            mqtts_port=None if args.mqtts_port == 0 else args.mqtts_port,
+            plugin=Path(args.plugin) if args.plugin else None,
+        )
+    finally:
+        if conn is not None:
+            conn.close()
+    return {
+        "auth_conf": str(paths.auth_conf),
+        "dynsec_file": str(paths.dynsec),
+        "urls_in": str(paths.root / "hearth.toml"),
+        "accounts": sorted(k for k in urls),
+    }
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -365,14 +341,12 @@ def _registry(read: Callable[[], T]) -> T:
     try:
         return read()
     except psycopg.errors.UndefinedTable:
-        raise AdminError(
+        raise Invalid(
             "no replica registry in this database: run `python -m collector migrate`"
         ) from None
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    from collector import sessions
-
     settings = get_settings()
     stale_after_s = settings.collector_stale_after_s
     if args.action == "list":
@@ -380,14 +354,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             for known in _registry(lambda: sessions.list_sessions(conn, args.group)):
                 _emit(known.to_json(stale_after_s))
         return 0
-    import asyncio
-
-    # The drain runs the collector itself (paho, aiohttp, prometheus): imported only here.
-    from collector import drain
-
     with _connect() as conn:
         record = _registry(lambda: sessions.get_session(conn, args.client_id))
-    drain.check_not_live(record, stale_after_s, args.force)
+    sessions.check_not_live(record, stale_after_s, args.force)
+    # The drain runs the collector itself (paho, aiohttp, prometheus: about a second to
+    # import), which no other operator command needs; collector.drain never imports this
+    # module, so the late import hides no cycle.
+    from collector import drain
+
     group = args.group or (record.share_group if record else settings.mqtt_share_group)
     report = asyncio.run(drain.drain_session(settings, args.client_id, group, idle_s=args.idle))
     with _connect() as conn:
@@ -434,28 +408,41 @@ def _batch_arg(p: argparse.ArgumentParser, fields: str) -> None:
 
 def register(sub: SubParsers) -> None:
     """Add the registry, consent, data-subject, retention, broker and sessions sub-commands."""
-    users = _actions(sub, "users", "add a user; export or erase everything about one", cmd_users)
-    p = users.add_parser("add", help="register a pseudonymous user (idempotent)")
+    _add_users(sub)
+    _add_devices(sub)
+    _add_consent(sub)
+    _add_retention(sub)
+    _add_broker(sub)
+    _add_sessions(sub)
+
+
+def _add_users(sub: SubParsers) -> None:
+    """``users add|export|erase``."""
+    actions = _actions(sub, "users", "add a user; export or erase everything about one", cmd_users)
+    p = actions.add_parser("add", help="register a pseudonymous user (idempotent)")
     p.add_argument("--user-id", required=True)
     p.add_argument("--tz", help="IANA time zone, e.g. Europe/Berlin (default UTC)")
-    p = users.add_parser(
+    p = actions.add_parser(
         "export",
         help="everything held about a user as JSON (data-subject access); for an erased user "
         '"nothing held" with the erasure\'s audit reference',
     )
     p.add_argument("--user-id", required=True)
-    p = users.add_parser(
+    p = actions.add_parser(
         "erase", help="delete everything of a user and revoke their devices' credentials"
     )
     p.add_argument("--user-id", required=True)
 
-    devices = _actions(
+
+def _add_devices(sub: SubParsers) -> None:
+    """``devices add|list|retire``."""
+    actions = _actions(
         sub,
         "devices",
         "register (prints MQTT credentials as JSON), list or retire devices",
         cmd_devices,
     )
-    p = devices.add_parser(
+    p = actions.add_parser(
         "add", help="bind a device to a user; prints its MQTT credentials once, as JSON"
     )
     p.add_argument("--user-id")
@@ -472,19 +459,22 @@ def register(sub: SubParsers) -> None:
     _batch_arg(
         p, "{user_id, kind, format, external_id, tz?, user_tz?, bound_at?} → credentials lines"
     )
-    p = devices.add_parser("list", help="registered devices (JSON lines), without secrets")
+    p = actions.add_parser("list", help="registered devices (JSON lines), without secrets")
     p.add_argument("--user-id", help="only this user's devices")
-    p = devices.add_parser(
+    p = actions.add_parser(
         "retire", help="unbind a device and revoke its broker credential (its data stays)"
     )
     p.add_argument("--device-id", required=True)
 
-    consent = _actions(sub, "consent", "grant, withdraw (and purge) or show consent", cmd_consent)
+
+def _add_consent(sub: SubParsers) -> None:
+    """``consent grant|withdraw|show``."""
+    actions = _actions(sub, "consent", "grant, withdraw (and purge) or show consent", cmd_consent)
     for action, help in (
         ("grant", "record a consent grant: collection of the category starts"),
         ("withdraw", "record a withdrawal and purge the user's data of the category"),
     ):
-        p = consent.add_parser(action, help=help)
+        p = actions.add_parser(action, help=help)
         p.add_argument("--user-id")
         p.add_argument("--category", choices=[c.value for c in Category])
         p.add_argument("--purpose", default=PURPOSE_CREDIT_SCORING, choices=sorted(PURPOSES))
@@ -492,15 +482,16 @@ def register(sub: SubParsers) -> None:
             "--at", help="RFC 3339 time of the event (default now; past times for imports/replays)"
         )
         _batch_arg(p, "{user_id, category, at?, purpose?}")
-    p = consent.add_parser("show", help="a user's consent history (JSON lines, oldest first)")
+    p = actions.add_parser("show", help="a user's consent history (JSON lines, oldest first)")
     p.add_argument("--user-id")
     p.add_argument("--category", choices=[c.value for c in Category])
     p.set_defaults(batch=None)
 
-    retention = _actions(
-        sub, "retention", "drop raw telemetry chunks past retention", cmd_retention
-    )
-    p = retention.add_parser("run", help="drop raw chunks older than the retention age, audited")
+
+def _add_retention(sub: SubParsers) -> None:
+    """``retention run``."""
+    actions = _actions(sub, "retention", "drop raw telemetry chunks past retention", cmd_retention)
+    p = actions.add_parser("run", help="drop raw chunks older than the retention age, audited")
     p.add_argument(
         "--older-than-days",
         type=_positive_int,
@@ -508,14 +499,17 @@ def register(sub: SubParsers) -> None:
         help="at least 1 (default HEARTH_RETENTION_DAYS, 90)",
     )
 
-    broker = _actions(
+
+def _add_broker(sub: SubParsers) -> None:
+    """``broker sync|init``."""
+    actions = _actions(
         sub,
         "broker",
         "the broker's device accounts (dynamic-security plugin): init its files, sync them "
         "with the registry",
         cmd_broker,
     )
-    p = broker.add_parser(
+    p = actions.add_parser(
         "sync", help="reconcile the broker's accounts with the registry (adds, removes, repairs)"
     )
     p.add_argument("--state-dir", help="default HEARTH_STATE_DIR or .hearth")
@@ -533,7 +527,7 @@ def register(sub: SubParsers) -> None:
         action="store_true",
         help="take over a broker bound to another registry (after a restore or move)",
     )
-    p = broker.add_parser(
+    p = actions.add_parser(
         "init", help="service accounts, test CA and the plugin's first file (idempotent)"
     )
     p.add_argument("--state-dir", help="default HEARTH_STATE_DIR or .hearth")
@@ -542,19 +536,22 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--mqtts-port", type=int, default=8883, help="TLS listener port (0: none)")
     p.add_argument("--plugin", help="path of mosquitto_dynamic_security.so (default: searched)")
 
-    sessions = _actions(
+
+def _add_sessions(sub: SubParsers) -> None:
+    """``sessions list|drain``."""
+    actions = _actions(
         sub,
         "sessions",
         "collector replicas' broker sessions: list them; drain a retired one (scale-down)",
         cmd_sessions,
     )
-    p = sessions.add_parser(
+    p = actions.add_parser(
         "list",
         help="known replica ids (heartbeat registry) and whether their session may still be "
         "queuing; queued counts are null: Mosquitto 2.0 does not report them",
     )
     p.add_argument("--group", help="only this share group")
-    p = sessions.add_parser(
+    p = actions.add_parser(
         "drain",
         help="store everything queued for a stopped replica's session, then end the session",
     )

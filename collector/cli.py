@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from collector import admin_cli
 from hearth.cli import configure_logging
 from hearth.db import connect
 from hearth.migrate import MigrationError, migrate
@@ -33,8 +34,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    # Imported here: the service pulls in paho, aiohttp and prometheus (~2 s), which the
-    # operator's short commands do not need.
+    # Imported here: the service pulls in aiohttp and the whole ingest pipeline (about a
+    # second), which the operator's short commands do not need. collector.service never
+    # imports this module, so the late import hides no cycle.
     from collector.service import cmd_run as run_service
 
     return run_service(args)
@@ -50,10 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("run", help="run a collector replica until SIGTERM, then drain and exit 0")
     p.set_defaults(func=cmd_run)
-    # The operator's commands register themselves, next to their code.
-    from collector import admin_cli
-
-    admin_cli.register(sub)
+    admin_cli.register(sub)  # the operator's commands, next to their code
     return parser
 
 

@@ -31,9 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.adapters.registry import topic_filters
 from collector.mqtt import MqttLink
 from collector.service import Collector
-from hearth.cli import ServiceUnavailable, UsageError
+from hearth.errors import Unavailable
 from hearth.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,6 @@ class Drainer(Collector):
         self.messages = 0
 
     def make_link(self) -> MqttLink:
-        from collector.adapters.registry import topic_filters
-
         link = _DrainLink(self.settings, topic_filters(), self.on_message)
         link.clean = lambda: self.in_flight == 0 and self.batch.messages == 0
         return link
@@ -129,7 +128,7 @@ async def drain_session(
             drainer.request_stop()  # e.g. no UNSUBACK: stop cleanly, keep the session
             await asyncio.gather(runner, return_exceptions=True)
             watcher.result()
-        await runner  # ServiceUnavailable / DatabaseUnavailable at start → one line
+        await runner  # Unavailable / DatabaseUnavailable at start → one line
     finally:
         for task in (runner, watcher):
             task.cancel()
@@ -152,7 +151,7 @@ async def drain_session(
         )
         raise KeyboardInterrupt
     if not report.ended:
-        raise ServiceUnavailable(
+        raise Unavailable(
             f"session {client_id!r} was not ended: {report.messages - report.acked} message(s) "
             "not acknowledged (database down?); it keeps its queue — run the drain again"
         )
@@ -198,15 +197,3 @@ async def _watch(drainer: Drainer, report: DrainReport, idle_s: float) -> None:
     log.info("event=drain_queue_empty client_id=%s messages=%d", report.client_id, drainer.messages)
     link.end_when_clean = True
     drainer.request_stop()
-
-
-def check_not_live(record: Any, stale_after_s: float, force: bool) -> None:
-    """Refuse to drain a replica that is still heartbeating: connecting with its client id would
-    take its session over while it runs (the broker disconnects the older connection)."""
-    if record is None or force:
-        return
-    if record.state(stale_after_s) == "running":
-        raise UsageError(
-            f"replica {record.client_id!r} is running (last seen {record.seen_ago_s:.0f} s ago "
-            f"on {record.host}, pid {record.pid}); stop it first, or pass --force if it is gone"
-        )

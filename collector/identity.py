@@ -22,11 +22,10 @@ import time
 import psycopg
 
 from collector.pipeline import Caches
-from hearth.db import DatabaseUnavailable, connect_async
+from hearth.db import AsyncConn, DatabaseUnavailable, connect_async
 from hearth.ledger import (
     CONSENT_CHANNEL,
     REGISTRY_CHANNEL,
-    AsyncConn,
     consent_cache_async,
     load_live_devices_async,
 )

@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from hearth.cli import ServiceUnavailable
+from hearth.errors import Unavailable
 
 
 class CollectorMetrics:
@@ -118,7 +118,7 @@ async def start_http(
     except OSError as exc:
         await runner.cleanup()
         # Usually another replica on this machine: each needs its own port (or 0 to disable).
-        raise ServiceUnavailable(
+        raise Unavailable(
             f"HEARTH_COLLECTOR_HTTP_PORT: cannot listen on {host}:{port}: {exc.strerror}"
         ) from None
     return runner

@@ -1,4 +1,4 @@
-"""Minimisation: the last step before anything is written (DESIGN §3.7).
+"""Minimisation: the last step before anything is written (docs/invariants.md#7).
 
 Raw coordinates become a geohash of precision 7 or coarser; Wi-Fi SSID/BSSID and SIM ids become
 keyed hashes (:func:`hearth.pseudonym.keyed_hash`). Everything else passes through typed for its
@@ -28,7 +28,7 @@ from hearth.pseudonym import (
 )
 from hearth.signals import SIGNALS
 
-MAX_GEOHASH_PRECISION: Final = 7  # ~150 m; never finer (DESIGN §3.7)
+MAX_GEOHASH_PRECISION: Final = 7  # ~150 m; never finer (docs/invariants.md#7)
 HASH_CACHE_SIZE: Final = 16384  # per raw signal and Minimiser
 
 StoredKind = Literal["numeric", "categorical"]

@@ -38,7 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from collector.paho_fast import FastClient, message_topic
-from hearth.cli import ServiceUnavailable
+from hearth.errors import Unavailable
 from hearth.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -224,13 +224,13 @@ class MqttLink:
                 properties=self._connect_properties(),
             )
         except (OSError, ValueError) as exc:
-            raise ServiceUnavailable(f"HEARTH_MQTT_URL: cannot connect to {where}: {exc}") from None
+            raise Unavailable(f"HEARTH_MQTT_URL: cannot connect to {where}: {exc}") from None
         try:
             reason = await asyncio.wait_for(self._connack, CONNECT_TIMEOUT_S)
         except TimeoutError:
-            raise ServiceUnavailable(f"HEARTH_MQTT_URL: no CONNACK from {where}") from None
+            raise Unavailable(f"HEARTH_MQTT_URL: no CONNACK from {where}") from None
         if reason.is_failure:
-            raise ServiceUnavailable(f"HEARTH_MQTT_URL: {where} refused the connection: {reason}")
+            raise Unavailable(f"HEARTH_MQTT_URL: {where} refused the connection: {reason}")
 
     def ack(self, acks: Sequence[tuple[int, int, int, str, bytes]]) -> int:
         """PUBACK ``(generation, mid, qos, topic, payload)`` entries in order — only those that
@@ -299,11 +299,11 @@ class MqttLink:
         self._client.on_unsubscribe = on_unsubscribe
         result, _ = self._client.unsubscribe(self._topics)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise ServiceUnavailable(f"HEARTH_MQTT_URL: UNSUBSCRIBE failed: {result.name}")
+            raise Unavailable(f"HEARTH_MQTT_URL: UNSUBSCRIBE failed: {result.name}")
         try:
             return await asyncio.wait_for(done, timeout_s)
         except TimeoutError:
-            raise ServiceUnavailable("HEARTH_MQTT_URL: no UNSUBACK from the broker") from None
+            raise Unavailable("HEARTH_MQTT_URL: no UNSUBACK from the broker") from None
 
     async def disconnect(self, timeout_s: float = 5.0, *, end_session: bool = False) -> None:
         """Send pending PUBACKs, then DISCONNECT. The session stays on the broker, unless

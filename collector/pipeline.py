@@ -14,16 +14,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from paho.mqtt.client import topic_matches_sub
 
-from collector.adapters.base import DeviceMessage, Reason, Rejected
+from collector.adapters.base import DeviceMessage, Reading, Reason, Rejected
 from collector.adapters.registry import find_adapter
 from collector.minimise import Minimiser, scrub_detail, scrub_payload
 from collector.validate import check_readings, resolve_event_time
-from hearth.ledger import FORMATS, ConsentSince, DeviceRecord, device_topics
+from hearth.formats import FORMATS, device_topics
+from hearth.ledger import ConsentSince, DeviceRecord
 from hearth.settings import Settings
 from hearth.signals import SIGNALS
 
@@ -75,7 +77,7 @@ class Batch:
 def device_for_topic(
     devices: dict[tuple[str, str], DeviceRecord], topic: str
 ) -> DeviceRecord | None:
-    """The live device allowed to publish on ``topic`` (its :func:`hearth.ledger.device_topics`,
+    """The live device allowed to publish on ``topic`` (its :func:`hearth.formats.device_topics`,
     which the broker ACL grants), or None. Dead letters carry its id, so erasure and withdrawal
     find them by device, even those rejected before the payload named a device (bad_json)."""
     levels = topic.split("/")
@@ -93,6 +95,29 @@ def device_for_topic(
 
 # Refusals for consent or binding keep no payload: it is data the user did not consent to.
 _REDACTED = frozenset({Reason.NO_CONSENT, Reason.BEFORE_CONSENT, Reason.BEFORE_BINDING})
+
+
+def _consented(
+    readings: Sequence[Reading],
+    user: str,
+    when: datetime,
+    consents: ConsentSince,
+    dropped: list[str],
+) -> tuple[list[Reading], bool]:
+    """The readings whose category the user consents to now and did at ``when``; the
+    categories of the others go to ``dropped``. Also whether one was refused only for
+    predating its consent."""
+    kept: list[Reading] = []
+    early = False
+    for r in readings:
+        category = SIGNALS[r.signal].category
+        since = consents.get((user, category))
+        if since is not None and when >= since:
+            kept.append(r)
+        else:
+            dropped.append(category)
+            early = early or since is not None
+    return kept, early
 
 
 class Pipeline:
@@ -163,15 +188,8 @@ class Pipeline:
                 # Dated before this device was bound to its user: possibly another owner's.
                 raise Rejected(Reason.BEFORE_BINDING)
             user = device.user_id
-            readings = []
-            for r in msg.readings:
-                category = SIGNALS[r.signal].category
-                since = consents.get((user, category))
-                if since is not None and when >= since:
-                    readings.append(r)
-                else:
-                    dropped.append(category)
-                    early = early or since is not None
+            readings, refused_early = _consented(msg.readings, user, when, consents, dropped)
+            early = early or refused_early
             if not readings:
                 continue
             dev = device.device_id

@@ -19,12 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import psycopg
-
-from hearth.admin import AdminError, write_audit
+from hearth.admin.audit import write_audit
+from hearth.db import Conn
+from hearth.errors import Invalid
 from hearth.settings import get_settings
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 DEAD_LETTER_DELETE_BATCH = 10_000  # rows per DELETE: short locks even after a flood
 
@@ -73,11 +71,11 @@ def run_retention(
     if dead_letter_days is None:
         dead_letter_days = settings.dead_letter_retention_days
     if older_than_days < 1 or dead_letter_days < 1:
-        raise AdminError("retention: days must be at least 1")
+        raise Invalid("retention: days must be at least 1")
     if older_than_days < settings.max_event_age_days:
         # The collector would still accept readings into the range being dropped, and they
         # would be the only raw rows left of their hours (issue 11 §6).
-        raise AdminError(
+        raise Invalid(
             f"retention: {older_than_days} days is less than HEARTH_MAX_EVENT_AGE_DAYS "
             f"({settings.max_event_age_days}); lower that first"
         )
@@ -89,32 +87,8 @@ def run_retention(
             cutoff=at - timedelta(days=older_than_days),
             dead_letter_cutoff=at - timedelta(days=dead_letter_days),
         )
-        for table in raw_hypertables(conn):
-            dropped = conn.execute(
-                "SELECT drop_chunks(%s::regclass, older_than => %s::timestamptz)",
-                (table, report.cutoff),
-            ).fetchall()
-            report.chunks_dropped[table] = len(dropped)
-            if dropped:  # the horizon only moves forward (a later run may use more days)
-                conn.execute(
-                    """INSERT INTO raw_retention_horizons (hypertable, horizon) VALUES (%s, %s)
-                       ON CONFLICT (hypertable) DO UPDATE
-                          SET horizon = greatest(raw_retention_horizons.horizon,
-                                                 excluded.horizon),
-                              updated_at = now()""",
-                    (table, report.cutoff),
-                )
-    # Dead letters in batches, each committed: a flood of rejects must not hold one long lock.
-    while True:
-        with conn.transaction():
-            cur = conn.execute(
-                """DELETE FROM dead_letters WHERE id IN (
-                       SELECT id FROM dead_letters WHERE received_at < %s LIMIT %s)""",
-                (report.dead_letter_cutoff, DEAD_LETTER_DELETE_BATCH),
-            )
-        report.dead_letters_deleted += max(cur.rowcount, 0)
-        if cur.rowcount < DEAD_LETTER_DELETE_BATCH:
-            break
+        _drop_raw_chunks(conn, report)
+    report.dead_letters_deleted = _delete_dead_letters(conn, at - timedelta(days=dead_letter_days))
     with conn.transaction():
         report.audit_id = write_audit(
             conn,
@@ -129,3 +103,39 @@ def run_retention(
             },
         )
     return report
+
+
+def _drop_raw_chunks(conn: Conn, report: RetentionReport) -> None:
+    """Drop each raw table's chunks older than the cutoff and move its horizon (in the
+    caller's transaction)."""
+    for table in raw_hypertables(conn):
+        dropped = conn.execute(
+            "SELECT drop_chunks(%s::regclass, older_than => %s::timestamptz)",
+            (table, report.cutoff),
+        ).fetchall()
+        report.chunks_dropped[table] = len(dropped)
+        if dropped:  # the horizon only moves forward (a later run may use more days)
+            conn.execute(
+                """INSERT INTO raw_retention_horizons (hypertable, horizon) VALUES (%s, %s)
+                   ON CONFLICT (hypertable) DO UPDATE
+                      SET horizon = greatest(raw_retention_horizons.horizon,
+                                             excluded.horizon),
+                          updated_at = now()""",
+                (table, report.cutoff),
+            )
+
+
+def _delete_dead_letters(conn: Conn, received_before: datetime) -> int:
+    """Delete dead letters received before the cutoff in batches, each committed: a flood of
+    rejects must not hold one long lock. Returns how many went."""
+    deleted = 0
+    while True:
+        with conn.transaction():
+            cur = conn.execute(
+                """DELETE FROM dead_letters WHERE id IN (
+                       SELECT id FROM dead_letters WHERE received_at < %s LIMIT %s)""",
+                (received_before, DEAD_LETTER_DELETE_BATCH),
+            )
+        deleted += max(cur.rowcount, 0)
+        if cur.rowcount < DEAD_LETTER_DELETE_BATCH:
+            return deleted

@@ -310,7 +310,7 @@ class Collector:
         tasks: list[asyncio.Task[None]] = []
         code = 0
         try:
-            await link.connect()  # ServiceUnavailable → one line
+            await link.connect()  # Unavailable → one line
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
             # Each of these runs forever; if one ends, the collector cannot go on safely.

@@ -27,13 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import psycopg
 from prometheus_client import Gauge
+from psycopg.rows import class_row
 
-from hearth.db import DatabaseUnavailable, connect_async
-from hearth.ledger import AsyncConn
+from hearth.db import AsyncConn, Conn, DatabaseUnavailable, connect_async
+from hearth.errors import Invalid
 from hearth.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[tuple[Any, ...]]
 State = Literal["running", "stale", "stopped", "drained", "expired"]
 
 STALE_LOG_EVERY_S = 600.0  # repeat the warning for one stale id at most this often
@@ -136,20 +136,20 @@ class SessionRecord:
 
 
 def list_sessions(conn: Conn, group: str | None = None) -> list[SessionRecord]:
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM collector_sessions "
-        "WHERE %(group)s::text IS NULL OR share_group = %(group)s "
-        "ORDER BY share_group, client_id",
-        {"group": group},
-    ).fetchall()
-    return [SessionRecord(*row) for row in rows]
+    with conn.cursor(row_factory=class_row(SessionRecord)) as cur:
+        return cur.execute(
+            f"SELECT {_COLUMNS} FROM collector_sessions "
+            "WHERE %(group)s::text IS NULL OR share_group = %(group)s "
+            "ORDER BY share_group, client_id",
+            {"group": group},
+        ).fetchall()
 
 
 def get_session(conn: Conn, client_id: str) -> SessionRecord | None:
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM collector_sessions WHERE client_id = %s", (client_id,)
-    ).fetchone()
-    return SessionRecord(*row) if row is not None else None
+    with conn.cursor(row_factory=class_row(SessionRecord)) as cur:
+        return cur.execute(
+            f"SELECT {_COLUMNS} FROM collector_sessions WHERE client_id = %s", (client_id,)
+        ).fetchone()
 
 
 def mark_drained(conn: Conn, client_id: str, share_group: str) -> None:
@@ -308,3 +308,15 @@ async def run_replica(collector: Replica) -> int:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await heartbeat.stopped()
+
+
+def check_not_live(record: SessionRecord | None, stale_after_s: float, force: bool) -> None:
+    """Refuse to drain a replica that is still heartbeating: connecting with its client id would
+    take its session over while it runs (the broker disconnects the older connection)."""
+    if record is None or force:
+        return
+    if record.state(stale_after_s) == "running":
+        raise Invalid(
+            f"replica {record.client_id!r} is running (last seen {record.seen_ago_s:.0f} s ago "
+            f"on {record.host}, pid {record.pid}); stop it first, or pass --force if it is gone"
+        )

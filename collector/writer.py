@@ -25,11 +25,10 @@ from typing import Literal
 import psycopg
 
 from collector.pipeline import Batch
-from hearth.db import DatabaseUnavailable, connect_async
+from hearth.db import AsyncConn, DatabaseUnavailable, connect_async
 from hearth.ledger import (
     CONSENT_EPOCH_SQL,
     GATE_INGEST,
-    AsyncConn,
     consent_rule_params,
     consented_now_sql,
     gate_sql,
@@ -175,6 +174,53 @@ def sub_batch(batch: Batch, lo: int, hi: int) -> Batch:
     )
 
 
+AsyncCursor = psycopg.AsyncCursor[tuple[object, ...]]
+
+
+async def _write_readings(cur: AsyncCursor, batch: Batch, result: WriteResult) -> None:
+    """COPY the batch's readings into staging and move them into their tables: as checked
+    (the consent join) when a revocation happened since the batch's consent epoch, else as is."""
+    if not (batch.numeric or batch.categorical):
+        return
+    await cur.execute(_GATE_SQL)  # before the statements below take snapshots
+    await cur.execute(CONSENT_EPOCH_SQL)
+    epoch = await cur.fetchone()
+    checked = epoch is None or epoch[0] != batch.consent_epoch
+    for table, stage, rows, types in (
+        ("numeric_readings", "stage_numeric", batch.numeric, _READING_TYPES),
+        ("categorical_readings", "stage_categorical", batch.categorical, _CATEGORICAL_TYPES),
+    ):
+        if not rows:
+            continue
+        async with cur.copy(f"COPY {stage} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for row in rows:
+                await copy.write_row(row)
+        if checked:
+            await cur.execute(_MOVE_CHECKED_SQL.format(table=table, stage=stage), _CONSENT)
+            counts = await cur.fetchone()
+            assert counts is not None
+            consented, moved = int(str(counts[0])), int(str(counts[1]))
+            result.refused[table] = len(rows) - consented
+        else:
+            await cur.execute(_MOVE_SQL.format(table=table, stage=stage))
+            consented, moved = len(rows), cur.rowcount
+        result.inserted[table] = moved
+        result.duplicates[table] = consented - moved
+
+
+async def _write_dead_letters(cur: AsyncCursor, batch: Batch, result: WriteResult) -> None:
+    if not batch.dead_letters:
+        return
+    async with cur.copy("COPY stage_dead FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_DEAD_TYPES)
+        for dead in batch.dead_letters:
+            await copy.write_row(dead)
+    await cur.execute(_MOVE_DEAD_SQL)
+    result.inserted["dead_letters"] = cur.rowcount
+    result.duplicates["dead_letters"] = len(batch.dead_letters) - cur.rowcount
+
+
 class BatchWriter:
     """One database connection that commits batches; reconnects lazily after a failure."""
 
@@ -201,53 +247,11 @@ class BatchWriter:
             await self.connect()
         conn = self._conn
         assert conn is not None
-        inserted: dict[str, int] = {}
-        duplicates: dict[str, int] = {}
-        refused: dict[str, int] = {}
+        result = WriteResult({}, {}, {})
         try:
             async with conn.cursor() as cur:
-                checked = False
-                if batch.numeric or batch.categorical:
-                    await cur.execute(_GATE_SQL)  # before the statements below take snapshots
-                    await cur.execute(CONSENT_EPOCH_SQL)
-                    epoch = await cur.fetchone()
-                    checked = epoch is None or epoch[0] != batch.consent_epoch
-                for table, stage, rows, types in (
-                    ("numeric_readings", "stage_numeric", batch.numeric, _READING_TYPES),
-                    (
-                        "categorical_readings",
-                        "stage_categorical",
-                        batch.categorical,
-                        _CATEGORICAL_TYPES,
-                    ),
-                ):
-                    if not rows:
-                        continue
-                    async with cur.copy(f"COPY {stage} FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.set_types(types)
-                        for row in rows:
-                            await copy.write_row(row)
-                    if checked:
-                        await cur.execute(
-                            _MOVE_CHECKED_SQL.format(table=table, stage=stage), _CONSENT
-                        )
-                        counts = await cur.fetchone()
-                        assert counts is not None
-                        consented, moved = int(str(counts[0])), int(str(counts[1]))
-                        refused[table] = len(rows) - consented
-                    else:
-                        await cur.execute(_MOVE_SQL.format(table=table, stage=stage))
-                        consented, moved = len(rows), cur.rowcount
-                    inserted[table] = moved
-                    duplicates[table] = consented - moved
-                if batch.dead_letters:
-                    async with cur.copy("COPY stage_dead FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.set_types(_DEAD_TYPES)
-                        for dead in batch.dead_letters:
-                            await copy.write_row(dead)
-                    await cur.execute(_MOVE_DEAD_SQL)
-                    inserted["dead_letters"] = cur.rowcount
-                    duplicates["dead_letters"] = len(batch.dead_letters) - cur.rowcount
+                await _write_readings(cur, batch, result)
+                await _write_dead_letters(cur, batch, result)
                 if batch.dropped_by_category:
                     dropped = sorted(batch.dropped_by_category.items())
                     await cur.execute(
@@ -263,7 +267,7 @@ class BatchWriter:
         except BaseException:
             await self.close()  # cancelled mid-transaction
             raise
-        return WriteResult(inserted, duplicates, refused)
+        return result
 
     async def _rollback(self) -> None:
         conn = self._conn

@@ -11,8 +11,8 @@ from pathlib import Path
 from types import FrameType
 
 from features.as_of import as_of_problem, latest_as_of
-from hearth.cli import UsageError
 from hearth.db import connect
+from hearth.errors import Invalid
 from hearth.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,18 @@ def parse_as_of(text: str, max_clock_skew_s: float | None = None) -> datetime:
         else:
             value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--as-of: not a date or RFC 3339 timestamp: {text!r}") from None
+        raise Invalid(f"--as-of: not a date or RFC 3339 timestamp: {text!r}") from None
     if value.tzinfo is None:
-        raise UsageError(f"--as-of: timestamp needs a UTC offset (e.g. Z): {text!r}")
+        raise Invalid(f"--as-of: timestamp needs a UTC offset (e.g. Z): {text!r}")
     try:
         value = value.astimezone(UTC)
     except OverflowError:
-        raise UsageError(f"--as-of: out of range: {text!r}") from None
+        raise Invalid(f"--as-of: out of range: {text!r}") from None
     if max_clock_skew_s is None:
         max_clock_skew_s = get_settings().max_clock_skew_s
     problem = as_of_problem(value, latest_as_of(max_clock_skew_s))
     if problem is not None:
-        raise UsageError(f"--as-of {text}: {problem}")
+        raise Invalid(f"--as-of {text}: {problem}")
     return value
 
 
@@ -80,7 +80,7 @@ def _users(args: argparse.Namespace) -> list[str] | None:
         try:
             lines = args.users_file.read_text().splitlines()
         except OSError as exc:
-            raise UsageError(f"--users-file: {exc.strerror}: {args.users_file}") from None
+            raise Invalid(f"--users-file: {exc.strerror}: {args.users_file}") from None
         return [u.strip() for u in lines if u.strip() and not u.startswith("#")]
     return None
 
@@ -92,7 +92,7 @@ def _materialize(args: argparse.Namespace) -> int:
     as_of = parse_as_of(args.as_of)
     chunk_size = DEFAULT_CHUNK_USERS if args.chunk_size is None else args.chunk_size
     if chunk_size < 1:
-        raise UsageError("--chunk-size must be at least 1")
+        raise Invalid("--chunk-size must be at least 1")
     users = _users(args)
     url = get_settings().database_url
     with connect(url, autocommit=True) as conn:
@@ -123,7 +123,7 @@ def _rollup(args: argparse.Namespace) -> int:
 
     if args.loop is not None:
         if args.loop <= 0:
-            raise UsageError("--loop needs a positive number of seconds")
+            raise Invalid("--loop needs a positive number of seconds")
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
     full = bool(args.full)

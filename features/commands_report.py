@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hearth.cli import UsageError
+from hearth.errors import Invalid
 from hearth.settings import get_settings
 
 
@@ -88,9 +88,9 @@ def run_report(args: argparse.Namespace) -> int:
     from features.report import build_report, format_headline, write_report
 
     if not 0 < args.test_share < 1:
-        raise UsageError("--test-share must be between 0 and 1")
+        raise Invalid("--test-share must be between 0 and 1")
     if args.features_source == "csv" and args.features_file is None:
-        raise UsageError("--features-source csv needs --features-file FILE")
+        raise Invalid("--features-source csv needs --features-file FILE")
     truth = data.load_ground_truth(args.ground_truth)
     rows = data.application_rows(truth)
     leaky_rows = data.shifted_rows(truth, args.leaky_shift_days) if args.leaky_shift_days else []
@@ -111,7 +111,7 @@ def run_report(args: argparse.Namespace) -> int:
             label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
             leaky = data.features_from_engine(url, leaky_rows, _progress(label), args.knowledge)
     if not honest.scored.any():
-        raise UsageError(
+        raise Invalid(
             f"no user in {args.ground_truth} has features from {honest.source} "
             "(did the collector store their data, with consent?)"
         )
@@ -125,7 +125,7 @@ def run_report(args: argparse.Namespace) -> int:
             leaky_shift_days=args.leaky_shift_days if leaky is not None else None,
         )
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise Invalid(str(exc)) from None
     json_path, html_path = write_report(args.out, report, fitted, plots)
     print(format_headline(report))
     print(f"report: {html_path}")

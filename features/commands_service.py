@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hearth.cli import UsageError
+from hearth.errors import Invalid
 from hearth.settings import get_settings
 
 
@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     if args.port is not None and not 1 <= args.port <= 65535:
-        raise UsageError(f"--port {args.port}: use 1-65535")
+        raise Invalid(f"--port {args.port}: use 1-65535")
     # Errors come out as one line (hearth.cli.run_main): a port in use is exit 69.
     run_service(
         settings,

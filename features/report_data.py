@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hearth.cli import ServiceUnavailable, UsageError
 from hearth.db import connect
+from hearth.errors import Invalid, Unavailable
 
 COVERAGE_PREFIX = "coverage__"
 # Most precise first: the simulator writes application_time (RFC 3339) and a local-date
@@ -72,9 +72,9 @@ def _label(text: str) -> int:
 
 
 def load_ground_truth(path: Path) -> GroundTruth:
-    """Read the labelled set; one-line :class:`UsageError` on a missing file or column."""
+    """Read the labelled set; one-line :class:`Invalid` on a missing file or column."""
     if not path.is_file():
-        raise UsageError(
+        raise Invalid(
             f"--ground-truth: no such file {str(path)!r} (run python -m device_sim run first)"
         )
     with path.open(newline="") as handle:
@@ -87,7 +87,7 @@ def load_ground_truth(path: Path) -> GroundTruth:
         missing = {"user_id", "default"} - columns
         if missing or time_column is None:
             need = sorted(missing | ({"application_date"} if time_column is None else set()))
-            raise UsageError(f"--ground-truth {path}: missing column(s) {', '.join(need)}")
+            raise Invalid(f"--ground-truth {path}: missing column(s) {', '.join(need)}")
         users: list[str] = []
         labels: list[int] = []
         times: list[datetime] = []
@@ -100,9 +100,9 @@ def load_ground_truth(path: Path) -> GroundTruth:
                 text = (row.get("latent_score") or "").strip()
                 latent.append(float(text) if text else math.nan)
             except (ValueError, AttributeError) as exc:
-                raise UsageError(f"--ground-truth {path}:{line}: {exc}") from None
+                raise Invalid(f"--ground-truth {path}:{line}: {exc}") from None
     if not users:
-        raise UsageError(f"--ground-truth {path}: no rows")
+        raise Invalid(f"--ground-truth {path}: no rows")
     return GroundTruth(
         user_ids=users,
         defaulted=np.asarray(labels, dtype=np.int64),
@@ -223,7 +223,7 @@ def features_from_engine(
     try:
         from features.engine import Knowledge, compute_historical
     except ImportError as exc:
-        raise ServiceUnavailable(f"feature engine not available ({exc})") from None
+        raise Unavailable(f"feature engine not available ({exc})") from None
     vectors: list[dict[str, tuple[float | None, float | None]] | None] = [None] * len(rows)
     version = "unknown"
     # The engine computes one as-of time at a time: batches of time-sorted rows keep each
@@ -279,7 +279,7 @@ def features_from_snapshots(
                 },
             )
         except psycopg.errors.UndefinedTable:
-            raise ServiceUnavailable(
+            raise Unavailable(
                 "feature_snapshots table missing: run python -m collector migrate"
             ) from None
         for ordinal, fs_version, vector in cur.fetchall():
@@ -295,12 +295,12 @@ def features_from_snapshots(
 def features_from_csv(path: Path, user_ids: Sequence[str]) -> FeatureTable:
     """Feature columns from a CSV keyed by ``user_id``; users absent from it are unscored."""
     if not path.is_file():
-        raise UsageError(f"--features-file: no such file {str(path)!r}")
+        raise Invalid(f"--features-file: no such file {str(path)!r}")
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         columns = list(reader.fieldnames or ())
         if "user_id" not in columns:
-            raise UsageError(f"--features-file {path}: needs a user_id column")
+            raise Invalid(f"--features-file {path}: needs a user_id column")
         skip = {"user_id", "as_of", "application_date", "default", "latent_score"}
         names = [c for c in columns if c not in skip and not c.startswith(COVERAGE_PREFIX)]
         by_user: dict[str, dict[str, tuple[float | None, float | None]]] = {}
@@ -315,7 +315,7 @@ def features_from_csv(path: Path, user_ids: Sequence[str]) -> FeatureTable:
                         float(cov) if cov else None,
                     )
                 except ValueError:
-                    raise UsageError(
+                    raise Invalid(
                         f"--features-file {path}:{line}: {name} is not a number"
                     ) from None
             by_user[row["user_id"].strip()] = cells

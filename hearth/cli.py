@@ -7,30 +7,19 @@ import os
 import sys
 from collections.abc import Callable
 
-from hearth.db import DatabaseUnavailable
-from hearth.errors import ConfigError
+from hearth.errors import EXIT_BROKEN_PIPE, HearthError
 
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service we need is down or refused us
-EXIT_CONFIG = 78  # sysexits EX_CONFIG
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for any tool whose reader left
-EXIT_INCOMPLETE = 75  # sysexits EX_TEMPFAIL: part of the work is left; running it again is safe
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
-class ServiceUnavailable(Exception):
-    """A required service (broker, database) is unreachable; message is one line."""
-
-
-class UsageError(Exception):
-    """The user asked for something impossible (unknown user, bad flag combination)."""
-
-
-class Incomplete(Exception):
-    """The command did part of its work; the message says what is left (one line)."""
+def error_line(exc: HearthError) -> str:
+    """The one line a person at a terminal reads: the message, then the hint (if any)."""
+    return f"error: {exc.message}; {exc.hint}" if exc.hint else f"error: {exc.message}"
 
 
 def run_main(main: Callable[[], int]) -> None:
-    """Run ``main`` and turn the errors a user can fix into one line on stderr."""
+    """Run ``main``; a :class:`~hearth.errors.HearthError` becomes one line on stderr and its
+    class's exit code."""
     try:
         code = main()
         sys.stdout.flush()  # a reader that left (`| head`) shows up here, not at exit
@@ -40,20 +29,11 @@ def run_main(main: Callable[[], int]) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = EXIT_BROKEN_PIPE
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = EXIT_CONFIG
-    except (DatabaseUnavailable, ServiceUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = EXIT_UNAVAILABLE
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = EXIT_USAGE
-    except Incomplete as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = EXIT_INCOMPLETE
+    except HearthError as exc:
+        print(error_line(exc), file=sys.stderr)
+        code = exc.exit_code
     except KeyboardInterrupt:
-        code = 130
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 

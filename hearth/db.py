@@ -10,7 +10,6 @@ from urllib.parse import unquote
 
 import psycopg
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from hearth.errors import Unavailable
 
@@ -113,11 +112,3 @@ async def connect_async(
         )
     except psycopg.Error as exc:
         raise DatabaseUnavailable(describe_error(url, exc)) from exc
-
-
-def make_pool(url: str, *, min_size: int = 1, max_size: int = 4) -> ConnectionPool:
-    return ConnectionPool(url, min_size=min_size, max_size=max_size, open=False)
-
-
-def make_async_pool(url: str, *, min_size: int = 1, max_size: int = 8) -> AsyncConnectionPool:
-    return AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False)

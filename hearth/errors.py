@@ -11,7 +11,8 @@ unavailable, 75 part of the work is left (running it again is safe), 78 configur
 
 from __future__ import annotations
 
-from typing import ClassVar
+import copy
+from typing import ClassVar, Self
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service we need is down or refused us
@@ -32,6 +33,13 @@ class HearthError(Exception):
         self.message = message
         self.code = code or self.default_code
         self.hint = hint
+
+    def within(self, where: str) -> Self:
+        """The same error, located: ``<where>: <message>`` (a ``--batch`` line, a flag)."""
+        located = copy.copy(self)
+        located.message = f"{where}: {self.message}"
+        located.args = (located.message,)
+        return located
 
 
 class Invalid(HearthError):

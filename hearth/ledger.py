@@ -12,8 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-import psycopg
-
+from hearth.db import AsyncConn, Conn
 from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
 from hearth.vectors import withdrawn_cell
 
@@ -22,9 +21,6 @@ CONSENT_CHANNEL = "hearth_consent"  # NOTIFY on any change to consent_events
 
 # The privacy notice users consent to. A grant under an older notice does not cover this one.
 CURRENT_NOTICE_VERSION = "2026-11"
-
-Conn = psycopg.Connection[tuple[object, ...]]
-AsyncConn = psycopg.AsyncConnection[tuple[object, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +130,7 @@ def active_consents(conn: Conn, at: datetime | None = None) -> set[tuple[str, Ca
 # The purposes a user can consent to, and the data categories each one uses. The CLI and the
 # API accept only these; a withdrawal purges a category's data only when no purpose that uses
 # the category keeps an active consent (issue 12 §2). The collector stores data under the
-# credit-scoring consent alone (DESIGN §3.6).
+# credit-scoring consent alone (docs/invariants.md#6).
 PURPOSES: dict[str, frozenset[Category]] = {PURPOSE_CREDIT_SCORING: frozenset(Category)}
 
 # consent_state (migration 0035) holds the latest ledger event per (user, purpose, category),
@@ -356,41 +352,13 @@ def consent_notification(action: str, user_id: str, category: Category | None) -
     )
 
 
-# --- Device topics (broker ACL, credentials, dead-letter attribution) ------------------------
-
-# First topic levels a device-chosen id may not take: they belong to other formats or to the
-# broker, so a Shelly called "owntracks" could otherwise publish into every OwnTracks topic.
-RESERVED_TOPIC_ROOTS = frozenset(
-    {"hearth", "owntracks", "zigbee2mqtt", "tele", "cmnd", "stat", "shellies", "$share", "$SYS"}
-)
-
-
-def device_topics(format: str, external_id: str, device_id: str) -> tuple[str, ...]:
-    """Topics (MQTT filters) the device may publish on, by format (DESIGN §2, §5).
-
-    The broker ACL grants exactly these to the device's username, so a device can never publish
-    as another one; the collector maps each topic back to (format, external id).
-    """
-    match format:
-        case "hearth":
-            return (f"hearth/v1/{device_id}/#",)
-        case "owntracks":  # external id "<user>/<device>" as in the topic
-            return (f"owntracks/{external_id}/#",)
-        case "zigbee2mqtt":
-            return (f"zigbee2mqtt/{external_id}", f"zigbee2mqtt/{external_id}/availability")
-        case "tasmota":
-            return (f"tele/{external_id}/#",)
-        case "shelly":  # exactly the topics collector/adapters/shelly reads
-            return (
-                f"{external_id}/events/rpc",
-                f"{external_id}/status/switch:0",
-                f"{external_id}/online",
-            )
-        case _:
-            raise ValueError(f"unknown device format {format!r}; known: {', '.join(FORMATS)}")
-
-
-FORMATS = ("hearth", "owntracks", "zigbee2mqtt", "tasmota", "shelly")
+def notify_consent(conn: Conn, action: str, user_id: str, category: Category | None) -> None:
+    """Tell caches (collectors, feature service) at commit, with the JSON payload: sent by
+    every consent change, and again after each purge."""
+    conn.execute(
+        "SELECT pg_notify(%s, %s)",
+        (CONSENT_CHANNEL, consent_notification(action, user_id, category)),
+    )
 
 
 # --- Batch reads for the feature engine (features.engine) ------------------------------------

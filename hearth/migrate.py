@@ -14,7 +14,7 @@ from importlib import resources
 
 import psycopg
 
-from hearth.db import DatabaseUnavailable
+from hearth.db import Conn, DatabaseUnavailable
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x4845415254  # "HEART"
@@ -56,7 +56,7 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-def timescaledb_info(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[str, str]:
+def timescaledb_info(conn: Conn) -> tuple[str, str]:
     row = conn.execute(
         "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
     ).fetchone()
@@ -67,7 +67,7 @@ def timescaledb_info(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[str,
     return str(row[0]), edition
 
 
-def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> MigrateResult:
+def migrate(conn: Conn) -> MigrateResult:
     """Apply every pending migration. ``conn`` must be in autocommit mode."""
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")

@@ -1,4 +1,4 @@
-"""Keyed pseudonyms for identifiers that must never be stored raw (DESIGN §3.7).
+"""Keyed pseudonyms for identifiers that must never be stored raw (docs/invariants.md#7).
 
 ``keyed_hash`` is HMAC-SHA256 keyed with ``HEARTH_PSEUDONYM_KEY``: without the key nobody can
 test a guessed SSID, BSSID or SIM number against the stored value (a plain hash of a 48-bit BSSID
@@ -39,7 +39,7 @@ def keyed_digest(key: bytes, domain: str, *parts: bytes) -> bytes:
     """Raw 32-byte HMAC-SHA256 of ``domain NUL part1 NUL part2 ...`` under ``key``.
 
     For binary keys such as the dead-letter dedupe digest: an unkeyed hash of a payload would
-    let anyone holding the table confirm a guessed message (DESIGN §3.7).
+    let anyone holding the table confirm a guessed message (docs/invariants.md#7).
     """
     if not key:
         raise ValueError("keyed_digest needs a non-empty key")

@@ -144,7 +144,8 @@ class Settings(BaseSettings):
     batch_max_age_ms: int = Field(default=200, ge=1)
     max_payload_bytes: int = Field(default=65536, ge=256)  # larger → dead letter "too_large"
     dead_letter_payload_bytes: int = Field(default=4096, ge=0)
-    geohash_precision: int = Field(default=7, ge=1, le=7)  # 7 ≈ 150 m; never finer (DESIGN §3.7)
+    # 7 ≈ 150 m; never finer (docs/invariants.md#7)
+    geohash_precision: int = Field(default=7, ge=1, le=7)
     max_clock_skew_s: int = Field(default=600, ge=0)
     # Older events are dead-lettered "too_old"; never more than retention_days (checked below).
     max_event_age_days: int = Field(default=90, ge=1)

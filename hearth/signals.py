@@ -5,8 +5,8 @@ and routes each reading to its table by ``kind``, consent is checked by ``catego
 delete by category, and features read by name.
 
 Signals marked ``raw`` never reach disk: the collector's minimise step turns them into the
-``stored_as`` signal (DESIGN §3.7) — coordinates into a geohash, network identifiers into keyed
-hashes.
+``stored_as`` signal (docs/invariants.md#7) — coordinates into a geohash, network identifiers
+into keyed hashes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Literal
 
 
 class Category(StrEnum):
-    """Consent scopes (DESIGN §4). Location needs its own toggle (PIPL Art. 28)."""
+    """Consent scopes (docs/invariants.md, data categories). Location needs its own toggle
+    (PIPL Art. 28)."""
 
     LOCATION = "location"
     CONNECTIVITY = "connectivity"
@@ -44,7 +45,7 @@ class Signal:
     high: float | None = None
     stored_as: str | None = None  # for raw signals: the minimised signal written instead
     # For categorical signals a device sends: the only values accepted (stored as sent). Free
-    # text could carry a name, an SSID or a phone number past minimisation (DESIGN §3.7).
+    # text could carry a name, an SSID or a phone number past minimisation (docs/invariants.md#7).
     allowed: tuple[str, ...] | None = None
 
 

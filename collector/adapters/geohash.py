@@ -2,7 +2,7 @@
 
 Geohash (G. Niemeyer, 2008; https://en.wikipedia.org/wiki/Geohash) interleaves longitude and
 latitude bits, longitude first, and writes them 5 bits per base-32 character. Precision 7 is a
-cell of about 153 m by 153 m at the equator — the finest Hearth ever stores (DESIGN §3.7).
+cell of about 153 m by 153 m at the equator — the finest Hearth ever stores (docs/invariants.md#7).
 
 Written here instead of pulled in because it is thirty lines, sits on the per-message hot path
 (integer quantisation + bit interleaving, no per-bit bisection loop), and the PyPI packages are

@@ -8,7 +8,7 @@ import pytest
 
 from collector.adapters.registry import ADAPTERS, find_adapter, topic_filters
 from collector.adapters.samples import HASHED, load_samples, value_matches
-from hearth.ledger import FORMATS, device_topics
+from hearth.formats import FORMATS, device_topics
 
 HERE = Path(__file__).parent
 

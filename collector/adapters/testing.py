@@ -5,7 +5,7 @@ Lives beside the adapters (not under tests/) so each adapter's own test file can
 
 from __future__ import annotations
 
-from collector.adapters.base import DeviceMessage, Rejected
+from collector.adapters.base import DeviceMessage, Reason, Rejected
 from collector.adapters.registry import find_adapter
 from collector.adapters.samples import Sample, mismatches
 from collector.minimise import Minimiser, StoredReading
@@ -20,8 +20,6 @@ def run_pipeline(
     """The pure part of the collector pipeline; raises :class:`Rejected` like it would."""
     adapter = find_adapter(topic)
     if adapter is None:
-        from collector.adapters.base import Reason
-
         raise Rejected(Reason.UNKNOWN_TOPIC, topic)
     minimiser = minimiser or Minimiser(TEST_KEY)
     messages = adapter.adapt(topic, payload)

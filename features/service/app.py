@@ -33,7 +33,7 @@ from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
 from features.service.store import SnapshotStore, configure_connection, statement_timeout_sql
 from features.service.vectors import Outcome, VectorResolver
-from hearth.cli import ServiceUnavailable
+from hearth.errors import Unavailable
 from hearth.settings import Settings
 
 log = logging.getLogger("features.service")
@@ -158,7 +158,7 @@ def run_service(
     cache_entries: int = DEFAULT_CACHE_ENTRIES,
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
 ) -> None:
-    """Serve until SIGTERM or SIGINT. A port that cannot be bound is ServiceUnavailable."""
+    """Serve until SIGTERM or SIGINT. A port that cannot be bound is Unavailable."""
     if not settings.api_tokens:
         log.warning("HEARTH_API_TOKENS is empty: every scoped endpoint will answer 401")
     app = create_app(settings, cache_entries=cache_entries, cache_ttl_s=cache_ttl_s)
@@ -181,7 +181,7 @@ async def _serve(app: web.Application, settings: Settings, host: str, port: int)
             # asyncio rewords bind errors ("error while attempting to bind on address ...");
             # the errno's own text is the short one. Resolver errors have a negative errno.
             reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
-            raise ServiceUnavailable(f"cannot listen on {host}:{port}: {reason or exc}") from None
+            raise Unavailable(f"cannot listen on {host}:{port}: {reason or exc}") from None
         log.info(
             "event=service_started address=http://%s:%d feature_set_version=%s",
             host,

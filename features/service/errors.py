@@ -1,8 +1,10 @@
 """JSON errors everywhere: one shape (``ErrorResponse``) for every 4xx/5xx the service writes.
 
 The middleware turns aiohttp's own HTTP exceptions (404 no route, 405, 413 body too large),
-:class:`ApiError` raised by handlers and any unexpected exception into that shape. Logs name the
-route *pattern* and the exception type only, never the path, query or body: those carry user ids.
+:class:`ApiError` raised by handlers, the typed domain errors of :mod:`hearth.errors` (mapped by
+class: ``http_status`` and ``code``; their CLI ``hint`` never reaches a body) and any unexpected
+exception into that shape. Logs name the route *pattern* and the exception type only, never the
+path, query or body: those carry user ids.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ValidationError
 
 from features.as_of import FORMAT_HINT
+from hearth.errors import HearthError, Unavailable
 
 log = logging.getLogger("features.service")
 
@@ -153,6 +156,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if STREAM_STARTED in request:
             return _abandon(request, exc)
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+    except HearthError as exc:
+        if STREAM_STARTED in request:
+            return _abandon(request, exc)
+        if exc.http_status >= 500 and not isinstance(exc, Unavailable):
+            log_failed(request, exc)
+        return error_response(exc.http_status, exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -173,11 +182,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal_error", "internal server error")
 
 
-def log_unhandled(request: web.Request, exc: BaseException) -> None:
+def _route_pattern(request: web.Request) -> str:
     route = request.match_info.route.resource
-    pattern = route.canonical if route is not None else "?"
+    return route.canonical if route is not None else "?"
+
+
+def log_unhandled(request: web.Request, exc: BaseException) -> None:
     # No str(exc): driver messages can quote parameter values (user ids).
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, pattern)
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, _route_pattern(request))
+
+
+def log_failed(request: web.Request, exc: HearthError) -> None:
+    """A domain error the client cannot fix (a purge left rows, configuration): by type and
+    code, not message (it may name a user)."""
+    log.error(
+        "%s (%s) on %s %s", type(exc).__name__, exc.code, request.method, _route_pattern(request)
+    )
 
 
 def _abandon(request: web.Request, exc: BaseException) -> web.StreamResponse:

@@ -4,16 +4,16 @@ The admin functions are synchronous and each runs its own transaction, so they r
 thread on an autocommit connection. Both are the admin's own (``ServiceState.admin_pool`` and
 ``admin_executor``): a purge of 100,000 rows or an erasure that waits for older transactions
 holds them for seconds, and must never take a connection or a thread a read needs. Their
-one-line :class:`AdminError` messages become JSON errors: unknown user → 404 ``unknown_user``
-(the code the feature endpoints use), unknown device → 404 ``unknown_device``, already
-registered/exists → 409, anything else the caller got wrong → 400.
+typed errors (:mod:`hearth.errors`) become JSON errors by class in the error middleware: an
+unknown user → 404 ``unknown_user`` (the code the feature endpoints use), an unknown device →
+404 ``unknown_device``, an id already taken → 409 ``conflict``, anything else the caller got
+wrong → 400, the broker a registration needs unreachable → 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,7 +22,6 @@ from aiohttp import web
 
 from features.service.errors import ApiError, read_model
 from features.service.models import (
-    USER_ID_PATTERN,
     ConsentGrantRequest,
     ConsentWithdrawRequest,
     CreateUserRequest,
@@ -30,27 +29,15 @@ from features.service.models import (
 )
 from features.service.state import state_of
 from hearth import admin
-from hearth.admin import AdminError
-from hearth.broker import BrokerUnavailable
+from hearth.db import Conn
+from hearth.ids import ID_PATTERN, is_valid_id
 
 ADMIN_MAX_BODY = 64 * 1024
-_NOT_FOUND = re.compile(r"^unknown (user|device) '")
-_CONFLICT = re.compile(r"already (registered|exists)")
-_ID = re.compile(USER_ID_PATTERN)
 
 T = TypeVar("T")
 
 
-def _admin_error(exc: Exception) -> ApiError:
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if found := _NOT_FOUND.search(message):
-        return ApiError(404, f"unknown_{found[1]}", message)
-    if _CONFLICT.search(message):
-        return ApiError(409, "conflict", message)
-    return ApiError(400, "invalid_request", message)
-
-
-async def _run(request: web.Request, call: Callable[[psycopg.Connection[Any]], T]) -> T:
+async def _run(request: web.Request, call: Callable[[Conn], T]) -> T:
     state = state_of(request)
     pool = state.admin_pool
 
@@ -60,12 +47,8 @@ async def _run(request: web.Request, call: Callable[[psycopg.Connection[Any]], T
 
     try:
         return await asyncio.get_running_loop().run_in_executor(state.admin_executor, work)
-    except AdminError as exc:
-        raise _admin_error(exc) from None
     except psycopg.errors.IntegrityError:
         raise ApiError(409, "conflict", "the change conflicts with existing data") from None
-    except BrokerUnavailable as exc:  # registration needs the broker to make the account
-        raise ApiError(503, "unavailable", str(exc)) from None
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -76,9 +59,9 @@ def _json(body: object, status: int = 200) -> web.Response:
 
 def _path_id(request: web.Request, name: str) -> str:
     value = request.match_info[name]
-    if not _ID.fullmatch(value):
+    if not is_valid_id(value):
         raise ApiError(
-            400, "invalid_request", "invalid path parameter", [(name, f"must match {_ID.pattern}")]
+            400, "invalid_request", "invalid path parameter", [(name, f"must match {ID_PATTERN}")]
         )
     return value
 

@@ -12,9 +12,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector import broker_auth
-from collector.broker_auth import BROKER_ADMIN_USERNAME, COLLECTOR_USERNAME, AuthPaths
-from hearth.broker import BrokerAccounts, DynsecClient, SyncReport
+from collector.broker import local_setup, sync
+from collector.broker.local_setup import AuthPaths
+from collector.broker.sync import SyncReport
+from hearth.broker import BROKER_ADMIN_USERNAME, COLLECTOR_USERNAME, BrokerAccounts, DynsecClient
 from tests.conftest import Broker, free_port, start_broker, wait_for_port
 from tests.integration.consent_fixtures import unique
 from tests.integration.fleet import CollectorProcess
@@ -32,7 +33,7 @@ class AuthBroker:
     @property
     def admin_url(self) -> str:
         password = self.accounts[BROKER_ADMIN_USERNAME]
-        return broker_auth.mqtt_url(BROKER_ADMIN_USERNAME, password, "127.0.0.1", self.port)
+        return local_setup.mqtt_url(BROKER_ADMIN_USERNAME, password, "127.0.0.1", self.port)
 
     @property
     def port(self) -> int:
@@ -41,7 +42,7 @@ class AuthBroker:
     @property
     def collector_url(self) -> str:
         password = self.accounts[COLLECTOR_USERNAME]
-        return broker_auth.mqtt_url(COLLECTOR_USERNAME, password, "127.0.0.1", self.port)
+        return local_setup.mqtt_url(COLLECTOR_USERNAME, password, "127.0.0.1", self.port)
 
     def collector(self, log_path: Path) -> CollectorProcess:
         """A collector replica logged in as the read-only collector account, in a share group
@@ -66,7 +67,7 @@ class AuthBroker:
     def resync(self) -> SyncReport:
         """One ``broker sync`` against the test database (drift repair)."""
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            return broker_auth.sync(conn, self.admin_url, paths=self.paths)
+            return sync.sync(conn, self.admin_url, paths=self.paths)
 
     def usernames(self) -> set[str]:
         return set(self.admin.state().clients)
@@ -91,13 +92,13 @@ def start_auth_broker(state: Path, database_url: str) -> AuthBroker:
     """The plugin's first file with the service accounts, a TLS listener from a fresh test CA,
     then the admin connection; devices come from registrations made with ``broker=admin``."""
     paths = AuthPaths(state)
-    broker_auth.ensure_test_ca(paths)
-    accounts = broker_auth.ensure_service_accounts(paths)
-    broker_auth.write_dynsec_config(paths, accounts, None)
+    local_setup.ensure_test_ca(paths)
+    accounts = local_setup.ensure_service_accounts(paths)
+    local_setup.write_dynsec_config(paths, accounts, None)
     tls_port = free_port()
-    broker_auth.write_auth_conf(paths, mqtts_port=tls_port)
+    local_setup.write_auth_conf(paths, mqtts_port=tls_port)
     b = _start(paths)
-    url = broker_auth.mqtt_url(
+    url = local_setup.mqtt_url(
         BROKER_ADMIN_USERNAME, accounts[BROKER_ADMIN_USERNAME], "127.0.0.1", b.port
     )
     admin = BrokerAccounts(DynsecClient(url))

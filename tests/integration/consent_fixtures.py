@@ -6,14 +6,11 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import psycopg
 
 from hearth import admin
+from hearth.db import Conn
 from hearth.signals import SIGNALS, Category
 
-Conn = psycopg.Connection[Any]
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 FEATURE_SET = "test-fs-1"
 FEATURES = {  # name → category, registered in feature_definitions

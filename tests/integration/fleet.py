@@ -3,7 +3,7 @@
 - Registration writes users, devices and consent grants directly with SQL (the admin CLI is
   another part's product; these tests are about ingest).
 - :func:`publish_all` is an independent MQTT client that waits for every PUBACK with a bounded
-  window of unacknowledged publishes (DESIGN §9: ``mosquitto_pub -l`` exits before its queue is
+  window of unacknowledged publishes (``mosquitto_pub -l`` exits before its queue is
   acknowledged and loses most of a bulk load).
 - :class:`CollectorProcess` runs ``python -m collector run`` as a real subprocess.
 """
@@ -24,16 +24,14 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psutil
-import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hearth.db import Conn
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.signals import Category
 from tests.conftest import Broker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-Conn = psycopg.Connection[tuple[object, ...]]
-
 
 # -- registry and consent -------------------------------------------------------------------
 LONG_AGO = "'2000-01-01 00:00:00+00'::timestamptz"  # before any reading, samples included

@@ -1,4 +1,5 @@
-"""Scan every table and column of a database for data that must never be stored (DESIGN §3.7).
+"""Scan every table and column of a database for data that must never be stored
+(docs/invariants.md#7).
 
 Reusable after any pipeline run::
 
@@ -22,12 +23,10 @@ Hashes (hex without separators), geohashes and timestamps match none of these. A
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
-Conn = psycopg.Connection[Any]
+from hearth.db import Conn
 
 TEXT_TYPES = ("text", "character varying", "character", "json", "jsonb", "bytea", "ARRAY")
 COORDINATE_COLUMN_NAMES = ("lat", "lon", "lng", "latitude", "longitude")

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from hearth import admin, ledger
-from hearth.admin import AdminError
+from hearth.errors import Invalid
 from hearth.signals import Category
 from hearth.vectors import withdrawn_cell
 from tests.integration.consent_fixtures import (
@@ -27,11 +27,11 @@ def test_add_user_is_idempotent_and_validates_zone(db: psycopg.Connection) -> No
     user = unique("u")
     admin.add_user(db, user, "Asia/Shanghai")
     admin.add_user(db, user, "Asia/Shanghai")  # same again: no-op
-    with pytest.raises(AdminError, match="already exists with time zone Asia/Shanghai"):
+    with pytest.raises(Invalid, match="already exists with time zone Asia/Shanghai"):
         admin.add_user(db, user, "Europe/Berlin")
-    with pytest.raises(AdminError, match="unknown IANA time zone"):
+    with pytest.raises(Invalid, match="unknown IANA time zone"):
         admin.add_user(db, unique("u"), "Mars/Olympus")
-    with pytest.raises(AdminError, match="user id"):
+    with pytest.raises(Invalid, match="user id"):
         admin.add_user(db, "no spaces allowed", "UTC")
 
 
@@ -67,7 +67,7 @@ def test_register_device_mints_credentials_it_keeps_nowhere(db: psycopg.Connecti
 
 
 def test_register_device_errors_are_clear(db: psycopg.Connection) -> None:
-    with pytest.raises(AdminError, match="unknown user"):
+    with pytest.raises(Invalid, match="unknown user"):
         admin.register_device(
             db, user_id=unique("nobody"), kind="plug", format="tasmota", external_id="x1"
         )
@@ -77,17 +77,17 @@ def test_register_device_errors_are_clear(db: psycopg.Connection) -> None:
     admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id=ext)
     other = unique("u")
     admin.add_user(db, other)
-    with pytest.raises(AdminError, match=r"already registered .* of another user"):
+    with pytest.raises(Invalid, match=r"already registered .* of another user"):
         admin.register_device(db, user_id=other, kind="plug", format="tasmota", external_id=ext)
-    with pytest.raises(AdminError, match="already registered as a plug"):
+    with pytest.raises(Invalid, match="already registered as a plug"):
         admin.register_device(db, user_id=user, kind="sensor", format="tasmota", external_id=ext)
-    with pytest.raises(AdminError, match="unknown device format"):
+    with pytest.raises(Invalid, match="unknown device format"):
         admin.register_device(db, user_id=user, kind="plug", format="x10", external_id="a")
-    with pytest.raises(AdminError, match="one topic level"):
+    with pytest.raises(Invalid, match="one topic level"):
         admin.register_device(db, user_id=user, kind="plug", format="tasmota", external_id="a/b")
-    with pytest.raises(AdminError, match="reserved"):
+    with pytest.raises(Invalid, match="reserved"):
         admin.register_device(db, user_id=user, kind="plug", format="shelly", external_id="tele")
-    with pytest.raises(AdminError, match="reserved"):
+    with pytest.raises(Invalid, match="reserved"):
         admin.register_device(
             db, user_id=user, kind="x", format="hearth", external_id="hearth-collector"
         )
@@ -106,7 +106,7 @@ def test_retire_destroys_credential_and_frees_external_id(db: psycopg.Connection
     listed = {d.device_id: d for d in admin.list_devices(db, user)}
     assert listed[first.device_id].retired_at is not None
     assert listed[second.device_id].retired_at is None
-    with pytest.raises(AdminError, match="unknown device"):
+    with pytest.raises(Invalid, match="unknown device"):
         admin.retire_device(db, "d-does-not-exist")
 
 
@@ -236,7 +236,7 @@ def test_export_then_erase_leaves_no_reference(db: psycopg.Connection) -> None:
         (admin.audit_subject(user),),
     ).fetchone()
     assert audit is not None and audit[0]["counts"]["users"] == 1
-    with pytest.raises(AdminError, match="unknown user"):
+    with pytest.raises(Invalid, match="unknown user"):
         admin.export_user(db, user)
 
 
@@ -248,10 +248,10 @@ def test_unknown_user_errors(db: psycopg.Connection) -> None:
         lambda: admin.erase_user(db, "ghost-1", settle_s=0),
         lambda: admin.list_devices(db, "ghost-1"),
     ):
-        with pytest.raises(AdminError, match="unknown user 'ghost-1'"):
+        with pytest.raises(Invalid, match="unknown user 'ghost-1'"):
             call()
     user = unique("u")
     admin.add_user(db, user)
-    with pytest.raises(AdminError, match="unknown data category"):
+    with pytest.raises(Invalid, match="unknown data category"):
         admin.grant_consent(db, user_id=user, category="dreams")
     assert FEATURES  # fixture catalogue is in use

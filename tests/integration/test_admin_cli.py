@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from hearth.admin import AdminError
+from hearth.errors import Invalid
 from tests.integration.consent_fixtures import unique
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +153,7 @@ def test_batch_is_all_or_nothing(cli, db: psycopg.Connection) -> None:  # type: 
             json.dumps(good | {"external_id": f"{prefix}-1", "user_id": f"{prefix}-v"}),
         ]
     )
-    with pytest.raises(AdminError, match=r"line 2: .*already registered"):
+    with pytest.raises(Invalid, match=r"line 2: .*already registered"):
         cli("devices", "add", "--batch", "-", stdin=batch)
     row = db.execute("SELECT count(*) FROM users WHERE user_id = %s", (f"{prefix}-u",)).fetchone()
     assert row == (0,)

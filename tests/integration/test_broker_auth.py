@@ -16,23 +16,21 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector import broker_auth
-from collector.broker_auth import (
+from collector.broker import local_setup, sync
+from collector.broker.local_setup import AuthPaths
+from collector.broker.passwd import mosquitto_password_hash
+from hearth import admin
+from hearth.broker import (
     BROKER_ADMIN_USERNAME,
     COLLECTOR_USERNAME,
     OPERATOR_USERNAME,
-    AuthPaths,
-)
-from hearth import admin
-from hearth.admin import mosquitto_password_hash
-from hearth.broker import (
     REGISTRY_MARKER_ROLE,
     BrokerAccounts,
     BrokerUnavailable,
     DynsecClient,
     device_role,
 )
-from hearth.errors import ConfigError
+from hearth.errors import ConfigError, Invalid
 from tests.conftest import ROOT, free_port, start_broker
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker, wait_for
 from tests.integration.consent_fixtures import unique
@@ -203,7 +201,7 @@ def test_registering_again_rotates_the_password(setup: Setup, db: psycopg.Connec
     assert refused(connect(setup.port, c.mqtt_username, c.mqtt_password))
     assert not refused(connect(setup.port, again.mqtt_username, again.mqtt_password))
     assert _audit_count(db, "rotate_device_credentials") == audits_before + 1
-    with pytest.raises(admin.AdminError, match="already registered"):
+    with pytest.raises(Invalid, match="already registered"):
         admin.register_device(
             db,
             user_id=setup.devices["a"].user_id,
@@ -248,7 +246,7 @@ def test_init_local_writes_urls_and_config(tmp_path: Path, database_url: str) ->
     paths = AuthPaths(tmp_path)
     (tmp_path / "hearth.toml").write_text('pseudonym_key = "k"\n')
     with psycopg.connect(database_url, autocommit=True) as conn:
-        urls = broker_auth.init_local(paths, conn, mqtt_port=1999, mqtts_port=None)
+        urls = local_setup.init_local(paths, conn, mqtt_port=1999, mqtts_port=None)
     toml = (tmp_path / "hearth.toml").read_text()
     assert 'pseudonym_key = "k"' in toml and f'mqtt_url = "{urls["collector"]}"' in toml
     assert f'broker_admin_url = "{urls["admin"]}"' in toml
@@ -266,7 +264,7 @@ def test_init_local_writes_urls_and_config(tmp_path: Path, database_url: str) ->
     first = paths.dynsec.read_text()
     for password in json.loads((tmp_path / "mqtt-accounts.json").read_text()).values():
         assert password not in first  # hashes only
-    again = broker_auth.init_local(paths, None, mqtt_port=1999, mqtts_port=None)
+    again = local_setup.init_local(paths, None, mqtt_port=1999, mqtts_port=None)
     assert again == urls  # service passwords are kept
     assert paths.dynsec.read_text() == first  # and the plugin's file is the broker's now
 
@@ -291,12 +289,12 @@ def test_first_plugin_file_carries_a_password_file_setup_over(
             (mosquitto_password_hash(device_password), mosquitto_password_hash("x")),
         )
         paths = AuthPaths(tmp_path)
-        assert broker_auth.write_dynsec_config(
-            paths, broker_auth.ensure_service_accounts(paths), conn
+        assert local_setup.write_dynsec_config(
+            paths, local_setup.ensure_service_accounts(paths), conn
         )
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
     assert "dgone" not in paths.dynsec.read_text()
-    broker_auth.write_auth_conf(paths, mqtts_port=None)
+    local_setup.write_auth_conf(paths, mqtts_port=None)
     b = start_broker(tmp_path, auth=f"include_dir {paths.auth_conf.parent}")
     try:
         device = connect(b.port, "dlegacy", device_password)
@@ -316,7 +314,7 @@ def test_sync_repairs_drift_and_is_idempotent(setup: Setup, db: psycopg.Connecti
     a = setup.devices["a"]
     setup.ab.resync()  # whatever earlier tests left: from here on the broker matches
     assert setup.ab.resync().changes == 0  # idempotent
-    from hearth.broker import _check
+    from hearth.broker import check_answers as _check
 
     _check(
         setup.ab.admin.client.run(
@@ -346,7 +344,7 @@ def test_sync_repairs_drift_and_is_idempotent(setup: Setup, db: psycopg.Connecti
 
 def test_sync_refuses_a_broker_bound_to_another_registry(setup: Setup) -> None:
     setup.ab.resync()
-    from hearth.broker import _check
+    from hearth.broker import check_answers as _check
 
     other = "00000000-0000-0000-0000-000000000000"
     _check(
@@ -357,7 +355,7 @@ def test_sync_refuses_a_broker_bound_to_another_registry(setup: Setup) -> None:
     with pytest.raises(ConfigError, match=f"registry {other}"):
         setup.ab.resync()
     with psycopg.connect(setup.database_url, autocommit=True) as conn:
-        report = broker_auth.sync(conn, setup.ab.admin_url, paths=setup.ab.paths, rebind=True)
+        report = sync.sync(conn, setup.ab.admin_url, paths=setup.ab.paths, rebind=True)
     assert any(line.startswith(REGISTRY_MARKER_ROLE) for line in report.repaired)
     assert setup.ab.resync().changes == 0
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector.broker_auth import SYNC_APPLICATION_NAME
+from collector.broker.sync import SYNC_APPLICATION_NAME
 from features.service.testing import serve_subprocess
 from hearth import admin
 from hearth.ledger import REGISTRY_CHANNEL

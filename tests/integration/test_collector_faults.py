@@ -13,10 +13,10 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 
 from collector.adapters.samples import load_samples, value_matches
+from hearth.db import Conn
 from tests.conftest import Broker
 from tests.integration.fleet import (
     BASE_TIME,
@@ -31,8 +31,7 @@ from tests.integration.fleet import (
     wait_until,
 )
 
-Conn = psycopg.Connection[tuple[object, ...]]
-RSS_BOUND_BYTES = 150 * 2**20  # DESIGN/issue 3: peak RSS ≤ 150 MB per replica
+RSS_BOUND_BYTES = 150 * 2**20  # issue 3: peak RSS ≤ 150 MB per replica
 
 
 def acked(collectors: list[Any]) -> float:

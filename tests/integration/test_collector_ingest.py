@@ -7,8 +7,7 @@ import random
 import subprocess
 import sys
 
-import psycopg
-
+from hearth.db import Conn
 from tests.conftest import Broker, free_port
 from tests.integration.fleet import (
     CollectorFactory,
@@ -19,8 +18,6 @@ from tests.integration.fleet import (
     register_fleet,
     wait_until,
 )
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 
 def test_duplicates_are_stored_once_and_counted(

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from hearth import admin, ledger
+from hearth.errors import Invalid
 from hearth.ledger import (
     CONSENT_CHANNEL,
     CURRENT_NOTICE_VERSION,
@@ -97,7 +98,7 @@ def test_ledger_is_append_only(db: psycopg.Connection) -> None:
 def test_naive_time_is_refused(db: psycopg.Connection) -> None:
     user = unique("u")
     admin.add_user(db, user)
-    with pytest.raises(admin.AdminError, match="UTC offset"):
+    with pytest.raises(Invalid, match="UTC offset"):
         admin.grant_consent(db, user_id=user, category="energy", at=T0.replace(tzinfo=None))
 
 

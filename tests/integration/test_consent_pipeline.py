@@ -19,9 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector.broker_auth import OPERATOR_USERNAME
 from hearth import admin
-from hearth.broker import BrokerAccounts
+from hearth.broker import OPERATOR_USERNAME, BrokerAccounts
 from hearth.signals import Category
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker
 from tests.integration.consent_fixtures import count_signal_rows, unique

@@ -26,6 +26,8 @@ from features.materialize import materialize
 from features.rollups import refresh_rollups
 from features.testing import add_device, add_user, insert_categorical, insert_numeric
 from hearth import admin, ledger
+from hearth.db import Conn
+from hearth.errors import Invalid
 from hearth.settings import get_settings
 from hearth.signals import Category
 from hearth.vectors import withdrawn_cell
@@ -42,7 +44,6 @@ from tests.integration.fleet import add_device as fleet_device
 from tests.integration.fleet import add_user as fleet_user
 from tests.integration.privacy_scan import find_references
 
-Conn = psycopg.Connection[Any]
 AS_OF = datetime(2026, 5, 1, tzinfo=UTC)
 LOCATION_FEATURES = {d.name for d in DEFINITIONS if d.category == Category.LOCATION}
 
@@ -314,7 +315,7 @@ def test_reregistered_id_never_receives_the_first_owners_queued_messages(
     backlog = 30
     publish_all(broker.host, broker.port, _sensor_readings(sensor, datetime.now(UTC), backlog, 1))
     retired = admin.retire_device(db, old.device_id)
-    with pytest.raises(admin.AdminError, match="another user's device had this id"):
+    with pytest.raises(Invalid, match="another user's device had this id"):
         admin.register_device(
             db, user_id=second, kind="sensor", format="zigbee2mqtt", external_id=sensor,
             bound_at=long_ago,

@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -15,13 +14,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from features.service.app import create_app
 from hearth import admin, ledger
-from hearth.admin import AdminError, PurgeIncomplete
-from hearth.cli import EXIT_INCOMPLETE, EXIT_USAGE, run_main
+from hearth.admin import PurgeIncomplete
+from hearth.admin import purge as admin_purge
+from hearth.cli import run_main
+from hearth.db import Conn
+from hearth.errors import EXIT_INCOMPLETE, EXIT_USAGE, Invalid
 from hearth.settings import get_settings, load_settings
 from hearth.signals import Category
 from tests.integration.consent_fixtures import count_signal_rows, seed_user, unique
 
-Conn = psycopg.Connection[Any]
 CliRun = Callable[..., tuple[int, str, str]]
 
 
@@ -67,9 +68,9 @@ def test_unknown_purpose_is_refused_and_purges_nothing(
     assert code == EXIT_USAGE and out == "" and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert "invalid choice: 'marketing'" in last and "credit_scoring" in last
-    with pytest.raises(AdminError, match="unknown purpose 'marketing'; known: credit_scoring"):
+    with pytest.raises(Invalid, match="unknown purpose 'marketing'; known: credit_scoring"):
         admin.withdraw_consent(db, user_id=user, category="energy", purpose="marketing")
-    with pytest.raises(AdminError, match="unknown purpose"):
+    with pytest.raises(Invalid, match="unknown purpose"):
         admin.grant_consent(db, user_id=user, category="energy", purpose="marketing")
     # The same refusal inside a --batch line, and nothing was purged or appended.
     batch = tmp_path / "withdraw.jsonl"
@@ -118,7 +119,7 @@ def test_future_consent_times_are_refused(db: Conn, run_cli: CliRun) -> None:
         lambda: admin.grant_consent(db, user_id=user, category="energy", at=future),
         lambda: admin.withdraw_consent(db, user_id=user, category="energy", at=future),
     ):
-        with pytest.raises(AdminError, match="in the future"):
+        with pytest.raises(Invalid, match="in the future"):
             call()
     code, _, err = run_cli(
         "consent", "grant", "--user-id", user, "--category", "energy", "--at", future.isoformat()
@@ -136,7 +137,7 @@ def test_withdrawal_dated_before_the_latest_grant_is_refused(db: Conn, run_cli: 
     admin.add_user(db, user)
     granted = datetime(2026, 10, 1, tzinfo=UTC)
     admin.grant_consent(db, user_id=user, category="climate", at=granted)
-    with pytest.raises(AdminError, match="before the latest grant of climate"):
+    with pytest.raises(Invalid, match="before the latest grant of climate"):
         admin.withdraw_consent(db, user_id=user, category="climate", at=granted - timedelta(days=1))
     code, _, err = run_cli(
         "consent", "withdraw", "--user-id", user, "--category", "climate",
@@ -246,7 +247,7 @@ def test_purge_that_finds_rows_left_is_incomplete_and_says_what(
             )
         return counts
 
-    monkeypatch.setattr(admin, "purge_category_rows", purge_then_rogue_write)
+    monkeypatch.setattr(admin_purge, "purge_category_rows", purge_then_rogue_write)
     with pytest.raises(PurgeIncomplete, match=r"rows left \(1 in categorical_readings\)") as exc:
         admin.withdraw_consent(db, user_id=user, category="location")
     report = exc.value.report
@@ -260,7 +261,7 @@ def test_purge_that_finds_rows_left_is_incomplete_and_says_what(
     assert code == EXIT_INCOMPLETE and json.loads(out)["status"] == "incomplete"
     assert "incomplete" in err and len(err.strip().splitlines()) == 1
 
-    monkeypatch.setattr(admin, "purge_category_rows", real_purge)
+    monkeypatch.setattr(admin_purge, "purge_category_rows", real_purge)
     done = admin.withdraw_consent(db, user_id=user, category="location")
     assert done.status == "complete" and done.counts["categorical_readings"] == 1
     assert sum(count_signal_rows(db, user, Category.LOCATION).values()) == 0

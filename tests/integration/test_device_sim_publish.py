@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.broker_auth import OPERATOR_USERNAME
+from hearth.broker import OPERATOR_USERNAME
 from tests.conftest import Broker
 from tests.integration.auth_broker import start_auth_broker
 

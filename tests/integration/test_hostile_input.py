@@ -16,6 +16,7 @@ import psycopg
 from collector.minimise import Minimiser
 from collector.pipeline import Batch
 from collector.service import Ack, Collector
+from hearth.db import Conn
 from hearth.settings import load_settings
 from tests.conftest import TEST_PSEUDONYM_KEY, Broker
 from tests.integration.fleet import (
@@ -30,8 +31,6 @@ from tests.integration.fleet import (
 
 # Dead letters are found by their keyed digest (the tests' pseudonym key).
 digest_of = Minimiser(TEST_PSEUDONYM_KEY.encode(), 7).dead_letter_digest
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 
 def hostile(device: str) -> list[tuple[str, bytes, str]]:

@@ -18,7 +18,7 @@ from features.engine import latest_snapshot, read_snapshots
 from features.materialize import materialize
 from features.rollups import refresh_rollups
 from features.testing import add_device, add_user, insert_numeric
-from hearth.cli import UsageError
+from hearth.errors import Invalid
 
 AS_OF = datetime(2026, 5, 1, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +100,7 @@ def test_parse_as_of() -> None:
     assert parse_as_of("2026-05-01") == AS_OF
     assert parse_as_of("2026-05-01T08:00:00+08:00") == AS_OF
     assert parse_as_of("2026-05-01T00:00:00Z") == AS_OF
-    with pytest.raises(UsageError):
+    with pytest.raises(Invalid):
         parse_as_of("2026-05-01T00:00:00")
 
 

@@ -18,7 +18,8 @@ import pytest
 
 from collector.retention import run_retention
 from hearth import admin
-from hearth.admin import AdminError
+from hearth.db import Conn
+from hearth.errors import Invalid
 from tests.conftest import Broker
 from tests.integration.consent_fixtures import add_dead_letter, seed_user, unique
 from tests.integration.fleet import (
@@ -30,8 +31,6 @@ from tests.integration.fleet import (
     wait_until,
 )
 from tests.integration.privacy_scan import find_references
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 
 def _ts(age: timedelta) -> str:
@@ -180,7 +179,7 @@ def test_retention_deletes_old_dead_letters(
 
 
 def test_retention_refuses_to_drop_what_ingest_still_accepts(db: Conn) -> None:
-    with pytest.raises(AdminError, match="HEARTH_MAX_EVENT_AGE_DAYS"):
+    with pytest.raises(Invalid, match="HEARTH_MAX_EVENT_AGE_DAYS"):
         run_retention(db, 30)  # default max event age: 90 days
 
 

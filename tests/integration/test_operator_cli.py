@@ -9,10 +9,10 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 
 from hearth.admin import audit_subject
+from hearth.db import Conn
 from hearth.signals import Category
 from tests.conftest import Broker
 from tests.integration.consent_fixtures import unique
@@ -27,8 +27,6 @@ from tests.integration.fleet import (
     publish_all,
     wait_until,
 )
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 GROUPS = {
     "users": ("add", "export", "erase"),

@@ -1,4 +1,4 @@
-"""Point-in-time: late rows, ingest time and consent withdrawal (DESIGN §3.8)."""
+"""Point-in-time: late rows, ingest time and consent withdrawal (docs/invariants.md#8)."""
 
 from __future__ import annotations
 

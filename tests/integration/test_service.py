@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from features.service import engine_gateway
 from features.service.app import create_app
 from features.service.testing import seed_snapshot, seed_user
+from hearth.db import Conn
 from hearth.settings import load_settings
 
 READ = "read-token-0123456789"
@@ -30,8 +31,6 @@ AS_OF_1 = datetime(2026, 1, 1, tzinfo=UTC)
 AS_OF_2 = datetime(2026, 1, 2, tzinfo=UTC)
 V1 = {"f_a": {"value": 1.5, "coverage": 0.5}, "f_b": {"value": None, "coverage": 0.0}}
 V2 = {"f_a": {"value": 2.5, "coverage": 0.75}, "f_b": {"value": 3.0, "coverage": 1.0}}
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 # One app (and pool) for the whole module: the tests only read, except the admin lifecycle,
 # which uses its own user.

@@ -11,11 +11,11 @@ import subprocess
 import time
 
 import paho.mqtt.client as mqtt
-import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from hearth.db import Conn
 from tests.conftest import Broker
 from tests.integration.fleet import (
     CollectorFactory,
@@ -27,7 +27,6 @@ from tests.integration.fleet import (
     wait_until,
 )
 
-Conn = psycopg.Connection[tuple[object, ...]]
 FAST_REGISTRY = {"HEARTH_COLLECTOR_HEARTBEAT_S": "1", "HEARTH_COLLECTOR_STALE_AFTER_S": "2"}
 
 

@@ -28,13 +28,13 @@ from features.rollups import refresh_rollups
 from features.service.testing import serve_in_thread
 from features.testing import add_device, add_user, insert_numeric
 from hearth import admin
+from hearth.db import Conn
 from hearth.migrate import available_migrations
 from hearth.settings import load_settings
 from hearth.signals import Category
 from hearth.vectors import CellReason, withdrawn_cell
 from tests.conftest import ROOT
 
-Conn = psycopg.Connection[tuple[object, ...]]
 TOKEN = "shape-read-token-0123456789"
 NAMES = {d.name for d in DEFINITIONS}
 DEVICE_HEALTH = {d.name for d in DEFINITIONS if d.category == Category.DEVICE_HEALTH}

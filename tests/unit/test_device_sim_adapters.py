@@ -1,6 +1,6 @@
 """Every message the simulator generates adapts without Rejected (the adapters' own code).
 
-Tests may import the collector; device_sim itself never does (DESIGN §1).
+Tests may import the collector; device_sim itself never does (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hearth.admin import evidence_hash, mosquitto_password_hash, verify_mosquitto_password
-from hearth.ledger import FORMATS, consent_notification, device_topics, parse_consent_notification
+from collector.broker.passwd import mosquitto_password_hash, verify_mosquitto_password
+from hearth.admin import evidence_hash
+from hearth.formats import FORMATS, device_topics
+from hearth.ledger import consent_notification, parse_consent_notification
 from hearth.signals import Category
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from features.cli import main
 from features.report_data import load_ground_truth
-from hearth.cli import UsageError
+from hearth.errors import Invalid
 
 NAMES = ["night_home_share", "router_uptime", "charge_regularity", "screen_entropy", "noise"]
 REQUIRED_KEYS = {
@@ -195,11 +195,11 @@ def test_a_fleet_too_small_to_validate_still_gets_a_report(
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     bad = tmp_path / "gt.csv"
     bad.write_text("user_id,default\nu1,0\n")
-    with pytest.raises(UsageError, match="application_date"):
+    with pytest.raises(Invalid, match="application_date"):
         load_ground_truth(bad)
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(Invalid, match="no such file"):
         load_ground_truth(tmp_path / "missing.csv")
-    with pytest.raises(UsageError, match="--features-file"):
+    with pytest.raises(Invalid, match="--features-file"):
         main(["report", "--ground-truth", str(bad), "--features-source", "csv"])
 
 
@@ -209,7 +209,7 @@ def test_ground_truth_prefers_the_precise_application_time(tmp_path: Path) -> No
         "user_id,default,application_date,application_time,latent_score\n"
         "u1,1,2025-03-02,2025-03-01T22:00:00+00:00,-0.5\nu2,false,2025-03-05,,\n"
     )
-    with pytest.raises(UsageError, match=":3"):  # u2 has no application_time
+    with pytest.raises(Invalid, match=":3"):  # u2 has no application_time
         load_ground_truth(path)
     path.write_text("user_id,default,application_date\nu1,1,2025-03-02\n")
     truth = load_ground_truth(path)

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from collector.adapters.base import DeviceMessage, GeoPoint, Reading, Reason, Rejected
 from collector.adapters.parsing import from_epoch_seconds, parse_model, parse_rfc3339
+from hearth.formats import HEARTH
 
-FORMAT: Final = "hearth"
+FORMAT: Final = HEARTH.name
 PREFIX: Final = "hearth/v1/"
 MAX_ID_CHARS: Final = 128
 
@@ -50,7 +51,7 @@ def _split_topic(topic: str) -> tuple[str, str] | None:
 
 class HearthAdapter:
     format: Final = FORMAT
-    topic_filters: Final = ("hearth/v1/+/+",)
+    topic_filters: Final = HEARTH.topic_filters
 
     def matches(self, topic: str) -> bool:
         return _split_topic(topic) is not None

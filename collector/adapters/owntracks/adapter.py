@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from collector.adapters.base import DeviceMessage, GeoPoint, Reading, Reason, Rejected
 from collector.adapters.parsing import from_epoch_seconds, parse_with
+from hearth.formats import OWNTRACKS
 
-FORMAT: Final = "owntracks"
+FORMAT: Final = OWNTRACKS.name
 PREFIX: Final = "owntracks/"
 
 # bs: battery status. 0 unknown (→ no reading), 1 unplugged, 2 charging, 3 full.
@@ -96,7 +97,7 @@ def _external_id(topic: str) -> str | None:
 
 class OwnTracksAdapter:
     format: Final = FORMAT
-    topic_filters: Final = ("owntracks/+/+", "owntracks/+/+/+")
+    topic_filters: Final = OWNTRACKS.topic_filters
 
     def matches(self, topic: str) -> bool:
         return _external_id(topic) is not None

@@ -15,13 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from collector.adapters.base import DeviceMessage, Reading, Reason, Rejected
 from collector.adapters.parsing import decode_text, from_epoch_seconds, parse_model
-from hearth.ledger import RESERVED_TOPIC_ROOTS
+from hearth.formats import RESERVED_TOPIC_ROOTS, SHELLY, SHELLY_SUBTOPICS
 
-FORMAT: Final = "shelly"
-RPC: Final = "events/rpc"
-SWITCH_STATUS: Final = "status/switch:0"
-ONLINE: Final = "online"
-_SUBTOPICS: Final = frozenset({RPC, SWITCH_STATUS, ONLINE})
+FORMAT: Final = SHELLY.name
+RPC, SWITCH_STATUS, ONLINE = SHELLY_SUBTOPICS
+_SUBTOPICS: Final = frozenset(SHELLY_SUBTOPICS)
 _ONLINE: Final = {"true": 1.0, "false": 0.0}
 _STATUS_METHODS: Final = frozenset({"NotifyStatus", "NotifyFullStatus"})
 # Events (button pushes, scheduled restarts, ...): understood, nothing Hearth stores.
@@ -141,7 +139,7 @@ def _status_readings(status: _Status) -> list[Reading]:
 
 class ShellyAdapter:
     format: Final = FORMAT
-    topic_filters: Final = (f"+/{RPC}", f"+/{SWITCH_STATUS}", f"+/{ONLINE}")
+    topic_filters: Final = SHELLY.topic_filters
 
     def matches(self, topic: str) -> bool:
         return _split(topic) is not None

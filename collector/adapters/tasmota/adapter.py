@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from collector.adapters.base import DeviceMessage, Reading, Reason, Rejected
 from collector.adapters.parsing import decode_text, parse_model, parse_rfc3339, rejection_from
+from hearth.formats import TASMOTA
 
-FORMAT: Final = "tasmota"
+FORMAT: Final = TASMOTA.name
 PREFIX: Final = "tele/"
 _KINDS: Final = frozenset({"SENSOR", "STATE", "LWT"})
 _LWT: Final = {"Online": 1.0, "Offline": 0.0}
@@ -90,7 +91,7 @@ def _climate(extra: dict[str, Any] | None) -> _Climate | None:
 
 class TasmotaAdapter:
     format: Final = FORMAT
-    topic_filters: Final = ("tele/+/SENSOR", "tele/+/STATE", "tele/+/LWT")
+    topic_filters: Final = TASMOTA.topic_filters
 
     def matches(self, topic: str) -> bool:
         return _split(topic) is not None

@@ -19,8 +19,9 @@ from collector.adapters.parsing import (
     parse_model,
     parse_rfc3339,
 )
+from hearth.formats import ZIGBEE2MQTT
 
-FORMAT: Final = "zigbee2mqtt"
+FORMAT: Final = ZIGBEE2MQTT.name
 PREFIX: Final = "zigbee2mqtt/"
 _COMMAND_LEVELS: Final = frozenset({"set", "get"})
 _AVAILABILITY: Final = {"online": 1.0, "offline": 0.0}
@@ -85,7 +86,7 @@ def _event_time(last_seen: str | float | None) -> datetime | None:
 
 class Zigbee2MqttAdapter:
     format: Final = FORMAT
-    topic_filters: Final = ("zigbee2mqtt/#",)
+    topic_filters: Final = ZIGBEE2MQTT.topic_filters
 
     def matches(self, topic: str) -> bool:
         return _split(topic) is not None
