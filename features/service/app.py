@@ -24,15 +24,19 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from features.service.auth import TokenAuthenticator, auth_middleware
 from features.service.cache import ConsentListener, VectorCache
-from features.service.engine_gateway import EngineGateway
 from features.service.errors import error_middleware
-from features.service.handlers_features import historical_max_body
+from features.service.handlers.features import historical_max_body
 from features.service.header_timeout import HeaderTimeoutRunner
 from features.service.metrics import ServiceMetrics
+from features.service.resolve.engine_gateway import EngineGateway
+from features.service.resolve.store import (
+    SnapshotStore,
+    configure_connection,
+    statement_timeout_sql,
+)
+from features.service.resolve.vectors import Outcome, VectorResolver
 from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
-from features.service.store import SnapshotStore, configure_connection, statement_timeout_sql
-from features.service.vectors import Outcome, VectorResolver
 from hearth.cli import ServiceUnavailable
 from hearth.settings import Settings
 
@@ -166,7 +170,7 @@ def run_service(
 
 
 async def _serve(app: web.Application, settings: Settings, host: str, port: int) -> None:
-    from features.service.engine_gateway import feature_set_version
+    from features.service.resolve.engine_gateway import feature_set_version
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,10 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from features.service import handlers_admin as admin
-from features.service import handlers_features as feats
-from features.service import handlers_ops as ops
 from features.service.errors import Handler
+from features.service.handlers import admin, ops
+from features.service.handlers import features as feats
 from features.service.models import (
     ConsentGrantRequest,
     ConsentWithdrawRequest,

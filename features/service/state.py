@@ -9,10 +9,10 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from features.service.cache import ConsentListener, VectorCache
-from features.service.engine_gateway import EngineGateway
 from features.service.metrics import ServiceMetrics
-from features.service.store import SnapshotStore
-from features.service.vectors import Outcome, VectorResolver
+from features.service.resolve.engine_gateway import EngineGateway
+from features.service.resolve.store import SnapshotStore
+from features.service.resolve.vectors import Outcome, VectorResolver
 from hearth.settings import Settings
 
 

@@ -24,7 +24,6 @@ from collector.writer import BatchWriter
 from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
 from features.materialize import materialize
 from features.rollups import refresh_rollups
-from features.testing import add_device, add_user, insert_categorical, insert_numeric
 from hearth import admin, ledger
 from hearth.settings import get_settings
 from hearth.signals import Category
@@ -41,6 +40,7 @@ from tests.integration.fleet import (
 from tests.integration.fleet import add_device as fleet_device
 from tests.integration.fleet import add_user as fleet_user
 from tests.integration.privacy_scan import find_references
+from tests.support.builders import add_device, add_user, insert_categorical, insert_numeric
 
 Conn = psycopg.Connection[Any]
 AS_OF = datetime(2026, 5, 1, tzinfo=UTC)

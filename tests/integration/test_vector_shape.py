@@ -25,14 +25,14 @@ from features.definitions import DEFINITIONS, FEATURE_SET_VERSION, sync_definiti
 from features.engine import compute_vectors
 from features.materialize import materialize
 from features.rollups import refresh_rollups
-from features.service.testing import serve_in_thread
-from features.testing import add_device, add_user, insert_numeric
 from hearth import admin
 from hearth.migrate import available_migrations
 from hearth.settings import load_settings
 from hearth.signals import Category
 from hearth.vectors import CellReason, withdrawn_cell
 from tests.conftest import ROOT
+from tests.support.builders import add_device, add_user, insert_numeric
+from tests.support.service import serve_in_thread
 
 Conn = psycopg.Connection[tuple[object, ...]]
 TOKEN = "shape-read-token-0123456789"

@@ -198,7 +198,7 @@ IV_BADGE = {"useless": "muted", "weak": "", "medium": "ok", "strong": "ok", "sus
 
 
 def _feature_table(report: dict[str, Any]) -> str:
-    from features.validation import psi_status
+    from features.report.stats import psi_status
 
     rows: list[list[str]] = []
     for name in sorted(report["iv"], key=lambda n: -report["iv"][n]):
@@ -310,7 +310,7 @@ def _leakage_section(report: dict[str, Any]) -> str:
 
 
 def _cards(report: dict[str, Any]) -> str:
-    from features.report import headline
+    from features.report.build import headline
 
     return "".join(
         f'<div class="card"><div class="k">{html.escape(k)}</div>'

@@ -16,7 +16,6 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from features.as_of import FORMAT_HINT, latest_as_of
-from features.service import engine_gateway
 from features.service.errors import (
     STREAM_STARTED,
     ApiError,
@@ -32,14 +31,15 @@ from features.service.models import (
     HistoricalRequest,
     OnlineRequest,
 )
-from features.service.state import state_of
-from features.service.vectors import (
+from features.service.resolve import engine_gateway
+from features.service.resolve.vectors import (
     Outcome,
     csv_header,
     csv_record,
     historical_lines,
     vector_json,
 )
+from features.service.state import state_of
 from hearth.settings import Settings
 
 # Request bodies are bounded by bytes as well as by rows: the byte bound follows the row

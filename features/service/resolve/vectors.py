@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from features.service.cache import VectorCache
-from features.service.engine_gateway import ComputedVector, EngineGateway
 from features.service.errors import ApiError
-from features.service.store import Lookup, SnapshotStore
+from features.service.resolve.engine_gateway import ComputedVector, EngineGateway
+from features.service.resolve.store import Lookup, SnapshotStore
 
 Source = Literal["snapshot", "computed"]
 

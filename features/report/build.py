@@ -2,7 +2,7 @@
 whether the features carry signal, stay stable, can be explained, and do not leak.
 
 ``build_report`` takes the labelled set and point-in-time feature tables (see
-:mod:`features.report_data`), trains :class:`~features.model.ReferenceModel` on the earlier
+:mod:`features.report.data`), trains :class:`~features.report.model.ReferenceModel` on the earlier
 applications and validates it on the later ones, and returns the machine-readable summary that
 ``report.json`` holds. ``write_report`` adds ``report.html`` (one self-contained file, plots
 embedded as PNG) and the saved model.
@@ -37,14 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from features import validation as v
-from features.model import (
+from features.report import stats as v
+from features.report.data import FeatureTable, GroundTruth
+from features.report.model import (
     ModelKind,
     ReferenceModel,
     choose_window_set,
     time_split,
 )
-from features.report_data import FeatureTable, GroundTruth
 
 # A leaky variant must beat the honest one by at least this much AUC for the check to "fire".
 LEAKY_MIN_GAIN = 0.05
@@ -83,7 +83,7 @@ def _fit_variant(
 ) -> FittedVariant:
     """Train on the rows' training part, on the features somebody had in training, in the
     window set that cross-validation on the training part prefers
-    (:func:`features.model.choose_window_set`)."""
+    (:func:`features.report.model.choose_window_set`)."""
     x = table.values[rows]
     usable = ~np.isnan(x[train]).all(axis=0)
     if not usable.any():
@@ -339,7 +339,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``report.json``, ``report.html`` and ``model/`` (when a model was trained; an
     earlier run's model is removed otherwise, so it is never taken for this one's)."""
-    from features.report_html import render_html
+    from features.report.html import render_html
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if fitted is not None:

@@ -39,7 +39,7 @@ def wait_ready(base_url: str, deadline_s: float = 20.0) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         try:
-            with urllib.request.urlopen(base_url + "/readyz", timeout=1) as r:  # noqa: S310
+            with urllib.request.urlopen(base_url + "/readyz", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
