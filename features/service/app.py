@@ -10,6 +10,7 @@ bounds its statements (``HEARTH_SERVICE_STATEMENT_TIMEOUT_MS``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -28,7 +29,8 @@ from features.service.errors import error_middleware
 from features.service.handlers.features import historical_max_body
 from features.service.header_timeout import HeaderTimeoutRunner
 from features.service.metrics import ServiceMetrics
-from features.service.resolve.engine_gateway import EngineGateway
+from features.service.openapi import build_openapi
+from features.service.resolve.engine_gateway import EngineGateway, feature_set_version
 from features.service.resolve.store import (
     SnapshotStore,
     configure_connection,
@@ -113,6 +115,7 @@ def create_app(
             store, engine, cache, timedelta(seconds=settings.snapshot_stale_after_s)
         ),
         metrics=metrics,
+        openapi_json=json.dumps(build_openapi(ENDPOINTS)),
     )
 
     app = web.Application(
@@ -170,8 +173,6 @@ def run_service(
 
 
 async def _serve(app: web.Application, settings: Settings, host: str, port: int) -> None:
-    from features.service.resolve.engine_gateway import feature_set_version
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

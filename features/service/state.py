@@ -29,6 +29,7 @@ class ServiceState:
     listener: ConsentListener | None
     resolver: VectorResolver
     metrics: ServiceMetrics
+    openapi_json: str  # /openapi.json, rendered once from the route table
 
 
 STATE = web.AppKey("state", ServiceState)
