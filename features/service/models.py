@@ -22,12 +22,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from features.as_of import as_of_problem
+from hearth.ids import ID_PATTERN
 from hearth.signals import Category
 from hearth.vectors import CellReason
 
-# Same rule as the users.user_id CHECK constraint in migration 0001.
-USER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
-UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+UserId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 
 def _to_utc(value: datetime) -> datetime:

@@ -21,7 +21,7 @@ class ServiceState:
     settings: Settings
     async_pool: AsyncConnectionPool
     sync_pool: ConnectionPool  # the engine's on-demand computations
-    admin_pool: ConnectionPool  # admin operations only (see handlers_admin)
+    admin_pool: ConnectionPool  # admin operations only (see handlers.admin)
     admin_executor: ThreadPoolExecutor
     store: SnapshotStore
     engine: EngineGateway
