@@ -233,7 +233,8 @@ def main() -> None:
 
     import psycopg
 
-    from tests.support.service import free_port, tokens_env
+    from tests.conftest import free_port
+    from tests.support.service import tokens_env
 
     base = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
     name = f"hearth_bench_{secrets.token_hex(3)}"

@@ -19,8 +19,8 @@ import pytest
 
 from features.service.resolve import engine_gateway
 from hearth.settings import load_settings
-from tests.conftest import ROOT
-from tests.support.service import free_port, seed_user, serve_in_thread
+from tests.conftest import ROOT, free_port
+from tests.support.service import seed_user, serve_in_thread
 
 TOKENS = json.dumps({"conn-read-token-0123456789": ["features:read"]})
 
