@@ -309,13 +309,6 @@ def woe_binning(
     )
 
 
-def information_value(
-    x: ArrayLike, y: ArrayLike, *, max_bins: int = 10, min_bin_share: float = 0.05
-) -> float:
-    """IV of one feature with :func:`woe_binning`'s quantile binning."""
-    return woe_binning(x, y, max_bins=max_bins, min_bin_share=min_bin_share).iv
-
-
 # --------------------------------------------------------------------------- ranking power
 
 

@@ -17,9 +17,7 @@ import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
 
-import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -40,6 +38,7 @@ from features.service.resolve.vectors import Outcome, VectorResolver
 from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
 from hearth.cli import ServiceUnavailable
+from hearth.db import AsyncConn, Conn
 from hearth.settings import Settings
 
 log = logging.getLogger("features.service")
@@ -58,11 +57,11 @@ def create_app(
 ) -> web.Application:
     timeout_sql = statement_timeout_sql(settings.service_statement_timeout_ms)
 
-    async def configure_reads(conn: psycopg.AsyncConnection[Any]) -> None:
+    async def configure_reads(conn: AsyncConn) -> None:
         await configure_connection(conn)
         await conn.execute(timeout_sql)
 
-    def configure_engine(conn: psycopg.Connection[Any]) -> None:
+    def configure_engine(conn: Conn) -> None:
         conn.execute(timeout_sql)
 
     # Autocommit: reads need no BEGIN/COMMIT round trips, and hearth.admin manages its own

@@ -1,10 +1,10 @@
 """Optional in-process LRU cache of resolved vectors, emptied when consent or the registry change.
 
 Correctness over hit rate: a consent withdrawal must stop serving the user's withdrawn
-categories within seconds (DESIGN §3.6), so the service LISTENs on the consent and registry
-channels and drops *everything* on any notification (the triggers carry no payload). While the
-listener is not connected the cache is bypassed. A generation counter stops a lookup that
-started before an invalidation from writing its (possibly outdated) result back afterwards.
+categories within seconds (docs/invariants.md#6), so the service LISTENs on the consent and
+registry channels and drops *everything* on any notification (the triggers carry no payload).
+While the listener is not connected the cache is bypassed. A generation counter stops a lookup
+that started before an invalidation from writing its (possibly outdated) result back afterwards.
 Entries also expire after ``ttl_s`` so newly materialised snapshots show up.
 """
 

@@ -169,11 +169,6 @@ def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
     return _splice(head, outcome.features_json)
 
 
-def historical_line(row: int, outcome: Outcome, version: str) -> str:
-    """A ``HistoricalRowOut`` document."""
-    return historical_lines(row, [outcome], version)[:-1]
-
-
 _str = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
 
 
