@@ -211,29 +211,14 @@ def build_report(
         _add_leaky_variant(leakage, fitted, _fit_variant(leaky, rows, y, train, test, kind))
     leakage["honest_passed"] = not stats.suspect and not leakage["honest_above_oracle"]
 
-    max_iv_feature = max(stats.iv, key=lambda n: stats.iv[n]) if stats.iv else None
     report: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
-        "auc": fitted.auc,
-        "auc_train": fitted.auc_train,
-        "oracle_auc": oracle_auc,
-        "auc_vs_oracle": None if not oracle_auc else fitted.auc / oracle_auc,
-        "ks": ks.ks,
-        "ks_threshold": ks.ks_threshold,
-        "gini": 2 * fitted.auc - 1,
-        "max_iv": stats.iv[max_iv_feature] if max_iv_feature else None,
-        "max_iv_feature": max_iv_feature,
+        **_ranking_power(fitted, oracle_auc, ks),
+        **stats.strongest(),
         **_population(truth, rows, y, train, test),
         "split_cutoff": cutoff.isoformat(),
         "test_share": test_share,
-        "model_kind": kind,
-        "model_version": fitted.model.model_version,
-        "feature_set_version": honest.feature_set_version,
-        "features_source": honest.source,
-        "n_features": len(honest.names),
-        "model_features": fitted.feature_names,
-        "window_set": fitted.window_set,
-        "window_set_cv_auc": fitted.window_set_cv_auc,
+        **_model_identity(fitted, honest, kind),
         **stats.to_json(),
         **_score_stability(fitted),
         "coverage": stats.coverage,
@@ -260,6 +245,35 @@ def build_report(
     return report, fitted, plots
 
 
+def _ranking_power(
+    fitted: FittedVariant, oracle_auc: float | None, ks: v.KsCurve
+) -> dict[str, Any]:
+    """How well the honest model ranks the test users, beside the oracle."""
+    return {
+        "auc": fitted.auc,
+        "auc_train": fitted.auc_train,
+        "oracle_auc": oracle_auc,
+        "auc_vs_oracle": None if not oracle_auc else fitted.auc / oracle_auc,
+        "ks": ks.ks,
+        "ks_threshold": ks.ks_threshold,
+        "gini": 2 * fitted.auc - 1,
+    }
+
+
+def _model_identity(fitted: FittedVariant, table: FeatureTable, kind: ModelKind) -> dict[str, Any]:
+    """Which model this is, on which features and feature set."""
+    return {
+        "model_kind": kind,
+        "model_version": fitted.model.model_version,
+        "feature_set_version": table.feature_set_version,
+        "features_source": table.source,
+        "n_features": len(table.names),
+        "model_features": fitted.feature_names,
+        "window_set": fitted.window_set,
+        "window_set_cv_auc": fitted.window_set_cv_auc,
+    }
+
+
 def _population(
     truth: GroundTruth, rows: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
 ) -> dict[str, Any]:
@@ -283,6 +297,11 @@ class FeatureStats:
     iv_bins: dict[str, list[dict[str, Any]]]
     psi: dict[str, float]  # training vs test population; features with training values only
     coverage: dict[str, dict[str, float | None]]
+
+    def strongest(self) -> dict[str, Any]:
+        """The highest IV and its feature (None without features)."""
+        name = max(self.iv, key=lambda n: self.iv[n]) if self.iv else None
+        return {"max_iv": self.iv[name] if name else None, "max_iv_feature": name}
 
     @property
     def suspect(self) -> list[str]:

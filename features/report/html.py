@@ -371,23 +371,36 @@ populations. The features below were computed for {report["n_scored"]} of
 {_coverage_plot(report) if coverage else ""}
 </section>
 """
+    return _page(report, sections, model_version="none", model_kind="(not trained)")
+
+
+def render_html(report: dict[str, Any], plots: dict[str, Any]) -> str:
+    if report.get("model_skipped_reason"):
+        return _features_only_html(report)
+    sections = _ranking_section(report, plots) + _model_sections(report)
+    model_kind = f"{report['model_kind']} ({report['window_set']} windows)"
+    return _page(
+        report, sections, model_version=str(report["model_version"]), model_kind=model_kind
+    )
+
+
+def _page(report: dict[str, Any], sections: str, *, model_version: str, model_kind: str) -> str:
+    """The page skeleton (``templates/report.html``) around the headline cards and sections."""
     page = Template(TEMPLATE.read_text(encoding="utf-8"))
     return page.substitute(
         title="Hearth model validation report",
         generated_at=html.escape(report["generated_at"]),
-        model_version="none",
+        model_version=html.escape(model_version),
         feature_set_version=html.escape(str(report["feature_set_version"])),
-        model_kind="(not trained)",
+        model_kind=html.escape(model_kind),
         source=html.escape(str(report["features_source"])),
         cards=_cards(report),
         sections=sections,
     )
 
 
-def render_html(report: dict[str, Any], plots: dict[str, Any]) -> str:
-    if report.get("model_skipped_reason"):
-        return _features_only_html(report)
-    cards = _cards(report)
+def _ranking_section(report: dict[str, Any], plots: dict[str, Any]) -> str:
+    """ROC, KS, score distributions and calibration of the out-of-time test set."""
     charts = "".join(
         f'<figure class="chart">{img}</figure>'
         for img in (
@@ -409,14 +422,19 @@ def render_html(report: dict[str, Any], plots: dict[str, Any]) -> str:
             for r in report["calibration"]
         ],
     )
-    sections = f"""
+    return f"""
 <section><h2>Ranking power and calibration</h2>
 <p>Out-of-time validation: the model trained on the {report["n_train"]} applications before
 {html.escape(report["split_cutoff"])} and is scored on the {report["n_test"]} after it.
 Gini = 2·AUC &minus; 1; KS = max |F<sub>bad</sub> &minus; F<sub>good</sub>|.</p>
 <div class="grid">{charts}</div>
 <details><summary>Calibration table</summary>{calibration}</details>
-</section>
+</section>"""
+
+
+def _model_sections(report: dict[str, Any]) -> str:
+    """Information Value, stability, the feature table, leakage and reason codes."""
+    return f"""
 <section><h2>Information Value by feature and family</h2>
 <p>IV = Σ(%good &minus; %bad)·WOE over quantile bins plus a separate Missing bin.
 {_IV_BANDS_TEXT}</p>
@@ -439,14 +457,3 @@ relative to the average training applicant, with the model and feature-set versi
 {_reason_table(report)}
 </section>
 """
-    page = Template(TEMPLATE.read_text(encoding="utf-8"))
-    return page.substitute(
-        title="Hearth model validation report",
-        generated_at=html.escape(report["generated_at"]),
-        model_version=html.escape(str(report["model_version"])),
-        feature_set_version=html.escape(str(report["feature_set_version"])),
-        model_kind=html.escape(f"{report['model_kind']} ({report['window_set']} windows)"),
-        source=html.escape(str(report["features_source"])),
-        cards=cards,
-        sections=sections,
-    )

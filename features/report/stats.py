@@ -256,26 +256,50 @@ def woe_binning(
     if splits is not None:
         cuts = np.unique(_as_float(splits))
     else:
-        cuts = quantile_splits(values, max_bins)
-        n_present = int((~np.isnan(values)).sum())
-        good, bad = _counts(assign_bins(values, cuts), labels, cuts.size + 1)
-        cuts = _merge_small_bins(cuts, good, bad, min_bin_share * n_present)
-        if monotone:
-            good, bad = _counts(assign_bins(values, cuts), labels, cuts.size + 1)
-            cuts = _merge_to_monotone(cuts, good, bad)
+        cuts = _cut_points(values, labels, max_bins, min_bin_share, monotone)
 
     idx = assign_bins(values, cuts)
-    n_numeric = cuts.size + 1
-    good, bad = _counts(idx, labels, n_numeric)
+    good, bad = _counts(idx, labels, cuts.size + 1)
     missing = idx < 0
     miss_good = int((missing & (labels == 0)).sum())
     miss_bad = int((missing & (labels == 1)).sum())
     all_good = np.append(good, miss_good)
     all_bad = np.append(bad, miss_bad)
     woe, iv = woe_table(all_good, all_bad)
+    return WoeBinning(
+        feature=feature,
+        splits=tuple(float(c) for c in cuts),
+        bins=tuple(_woe_bins(cuts, all_good, all_bad, woe, iv, values.size)),
+        iv=float(iv.sum()),
+        missing_woe=float(woe[-1]) if miss_good + miss_bad else 0.0,
+    )
 
+
+def _cut_points(
+    values: FloatArray, labels: IntArray, max_bins: int, min_bin_share: float, monotone: bool
+) -> FloatArray:
+    """Quantile cut points, small bins merged away, then (``monotone``) non-monotone ones."""
+    cuts = quantile_splits(values, max_bins)
+    n_present = int((~np.isnan(values)).sum())
+    good, bad = _counts(assign_bins(values, cuts), labels, cuts.size + 1)
+    cuts = _merge_small_bins(cuts, good, bad, min_bin_share * n_present)
+    if monotone:
+        good, bad = _counts(assign_bins(values, cuts), labels, cuts.size + 1)
+        cuts = _merge_to_monotone(cuts, good, bad)
+    return cuts
+
+
+def _woe_bins(
+    cuts: FloatArray,
+    all_good: IntArray,
+    all_bad: IntArray,
+    woe: FloatArray,
+    iv: FloatArray,
+    total: int,
+) -> list[WoeBin]:
+    """The WOE table's rows: one per numeric bin, then the Missing bin when it has rows."""
+    n_numeric = cuts.size + 1
     edges = np.concatenate(([-np.inf], cuts, [np.inf]))
-    total = values.size
     rows: list[WoeBin] = []
     for i in range(n_numeric + 1):
         n = int(all_good[i] + all_bad[i])
@@ -300,13 +324,7 @@ def woe_binning(
                 iv=float(iv[i]),
             )
         )
-    return WoeBinning(
-        feature=feature,
-        splits=tuple(float(c) for c in cuts),
-        bins=tuple(rows),
-        iv=float(iv.sum()),
-        missing_woe=float(woe[-1]) if miss_good + miss_bad else 0.0,
-    )
+    return rows
 
 
 # --------------------------------------------------------------------------- ranking power

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg
 
@@ -71,7 +71,7 @@ class VectorCache(Generic[V]):
 class ConsentListener:
     """LISTEN on the consent and registry channels; every notification empties the cache."""
 
-    def __init__(self, database_url: str, cache: VectorCache[object]) -> None:
+    def __init__(self, database_url: str, cache: VectorCache[Any]) -> None:
         self._url = database_url
         self._cache = cache
         self._task: asyncio.Task[None] | None = None
