@@ -50,8 +50,8 @@ def _version() -> str:
 
 
 def child_serve(port: int, version: str) -> None:
-    from features.service import engine_gateway
     from features.service.app import run_service
+    from features.service.resolve import engine_gateway
     from hearth.settings import load_settings
 
     if version == "bench-v1":  # engine not installed: stand-in version and catalogue
@@ -191,7 +191,7 @@ def _seed(url: str, users: int, version: str) -> None:
 
 
 def _wait(url: str) -> None:
-    from features.service.testing import wait_ready
+    from tests.support.service import wait_ready
 
     wait_ready(url)
 
@@ -233,7 +233,8 @@ def main() -> None:
 
     import psycopg
 
-    from features.service.testing import free_port, tokens_env
+    from tests.conftest import free_port
+    from tests.support.service import tokens_env
 
     base = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
     name = f"hearth_bench_{secrets.token_hex(3)}"

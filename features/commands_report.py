@@ -84,8 +84,9 @@ def _progress(label: str) -> Callable[[int, int], None]:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from features import report_data as data
-    from features.report import build_report, format_headline, write_report
+    from features.report import data
+    from features.report.build import build_report, write_report
+    from features.report.summary import format_headline
 
     if not 0 < args.test_share < 1:
         raise Invalid("--test-share must be between 0 and 1")

@@ -10,29 +10,34 @@ bounds its statements (``HEARTH_SERVICE_STATEMENT_TIMEOUT_MS``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
 
-import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from features.service.auth import TokenAuthenticator, auth_middleware
 from features.service.cache import ConsentListener, VectorCache
-from features.service.engine_gateway import EngineGateway
 from features.service.errors import error_middleware
-from features.service.handlers_features import historical_max_body
+from features.service.handlers.features import historical_max_body
 from features.service.header_timeout import HeaderTimeoutRunner
 from features.service.metrics import ServiceMetrics
+from features.service.openapi import build_openapi
+from features.service.resolve.engine_gateway import EngineGateway, feature_set_version
+from features.service.resolve.store import (
+    SnapshotStore,
+    configure_connection,
+    statement_timeout_sql,
+)
+from features.service.resolve.vectors import Outcome, VectorResolver
 from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
-from features.service.store import SnapshotStore, configure_connection, statement_timeout_sql
-from features.service.vectors import Outcome, VectorResolver
+from hearth.db import AsyncConn, Conn
 from hearth.errors import Unavailable
 from hearth.settings import Settings
 
@@ -50,13 +55,64 @@ def create_app(
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
     pool_size: int = 8,
 ) -> web.Application:
+    state = _service_state(settings, cache_entries, cache_ttl_s, pool_size)
+    app = web.Application(
+        client_max_size=historical_max_body(settings),
+        middlewares=[
+            state.metrics.middleware(),
+            error_middleware,
+            auth_middleware(
+                TokenAuthenticator(settings.api_tokens),
+                {ep.operation_id: ep.scope for ep in ENDPOINTS if ep.scope is not None},
+            ),
+        ],
+    )
+    app[STATE] = state
+    for ep in ENDPOINTS:
+        app.router.add_route(ep.method, ep.path, ep.handler, name=ep.operation_id)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+def _service_state(
+    settings: Settings, cache_entries: int, cache_ttl_s: float, pool_size: int
+) -> ServiceState:
+    async_pool, sync_pool, admin_pool = _pools(settings, pool_size)
+    cache: VectorCache[Outcome] = VectorCache(cache_entries, cache_ttl_s)
+    store = SnapshotStore(async_pool, max_clock_skew_s=settings.max_clock_skew_s)
+    engine = EngineGateway(sync_pool)
+    metrics = ServiceMetrics()
+    metrics.watch_cache(lambda: (cache.hits, cache.misses))
+    listener = ConsentListener(settings.database_url, cache) if cache_entries > 0 else None
+    return ServiceState(
+        settings=settings,
+        async_pool=async_pool,
+        sync_pool=sync_pool,
+        admin_pool=admin_pool,
+        admin_executor=ThreadPoolExecutor(ADMIN_CONNECTIONS, thread_name_prefix="hearth-admin"),
+        store=store,
+        engine=engine,
+        cache=cache,
+        listener=listener,
+        resolver=VectorResolver(
+            store, engine, cache, timedelta(seconds=settings.snapshot_stale_after_s)
+        ),
+        metrics=metrics,
+        openapi_json=json.dumps(build_openapi(ENDPOINTS)),
+    )
+
+
+def _pools(
+    settings: Settings, pool_size: int
+) -> tuple[AsyncConnectionPool, ConnectionPool, ConnectionPool]:
+    """(snapshot reads, engine computations, admin operations); none open yet."""
     timeout_sql = statement_timeout_sql(settings.service_statement_timeout_ms)
 
-    async def configure_reads(conn: psycopg.AsyncConnection[Any]) -> None:
+    async def configure_reads(conn: AsyncConn) -> None:
         await configure_connection(conn)
         await conn.execute(timeout_sql)
 
-    def configure_engine(conn: psycopg.Connection[Any]) -> None:
+    def configure_engine(conn: Conn) -> None:
         conn.execute(timeout_sql)
 
     # Autocommit: reads need no BEGIN/COMMIT round trips, and hearth.admin manages its own
@@ -85,48 +141,7 @@ def create_app(
         open=False,
         kwargs={"autocommit": True},
     )
-    cache: VectorCache[Outcome] = VectorCache(cache_entries, cache_ttl_s)
-    store = SnapshotStore(async_pool, max_clock_skew_s=settings.max_clock_skew_s)
-    engine = EngineGateway(sync_pool)
-    metrics = ServiceMetrics()
-    metrics.watch_cache(lambda: (cache.hits, cache.misses))
-    listener = (
-        ConsentListener(settings.database_url, cache)  # type: ignore[arg-type]
-        if cache_entries > 0
-        else None
-    )
-    state = ServiceState(
-        settings=settings,
-        async_pool=async_pool,
-        sync_pool=sync_pool,
-        admin_pool=admin_pool,
-        admin_executor=ThreadPoolExecutor(ADMIN_CONNECTIONS, thread_name_prefix="hearth-admin"),
-        store=store,
-        engine=engine,
-        cache=cache,
-        listener=listener,
-        resolver=VectorResolver(
-            store, engine, cache, timedelta(seconds=settings.snapshot_stale_after_s)
-        ),
-        metrics=metrics,
-    )
-
-    app = web.Application(
-        client_max_size=historical_max_body(settings),
-        middlewares=[
-            metrics.middleware(),
-            error_middleware,
-            auth_middleware(
-                TokenAuthenticator(settings.api_tokens),
-                {ep.operation_id: ep.scope for ep in ENDPOINTS if ep.scope is not None},
-            ),
-        ],
-    )
-    app[STATE] = state
-    for ep in ENDPOINTS:
-        app.router.add_route(ep.method, ep.path, ep.handler, name=ep.operation_id)
-    app.cleanup_ctx.append(_lifecycle)
-    return app
+    return async_pool, sync_pool, admin_pool
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -166,8 +181,6 @@ def run_service(
 
 
 async def _serve(app: web.Application, settings: Settings, host: str, port: int) -> None:
-    from features.service.engine_gateway import feature_set_version
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

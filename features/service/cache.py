@@ -1,10 +1,10 @@
 """Optional in-process LRU cache of resolved vectors, emptied when consent or the registry change.
 
 Correctness over hit rate: a consent withdrawal must stop serving the user's withdrawn
-categories within seconds (DESIGN §3.6), so the service LISTENs on the consent and registry
-channels and drops *everything* on any notification (the triggers carry no payload). While the
-listener is not connected the cache is bypassed. A generation counter stops a lookup that
-started before an invalidation from writing its (possibly outdated) result back afterwards.
+categories within seconds (docs/invariants.md#6), so the service LISTENs on the consent and
+registry channels and drops *everything* on any notification (the triggers carry no payload).
+While the listener is not connected the cache is bypassed. A generation counter stops a lookup
+that started before an invalidation from writing its (possibly outdated) result back afterwards.
 Entries also expire after ``ttl_s`` so newly materialised snapshots show up.
 """
 
@@ -16,7 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg
 
@@ -71,7 +71,7 @@ class VectorCache(Generic[V]):
 class ConsentListener:
     """LISTEN on the consent and registry channels; every notification empties the cache."""
 
-    def __init__(self, database_url: str, cache: VectorCache[object]) -> None:
+    def __init__(self, database_url: str, cache: VectorCache[Any]) -> None:
         self._url = database_url
         self._cache = cache
         self._task: asyncio.Task[None] | None = None

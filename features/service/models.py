@@ -8,7 +8,7 @@ JSON Schemas) and the documentation of what the handlers write.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -22,12 +22,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from features.as_of import as_of_problem
+from hearth.ids import ID_PATTERN
 from hearth.signals import Category
 from hearth.vectors import CellReason
 
-# Same rule as the users.user_id CHECK constraint in migration 0001.
-USER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
-UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+UserId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -69,7 +68,6 @@ Reason = Literal[
     "no_consent_at_as_of",  # the user had no active consent at the requested as_of
     "not_computed",  # no snapshot and the engine produced no vector
 ]
-REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
 
 
 class _Input(BaseModel):
@@ -213,14 +211,6 @@ class ConsentWithdrawRequest(_Input):
     category: Category
     purpose: Literal["credit_scoring"] = "credit_scoring"
     at: Instant | None = None
-
-
-class AdminResult(_Output):
-    """What the admin operation returned (shape owned by ``hearth.admin``)."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-    result: Any
 
 
 # --- operations and errors ------------------------------------------------------------------

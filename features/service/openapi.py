@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document, generated from the route table and the pydantic models.
+"""The OpenAPI 3.1 document, generated from a route table (passed in) and the pydantic models.
 
 Request bodies use each model's *validation* schema (what the service accepts), responses the
 *serialization* schema (what it writes). Error statuses come from the route's declaration plus
@@ -8,15 +8,14 @@ per-operation and so are only described in ``info.description``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from functools import lru_cache
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from features.service.models import ErrorResponse, HistoricalErrorLine
-from features.service.routes import ENDPOINTS, Body, Endpoint
+from features.service.routes import Body, Endpoint
 
 REF = "#/components/schemas/{model}"
 Refs = Mapping[tuple[Any, JsonSchemaMode], Any]
@@ -45,12 +44,12 @@ Rows of users without a vector are never dropped: they carry a `reason` (`unknow
 """
 
 
-def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+def _models(endpoints: Sequence[Endpoint]) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
     pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (ErrorResponse, "serialization"),
         (HistoricalErrorLine, "serialization"),  # the last line of a failed stream
     ]
-    for ep in ENDPOINTS:
+    for ep in endpoints:
         if ep.request is not None:
             pairs.append((ep.request, "validation"))
         for body in ep.ok.values():
@@ -105,11 +104,11 @@ def _operation(ep: Endpoint, refs: Refs) -> Any:
     return op
 
 
-@lru_cache(maxsize=1)
-def build_openapi() -> dict[str, Any]:
-    refs, definitions = models_json_schema(_models(), ref_template=REF)
+def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    """The document of a service that serves ``endpoints`` (the route table)."""
+    refs, definitions = models_json_schema(_models(endpoints), ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
-    for ep in ENDPOINTS:
+    for ep in endpoints:
         paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep, refs)
     return {
         "openapi": "3.1.0",

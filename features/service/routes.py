@@ -11,10 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from features.service import handlers_admin as admin
-from features.service import handlers_features as feats
-from features.service import handlers_ops as ops
 from features.service.errors import Handler
+from features.service.handlers import admin, ops
+from features.service.handlers import features as feats
 from features.service.models import (
     ConsentGrantRequest,
     ConsentWithdrawRequest,
@@ -29,6 +28,7 @@ from features.service.models import (
     Readiness,
     RegisterDeviceRequest,
 )
+from hearth.ids import ID_PATTERN
 
 Scope = Literal["features:read", "admin"]
 
@@ -69,11 +69,9 @@ class Endpoint:
 
 
 USER_ID_PARAM = Param(
-    "user_id", "path", {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,64}$"}, "pseudonymous id"
+    "user_id", "path", {"type": "string", "pattern": ID_PATTERN}, "pseudonymous id"
 )
-DEVICE_ID_PARAM = Param(
-    "device_id", "path", {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,64}$"}, "device id"
-)
+DEVICE_ID_PARAM = Param("device_id", "path", {"type": "string", "pattern": ID_PATTERN}, "device id")
 AS_OF_PARAM = Param(
     "as_of",
     "query",

@@ -9,10 +9,10 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from features.service.cache import ConsentListener, VectorCache
-from features.service.engine_gateway import EngineGateway
 from features.service.metrics import ServiceMetrics
-from features.service.store import SnapshotStore
-from features.service.vectors import Outcome, VectorResolver
+from features.service.resolve.engine_gateway import EngineGateway
+from features.service.resolve.store import SnapshotStore
+from features.service.resolve.vectors import Outcome, VectorResolver
 from hearth.settings import Settings
 
 
@@ -21,7 +21,7 @@ class ServiceState:
     settings: Settings
     async_pool: AsyncConnectionPool
     sync_pool: ConnectionPool  # the engine's on-demand computations
-    admin_pool: ConnectionPool  # admin operations only (see handlers_admin)
+    admin_pool: ConnectionPool  # admin operations only (see handlers.admin)
     admin_executor: ThreadPoolExecutor
     store: SnapshotStore
     engine: EngineGateway
@@ -29,6 +29,7 @@ class ServiceState:
     listener: ConsentListener | None
     resolver: VectorResolver
     metrics: ServiceMetrics
+    openapi_json: str  # /openapi.json, rendered once from the route table
 
 
 STATE = web.AppKey("state", ServiceState)

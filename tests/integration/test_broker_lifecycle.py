@@ -26,13 +26,13 @@ import psycopg
 import pytest
 
 from collector.broker.sync import SYNC_APPLICATION_NAME
-from features.service.testing import serve_subprocess
 from hearth import admin
 from hearth.ledger import REGISTRY_CHANNEL
 from tests.conftest import ROOT
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker
 from tests.integration.consent_fixtures import unique
 from tests.integration.fleet import CollectorProcess, wait_until
+from tests.support.service import serve_subprocess
 
 ADMIN_TOKEN = "broker-lifecycle-admin-token-0123"
 CONNECT_WITHIN_S = 1.0

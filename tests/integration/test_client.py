@@ -16,9 +16,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from features.client import AsyncHearthClient, HearthClient, HearthError, RetryPolicy
-from features.service import engine_gateway
-from features.service.testing import seed_snapshot, seed_user, serve_subprocess
-from features.transformer import HearthFeatures
+from features.client.transformer import HearthFeatures
+from features.service.resolve import engine_gateway
+from tests.support.service import seed_snapshot, seed_user, serve_subprocess
 
 TOKEN = "client-token-0123456789"
 AS_OF = datetime(2026, 2, 1, tzinfo=UTC)

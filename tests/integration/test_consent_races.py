@@ -24,7 +24,6 @@ from collector.writer import BatchWriter
 from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
 from features.materialize import materialize
 from features.rollups import refresh_rollups
-from features.testing import add_device, add_user, insert_categorical, insert_numeric
 from hearth import admin, ledger
 from hearth.db import Conn
 from hearth.errors import Invalid
@@ -43,6 +42,7 @@ from tests.integration.fleet import (
 from tests.integration.fleet import add_device as fleet_device
 from tests.integration.fleet import add_user as fleet_user
 from tests.integration.privacy_scan import find_references
+from tests.support.builders import add_device, add_user, insert_categorical, insert_numeric
 
 AS_OF = datetime(2026, 5, 1, tzinfo=UTC)
 LOCATION_FEATURES = {d.name for d in DEFINITIONS if d.category == Category.LOCATION}

@@ -17,8 +17,8 @@ from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
 from features.engine import latest_snapshot, read_snapshots
 from features.materialize import materialize
 from features.rollups import refresh_rollups
-from features.testing import add_device, add_user, insert_numeric
 from hearth.errors import Invalid
+from tests.support.builders import add_device, add_user, insert_numeric
 
 AS_OF = datetime(2026, 5, 1, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]

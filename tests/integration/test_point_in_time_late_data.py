@@ -10,9 +10,9 @@ import pytest
 from features.engine import compute_historical, compute_vectors
 from features.materialize import materialize
 from features.rollups import read_watermark, refresh_rollups
-from features.testing import add_device, add_user, consent, insert_categorical, insert_numeric
 from hearth.signals import Category
 from hearth.vectors import CellReason
+from tests.support.builders import add_device, add_user, consent, insert_categorical, insert_numeric
 
 T1 = datetime(2026, 6, 1, tzinfo=UTC)
 ING = timedelta(minutes=2)

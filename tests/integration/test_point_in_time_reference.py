@@ -10,7 +10,7 @@ import pytest
 
 from features.engine import FeatureVector, compute_vectors
 from features.rollups import refresh_rollups
-from features.testing import add_device, add_user, insert_categorical, insert_numeric
+from tests.support.builders import add_device, add_user, insert_categorical, insert_numeric
 
 T = datetime(2026, 4, 15, tzinfo=UTC)  # 90-day window spans the 29 March 2026 DST change
 START = T - timedelta(days=100)

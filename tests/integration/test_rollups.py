@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from features.rollups import read_watermark, refresh_rollups
-from features.testing import add_device, add_user
+from tests.support.builders import add_device, add_user
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 

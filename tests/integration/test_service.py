@@ -13,11 +13,11 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from features.service import engine_gateway
 from features.service.app import create_app
-from features.service.testing import seed_snapshot, seed_user
+from features.service.resolve import engine_gateway
 from hearth.db import Conn
 from hearth.settings import load_settings
+from tests.support.service import seed_snapshot, seed_user
 
 READ = "read-token-0123456789"
 ADMIN = "admin-token-0123456789"

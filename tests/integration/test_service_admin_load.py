@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from features.service import engine_gateway
-from features.service.testing import seed_snapshot, seed_user, serve_subprocess
-from features.testing import add_device
+from features.service.resolve import engine_gateway
 from hearth.ledger import GATE_DERIVED, gate_sql
+from tests.support.builders import add_device
+from tests.support.service import seed_snapshot, seed_user, serve_subprocess
 
 pytestmark = pytest.mark.slow
 

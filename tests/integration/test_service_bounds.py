@@ -20,13 +20,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel, model_validator
 
 from features.client import HearthError, parse_historical_line
-from features.service import engine_gateway
 from features.service.app import create_app
 from features.service.errors import INLINE_PARSE_BYTES, read_model
+from features.service.resolve import engine_gateway
+from features.service.resolve.vectors import Outcome, VectorResolver
 from features.service.state import STATE
-from features.service.testing import seed_snapshot, seed_user
-from features.service.vectors import Outcome, VectorResolver
 from hearth.settings import Settings, load_settings
+from tests.support.service import seed_snapshot, seed_user
 
 READ = "bounds-read-token-0123456789"
 ADMIN = "bounds-admin-token-0123456789"

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from features.service import engine_gateway
-from features.service.testing import free_port, seed_user, serve_in_thread
+from features.service.resolve import engine_gateway
 from hearth.settings import load_settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
+from tests.support.service import seed_user, serve_in_thread
 
 TOKENS = json.dumps({"conn-read-token-0123456789": ["features:read"]})
 

@@ -12,9 +12,9 @@ import pytest
 from features.client import HearthClient
 from features.engine import compute_historical
 from features.rollups import refresh_rollups
-from features.service.testing import serve_subprocess
-from features.testing import add_device, add_user, insert_numeric
 from hearth.signals import Category
+from tests.support.builders import add_device, add_user, insert_numeric
+from tests.support.service import serve_subprocess
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from features.service import engine_gateway
-from features.service.testing import seed_snapshot, seed_user, serve_in_thread
+from features.service.resolve import engine_gateway
 from hearth.settings import load_settings
+from tests.support.service import seed_snapshot, seed_user, serve_in_thread
 
 TOKEN = "schemathesis-token-0123456789"
 CHECKS = [

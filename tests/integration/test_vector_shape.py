@@ -25,8 +25,6 @@ from features.definitions import DEFINITIONS, FEATURE_SET_VERSION, sync_definiti
 from features.engine import compute_vectors
 from features.materialize import materialize
 from features.rollups import refresh_rollups
-from features.service.testing import serve_in_thread
-from features.testing import add_device, add_user, insert_numeric
 from hearth import admin
 from hearth.db import Conn
 from hearth.migrate import available_migrations
@@ -34,6 +32,8 @@ from hearth.settings import load_settings
 from hearth.signals import Category
 from hearth.vectors import CellReason, withdrawn_cell
 from tests.conftest import ROOT
+from tests.support.builders import add_device, add_user, insert_numeric
+from tests.support.service import serve_in_thread
 
 TOKEN = "shape-read-token-0123456789"
 NAMES = {d.name for d in DEFINITIONS}

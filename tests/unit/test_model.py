@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.model import (
+from features.report.model import (
     ReferenceModel,
     choose_window_set,
     data_fingerprint,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from features.cli import main
-from features.report_data import load_ground_truth
+from features.report.data import load_ground_truth
 from hearth.errors import Invalid
 
 NAMES = ["night_home_share", "router_uptime", "charge_regularity", "screen_entropy", "noise"]

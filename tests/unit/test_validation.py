@@ -16,7 +16,7 @@ import pytest
 from scipy.stats import ks_2samp
 from sklearn.metrics import roc_auc_score
 
-from features import validation as v
+from features.report import stats as v
 
 NAN = math.nan
 

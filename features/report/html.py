@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page (plots embedded as base64 PNG, no external assets)
 that a risk analyst opens in a browser. The page skeleton and CSS live in
-``features/templates/report.html``; this module draws the plots and fills the sections.
+``features/report/templates/report.html``; this module draws the plots and fills the sections.
 """
 
 from __future__ import annotations
@@ -20,6 +20,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
+from features.report.summary import (
+    IV_BOUNDS,
+    IV_MEDIUM,
+    IV_STRONG,
+    IV_SUSPECT,
+    IV_WEAK,
+    PSI_SHIFTED,
+    PSI_WATCH,
+    headline,
+    psi_status,
+)
+
 TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 FAMILY_COLOURS = (
     "#1f77b4",
@@ -33,7 +45,6 @@ FAMILY_COLOURS = (
     "#bcbd22",
     "#17becf",
 )
-IV_BANDS = ((0.02, "useless"), (0.1, "weak"), (0.3, "medium"), (0.5, "strong"))
 
 
 def _png(fig: Any) -> str:
@@ -137,12 +148,15 @@ def _iv_plot(report: dict[str, Any]) -> str:
         [iv[n] for n in names],
         color=[colours[families.get(n, "other")] for n in names],
     )
-    for threshold, _ in IV_BANDS:
+    for threshold in IV_BOUNDS:
         ax.axvline(threshold, color="grey", lw=0.8, ls=":")
-    ax.axvline(0.5, color="#d62728", lw=1.2, ls="--")
+    ax.axvline(IV_SUSPECT, color="#d62728", lw=1.2, ls="--")
     handles = [Patch(color=c) for c in colours.values()]
     ax.legend(handles, list(colours), title="family", fontsize=8, loc="lower right")
-    ax.set_xlabel("Information Value (dotted: 0.02 / 0.1 / 0.3; red dashed: 0.5 leakage alarm)")
+    ax.set_xlabel(
+        f"Information Value (dotted: {IV_WEAK:g} / {IV_MEDIUM:g} / {IV_STRONG:g}; "
+        f"red dashed: {IV_SUSPECT:g} leakage alarm)"
+    )
     ax.tick_params(axis="y", labelsize=8)
     ax.set_title("Information Value by feature")
     return _png(fig)
@@ -193,13 +207,20 @@ def _badge(text: str, kind: str) -> str:
     return f'<span class="badge {kind}">{html.escape(text)}</span>'
 
 
+_IV_BANDS_TEXT = (
+    f"&lt; {IV_WEAK:g} useless, {IV_WEAK:g}&ndash;{IV_MEDIUM:g} weak, "
+    f"{IV_MEDIUM:g}&ndash;{IV_STRONG:g} medium, {IV_STRONG:g}&ndash;{IV_SUSPECT:g} strong,\n"
+    f"&gt; {IV_SUSPECT:g} suspect leakage."
+)
+_PSI_BANDS_TEXT = (
+    f"&lt; {PSI_WATCH:g} stable, {PSI_WATCH:g}&ndash;{PSI_SHIFTED:g} watch, "
+    f"&gt; {PSI_SHIFTED:g} shifted."
+)
 PSI_BADGE = {"stable": "ok", "watch": "warn", "shifted": "bad"}
 IV_BADGE = {"useless": "muted", "weak": "", "medium": "ok", "strong": "ok", "suspect": "bad"}
 
 
 def _feature_table(report: dict[str, Any]) -> str:
-    from features.validation import psi_status
-
     rows: list[list[str]] = []
     for name in sorted(report["iv"], key=lambda n: -report["iv"][n]):
         iv = report["iv"][name]
@@ -298,20 +319,20 @@ def _leakage_section(report: dict[str, Any]) -> str:
     suspect = leak["suspect_iv_features"]
     if suspect:
         items.append(
-            "<li>Features with IV &gt; 0.5 (leakage alarm): "
+            f"<li>Features with IV &gt; {IV_SUSPECT:g} (leakage alarm): "
             + ", ".join(html.escape(s) for s in suspect)
             + ". An IV this high on behavioural data usually means the feature saw the outcome;"
             " check its window ends before the application date.</li>"
         )
     else:
-        items.append("<li>No feature has IV &gt; 0.5. " + _badge("no IV alarm", "ok") + "</li>")
+        items.append(
+            f"<li>No feature has IV &gt; {IV_SUSPECT:g}. " + _badge("no IV alarm", "ok") + "</li>"
+        )
     verdict = _badge("PASSED", "ok") if leak["honest_passed"] else _badge("REVIEW", "bad")
     return f"<p>Verdict for the honest pipeline: {verdict}</p><ul>{''.join(items)}</ul>"
 
 
 def _cards(report: dict[str, Any]) -> str:
-    from features.report import headline
-
     return "".join(
         f'<div class="card"><div class="k">{html.escape(k)}</div>'
         f'<div class="v">{html.escape(val)}</div></div>'
@@ -350,23 +371,36 @@ populations. The features below were computed for {report["n_scored"]} of
 {_coverage_plot(report) if coverage else ""}
 </section>
 """
+    return _page(report, sections, model_version="none", model_kind="(not trained)")
+
+
+def render_html(report: dict[str, Any], plots: dict[str, Any]) -> str:
+    if report.get("model_skipped_reason"):
+        return _features_only_html(report)
+    sections = _ranking_section(report, plots) + _model_sections(report)
+    model_kind = f"{report['model_kind']} ({report['window_set']} windows)"
+    return _page(
+        report, sections, model_version=str(report["model_version"]), model_kind=model_kind
+    )
+
+
+def _page(report: dict[str, Any], sections: str, *, model_version: str, model_kind: str) -> str:
+    """The page skeleton (``templates/report.html``) around the headline cards and sections."""
     page = Template(TEMPLATE.read_text(encoding="utf-8"))
     return page.substitute(
         title="Hearth model validation report",
         generated_at=html.escape(report["generated_at"]),
-        model_version="none",
+        model_version=html.escape(model_version),
         feature_set_version=html.escape(str(report["feature_set_version"])),
-        model_kind="(not trained)",
+        model_kind=html.escape(model_kind),
         source=html.escape(str(report["features_source"])),
         cards=_cards(report),
         sections=sections,
     )
 
 
-def render_html(report: dict[str, Any], plots: dict[str, Any]) -> str:
-    if report.get("model_skipped_reason"):
-        return _features_only_html(report)
-    cards = _cards(report)
+def _ranking_section(report: dict[str, Any], plots: dict[str, Any]) -> str:
+    """ROC, KS, score distributions and calibration of the out-of-time test set."""
     charts = "".join(
         f'<figure class="chart">{img}</figure>'
         for img in (
@@ -388,22 +422,26 @@ def render_html(report: dict[str, Any], plots: dict[str, Any]) -> str:
             for r in report["calibration"]
         ],
     )
-    sections = f"""
+    return f"""
 <section><h2>Ranking power and calibration</h2>
 <p>Out-of-time validation: the model trained on the {report["n_train"]} applications before
 {html.escape(report["split_cutoff"])} and is scored on the {report["n_test"]} after it.
 Gini = 2·AUC &minus; 1; KS = max |F<sub>bad</sub> &minus; F<sub>good</sub>|.</p>
 <div class="grid">{charts}</div>
 <details><summary>Calibration table</summary>{calibration}</details>
-</section>
+</section>"""
+
+
+def _model_sections(report: dict[str, Any]) -> str:
+    """Information Value, stability, the feature table, leakage and reason codes."""
+    return f"""
 <section><h2>Information Value by feature and family</h2>
 <p>IV = Σ(%good &minus; %bad)·WOE over quantile bins plus a separate Missing bin.
-&lt; 0.02 useless, 0.02&ndash;0.1 weak, 0.1&ndash;0.3 medium, 0.3&ndash;0.5 strong,
-&gt; 0.5 suspect leakage.</p>
+{_IV_BANDS_TEXT}</p>
 {_iv_plot(report)}
 </section>
 <section><h2>Stability (PSI, training vs test population)</h2>
-<p>PSI = Σ(A &minus; E)·ln(A/E); &lt; 0.1 stable, 0.1&ndash;0.25 watch, &gt; 0.25 shifted.
+<p>PSI = Σ(A &minus; E)·ln(A/E); {_PSI_BANDS_TEXT}
 Score PSI: <b>{_fmt(report["psi_score"])}</b>
 {_badge(report["psi_score_status"], PSI_BADGE[report["psi_score_status"]])}</p>
 {_psi_score_table(report)}
@@ -419,14 +457,3 @@ relative to the average training applicant, with the model and feature-set versi
 {_reason_table(report)}
 </section>
 """
-    page = Template(TEMPLATE.read_text(encoding="utf-8"))
-    return page.substitute(
-        title="Hearth model validation report",
-        generated_at=html.escape(report["generated_at"]),
-        model_version=html.escape(str(report["model_version"])),
-        feature_set_version=html.escape(str(report["feature_set_version"])),
-        model_kind=html.escape(f"{report['model_kind']} ({report['window_set']} windows)"),
-        source=html.escape(str(report["features_source"])),
-        cards=cards,
-        sections=sections,
-    )

@@ -21,6 +21,7 @@ import psycopg
 from aiohttp import web
 
 from features.service.errors import ApiError, read_model
+from features.service.handlers.params import path_id
 from features.service.models import (
     ConsentGrantRequest,
     ConsentWithdrawRequest,
@@ -30,7 +31,6 @@ from features.service.models import (
 from features.service.state import state_of
 from hearth import admin
 from hearth.db import Conn
-from hearth.ids import ID_PATTERN, is_valid_id
 
 ADMIN_MAX_BODY = 64 * 1024
 
@@ -57,15 +57,6 @@ def _json(body: object, status: int = 200) -> web.Response:
     )
 
 
-def _path_id(request: web.Request, name: str) -> str:
-    value = request.match_info[name]
-    if not is_valid_id(value):
-        raise ApiError(
-            400, "invalid_request", "invalid path parameter", [(name, f"must match {ID_PATTERN}")]
-        )
-    return value
-
-
 async def create_user(request: web.Request) -> web.Response:
     body = await read_model(request, CreateUserRequest, ADMIN_MAX_BODY)
     created = await _run(request, lambda conn: admin.add_user(conn, body.user_id, body.tz))
@@ -81,7 +72,7 @@ async def register_device(request: web.Request) -> web.Response:
 
 
 async def retire_device(request: web.Request) -> web.Response:
-    device_id = _path_id(request, "device_id")
+    device_id = path_id(request, "device_id")
     info = await _run(request, lambda conn: admin.retire_device(conn, device_id))
     return _json(info.to_json())
 
@@ -103,17 +94,17 @@ async def withdraw_consent(request: web.Request) -> web.Response:
 
 
 async def consent_history(request: web.Request) -> web.Response:
-    user_id = _path_id(request, "user_id")
+    user_id = path_id(request, "user_id")
     events = await _run(request, lambda conn: admin.consent_history(conn, user_id))
     return _json({"user_id": user_id, "events": [e.to_json() for e in events]})
 
 
 async def export_user(request: web.Request) -> web.Response:
-    user_id = _path_id(request, "user_id")
+    user_id = path_id(request, "user_id")
     return _json(await _run(request, lambda conn: admin.export_user(conn, user_id)))
 
 
 async def erase_user(request: web.Request) -> web.Response:
-    user_id = _path_id(request, "user_id")
+    user_id = path_id(request, "user_id")
     report = await _run(request, lambda conn: admin.erase_user(conn, user_id))
     return _json(report.to_json())

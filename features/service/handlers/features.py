@@ -7,39 +7,30 @@ import contextlib
 import csv
 import io
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
-from pydantic import TypeAdapter, ValidationError
 
-from features.as_of import FORMAT_HINT, latest_as_of
-from features.service import engine_gateway
 from features.service.errors import (
     STREAM_STARTED,
     ApiError,
     database_error,
     log_unhandled,
     read_model,
-    validation_details,
 )
-from features.service.models import (
-    LATEST_AS_OF,
-    USER_ID_PATTERN,
-    AsOf,
-    HistoricalRequest,
-    OnlineRequest,
-)
-from features.service.state import state_of
-from features.service.vectors import (
+from features.service.handlers.params import as_of_context, parse_as_of, path_id
+from features.service.models import HistoricalRequest, OnlineRequest
+from features.service.resolve import engine_gateway
+from features.service.resolve.vectors import (
     Outcome,
     csv_header,
     csv_record,
     historical_lines,
     vector_json,
 )
+from features.service.state import state_of
 from hearth.settings import Settings
 
 # Request bodies are bounded by bytes as well as by rows: the byte bound follows the row
@@ -49,9 +40,6 @@ HISTORICAL_BYTES_PER_ROW = 168
 MIN_MAX_BODY = 64 * 1024
 HISTORICAL_CHUNK_ROWS = 5_000  # rows per database round trip while streaming
 HISTORICAL_MEMO_ENTRIES = 20_000  # resolved (user, as_of) pairs kept per request
-
-_AS_OF = TypeAdapter(AsOf)
-_USER_ID = re.compile(USER_ID_PATTERN)
 
 
 def online_max_body(settings: Settings) -> int:
@@ -66,39 +54,10 @@ def _json(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="application/json")
 
 
-def as_of_context(settings: Settings) -> dict[str, object]:
-    """Validation context of the as_of rule (features.as_of) for a request arriving now."""
-    return {LATEST_AS_OF: latest_as_of(settings.max_clock_skew_s)}
-
-
-def parse_as_of(raw: str | None, settings: Settings) -> datetime | None:
-    """RFC 3339 with an offset. A '+' sent unencoded arrives as a space: accept that too."""
-    if raw is None:
-        return None
-    context = as_of_context(settings)
-    error: tuple[str, str] = ("as_of", f"must be {FORMAT_HINT}")
-    for candidate in (raw, raw.replace(" ", "+")):
-        try:
-            return _AS_OF.validate_python(candidate, context=context)
-        except ValidationError as exc:
-            error = validation_details(exc)[0]
-    raise ApiError(400, "invalid_request", "invalid query parameter", [("as_of", error[1])])
-
-
 def _check_rows(count: int, limit: int, what: str, setting: str) -> None:
     if count > limit:
         raise ApiError(
             413, "too_many_rows", f"{count} {what} in one request; at most {limit} ({setting})"
-        )
-
-
-def _check_user_id(user_id: str) -> None:
-    if not _USER_ID.fullmatch(user_id):
-        raise ApiError(
-            400,
-            "invalid_request",
-            "invalid path parameter",
-            [("user_id", f"must match {USER_ID_PATTERN}")],
         )
 
 
@@ -112,8 +71,7 @@ _REASON_MESSAGES = {
 
 async def get_user_features(request: web.Request) -> web.Response:
     state = state_of(request)
-    user_id = request.match_info["user_id"]
-    _check_user_id(user_id)
+    user_id = path_id(request, "user_id")
     as_of = parse_as_of(request.query.get("as_of"), state.settings)
     version = engine_gateway.feature_set_version()
     (outcome,) = await state.resolver.resolve([(user_id, as_of)], version)

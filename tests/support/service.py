@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,27 +18,22 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-import psycopg
 from aiohttp import web
 
 from features.service.app import create_app, make_runner
-from hearth.ledger import CURRENT_NOTICE_VERSION
+from hearth.db import Conn
 from hearth.settings import Settings
+from tests.conftest import free_port
+from tests.support.builders import consent
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(base_url: str, deadline_s: float = 20.0) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         try:
-            with urllib.request.urlopen(base_url + "/readyz", timeout=1) as r:  # noqa: S310
+            with urllib.request.urlopen(base_url + "/readyz", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -112,7 +106,7 @@ def serve_in_thread(settings: Settings, **app_options: object) -> Iterator[str]:
 
 
 def seed_user(
-    conn: psycopg.Connection[tuple[object, ...]],
+    conn: Conn,
     user_id: str,
     *,
     consent_from: datetime | None,
@@ -126,15 +120,11 @@ def seed_user(
     if consent_from is None:
         return
     for category in categories:
-        conn.execute(
-            "INSERT INTO consent_events (user_id, category, notice_version, action, at) "
-            "VALUES (%s, %s, %s, 'grant', %s)",
-            (user_id, category, CURRENT_NOTICE_VERSION, consent_from),
-        )
+        consent(conn, user_id, category, "grant", consent_from)
 
 
 def seed_snapshot(
-    conn: psycopg.Connection[tuple[object, ...]],
+    conn: Conn,
     user_id: str,
     as_of: datetime,
     version: str,

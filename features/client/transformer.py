@@ -23,8 +23,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import NotFittedError
 
-from features.client import HearthClient, output_columns
+from features.client.results import output_columns
+from features.client.sync import HearthClient
 
 INPUT_COLUMNS = ("user_id", "as_of")
 
@@ -62,8 +64,6 @@ class HearthFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def transform(self, X: pd.DataFrame) -> npt.NDArray[np.float64]:
         if not hasattr(self, "features_"):
-            from sklearn.exceptions import NotFittedError
-
             raise NotFittedError("HearthFeatures is not fitted yet; call fit first")
         _check_frame(X)
         as_of = pd.to_datetime(X["as_of"], utc=True)

@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-import psycopg
-
+from hearth.db import Conn
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.signals import PURPOSE_CREDIT_SCORING, Category
 
-Conn = psycopg.Connection[tuple[object, ...]]
 ALL_CATEGORIES = tuple(Category)
 
 
@@ -31,7 +29,8 @@ def add_user(
         consent(conn, user_id, c, "grant", granted_at)
 
 
-def consent(conn: Conn, user_id: str, category: Category, action: str, at: datetime) -> None:
+def consent(conn: Conn, user_id: str, category: Category | str, action: str, at: datetime) -> None:
+    """One consent event under the current notice, for credit scoring."""
     conn.execute(
         """INSERT INTO consent_events (user_id, purpose, category, notice_version, action, at)
            VALUES (%s, %s, %s, %s, %s, %s)""",

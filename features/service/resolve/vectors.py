@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from features.service.cache import VectorCache
-from features.service.engine_gateway import ComputedVector, EngineGateway
 from features.service.errors import ApiError
-from features.service.store import Lookup, SnapshotStore
+from features.service.resolve.engine_gateway import ComputedVector, EngineGateway
+from features.service.resolve.store import Lookup, SnapshotStore
 
 Source = Literal["snapshot", "computed"]
 
@@ -167,11 +167,6 @@ def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
         "source": outcome.source,
     }
     return _splice(head, outcome.features_json)
-
-
-def historical_line(row: int, outcome: Outcome, version: str) -> str:
-    """A ``HistoricalRowOut`` document."""
-    return historical_lines(row, [outcome], version)[:-1]
 
 
 _str = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)

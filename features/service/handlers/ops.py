@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -27,6 +25,5 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from features.service.openapi import build_openapi
-
-    return web.Response(text=json.dumps(build_openapi()), content_type="application/json")
+    """The document ``create_app`` rendered from the route table (handlers never import it)."""
+    return web.Response(text=state_of(request).openapi_json, content_type="application/json")

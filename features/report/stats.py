@@ -1,6 +1,6 @@
 """Credit-model validation statistics: WOE/IV, KS, AUC/Gini, PSI and calibration.
 
-Conventions used throughout (DESIGN §7):
+Conventions used throughout (docs/features.md#validation-vocabulary):
 
 * ``y`` is the label, ``1`` = bad (default), ``0`` = good.
 * ``score`` is a risk score: *higher means more likely to default* (a probability of default is
@@ -13,14 +13,14 @@ Conventions used throughout (DESIGN §7):
 Formulas:
 
 * ``WOE_i = ln(%good_i / %bad_i)`` where ``%good_i = good_i / Σ good``.
-* ``IV = Σ_i (%good_i - %bad_i) · WOE_i``. Reading: < 0.02 useless, 0.02-0.1 weak,
-  0.1-0.3 medium, 0.3-0.5 strong, > 0.5 suspect (too good to be true: look for leakage).
+* ``IV = Σ_i (%good_i - %bad_i) · WOE_i``, read in the bands of
+  :func:`features.report.summary.iv_strength`.
 * ``KS = max_s |F_bad(s) - F_good(s)|`` with ``F`` the empirical CDFs of the score.
 * ``AUC = P(score_bad > score_good) + ½·P(score_bad = score_good)`` (Mann-Whitney);
   ``Gini = 2·AUC - 1``.
 * ``PSI = Σ_i (A_i - E_i) · ln(A_i / E_i)`` with ``E`` the expected (baseline, e.g. training)
-  shares and ``A`` the actual (e.g. test, or a later date) shares per bin. Reading: < 0.1 stable,
-  0.1-0.25 watch, > 0.25 shifted.
+  shares and ``A`` the actual (e.g. test, or a later date) shares per bin, read in the bands of
+  :func:`features.report.summary.psi_status`.
 
 Empty cells. ``ln(0)`` is undefined, and a pure bin (no goods or no bads) would give an infinite
 WOE. For WOE/IV a bin with zero goods or zero bads gets a continuity correction of
@@ -36,10 +36,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from sklearn.metrics import roc_curve as sk_roc_curve
+
+from features.report.summary import iv_strength, psi_status
 
 PSI_EPSILON = 1e-4
 WOE_PSEUDO_COUNT = 0.5
@@ -47,31 +49,6 @@ MISSING_LABEL = "Missing"
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
-
-
-# --------------------------------------------------------------------------- reading thresholds
-
-
-def iv_strength(iv: float) -> Literal["useless", "weak", "medium", "strong", "suspect"]:
-    """DESIGN §7 reading of an Information Value."""
-    if iv < 0.02:
-        return "useless"
-    if iv < 0.1:
-        return "weak"
-    if iv < 0.3:
-        return "medium"
-    if iv <= 0.5:
-        return "strong"
-    return "suspect"
-
-
-def psi_status(psi: float) -> Literal["stable", "watch", "shifted"]:
-    """DESIGN §7 reading of a Population Stability Index."""
-    if psi < 0.1:
-        return "stable"
-    if psi <= 0.25:
-        return "watch"
-    return "shifted"
 
 
 # --------------------------------------------------------------------------- input checks
@@ -279,26 +256,50 @@ def woe_binning(
     if splits is not None:
         cuts = np.unique(_as_float(splits))
     else:
-        cuts = quantile_splits(values, max_bins)
-        n_present = int((~np.isnan(values)).sum())
-        good, bad = _counts(assign_bins(values, cuts), labels, cuts.size + 1)
-        cuts = _merge_small_bins(cuts, good, bad, min_bin_share * n_present)
-        if monotone:
-            good, bad = _counts(assign_bins(values, cuts), labels, cuts.size + 1)
-            cuts = _merge_to_monotone(cuts, good, bad)
+        cuts = _cut_points(values, labels, max_bins, min_bin_share, monotone)
 
     idx = assign_bins(values, cuts)
-    n_numeric = cuts.size + 1
-    good, bad = _counts(idx, labels, n_numeric)
+    good, bad = _counts(idx, labels, cuts.size + 1)
     missing = idx < 0
     miss_good = int((missing & (labels == 0)).sum())
     miss_bad = int((missing & (labels == 1)).sum())
     all_good = np.append(good, miss_good)
     all_bad = np.append(bad, miss_bad)
     woe, iv = woe_table(all_good, all_bad)
+    return WoeBinning(
+        feature=feature,
+        splits=tuple(float(c) for c in cuts),
+        bins=tuple(_woe_bins(cuts, all_good, all_bad, woe, iv, values.size)),
+        iv=float(iv.sum()),
+        missing_woe=float(woe[-1]) if miss_good + miss_bad else 0.0,
+    )
 
+
+def _cut_points(
+    values: FloatArray, labels: IntArray, max_bins: int, min_bin_share: float, monotone: bool
+) -> FloatArray:
+    """Quantile cut points, small bins merged away, then (``monotone``) non-monotone ones."""
+    cuts = quantile_splits(values, max_bins)
+    n_present = int((~np.isnan(values)).sum())
+    good, bad = _counts(assign_bins(values, cuts), labels, cuts.size + 1)
+    cuts = _merge_small_bins(cuts, good, bad, min_bin_share * n_present)
+    if monotone:
+        good, bad = _counts(assign_bins(values, cuts), labels, cuts.size + 1)
+        cuts = _merge_to_monotone(cuts, good, bad)
+    return cuts
+
+
+def _woe_bins(
+    cuts: FloatArray,
+    all_good: IntArray,
+    all_bad: IntArray,
+    woe: FloatArray,
+    iv: FloatArray,
+    total: int,
+) -> list[WoeBin]:
+    """The WOE table's rows: one per numeric bin, then the Missing bin when it has rows."""
+    n_numeric = cuts.size + 1
     edges = np.concatenate(([-np.inf], cuts, [np.inf]))
-    total = values.size
     rows: list[WoeBin] = []
     for i in range(n_numeric + 1):
         n = int(all_good[i] + all_bad[i])
@@ -323,20 +324,7 @@ def woe_binning(
                 iv=float(iv[i]),
             )
         )
-    return WoeBinning(
-        feature=feature,
-        splits=tuple(float(c) for c in cuts),
-        bins=tuple(rows),
-        iv=float(iv.sum()),
-        missing_woe=float(woe[-1]) if miss_good + miss_bad else 0.0,
-    )
-
-
-def information_value(
-    x: ArrayLike, y: ArrayLike, *, max_bins: int = 10, min_bin_share: float = 0.05
-) -> float:
-    """IV of one feature with :func:`woe_binning`'s quantile binning."""
-    return woe_binning(x, y, max_bins=max_bins, min_bin_share=min_bin_share).iv
+    return rows
 
 
 # --------------------------------------------------------------------------- ranking power
@@ -413,8 +401,6 @@ class RocCurve:
 
 def roc_curve(y: ArrayLike, score: ArrayLike) -> RocCurve:
     """ROC points (bad = positive) at every distinct threshold, from (0,0) to (1,1)."""
-    from sklearn.metrics import roc_curve as sk_roc_curve
-
     labels = _as_labels(y)
     s = _as_float(score)
     fpr, tpr, _ = sk_roc_curve(labels, s)

@@ -2,7 +2,7 @@
 whether the features carry signal, stay stable, can be explained, and do not leak.
 
 ``build_report`` takes the labelled set and point-in-time feature tables (see
-:mod:`features.report_data`), trains :class:`~features.model.ReferenceModel` on the earlier
+:mod:`features.report.data`), trains :class:`~features.report.model.ReferenceModel` on the earlier
 applications and validates it on the later ones, and returns the machine-readable summary that
 ``report.json`` holds. ``write_report`` adds ``report.html`` (one self-contained file, plots
 embedded as PNG) and the saved model.
@@ -16,7 +16,8 @@ Leakage check. The same pipeline is run on features computed *after* the applica
 ``application date + shift``). The simulator plants post-application distress in future
 defaulters, so that variant must score a much higher AUC: this proves the check can fail. The
 honest pipeline passes when it stays at or below the oracle (plus a small tolerance) and no
-feature has an IV above 0.5 that the report does not explain.
+feature has an IV above the leakage alarm (``summary.IV_SUSPECT``) that the report does not
+explain.
 
 Too small to validate. A labelled set with fewer than :data:`MIN_SCORED_USERS` users with
 features, or whose training or test part lacks defaulters or non-defaulters, still gets its
@@ -29,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,14 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from features import validation as v
-from features.model import (
+from features.report import stats as v
+from features.report.data import FeatureTable, GroundTruth
+from features.report.html import render_html
+from features.report.model import (
     ModelKind,
     ReferenceModel,
     choose_window_set,
     time_split,
 )
-from features.report_data import FeatureTable, GroundTruth
+from features.report.summary import IV_SUSPECT, iv_strength
 
 # A leaky variant must beat the honest one by at least this much AUC for the check to "fire".
 LEAKY_MIN_GAIN = 0.05
@@ -83,7 +85,7 @@ def _fit_variant(
 ) -> FittedVariant:
     """Train on the rows' training part, on the features somebody had in training, in the
     window set that cross-validation on the training part prefers
-    (:func:`features.model.choose_window_set`)."""
+    (:func:`features.report.model.choose_window_set`)."""
     x = table.values[rows]
     usable = ~np.isnan(x[train]).all(axis=0)
     if not usable.any():
@@ -197,40 +199,162 @@ def build_report(
     if reason is not None:
         return features_only_report(truth, honest, rows, reason), None, {}
     y = truth.defaulted[rows]
-    times = [truth.application_times[i] for i in rows]
-    train, test, cutoff = time_split(times, test_share)
-
+    train, test, cutoff = time_split([truth.application_times[i] for i in rows], test_share)
     fitted = _fit_variant(honest, rows, y, train, test, kind)
     y_test = y[test]
-    p_test = fitted.p_test
-    ks = v.ks_curve(y_test, p_test)
-    latent = truth.latent_score[rows]
-    oracle_auc: float | None = None
-    if not np.isnan(latent[test]).any():
-        oracle_auc = v.auc(y_test, -latent[test])
+    latent = truth.latent_score[rows][test]
+    oracle_auc = None if np.isnan(latent).any() else v.auc(y_test, -latent)
+    ks = v.ks_curve(y_test, fitted.p_test)
+    stats = _feature_stats(honest, rows, y, train, test)
+    leakage = _leakage_check(fitted, oracle_auc, stats.suspect, leaky_shift_days)
+    if leaky is not None:
+        _add_leaky_variant(leakage, fitted, _fit_variant(leaky, rows, y, train, test, kind))
+    leakage["honest_passed"] = not stats.suspect and not leakage["honest_above_oracle"]
 
-    # Per-feature statistics on the honest features of every scored user.
-    x_all = honest.values[rows]
+    report: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        **_ranking_power(fitted, oracle_auc, ks),
+        **stats.strongest(),
+        **_population(truth, rows, y, train, test),
+        "split_cutoff": cutoff.isoformat(),
+        "test_share": test_share,
+        **_model_identity(fitted, honest, kind),
+        **stats.to_json(),
+        **_score_stability(fitted),
+        "coverage": stats.coverage,
+        "families": honest.families,
+        "categories": honest.categories,
+        "calibration": [asdict(r) for r in v.calibration_table(y_test, fitted.p_test)],
+        "leakage": leakage,
+        "auc_honest": fitted.auc,
+        "auc_leaky": leakage["auc_leaky"],
+        "reason_code_examples": _reason_examples(truth, honest, fitted, rows[test], y_test),
+    }
+    roc = v.roc_curve(y_test, fitted.p_test)
+    plots: dict[str, Any] = {
+        "roc": roc,
+        "oracle_roc": v.roc_curve(y_test, -latent) if oracle_auc is not None else None,
+        "ks": ks,
+        "y_test": y_test,
+        "p_test": fitted.p_test,
+    }
+    report["roc_curve"] = {
+        "fpr": _sample(roc.false_positive_rate),
+        "tpr": _sample(roc.true_positive_rate),
+    }
+    return report, fitted, plots
+
+
+def _ranking_power(
+    fitted: FittedVariant, oracle_auc: float | None, ks: v.KsCurve
+) -> dict[str, Any]:
+    """How well the honest model ranks the test users, beside the oracle."""
+    return {
+        "auc": fitted.auc,
+        "auc_train": fitted.auc_train,
+        "oracle_auc": oracle_auc,
+        "auc_vs_oracle": None if not oracle_auc else fitted.auc / oracle_auc,
+        "ks": ks.ks,
+        "ks_threshold": ks.ks_threshold,
+        "gini": 2 * fitted.auc - 1,
+    }
+
+
+def _model_identity(fitted: FittedVariant, table: FeatureTable, kind: ModelKind) -> dict[str, Any]:
+    """Which model this is, on which features and feature set."""
+    return {
+        "model_kind": kind,
+        "model_version": fitted.model.model_version,
+        "feature_set_version": table.feature_set_version,
+        "features_source": table.source,
+        "n_features": len(table.names),
+        "model_features": fitted.feature_names,
+        "window_set": fitted.window_set,
+        "window_set_cv_auc": fitted.window_set_cv_auc,
+    }
+
+
+def _population(
+    truth: GroundTruth, rows: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> dict[str, Any]:
+    """Who was scored, and how the out-of-time split divided them."""
+    return {
+        "n_users": len(truth),
+        "n_scored": int(rows.size),
+        "n_unscored": int(len(truth) - rows.size),
+        "n_train": int(train.sum()),
+        "n_test": int(test.sum()),
+        "default_rate_train": float(y[train].mean()),
+        "default_rate_test": float(y[test].mean()),
+    }
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-feature statistics on the honest features of every scored user."""
+
+    iv: dict[str, float]
+    iv_bins: dict[str, list[dict[str, Any]]]
+    psi: dict[str, float]  # training vs test population; features with training values only
+    coverage: dict[str, dict[str, float | None]]
+
+    def strongest(self) -> dict[str, Any]:
+        """The highest IV and its feature (None without features)."""
+        name = max(self.iv, key=lambda n: self.iv[n]) if self.iv else None
+        return {"max_iv": self.iv[name] if name else None, "max_iv_feature": name}
+
+    @property
+    def suspect(self) -> list[str]:
+        """Features whose IV is above the leakage alarm."""
+        return sorted(n for n, val in self.iv.items() if val > IV_SUSPECT)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "iv": self.iv,
+            "iv_strength": {n: iv_strength(val) for n, val in self.iv.items()},
+            "iv_bins": self.iv_bins,
+            "psi": self.psi,
+        }
+
+
+def _feature_stats(
+    table: FeatureTable, rows: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> FeatureStats:
+    x_all = table.values[rows]
     iv: dict[str, float] = {}
-    iv_tables: dict[str, list[dict[str, Any]]] = {}
-    psi_feature: dict[str, float] = {}
-    coverage = _coverage(honest, rows)
-    for j, name in enumerate(honest.names):
+    iv_bins: dict[str, list[dict[str, Any]]] = {}
+    psi: dict[str, float] = {}
+    for j, name in enumerate(table.names):
         column = x_all[:, j]
         binning = v.woe_binning(column, y, feature=name)
         iv[name] = binning.iv
-        iv_tables[name] = [
+        iv_bins[name] = [
             {k: _finite(val) if isinstance(val, float) else val for k, val in asdict(b).items()}
             for b in binning.bins
         ]
         if not np.isnan(column[train]).all():
-            psi_feature[name] = v.psi(column[train], column[test]).psi
-    score_psi = v.psi(fitted.p_train, p_test)
-    max_iv_feature = max(iv, key=lambda n: iv[n]) if iv else None
-    suspect = sorted(n for n, val in iv.items() if val > 0.5)
+            psi[name] = v.psi(column[train], column[test]).psi
+    return FeatureStats(iv, iv_bins, psi, _coverage(table, rows))
 
-    # Leakage: the same pipeline on features computed after the application date.
-    leakage: dict[str, Any] = {
+
+def _score_stability(fitted: FittedVariant) -> dict[str, Any]:
+    """PSI of the model's score, training vs test population."""
+    score_psi = v.psi(fitted.p_train, fitted.p_test)
+    return {
+        "psi_score": score_psi.psi,
+        "psi_score_status": score_psi.status,
+        "psi_score_bins": [asdict(b) for b in score_psi.bins],
+    }
+
+
+def _leakage_check(
+    fitted: FittedVariant,
+    oracle_auc: float | None,
+    suspect: list[str],
+    leaky_shift_days: float | None,
+) -> dict[str, Any]:
+    """The leakage section before the leaky variant ran (see the module docstring)."""
+    return {
         "shift_days": leaky_shift_days,
         "auc_honest": fitted.auc,
         "auc_leaky": None,
@@ -243,20 +367,31 @@ def build_report(
         "oracle_tolerance": ORACLE_TOLERANCE,
         "suspect_iv_features": suspect,
     }
-    if leaky is not None:
-        leaky_fit = _fit_variant(leaky, rows, y, train, test, kind)
-        leakage["auc_leaky"] = leaky_fit.auc
-        leakage["leaky_window_set"] = leaky_fit.window_set
-        leakage["auc_gain"] = leaky_fit.auc - fitted.auc
-        leakage["leaky_variant_detected"] = leaky_fit.auc - fitted.auc >= LEAKY_MIN_GAIN
-    leakage["honest_passed"] = not suspect and not leakage["honest_above_oracle"]
 
-    test_rows = rows[test]
-    scores = fitted.model.score(
-        x_all[test][:, [honest.names.index(n) for n in fitted.feature_names]]
-    )
-    riskiest = np.argsort(-p_test, kind="mergesort")[:REASON_EXAMPLES]
-    examples = [
+
+def _add_leaky_variant(
+    leakage: dict[str, Any], honest: FittedVariant, leaky: FittedVariant
+) -> None:
+    """The same pipeline on features computed after the application date: it must score
+    well above the honest one, or the check has no power."""
+    leakage["auc_leaky"] = leaky.auc
+    leakage["leaky_window_set"] = leaky.window_set
+    leakage["auc_gain"] = leaky.auc - honest.auc
+    leakage["leaky_variant_detected"] = leaky.auc - honest.auc >= LEAKY_MIN_GAIN
+
+
+def _reason_examples(
+    truth: GroundTruth,
+    table: FeatureTable,
+    fitted: FittedVariant,
+    test_rows: np.ndarray,
+    y_test: np.ndarray,
+) -> list[dict[str, Any]]:
+    """The riskiest test applicants' scores with their reason codes and versions."""
+    columns = [table.names.index(n) for n in fitted.feature_names]
+    scores = fitted.model.score(table.values[test_rows][:, columns])
+    riskiest = np.argsort(-fitted.p_test, kind="mergesort")[:REASON_EXAMPLES]
+    return [
         {
             "user_id": truth.user_ids[test_rows[i]],
             "probability": scores[i].probability,
@@ -271,65 +406,6 @@ def build_report(
         for i in riskiest
     ]
 
-    report: dict[str, Any] = {
-        "generated_at": datetime.now(UTC).isoformat(),
-        "auc": fitted.auc,
-        "auc_train": fitted.auc_train,
-        "oracle_auc": oracle_auc,
-        "auc_vs_oracle": None if not oracle_auc else fitted.auc / oracle_auc,
-        "ks": ks.ks,
-        "ks_threshold": ks.ks_threshold,
-        "gini": 2 * fitted.auc - 1,
-        "max_iv": iv[max_iv_feature] if max_iv_feature else None,
-        "max_iv_feature": max_iv_feature,
-        "n_users": len(truth),
-        "n_scored": int(rows.size),
-        "n_unscored": int(len(truth) - rows.size),
-        "n_train": int(train.sum()),
-        "n_test": int(test.sum()),
-        "default_rate_train": float(y[train].mean()),
-        "default_rate_test": float(y_test.mean()),
-        "split_cutoff": cutoff.isoformat(),
-        "test_share": test_share,
-        "model_kind": kind,
-        "model_version": fitted.model.model_version,
-        "feature_set_version": honest.feature_set_version,
-        "features_source": honest.source,
-        "n_features": len(honest.names),
-        "model_features": fitted.feature_names,
-        "window_set": fitted.window_set,
-        "window_set_cv_auc": fitted.window_set_cv_auc,
-        "iv": iv,
-        "iv_strength": {n: v.iv_strength(val) for n, val in iv.items()},
-        "iv_bins": iv_tables,
-        "psi": psi_feature,
-        "psi_score": score_psi.psi,
-        "psi_score_status": score_psi.status,
-        "psi_score_bins": [asdict(b) for b in score_psi.bins],
-        "coverage": coverage,
-        "families": honest.families,
-        "categories": honest.categories,
-        "calibration": [asdict(r) for r in v.calibration_table(y_test, p_test)],
-        "leakage": leakage,
-        "auc_honest": fitted.auc,
-        "auc_leaky": leakage["auc_leaky"],
-        "reason_code_examples": examples,
-    }
-    roc = v.roc_curve(y_test, p_test)
-    oracle_roc = v.roc_curve(y_test, -latent[test]) if oracle_auc is not None else None
-    plots: dict[str, Any] = {
-        "roc": roc,
-        "oracle_roc": oracle_roc,
-        "ks": ks,
-        "y_test": y_test,
-        "p_test": p_test,
-    }
-    report["roc_curve"] = {
-        "fpr": _sample(roc.false_positive_rate),
-        "tpr": _sample(roc.true_positive_rate),
-    }
-    return report, fitted, plots
-
 
 def write_report(
     out_dir: Path,
@@ -339,8 +415,6 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``report.json``, ``report.html`` and ``model/`` (when a model was trained; an
     earlier run's model is removed otherwise, so it is never taken for this one's)."""
-    from features.report_html import render_html
-
     out_dir.mkdir(parents=True, exist_ok=True)
     if fitted is not None:
         fitted.model.save(out_dir / "model")
@@ -364,38 +438,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def headline(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """The numbers printed at the end of a run and shown at the top of the HTML."""
-
-    def fmt(value: Any, digits: int = 3) -> str:
-        return "n/a" if value is None else f"{value:.{digits}f}"
-
-    if report.get("model_skipped_reason"):
-        return [
-            ("users (scored / total)", f"{report['n_scored']} / {report['n_users']}"),
-            ("model", "not trained: too few users to validate (see the report)"),
-            ("feature-set version", str(report["feature_set_version"])),
-        ]
-    leak = report["leakage"]
-    return [
-        ("users (scored / total)", f"{report['n_scored']} / {report['n_users']}"),
-        ("train / test", f"{report['n_train']} / {report['n_test']}"),
-        ("test AUC", fmt(report["auc"])),
-        ("oracle AUC", fmt(report["oracle_auc"])),
-        ("AUC / oracle", fmt(report["auc_vs_oracle"])),
-        ("Gini", fmt(report["gini"])),
-        ("KS", fmt(report["ks"])),
-        ("max IV", f"{fmt(report['max_iv'])} ({report['max_iv_feature']})"),
-        ("score PSI train→test", f"{fmt(report['psi_score'])} ({report['psi_score_status']})"),
-        ("leaky-variant AUC", fmt(leak["auc_leaky"])),
-        ("model version", str(report["model_version"])),
-        ("feature-set version", str(report["feature_set_version"])),
-    ]
-
-
-def format_headline(report: dict[str, Any]) -> str:
-    rows: Sequence[tuple[str, str]] = headline(report)
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {val}" for k, val in rows)

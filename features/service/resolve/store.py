@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from features.as_of import latest_as_of
+from hearth.db import AsyncConn
 from hearth.ledger import any_active_consent_sql, consent_rule_params
 
 _CONSENTED_NOW = any_active_consent_sql("r.user_id", "'infinity'::timestamptz")
@@ -81,7 +81,7 @@ COALESCE_MAX_ROWS = 64  # lookups this small may share a statement with others
 DEFAULT_MAX_INFLIGHT = 4  # coalesced statements running at once
 
 
-async def configure_connection(conn: AsyncConnection) -> None:
+async def configure_connection(conn: AsyncConn) -> None:
     """Session settings for snapshot reads (pool ``configure`` callback; autocommit)."""
     await conn.execute("SET plan_cache_mode = force_generic_plan")
     await conn.execute("SET jit = off")

@@ -20,17 +20,20 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import psycopg
 from numpy.typing import NDArray
 
+from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
+from features.engine import FeatureVector, Knowledge, compute_historical
 from hearth.db import connect
 from hearth.errors import Invalid, Unavailable
+from hearth.times import parse_rfc3339
 
 COVERAGE_PREFIX = "coverage__"
 # Most precise first: the simulator writes application_time (RFC 3339) and a local-date
@@ -52,14 +55,12 @@ class GroundTruth:
 
 
 def parse_time(text: str) -> datetime:
-    """ISO date, ISO timestamp (``Z`` allowed; naive = UTC) or epoch seconds."""
-    raw = text.strip()
+    """Epoch seconds, or RFC 3339 by :func:`hearth.times.parse_rfc3339` with a labelled set's
+    leniency: a naive timestamp is UTC and a bare date is midnight UTC."""
     try:
-        return datetime.fromtimestamp(float(raw), tz=UTC)
+        return datetime.fromtimestamp(float(text), tz=UTC)
     except ValueError:
-        pass
-    parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parse_rfc3339(text, what="time", naive_is_utc=True, date_is_midnight=True)
 
 
 def _label(text: str) -> int:
@@ -99,7 +100,7 @@ def load_ground_truth(path: Path) -> GroundTruth:
                 times.append(parse_time(row[time_column]))
                 text = (row.get("latent_score") or "").strip()
                 latent.append(float(text) if text else math.nan)
-            except (ValueError, AttributeError) as exc:
+            except (ValueError, AttributeError, Invalid) as exc:
                 raise Invalid(f"--ground-truth {path}:{line}: {exc}") from None
     if not users:
         raise Invalid(f"--ground-truth {path}: no rows")
@@ -130,28 +131,10 @@ class FeatureTable:
 
 
 def feature_catalogue() -> tuple[str, dict[str, str], dict[str, str], list[str]]:
-    """(feature-set version, family by name, category by name, names in catalogue order).
-
-    Empty when ``features.definitions`` is not importable (e.g. a CSV-only run).
-    """
-    try:
-        from features import definitions
-    except ImportError:
-        return "unknown", {}, {}, []
-    raw: Any = getattr(definitions, "DEFINITIONS", [])
-    items: Iterable[Any] = raw.values() if isinstance(raw, Mapping) else raw
-    families: dict[str, str] = {}
-    categories: dict[str, str] = {}
-    order: list[str] = []
-    for item in items:
-        name = str(getattr(item, "name", ""))
-        if not name:
-            continue
-        order.append(name)
-        families[name] = str(getattr(item, "family", "other"))
-        categories[name] = str(getattr(item, "category", ""))
-    version = str(getattr(definitions, "FEATURE_SET_VERSION", "unknown"))
-    return version, families, categories, order
+    """(feature-set version, family by name, category by name, names in catalogue order)."""
+    families = {d.name: d.family for d in DEFINITIONS}
+    categories = {d.name: d.category for d in DEFINITIONS}
+    return FEATURE_SET_VERSION, families, categories, [d.name for d in DEFINITIONS]
 
 
 def _table_from_vectors(
@@ -198,15 +181,12 @@ def _as_float(value: object) -> float | None:
     return None
 
 
-def _vector_cells(vector: Any) -> dict[str, tuple[float | None, float | None]]:
+def _vector_cells(vector: FeatureVector) -> dict[str, tuple[float | None, float | None]]:
     """Engine ``FeatureVector.values`` → {name: (value, coverage)}."""
-    cells: dict[str, tuple[float | None, float | None]] = {}
-    for name, cell in vector.values.items():
-        cells[str(name)] = (
-            _as_float(getattr(cell, "value", None)),
-            _as_float(getattr(cell, "coverage", None)),
-        )
-    return cells
+    return {
+        name: (_as_float(cell.value), _as_float(cell.coverage))
+        for name, cell in vector.values.items()
+    }
 
 
 def features_from_engine(
@@ -220,10 +200,6 @@ def features_from_engine(
     ``knowledge`` is :class:`features.engine.Knowledge`: "event" for history replayed through
     the pipeline after the fact (the simulator), "ingested" for data collected live.
     """
-    try:
-        from features.engine import Knowledge, compute_historical
-    except ImportError as exc:
-        raise Unavailable(f"feature engine not available ({exc})") from None
     vectors: list[dict[str, tuple[float | None, float | None]] | None] = [None] * len(rows)
     version = "unknown"
     # The engine computes one as-of time at a time: batches of time-sorted rows keep each
@@ -237,7 +213,7 @@ def features_from_engine(
             )
             for i, vector in zip(batch, computed, strict=True):
                 if vector is not None:
-                    version = str(getattr(vector, "feature_set_version", version))
+                    version = vector.feature_set_version
                     vectors[i] = _vector_cells(vector)
             conn.rollback()  # read-only work; end the snapshot between batches
             if progress is not None:
@@ -264,8 +240,6 @@ def features_from_snapshots(
     database_url: str, rows: Sequence[tuple[str, datetime]], version: str | None = None
 ) -> FeatureTable:
     """Stored snapshots at exactly each application date (``materialize`` them first)."""
-    import psycopg
-
     vectors: list[dict[str, tuple[float | None, float | None]] | None] = [None] * len(rows)
     seen_version = "unknown"
     with connect(database_url) as conn:

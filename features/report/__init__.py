@@ -1,0 +1,1 @@
+"""The model-validation report: inputs, statistics, reference model, summary, HTML, assembly."""

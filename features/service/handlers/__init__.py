@@ -1,0 +1,1 @@
+"""The service's request handlers: feature reads, admin operations, operational endpoints."""

@@ -1,0 +1,1 @@
+"""Helpers shared by tests and benchmarks: hand-made rows, and the feature service on a port."""
