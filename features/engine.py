@@ -13,7 +13,7 @@ Read path, per chunk of users and one as-of time T (one SQL round trip per kind 
 * bins arrive as one binary-format row per device holding column arrays, decoded by
   ``np.frombuffer`` (no Python object per bin; see ``_rollup_arrays_sql``).
 
-The feature functions (features.library) then run vectorised over the chunk.
+The feature functions (features.catalogue.library) then run vectorised over the chunk.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import psycopg
 
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
-from features.library import SPECS, Window
-from features.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
+from features.catalogue.library import SPECS, Window
+from features.catalogue.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins
 from features.rollups import CATEGORICAL_AGGREGATE_FROM, NUMERIC_AGGREGATE, read_watermark
 from hearth import ledger
 from hearth.signals import SIGNALS, Category

@@ -29,7 +29,7 @@ from rich.progress import (
 )
 
 from features.as_of import as_of_problem, latest_as_of
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
 from features.engine import (
     DEFAULT_CHUNK_USERS,
     REASON_CODES,

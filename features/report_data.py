@@ -135,7 +135,7 @@ def feature_catalogue() -> tuple[str, dict[str, str], dict[str, str], list[str]]
     Empty when ``features.definitions`` is not importable (e.g. a CSV-only run).
     """
     try:
-        from features import definitions
+        from features.catalogue import definitions
     except ImportError:
         return "unknown", {}, {}, []
     raw: Any = getattr(definitions, "DEFINITIONS", [])

@@ -16,7 +16,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.engine import FeatureVector, compute_historical
 
 

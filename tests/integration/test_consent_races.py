@@ -21,7 +21,7 @@ import pytest
 
 from collector.pipeline import Batch
 from collector.writer import BatchWriter
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.materialize import materialize
 from features.rollups import refresh_rollups
 from features.testing import add_device, add_user, insert_categorical, insert_numeric

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from features.commands_engine import parse_as_of
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.engine import latest_snapshot, read_snapshots
 from features.materialize import materialize
 from features.rollups import refresh_rollups

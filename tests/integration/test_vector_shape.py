@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from features.client import HearthClient
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
 from features.engine import compute_vectors
 from features.materialize import materialize
 from features.rollups import refresh_rollups

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from features.engine import GRID_DAYS, SIGNAL_INDEX
-from features.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins, Window
-from features.library.infrastructure import (
+from features.catalogue.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins, Window
+from features.catalogue.library.infrastructure import (
     always_on_outages_per_30d,
     always_on_uptime_ratio,
 )
