@@ -28,9 +28,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from features.as_of import as_of_problem, latest_as_of
+from features.engine.as_of import as_of_problem, latest_as_of
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
-from features.engine import (
+from features.engine.load import (
     DEFAULT_CHUNK_USERS,
     REASON_CODES,
     ChunkResults,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from features.as_of import FORMAT_HINT, latest_as_of
+from features.engine.as_of import FORMAT_HINT, latest_as_of
 from features.service import engine_gateway
 from features.service.errors import (
     STREAM_STARTED,

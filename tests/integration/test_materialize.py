@@ -14,7 +14,7 @@ import pytest
 
 from features.commands_engine import parse_as_of
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
-from features.engine import latest_snapshot, read_snapshots
+from features.engine.load import latest_snapshot, read_snapshots
 from features.materialize import materialize
 from features.rollups import refresh_rollups
 from features.testing import add_device, add_user, insert_numeric

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.engine import GRID_DAYS, SIGNAL_INDEX
+from features.engine.load import GRID_DAYS, SIGNAL_INDEX
 from features.catalogue.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins, Window
 from features.catalogue.library.infrastructure import (
     always_on_outages_per_30d,

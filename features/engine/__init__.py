@@ -1,0 +1,1 @@
+"""The point-in-time feature engine (features.engine.load until the split lands)."""
