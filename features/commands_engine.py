@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from features.engine.as_of import as_of_problem, latest_as_of
+from features.engine import as_of_problem, latest_as_of
 from hearth.cli import UsageError
 from hearth.db import connect
 from hearth.settings import get_settings
@@ -86,7 +86,7 @@ def _users(args: argparse.Namespace) -> list[str] | None:
 
 
 def _materialize(args: argparse.Namespace) -> int:
-    from features.engine.load import DEFAULT_CHUNK_USERS
+    from features.engine import DEFAULT_CHUNK_USERS
     from features.materialize import materialize
 
     as_of = parse_as_of(args.as_of)

@@ -28,14 +28,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from features.engine.as_of import as_of_problem, latest_as_of
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
-from features.engine.load import (
+from features.engine import (
     DEFAULT_CHUNK_USERS,
     REASON_CODES,
     ChunkResults,
     Timings,
+    as_of_problem,
     iter_chunk_results,
+    latest_as_of,
 )
 from features.rollups import refresh_rollups
 from hearth.ledger import (

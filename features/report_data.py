@@ -221,7 +221,7 @@ def features_from_engine(
     the pipeline after the fact (the simulator), "ingested" for data collected live.
     """
     try:
-        from features.engine.load import Knowledge, compute_historical
+        from features.engine import Knowledge, compute_historical
     except ImportError as exc:
         raise ServiceUnavailable(f"feature engine not available ({exc})") from None
     vectors: list[dict[str, tuple[float | None, float | None]] | None] = [None] * len(rows)

@@ -17,7 +17,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
-from features.engine.load import FeatureVector, compute_historical
+from features.engine import FeatureVector, compute_historical
 
 
 @dataclass(frozen=True, slots=True)

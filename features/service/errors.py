@@ -18,7 +18,7 @@ from aiohttp import web
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ValidationError
 
-from features.engine.as_of import FORMAT_HINT
+from hearth.times import FORMAT_HINT
 
 log = logging.getLogger("features.service")
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from features.engine.as_of import FORMAT_HINT, latest_as_of
+from features.engine import latest_as_of
 from features.service import engine_gateway
 from features.service.errors import (
     STREAM_STARTED,
@@ -41,6 +41,7 @@ from features.service.vectors import (
     vector_json,
 )
 from hearth.settings import Settings
+from hearth.times import FORMAT_HINT
 
 # Request bodies are bounded by bytes as well as by rows: the byte bound follows the row
 # limit (a row is at most ~170 bytes: a 64-character id, an as_of and JSON punctuation).

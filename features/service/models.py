@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from features.engine.as_of import as_of_problem
+from features.engine import as_of_problem
 from hearth.signals import Category
 from hearth.vectors import CellReason
 

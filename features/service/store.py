@@ -37,7 +37,7 @@ from typing import Final
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from features.engine.as_of import latest_as_of
+from features.engine import latest_as_of
 from hearth.ledger import any_active_consent_sql, consent_rule_params
 
 _CONSENTED_NOW = any_active_consent_sql("r.user_id", "'infinity'::timestamptz")

@@ -20,7 +20,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from features.engine.load import compute_vectors
+from features.engine import compute_vectors
 from features.rollups import refresh_rollups
 from tests.conftest import free_port
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from features.engine.load import compute_historical, compute_vectors
+from features.engine import compute_historical, compute_vectors
 from features.materialize import materialize
 from features.rollups import read_watermark, refresh_rollups
 from features.testing import add_device, add_user, consent, insert_categorical, insert_numeric

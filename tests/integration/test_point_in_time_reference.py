@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from features.engine.load import FeatureVector, compute_vectors
+from features.engine import FeatureVector, compute_vectors
 from features.rollups import refresh_rollups
 from features.testing import add_device, add_user, insert_categorical, insert_numeric
 

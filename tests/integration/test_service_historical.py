@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from features.client import HearthClient
-from features.engine.load import compute_historical
+from features.engine import compute_historical
 from features.rollups import refresh_rollups
 from features.service.testing import serve_subprocess
 from features.testing import add_device, add_user, insert_numeric

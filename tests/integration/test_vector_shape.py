@@ -20,9 +20,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from features.client import HearthClient
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
-from features.engine.load import compute_vectors
+from features.client import HearthClient
+from features.engine import compute_vectors
 from features.materialize import materialize
 from features.rollups import refresh_rollups
 from features.service.testing import serve_in_thread
