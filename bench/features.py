@@ -29,7 +29,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from features.engine import DEFAULT_CHUNK_USERS
-from features.materialize import materialize
+from features.snapshots.materialize import materialize
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.migrate import migrate
 

@@ -87,7 +87,7 @@ def _users(args: argparse.Namespace) -> list[str] | None:
 
 def _materialize(args: argparse.Namespace) -> int:
     from features.engine import DEFAULT_CHUNK_USERS
-    from features.materialize import materialize
+    from features.snapshots.materialize import materialize
 
     as_of = parse_as_of(args.as_of)
     chunk_size = DEFAULT_CHUNK_USERS if args.chunk_size is None else args.chunk_size

@@ -22,8 +22,8 @@ import pytest
 from collector.pipeline import Batch
 from collector.writer import BatchWriter
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
-from features.materialize import materialize
 from features.rollups import refresh_rollups
+from features.snapshots.materialize import materialize
 from features.testing import add_device, add_user, insert_categorical, insert_numeric
 from hearth import admin, ledger
 from hearth.settings import get_settings

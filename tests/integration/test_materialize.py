@@ -14,8 +14,8 @@ import pytest
 
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.commands_engine import parse_as_of
-from features.materialize import materialize
 from features.rollups import refresh_rollups
+from features.snapshots.materialize import materialize
 from features.snapshots.store import latest_snapshot, read_snapshots
 from features.testing import add_device, add_user, insert_numeric
 from hearth.cli import UsageError

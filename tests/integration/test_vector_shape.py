@@ -23,9 +23,9 @@ import pytest
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
 from features.client import HearthClient
 from features.engine import compute_vectors
-from features.materialize import materialize
 from features.rollups import refresh_rollups
 from features.service.testing import serve_in_thread
+from features.snapshots.materialize import materialize
 from features.testing import add_device, add_user, insert_numeric
 from hearth import admin
 from hearth.migrate import available_migrations
