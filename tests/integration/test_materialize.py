@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
-from features.commands_engine import parse_as_of
+from features.cli.engine import parse_as_of
 from features.rollups import refresh_rollups
 from features.snapshots.materialize import materialize
 from features.snapshots.store import latest_snapshot, read_snapshots

@@ -84,6 +84,7 @@ def _progress(label: str) -> Callable[[int, int], None]:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    # Imported when the command runs: scikit-learn and matplotlib take seconds (features.cli).
     from features import report_data as data
     from features.report import build_report, format_headline, write_report
 
