@@ -9,7 +9,7 @@ statement), :mod:`.wire` (libpq binary decoding), :mod:`.bins` (decoded arrays a
 This module is the public API.
 """
 
-from features.engine.as_of import AS_OF_MIN, Knowledge, as_of_problem, latest_as_of
+from features.engine.as_of import Knowledge, as_of_problem, latest_as_of
 from features.engine.compute import REASON_CODES, ChunkResults
 from features.engine.runner import (
     DEFAULT_CHUNK_USERS,
@@ -20,7 +20,6 @@ from features.engine.runner import (
 from features.engine.types import FeatureCell, FeatureVector, Timings
 
 __all__ = [
-    "AS_OF_MIN",
     "DEFAULT_CHUNK_USERS",
     "REASON_CODES",
     "ChunkResults",
