@@ -46,4 +46,5 @@ class Knowledge(StrEnum):
 
 
 def known_by(as_of: datetime, knowledge: Knowledge) -> datetime | str:
+    """The latest ``ingested_at`` of a row known at T (the statements' ``known_by``)."""
     return as_of if knowledge is Knowledge.INGESTED else "infinity"

@@ -42,7 +42,7 @@ class NumericBins:
 
     u: I64  # user index in the chunk
     d: I64  # device index in the chunk
-    s: I64  # signal index (engine.NUMERIC_SIGNALS)
+    s: I64  # signal index (features.engine.bins.SIGNAL_INDEX)
     h: I64  # hour index in the 90-day grid
     n: F64
     sum: F64
