@@ -13,13 +13,13 @@ from features.catalogue.library.base import NUMERIC_FIELDS, CategoricalBins, Num
 from features.engine.wire import HOUR_US, pg_us
 from hearth.signals import SIGNALS
 
-NUMERIC_SIGNALS = tuple(s.name for s in SIGNALS.values() if s.kind == "numeric")
-CATEGORICAL_SIGNALS = tuple(s.name for s in SIGNALS.values() if s.kind == "categorical")
-SIGNAL_INDEX = {name: i for i, name in enumerate(NUMERIC_SIGNALS + CATEGORICAL_SIGNALS)}
+_NUMERIC_SIGNALS = tuple(s.name for s in SIGNALS.values() if s.kind == "numeric")
+_CATEGORICAL_SIGNALS = tuple(s.name for s in SIGNALS.values() if s.kind == "categorical")
+SIGNAL_INDEX = {name: i for i, name in enumerate(_NUMERIC_SIGNALS + _CATEGORICAL_SIGNALS)}
 SIGNAL_NAMES = list(SIGNAL_INDEX)
-INDEX_FIELDS = ("u", "d", "s", "h")
+_INDEX_FIELDS = ("u", "d", "s", "h")
 # A recomputed numeric row (features.engine.sql.RECOMPUTE_SQL): index fields, then statistics.
-NUMERIC_ROW_FIELDS = INDEX_FIELDS + NUMERIC_FIELDS
+_NUMERIC_ROW_FIELDS = _INDEX_FIELDS + NUMERIC_FIELDS
 
 
 def bin_key(d: np.ndarray, s: np.ndarray, h: np.ndarray, hours: int) -> np.ndarray:
@@ -93,16 +93,16 @@ def numeric_from_arrays(rows: dict[str, np.ndarray]) -> NumericBins:
     bucket = rows.pop("bucket")
     rows["first_off"] = (rows.pop("first_time") - bucket).astype(np.float64) / 1e6
     rows["last_off"] = (rows.pop("last_time") - bucket).astype(np.float64) / 1e6
-    return numeric_from_columns(rows)
+    return _numeric_from_columns(rows)
 
 
-def numeric_from_columns(cols: Mapping[str, object]) -> NumericBins:
-    ints = {k: np.asarray(cols.get(k, ()), dtype=np.int64) for k in INDEX_FIELDS}
+def _numeric_from_columns(cols: Mapping[str, object]) -> NumericBins:
+    ints = {k: np.asarray(cols.get(k, ()), dtype=np.int64) for k in _INDEX_FIELDS}
     floats = {k: np.asarray(cols.get(k, ()), dtype=np.float64) for k in NUMERIC_FIELDS}
     return NumericBins(**ints, **floats)  # type: ignore[arg-type]
 
 
-def categorical_from_rows(rows: Sequence[Sequence[object]]) -> tuple[CategoricalBins, list[str]]:
+def _categorical_from_rows(rows: Sequence[Sequence[object]]) -> tuple[CategoricalBins, list[str]]:
     """(u, d, s, h, value, share, n) rows → bins with value codes (the chunk's dictionary)."""
     if not rows:
         z = np.zeros(0, dtype=np.int64)
@@ -149,16 +149,16 @@ def select_categorical(b: CategoricalBins, mask: np.ndarray) -> CategoricalBins:
     )
 
 
-def concat_numeric(a: NumericBins, b: NumericBins) -> NumericBins:
+def _concat_numeric(a: NumericBins, b: NumericBins) -> NumericBins:
     return NumericBins(
-        **{k: np.concatenate([getattr(a, k), getattr(b, k)]) for k in NUMERIC_ROW_FIELDS}
+        **{k: np.concatenate([getattr(a, k), getattr(b, k)]) for k in _NUMERIC_ROW_FIELDS}
     )
 
 
 def add_numeric_rows(bins: NumericBins, rows: Sequence[Sequence[object]]) -> NumericBins:
-    """``bins`` followed by recomputed rows (:data:`NUMERIC_ROW_FIELDS` each)."""
-    columns = dict(zip(NUMERIC_ROW_FIELDS, zip(*rows, strict=True), strict=True))
-    return concat_numeric(bins, numeric_from_columns(columns))
+    """``bins`` followed by recomputed rows (:data:`_NUMERIC_ROW_FIELDS` each)."""
+    columns = dict(zip(_NUMERIC_ROW_FIELDS, zip(*rows, strict=True), strict=True))
+    return _concat_numeric(bins, _numeric_from_columns(columns))
 
 
 def add_categorical_rows(
@@ -172,4 +172,4 @@ def add_categorical_rows(
             bins.u, bins.d, bins.s, bins.h, bins.code, bins.share, bins.n, strict=True,
         )
     ] + list(rows)  # fmt: skip
-    return categorical_from_rows(all_rows)
+    return _categorical_from_rows(all_rows)

@@ -23,7 +23,7 @@ from hearth.db import Conn
 # Users per chunk: bounds memory (a chunk's [users, hours] matrices, times the chunks in flight)
 DEFAULT_CHUNK_USERS = 250
 
-Loaded = tuple[list[str], Chunk]  # a chunk's known users and their loaded bins
+_Loaded = tuple[list[str], Chunk]  # a chunk's known users and their loaded bins
 
 
 class _ChunkLoader:
@@ -50,7 +50,7 @@ class _ChunkLoader:
         for c in loaders:
             self._idle.put(c)
 
-    def load(self, start: int, db: Conn) -> Loaded | None:
+    def load(self, start: int, db: Conn) -> _Loaded | None:
         """The chunk's known users and bins; None when it has no known user."""
         part = list(dict.fromkeys(self._user_ids[start : start + self._chunk_size]))
         tz = ledger.user_timezones(db, part)
@@ -63,7 +63,7 @@ class _ChunkLoader:
         )
         return known, chunk
 
-    def load_borrowed(self, start: int) -> Loaded | None:
+    def load_borrowed(self, start: int) -> _Loaded | None:
         borrowed = self._idle.get()
         try:
             return self.load(start, borrowed)
@@ -111,7 +111,7 @@ def iter_chunk_results(
                 yield known, results
         return
     with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
-        pending: deque[Future[Loaded | None]] = deque()
+        pending: deque[Future[_Loaded | None]] = deque()
         ahead = iter(starts)
         for start in islice(ahead, len(loaders)):
             pending.append(pool.submit(loader.load_borrowed, start))

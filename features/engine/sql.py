@@ -11,7 +11,7 @@ from __future__ import annotations
 from features.engine.wire import TEXT, TIMESTAMP
 from features.rollups import CATEGORICAL_AGGREGATE_FROM, NUMERIC_AGGREGATE
 
-KINDS = ("numeric", "categorical")  # of bins: rollup_numeric_hourly, rollup_categorical_hourly
+_KINDS = ("numeric", "categorical")  # of bins: rollup_numeric_hourly, rollup_categorical_hourly
 
 _DEVICES_CTE = """
     dv AS MATERIALIZED (SELECT device_id, user_id, uidx, didx,
@@ -70,7 +70,7 @@ def _rollup_arrays_sql(kind: str) -> str:
     """
 
 
-ROLLUP_ARRAYS_SQL = {kind: _rollup_arrays_sql(kind) for kind in KINDS}
+ROLLUP_ARRAYS_SQL = {kind: _rollup_arrays_sql(kind) for kind in _KINDS}
 # The columns of each kind's rollup arrays after ``uidx, didx``, in order, with their binary
 # element types (:func:`features.engine.wire.fetch_arrays`).
 ARRAY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -145,8 +145,8 @@ def _recompute_sql(kind: str) -> str:
     """
 
 
-NEW_RAW_SQL = {kind: _new_raw_sql(kind) for kind in KINDS}
-RECOMPUTE_SQL = {kind: _recompute_sql(kind) for kind in KINDS}
+NEW_RAW_SQL = {kind: _new_raw_sql(kind) for kind in _KINDS}
+RECOMPUTE_SQL = {kind: _recompute_sql(kind) for kind in _KINDS}
 
 # Earliest reading of each device before the grid (tenure), from rollups fully ingested by T.
 FIRST_SEEN_SQL = f"""
