@@ -3,7 +3,7 @@
 Creates a throwaway database from ``hearth_template`` (like tests/conftest.py), migrates it,
 synthesises users, devices, consent and ~30 rollup rows per user per day server-side (one
 INSERT … SELECT over generate_series per table: the database writes the rows itself, nothing
-crosses the wire), then times ``features.materialize`` for growing user counts and drops the
+crosses the wire), then times ``features.snapshots.materialize`` for growing user counts and drops the
 database.
 
     .venv/bin/python bench/features.py                 # 2,500 / 5,000 / 10,000 users
@@ -29,7 +29,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from features.engine import DEFAULT_CHUNK_USERS
-from features.materialize import materialize
+from features.snapshots.materialize import materialize
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.migrate import migrate
 

@@ -38,7 +38,7 @@ N_FEATURES = 24
 
 def _version() -> str:
     try:
-        from features.definitions import (  # type: ignore[import-untyped,unused-ignore]
+        from features.catalogue import (  # type: ignore[import-untyped,unused-ignore]
             FEATURE_SET_VERSION,
         )
     except ImportError:

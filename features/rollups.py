@@ -27,8 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import psycopg
-
+from hearth.db import Conn
 from hearth.ledger import GATE_DERIVED, gate_sql
 
 log = logging.getLogger(__name__)
@@ -82,12 +81,11 @@ CATEGORICAL_COLUMNS = "bucket, device_id, user_id, signal, value, share, n, max_
 class RollupResult:
     numeric_buckets: int
     categorical_buckets: int
-    previous_watermark: datetime | None
     watermark: datetime
     seconds: float
 
 
-def read_watermark(conn: psycopg.Connection[tuple[object, ...]]) -> datetime | None:
+def read_watermark(conn: Conn) -> datetime | None:
     row = conn.execute(
         "SELECT watermark FROM rollup_watermarks WHERE name = %s", (WATERMARK_NAME,)
     ).fetchone()
@@ -95,7 +93,7 @@ def read_watermark(conn: psycopg.Connection[tuple[object, ...]]) -> datetime | N
 
 
 def refresh_rollups(
-    conn: psycopg.Connection[tuple[object, ...]],
+    conn: Conn,
     *,
     grace: timedelta = DEFAULT_GRACE,
     full: bool = False,
@@ -141,7 +139,7 @@ def refresh_rollups(
         )
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
-    result = RollupResult(counts[0], counts[1], previous, new_watermark, time.monotonic() - started)
+    result = RollupResult(counts[0], counts[1], new_watermark, time.monotonic() - started)
     log.info(
         "rollups refreshed: %d numeric and %d categorical buckets in %.2fs (watermark %s)",
         result.numeric_buckets,
@@ -152,7 +150,7 @@ def refresh_rollups(
     return result
 
 
-def rebuild_floor(conn: psycopg.Connection[tuple[object, ...]], raw: str) -> datetime | None:
+def rebuild_floor(conn: Conn, raw: str) -> datetime | None:
     """The first hour whose buckets may be rebuilt from ``raw``: the hour after its retention
     horizon (raw rows before it may have been dropped), or None when nothing was dropped."""
     row = conn.execute(
@@ -166,7 +164,7 @@ def rebuild_floor(conn: psycopg.Connection[tuple[object, ...]], raw: str) -> dat
 
 
 def _slices(
-    conn: psycopg.Connection[tuple[object, ...]],
+    conn: Conn,
     raw: str,
     rollup: str,
     since: datetime | str,
@@ -208,7 +206,7 @@ def _slices(
 
 
 def _refresh_slice(
-    conn: psycopg.Connection[tuple[object, ...]],
+    conn: Conn,
     raw: str,
     rollup: str,
     day: datetime,

@@ -29,7 +29,7 @@ import numpy as np
 import psycopg
 from numpy.typing import NDArray
 
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.engine import FeatureVector, Knowledge, compute_historical
 from hearth.db import connect
 from hearth.errors import Invalid, Unavailable

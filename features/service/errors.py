@@ -20,8 +20,8 @@ from aiohttp import web
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ValidationError
 
-from features.as_of import FORMAT_HINT
 from hearth.errors import HearthError, Unavailable
+from hearth.times import FORMAT_HINT
 
 log = logging.getLogger("features.service")
 

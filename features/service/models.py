@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from features.as_of import as_of_problem
+from features.engine import as_of_problem
 from hearth.ids import ID_PATTERN
 from hearth.signals import Category
 from hearth.vectors import CellReason
@@ -45,7 +45,7 @@ LATEST_AS_OF = "latest_as_of"  # validation context key: the latest as_of accept
 
 
 def _check_as_of(value: datetime, info: ValidationInfo) -> datetime:
-    """features.as_of's rule; the handler passes now + skew in the validation context."""
+    """features.engine.as_of's rule; the handler passes now + skew in the validation context."""
     value = _to_utc(value)
     latest = (info.context or {}).get(LATEST_AS_OF)
     problem = as_of_problem(value, latest or datetime.max.replace(tzinfo=UTC))

@@ -21,9 +21,9 @@ import pytest
 
 from collector.pipeline import Batch
 from collector.writer import BatchWriter
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
-from features.materialize import materialize
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.rollups import refresh_rollups
+from features.snapshots.materialize import materialize
 from hearth import admin, ledger
 from hearth.db import Conn
 from hearth.errors import Invalid

@@ -12,11 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from features.commands_engine import parse_as_of
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
-from features.engine import latest_snapshot, read_snapshots
-from features.materialize import materialize
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
+from features.cli.engine import parse_as_of
 from features.rollups import refresh_rollups
+from features.snapshots.materialize import materialize
+from features.snapshots.store import latest_snapshot, read_snapshots
 from hearth.errors import Invalid
 from tests.support.builders import add_device, add_user, insert_numeric
 

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from features.engine import compute_historical, compute_vectors
-from features.materialize import materialize
 from features.rollups import read_watermark, refresh_rollups
+from features.snapshots.materialize import materialize
 from hearth.signals import Category
 from hearth.vectors import CellReason
 from tests.support.builders import add_device, add_user, consent, insert_categorical, insert_numeric

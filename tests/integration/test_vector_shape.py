@@ -20,11 +20,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
 from features.client import HearthClient
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
 from features.engine import compute_vectors
-from features.materialize import materialize
 from features.rollups import refresh_rollups
+from features.snapshots.materialize import materialize
 from hearth import admin
 from hearth.db import Conn
 from hearth.migrate import available_migrations

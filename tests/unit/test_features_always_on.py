@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.engine import GRID_DAYS, SIGNAL_INDEX
-from features.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins, Window
-from features.library.infrastructure import (
+from features.catalogue.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins, Window
+from features.catalogue.library.infrastructure import (
     always_on_outages_per_30d,
     always_on_uptime_ratio,
 )
+from features.engine.bins import SIGNAL_INDEX
+from features.engine.grid import GRID_DAYS
 from hearth.signals import Category
 
 G = GRID_DAYS * 24

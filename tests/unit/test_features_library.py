@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION, FeatureDefinition
-from features.library import SPECS
-from features.library.base import circular_variance, coefficient_of_variation
-from features.library.mobility import geohash_centre, haversine_km
-from features.library.residential import modal_code
-from features.library.routine import (
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, FeatureDefinition
+from features.catalogue.library import SPECS
+from features.catalogue.library.base import circular_variance, coefficient_of_variation
+from features.catalogue.library.mobility import geohash_centre, haversine_km
+from features.catalogue.library.residential import modal_code
+from features.catalogue.library.routine import (
     autocorrelation,
     hour_entropy,
     interdaily_stability,

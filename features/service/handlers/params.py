@@ -1,5 +1,5 @@
 """Path and query parameters: the id rule (:mod:`hearth.ids`) and the as_of rule
-(:mod:`features.as_of`), turned into 400s that name the parameter."""
+(:mod:`features.engine.as_of`), turned into 400s that name the parameter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from features.as_of import latest_as_of
+from features.engine import latest_as_of
 from features.service.errors import ApiError, validation_details
 from features.service.models import LATEST_AS_OF, AsOf
 from hearth.ids import ID_PATTERN, is_valid_id
@@ -29,7 +29,7 @@ def path_id(request: web.Request, name: str) -> str:
 
 
 def as_of_context(settings: Settings) -> dict[str, object]:
-    """Validation context of the as_of rule (features.as_of) for a request arriving now."""
+    """Validation context of the as_of rule (features.engine.as_of) for a request arriving now."""
     return {LATEST_AS_OF: latest_as_of(settings.max_clock_skew_s)}
 
 

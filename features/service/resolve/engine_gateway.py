@@ -8,7 +8,6 @@ pool so it never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,8 +15,9 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.engine import FeatureVector, compute_historical
+from features.snapshots.codec import cells_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +38,10 @@ def feature_names() -> list[str]:
     return [str(d["name"]) for d in definitions_json()]
 
 
-def _features_json(vector: FeatureVector) -> str:
-    return json.dumps(vector.vector_json(), allow_nan=False)
-
-
 def _convert(vector: FeatureVector | None) -> ComputedVector | None:
     if vector is None:
         return None
-    return ComputedVector(computed_at=vector.computed_at, features_json=_features_json(vector))
+    return ComputedVector(computed_at=vector.computed_at, features_json=cells_json(vector))
 
 
 class EngineGateway:

@@ -4,7 +4,7 @@ For every requested row the statement returns, in request order, whether the use
 whether they have active credit-scoring consent now and at ``as_of``, and the matching snapshot
 (the exact ``as_of`` when given, else the latest) with its vector as JSON *text*, so the hot path
 splices it into the response without parsing and re-serialising it. A snapshot dated after now
-plus the clock-skew allowance (``features.as_of``) is never served, not even as the latest.
+plus the clock-skew allowance (``features.engine.as_of``) is never served, not even as the latest.
 
 "Active consent at T" follows ``hearth.ledger``: the latest event per category at or before T
 decides, and only a grant under the current notice version counts.
@@ -36,7 +36,7 @@ from typing import Final
 
 from psycopg_pool import AsyncConnectionPool
 
-from features.as_of import latest_as_of
+from features.engine import latest_as_of
 from hearth.db import AsyncConn
 from hearth.ledger import any_active_consent_sql, consent_rule_params
 

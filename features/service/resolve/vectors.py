@@ -16,12 +16,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from features.service.cache import VectorCache
 from features.service.errors import ApiError
 from features.service.resolve.engine_gateway import ComputedVector, EngineGateway
 from features.service.resolve.store import Lookup, SnapshotStore
+from features.snapshots.codec import decode_cells, document_json
 
 Source = Literal["snapshot", "computed"]
 
@@ -148,14 +149,6 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
 
-def _splice(head: dict[str, Any], features_json: str | None) -> str:
-    """``head`` as JSON with ``"features": <stored JSON text>`` appended, without re-parsing."""
-    text = json.dumps(head)
-    if features_json is None:
-        return text[:-1] + ',"features":null}'
-    return text[:-1] + ',"features":' + features_json + "}"
-
-
 def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
     """A ``FeatureVectorOut`` document (the outcome must carry a vector)."""
     head = {
@@ -166,7 +159,7 @@ def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
         "stale": stale,
         "source": outcome.source,
     }
-    return _splice(head, outcome.features_json)
+    return document_json(head, outcome.features_json)
 
 
 _str = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
@@ -240,12 +233,10 @@ def csv_record(
         outcome.source or "",
         _iso(outcome.computed_at) or "",
     ]
-    cells: dict[str, dict[str, Any]] = (
-        json.loads(outcome.features_json) if outcome.features_json else {}
-    )
+    cells = decode_cells(outcome.features_json) if outcome.features_json else {}
     for name in feature_names:
         cell = cells.get(name)
-        value = None if cell is None else cell.get("value")
-        coverage = None if cell is None else cell.get("coverage")
+        value = None if cell is None else cell.value
+        coverage = None if cell is None else cell.coverage
         record += ["" if value is None else value, "" if coverage is None else coverage]
     return record

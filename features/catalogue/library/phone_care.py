@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.library.base import Result, Window, feature
-from features.library.routine import charge_onsets
+from features.catalogue.library.base import Result, Window, feature
+from features.catalogue.library.routine import charge_onsets
 from hearth.signals import Category
 
 FAMILY = "phone_care"

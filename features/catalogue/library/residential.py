@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.library.base import I64, Bool, Result, Window, feature
+from features.catalogue.library.base import I64, Bool, Result, Window, feature
 from hearth.signals import Category
 
 FAMILY = "residential"
 NIGHT_HOURS = (22, 23, 0, 1, 2, 3, 4, 5)
-CITATION = "Blumenstock et al. 2015 (home detection from night-time locations); DESIGN §6"
+CITATION = "Blumenstock et al. 2015 (home detection from night-time locations); docs/features.md"
 
 
 def modal_code(row: I64, code: I64, n_rows: int) -> I64:

@@ -42,7 +42,7 @@ class NumericBins:
 
     u: I64  # user index in the chunk
     d: I64  # device index in the chunk
-    s: I64  # signal index (engine.NUMERIC_SIGNALS)
+    s: I64  # signal index (features.engine.bins.SIGNAL_INDEX)
     h: I64  # hour index in the 90-day grid
     n: F64
     sum: F64
@@ -97,7 +97,6 @@ class DeviceSeries:
         self._bins = bins
         self._flat = series.ravel() * H + (bins.h - c0)
         self._shape = (int(dev_ids.size), H)
-        self._c0 = c0
         self._mats: dict[str, F64] = {}
 
     def _mat(self, stat: str) -> F64:
@@ -106,11 +105,6 @@ class DeviceSeries:
             m[self._flat] = getattr(self._bins, stat)
             self._mats[stat] = m.reshape(self._shape)
         return self._mats[stat]
-
-    def subset(self, keep: Bool) -> DeviceSeries:
-        """Only the series where ``keep`` is true."""
-        return DeviceSeries(self._bins.select(np.isin(self._bins.d, self.device[keep])),
-                            self._c0, self._shape[1])  # fmt: skip
 
     @property
     def n(self) -> F64:
@@ -245,11 +239,6 @@ class Window:
         out = np.zeros(self.U * self.D, dtype=bool)
         out[runs[1]] = np.logical_or.reduceat(mask.ravel(), runs[0])
         return out.reshape(self.U, self.D)
-
-    @cached_property
-    def day_exists(self) -> Bool:
-        """[U, D] whether the local day index exists for the user (zones differ by a day)."""
-        return self.daily_any(np.ones((self.U, self.H), dtype=bool))
 
     def day_coverage(self, has_data: Bool) -> F64:
         """Share of the user's local days in the window with data (``has_data`` [U, H])."""
@@ -432,10 +421,6 @@ class _Columns:
 
 
 # --- helpers shared by families -------------------------------------------------------------
-
-
-def nan_result(U: int) -> Result:
-    return np.full(U, np.nan), np.zeros(U)
 
 
 def circular_variance(theta_hours: F64, valid: Bool) -> F64:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.library.base import (
+from features.catalogue.library.base import (
     F64,
     I64,
     Bool,
@@ -20,7 +20,7 @@ from features.library.base import (
 from hearth.signals import Category
 
 FAMILY = "infrastructure"
-CITATION = "DESIGN §6 (household infrastructure hypotheses; no published default result)"
+CITATION = "docs/features.md (household infrastructure hypotheses; no published default result)"
 
 
 # --- always-on devices: outages seen as silences ---------------------------------------------
@@ -272,7 +272,7 @@ def always_on_outages_per_30d(w: Window) -> Result:
 
 @feature("daily_kwh_cv", family=FAMILY, unit="ratio", category=Category.ENERGY,
          null_semantics="null with < 2 full days of energy-counter readings on any plug",
-         citation="DESIGN §6 (plug energy CV)")  # fmt: skip
+         citation="docs/features.md (plug energy CV)")  # fmt: skip
 def daily_kwh_cv(w: Window) -> Result:
     """Coefficient of variation of each plug's daily energy, averaged over the user's plugs.
 

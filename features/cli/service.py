@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported when the command runs: aiohttp and pydantic would slow every command (features.cli).
     from features.service.app import run_service
 
     settings = get_settings()

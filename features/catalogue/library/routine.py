@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.library.base import (
+from features.catalogue.library.base import (
     F64,
     I64,
     Bool,
@@ -153,7 +153,7 @@ def hour_entropy_presence(w: Window) -> Result:
 
 @feature("autocorr_24h_presence", family=FAMILY, unit="correlation", category=Category.PRESENCE,
          null_semantics="null with too few valid hour pairs 24 h apart",
-         citation="Box & Jenkins 1976; DESIGN §6")  # fmt: skip
+         citation="Box & Jenkins 1976; docs/features.md")  # fmt: skip
 def autocorr_24h_presence(w: Window) -> Result:
     """Lag-24 h autocorrelation of hourly door/motion activity (same time tomorrow).
 
@@ -166,7 +166,7 @@ def autocorr_24h_presence(w: Window) -> Result:
 
 @feature("autocorr_168h_presence", family=FAMILY, unit="correlation", category=Category.PRESENCE,
          null_semantics="null with too few valid hour pairs a week apart",
-         citation="Box & Jenkins 1976; DESIGN §6")  # fmt: skip
+         citation="Box & Jenkins 1976; docs/features.md")  # fmt: skip
 def autocorr_168h_presence(w: Window) -> Result:
     """Lag-168 h autocorrelation of hourly door/motion activity (same time next week).
 
@@ -179,7 +179,7 @@ def autocorr_168h_presence(w: Window) -> Result:
 
 @feature("daily_event_cv_presence", family=FAMILY, unit="ratio", category=Category.PRESENCE,
          null_semantics="null with < 2 days of presence data or no events",
-         citation="DESIGN §6 (CV of daily counts)")  # fmt: skip
+         citation="docs/features.md (CV of daily counts)")  # fmt: skip
 def daily_event_cv_presence(w: Window) -> Result:
     """Coefficient of variation of daily door/motion event counts.
 
@@ -200,7 +200,8 @@ def _event_time_offset(first: F64, first_off: F64, last: F64, last_off: F64) -> 
 
 @feature("first_door_open_circvar", family=FAMILY, unit="ratio", category=Category.PRESENCE,
          null_semantics="null without any door opening",
-         citation="Fisher 1993, Statistical Analysis of Circular Data; DESIGN §6")  # fmt: skip
+         citation="Fisher 1993, Statistical Analysis of Circular Data; "
+                  "docs/features.md")  # fmt: skip
 def first_door_open_circvar(w: Window) -> Result:
     """Circular variance of the local time of the first door opening of each day.
 
@@ -248,7 +249,7 @@ def charge_onsets(w: Window) -> tuple[I64, F64]:
 
 @feature("charge_start_circvar", family=FAMILY, unit="ratio", category=Category.DEVICE_HEALTH,
          null_semantics="null without any observed charging start",
-         citation="Fisher 1993; DESIGN §6 (a plain CV breaks at midnight)")  # fmt: skip
+         citation="Fisher 1993; docs/features.md (a plain CV breaks at midnight)")  # fmt: skip
 def charge_start_circvar(w: Window) -> Result:
     """Circular variance of the local time at which the phone starts charging.
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.library.base import F64, I64, Result, Window, feature
-from features.library.residential import _location
+from features.catalogue.library.base import F64, I64, Result, Window, feature
+from features.catalogue.library.residential import _location
 from hearth.signals import Category
 
 FAMILY = "mobility"
@@ -112,7 +112,7 @@ def location_entropy(w: Window) -> Result:
 
 @feature("places_80pct", family=FAMILY, unit="count", category=Category.LOCATION,
          null_semantics="null without location fixes",
-         citation="González et al. 2008; DESIGN §6")  # fmt: skip
+         citation="González et al. 2008; docs/features.md")  # fmt: skip
 def places_80pct(w: Window) -> Result:
     """Fewest places that together hold 80 % of located hours.
 
@@ -133,7 +133,7 @@ def places_80pct(w: Window) -> Result:
 
 @feature("week_churn", family=FAMILY, unit="ratio", category=Category.LOCATION,
          null_semantics="null with fewer than two consecutive weeks of fixes",
-         citation="Óskarsdóttir et al. 2019 (mobility churn); DESIGN §6")  # fmt: skip
+         citation="Óskarsdóttir et al. 2019 (mobility churn); docs/features.md")  # fmt: skip
 def week_churn(w: Window) -> Result:
     """Mean week-to-week change of the place-visit profile.
 

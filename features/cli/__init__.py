@@ -1,9 +1,16 @@
-"""``python -m features``: materialise snapshots, serve them, report on them."""
+"""``python -m features``: materialise snapshots, serve them, report on them.
+
+Argument parsing only: each command family registers its sub-commands from its own module
+(:mod:`.engine`, :mod:`.service`, :mod:`.report`) and calls into the package that does the
+work. The service and the report are imported when their command runs, not here: their imports
+(aiohttp and pydantic; scikit-learn and matplotlib) would add seconds to every other command.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from features.cli import engine, report, service
 from hearth.cli import configure_logging
 from hearth.settings import get_settings
 
@@ -14,12 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hearth features: rollups, point-in-time feature snapshots, service, reports.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # Each command family registers its own sub-commands, next to its code.
-    from features import commands_engine, commands_report, commands_service
-
-    commands_engine.register(sub)
-    commands_service.register(sub)
-    commands_report.register(sub)
+    engine.register(sub)
+    service.register(sub)
+    report.register(sub)
     return parser
 
 

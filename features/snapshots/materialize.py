@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
 import psycopg
 from rich.progress import (
     BarColumn,
@@ -28,27 +26,21 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from features.as_of import as_of_problem, latest_as_of
-from features.definitions import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
+from features.catalogue import FEATURE_SET_VERSION, sync_definitions
 from features.engine import (
     DEFAULT_CHUNK_USERS,
-    REASON_CODES,
-    ChunkResults,
     Timings,
+    as_of_problem,
     iter_chunk_results,
+    latest_as_of,
 )
 from features.rollups import refresh_rollups
-from hearth.ledger import (
-    GATE_DERIVED,
-    gate_sql,
-    withdrawn_categories_sql,
-    withhold_features_sql,
-)
+from features.snapshots.codec import chunk_cells_json
+from features.snapshots.store import users_with_snapshot, write_snapshots
+from hearth.db import Conn
 from hearth.settings import get_settings
-from hearth.vectors import reason_suffix
 
 log = logging.getLogger(__name__)
-Conn = psycopg.Connection[tuple[object, ...]]
 # Loader connections reading the next chunks while one is computed: two keep both cores of a
 # small machine busy (one backend may scan while the other ships its arrays) without holding
 # more than three chunks in memory.
@@ -66,32 +58,6 @@ class MaterializeResult:
     timings: Timings
 
 
-_REASON_TEXT = [reason_suffix(r) for r in REASON_CODES]
-
-
-def vector_json(results: dict[str, tuple[np.ndarray, np.ndarray]], n_users: int) -> list[str]:
-    """The snapshot ``vector`` document of each user of a chunk, serialised: exactly what
-    ``json.dumps`` gives for {name: hearth.vectors.cell(value, coverage, reason)} (floats by
-    ``repr``, non-finite values as null), written column by column instead of a dict per
-    user."""
-    reasons = results.reasons if isinstance(results, ChunkResults) else {}
-    columns = []
-    for d in DEFINITIONS:
-        values, coverage = results[d.name]
-        finite = np.isfinite(values).tolist()
-        shown = [repr(v) if ok else "null" for v, ok in zip(values.tolist(), finite, strict=True)]
-        codes = reasons.get(d.name)
-        why = [_REASON_TEXT[k] for k in codes.tolist()] if codes is not None else [""] * len(shown)
-        head = json.dumps(d.name) + ': {"value": '
-        columns.append(
-            [
-                f'{head}{v}, "coverage": {c!r}{r}}}'
-                for v, c, r in zip(shown, np.round(coverage, 6).tolist(), why, strict=True)
-            ]
-        )
-    return ["{" + ", ".join(row) + "}" for row in zip(*columns, strict=True)][:n_users]
-
-
 def _fixed_mmap_threshold() -> None:
     """Keep big numpy buffers in mmap'd memory that is returned to the OS when freed.
 
@@ -107,7 +73,7 @@ def _fixed_mmap_threshold() -> None:
         pass
 
 
-def all_users(conn: Conn) -> list[str]:
+def _all_users(conn: Conn) -> list[str]:
     return [str(r[0]) for r in conn.execute("SELECT user_id FROM users ORDER BY user_id")]
 
 
@@ -139,41 +105,15 @@ def materialize(
     if refresh:
         refresh_rollups(conn)
     sync_definitions(conn)
-    wanted = list(dict.fromkeys(users)) if users is not None else all_users(conn)
+    wanted = list(dict.fromkeys(users)) if users is not None else _all_users(conn)
     todo = wanted
     if not force:
-        done = {
-            str(r[0])
-            for r in conn.execute(
-                """SELECT user_id FROM feature_snapshots
-                    WHERE as_of = %s AND feature_set_version = %s AND user_id = ANY(%s)""",
-                (as_of, FEATURE_SET_VERSION, wanted),
-            )
-        }
+        done = users_with_snapshot(conn, wanted, as_of)
         todo = [u for u in wanted if u not in done]
     timings = Timings()
-    written = 0
-    bar = _progress(progress)
-    with bar as p, contextlib.ExitStack() as stack:
-        loaders = [
-            stack.enter_context(_loader(database_url))
-            for _ in range(LOADER_CONNECTIONS if database_url and todo else 0)
-        ]
-        task = p.add_task("materialise", total=len(todo)) if p else None
-        for known, results in iter_chunk_results(
-            conn, todo, as_of, chunk_size=chunk_size, timings=timings, loaders=loaders
-        ):
-            t0 = time.perf_counter()
-            docs = vector_json(results, len(known))
-            timings.add(python_s=time.perf_counter() - t0)
-            if before_write is not None:
-                before_write(known)
-            t0 = time.perf_counter()
-            _write(conn, known, as_of, docs)
-            timings.add(sql_s=time.perf_counter() - t0)
-            written += len(known)
-            if p is not None and task is not None:
-                p.update(task, completed=written)
+    written = _compute_and_write(
+        conn, todo, as_of, chunk_size, timings, progress, database_url, before_write
+    )
     result = MaterializeResult(
         as_of,
         FEATURE_SET_VERSION,
@@ -193,6 +133,43 @@ def materialize(
     return result
 
 
+def _compute_and_write(
+    conn: Conn,
+    todo: Sequence[str],
+    as_of: datetime,
+    chunk_size: int,
+    timings: Timings,
+    progress: bool,
+    database_url: str | None,
+    before_write: Callable[[Sequence[str]], None] | None,
+) -> int:
+    """Compute the snapshots of ``todo`` chunk by chunk and write each chunk as it comes;
+    how many were written."""
+    written = 0
+    bar = _progress(progress)
+    with bar as p, contextlib.ExitStack() as stack:
+        loaders = [
+            stack.enter_context(_loader(database_url))
+            for _ in range(LOADER_CONNECTIONS if database_url and todo else 0)
+        ]
+        task = p.add_task("materialise", total=len(todo)) if p else None
+        for known, results in iter_chunk_results(
+            conn, todo, as_of, chunk_size=chunk_size, timings=timings, loaders=loaders
+        ):
+            t0 = time.perf_counter()
+            docs = chunk_cells_json(results, len(known))
+            timings.add(python_s=time.perf_counter() - t0)
+            if before_write is not None:
+                before_write(known)
+            t0 = time.perf_counter()
+            write_snapshots(conn, known, as_of, docs)
+            timings.add(sql_s=time.perf_counter() - t0)
+            written += len(known)
+            if p is not None and task is not None:
+                p.update(task, completed=written)
+    return written
+
+
 def _loader(database_url: str | None) -> Conn:
     """A connection of our own that reads chunks. JIT off: the chunk queries are planned as
     expensive enough to JIT-compile, which costs ~0.1 s per query and saves nothing (their
@@ -200,34 +177,6 @@ def _loader(database_url: str | None) -> Conn:
     loader = psycopg.connect(database_url or "", autocommit=True)
     loader.execute("SET jit = off")
     return loader
-
-
-# The write re-checks consent in its own transaction, under the shared DERIVED gate that a
-# purge takes exclusively (hearth.ledger): features of a category withdrawn before the commit
-# are withheld even though the chunk was computed from data loaded before the withdrawal, and
-# users erased meanwhile are not written (invariant 8).
-_UPSERT_SQL = f"""
-    INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector)
-    SELECT s.user_id, %(as_of)s, %(version)s,
-           {withhold_features_sql("s.vector", "%(version)s", withdrawn_categories_sql("s.user_id"))}
-      FROM snapshot_stage s JOIN users u ON u.user_id = s.user_id
-    ON CONFLICT (user_id, as_of, feature_set_version) DO UPDATE
-       SET vector = excluded.vector, computed_at = now()
-"""
-
-
-def _write(conn: Conn, users: Sequence[str], as_of: datetime, docs: Sequence[str]) -> None:
-    """Upsert one chunk's snapshots in one transaction (a crash loses at most this chunk)."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(
-            """CREATE TEMP TABLE IF NOT EXISTS snapshot_stage
-                   (user_id text, vector jsonb) ON COMMIT DELETE ROWS"""
-        )
-        with cur.copy("COPY snapshot_stage (user_id, vector) FROM STDIN") as copy:
-            for user, doc in zip(users, docs, strict=True):
-                copy.write_row((user, doc))
-        cur.execute(gate_sql(GATE_DERIVED))  # before the upsert reads consent_state
-        cur.execute(_UPSERT_SQL, {"as_of": as_of, "version": FEATURE_SET_VERSION})
 
 
 def _progress(enabled: bool) -> contextlib.AbstractContextManager[Progress | None]:

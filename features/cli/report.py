@@ -84,6 +84,7 @@ def _progress(label: str) -> Callable[[int, int], None]:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    # Imported when the command runs: scikit-learn and matplotlib take seconds (features.cli).
     from features.report import data
     from features.report.build import build_report, write_report
     from features.report.summary import format_headline

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import threading
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from features.as_of import as_of_problem, latest_as_of
+from features.engine import DEFAULT_CHUNK_USERS, as_of_problem, latest_as_of
+from features.rollups import refresh_rollups
+from features.snapshots.materialize import materialize
 from hearth.db import connect
 from hearth.errors import Invalid
 from hearth.settings import get_settings
-
-log = logging.getLogger(__name__)
+from hearth.times import parse_rfc3339
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,27 +49,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def parse_as_of(text: str, max_clock_skew_s: float | None = None) -> datetime:
     """YYYY-MM-DD means midnight UTC; otherwise RFC 3339 with an explicit offset. Within
-    features.as_of's bounds: not before 2000, not after now plus the clock-skew allowance
-    (default: HEARTH_MAX_CLOCK_SKEW_S)."""
-    text = text.strip()
-    try:
-        if len(text) == 10:
-            value = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-        else:
-            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise Invalid(f"--as-of: not a date or RFC 3339 timestamp: {text!r}") from None
-    if value.tzinfo is None:
-        raise Invalid(f"--as-of: timestamp needs a UTC offset (e.g. Z): {text!r}")
-    try:
-        value = value.astimezone(UTC)
-    except OverflowError:
-        raise Invalid(f"--as-of: out of range: {text!r}") from None
+    the as_of rule's bounds (features.engine.as_of): not before 2000, not after now plus the
+    clock-skew allowance (default: HEARTH_MAX_CLOCK_SKEW_S)."""
+    value = parse_rfc3339(text, what="--as-of", date_is_midnight=True)
     if max_clock_skew_s is None:
         max_clock_skew_s = get_settings().max_clock_skew_s
     problem = as_of_problem(value, latest_as_of(max_clock_skew_s))
     if problem is not None:
-        raise Invalid(f"--as-of {text}: {problem}")
+        raise Invalid(f"--as-of {text.strip()}: {problem}")
     return value
 
 
@@ -86,9 +73,6 @@ def _users(args: argparse.Namespace) -> list[str] | None:
 
 
 def _materialize(args: argparse.Namespace) -> int:
-    from features.engine import DEFAULT_CHUNK_USERS
-    from features.materialize import materialize
-
     as_of = parse_as_of(args.as_of)
     chunk_size = DEFAULT_CHUNK_USERS if args.chunk_size is None else args.chunk_size
     if chunk_size < 1:
@@ -114,8 +98,6 @@ def _materialize(args: argparse.Namespace) -> int:
 
 
 def _rollup(args: argparse.Namespace) -> int:
-    from features.rollups import refresh_rollups
-
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -1,10 +1,10 @@
 """The feature catalogue as data: what the API lists, what snapshots are versioned by.
 
-Each library function (features/library/*) carries its metadata in the ``@feature`` decorator
-and its formula in its docstring; every window it supports becomes one definition named
-``<name>_<window>d`` (tenure has no window). ``FEATURE_SET_VERSION`` is a content hash of all
-definitions, so any change of a formula, window or category yields a new version and old
-snapshots stay distinguishable.
+Each library function (features/catalogue/library/*) carries its metadata in the ``@feature``
+decorator and its formula in its docstring; every window it supports becomes one definition
+named ``<name>_<window>d`` (:func:`feature_name`; tenure has no window).
+``FEATURE_SET_VERSION`` is a content hash of all definitions, so any change of a formula,
+window or category yields a new version and old snapshots stay distinguishable.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import inspect
 import json
 from dataclasses import asdict, dataclass
 
-import psycopg
 from psycopg.types.json import Jsonb
 
-from features.library import SPECS, FeatureSpec
+from features.catalogue.library import SPECS, FeatureSpec
+from hearth.db import Conn
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,12 @@ class FeatureDefinition:
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+def feature_name(base_name: str, window_days: int) -> str:
+    """A definition's name: ``<base>_<w>d``, or the bare base name for window 0 (all history
+    up to T, e.g. tenure)."""
+    return base_name if window_days == 0 else f"{base_name}_{window_days}d"
 
 
 def _docstring_parts(spec: FeatureSpec) -> tuple[str, str]:
@@ -59,9 +65,8 @@ def _definitions() -> tuple[FeatureDefinition, ...]:
         description, formula = _docstring_parts(spec)
         source_hash = hashlib.sha256(inspect.getsource(spec.fn).encode()).hexdigest()[:12]
         for window in spec.windows:
-            name = spec.base_name if window == 0 else f"{spec.base_name}_{window}d"
             body = {
-                "name": name,
+                "name": feature_name(spec.base_name, window),
                 "family": spec.family,
                 "description": description,
                 "unit": spec.unit,
@@ -88,10 +93,9 @@ FEATURE_SET_VERSION: str = (
         :12
     ]
 )
-BY_NAME: dict[str, FeatureDefinition] = {d.name: d for d in DEFINITIONS}
 
 
-def sync_definitions(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+def sync_definitions(conn: Conn) -> int:
     """Write the current feature set to ``feature_definitions`` (idempotent); rows written."""
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.library.base import F64, Bool, Result, Window, feature
+from features.catalogue.library.base import F64, Bool, Result, Window, feature
 from hearth.signals import SIGNALS, Category
 
 FAMILY = "coverage"
@@ -32,7 +32,7 @@ def _heartbeat(w: Window) -> Bool:
     unit="ratio",
     category=Category.DEVICE_HEALTH,
     null_semantics="null when device_health is not consented at T (0 is a measured value)",
-    citation="Björkegren & Grissen 2020 (usage regularity); DESIGN §6",
+    citation="Björkegren & Grissen 2020 (usage regularity); docs/features.md",
 )
 def active_day_ratio(w: Window) -> Result:
     """Share of local days in the window with at least one heartbeat.
@@ -51,7 +51,7 @@ def active_day_ratio(w: Window) -> Result:
     unit="ratio",
     category=Category.DEVICE_HEALTH,
     null_semantics="null when device_health is not consented at T",
-    citation="DESIGN §6 (share of expected heartbeats received)",
+    citation="docs/features.md (share of expected heartbeats received)",
 )
 def heartbeat_hour_share(w: Window) -> Result:
     """Share of the window's hours with at least one heartbeat (expected: one per hour).
@@ -84,7 +84,7 @@ def _gaps(mask: Bool) -> tuple[F64, F64, Bool]:
     unit="days",
     category=Category.DEVICE_HEALTH,
     null_semantics="null when no heartbeat in the window",
-    citation="DESIGN §6",
+    citation="docs/features.md",
 )
 def longest_gap_days(w: Window) -> Result:
     """Longest time between consecutive heartbeat hours, silence up to T included.
@@ -103,7 +103,7 @@ def longest_gap_days(w: Window) -> Result:
     unit="count",
     category=Category.DEVICE_HEALTH,
     null_semantics="null when no heartbeat in the window",
-    citation="DESIGN §6",
+    citation="docs/features.md",
 )
 def gaps_over_24h(w: Window) -> Result:
     """Number of silences longer than 24 h between heartbeats (silence up to T included).
@@ -123,7 +123,7 @@ def gaps_over_24h(w: Window) -> Result:
     category=Category.DEVICE_HEALTH,
     windows=(0,),
     null_semantics="null when nothing was ever received (as of T) from a consented category",
-    citation="DESIGN §6 (tenure)",
+    citation="docs/features.md (tenure)",
 )
 def days_since_first_seen(w: Window) -> Result:
     """Tenure: days from the first reading ever received (ingested ≤ T) to T.
@@ -142,7 +142,7 @@ def days_since_first_seen(w: Window) -> Result:
     unit="count",
     category=Category.CONNECTIVITY,
     null_semantics="null when connectivity is not consented at T",
-    citation="DESIGN §6",
+    citation="docs/features.md",
 )
 def active_device_count(w: Window) -> Result:
     """Devices that reported any connectivity signal (online, RSSI, network) in the window.

@@ -1,0 +1,35 @@
+"""The point-in-time feature engine: features for (user, T) from data with event time < T,
+ingest time ≤ T, of categories consented at T (docs/invariants.md#8).
+
+Modules, in the order a chunk of users passes through them: :mod:`.as_of` (which T, what is
+known at T), :mod:`.grid` (the hourly grid, local clocks), :mod:`.sql` (every read-path
+statement), :mod:`.wire` (libpq binary decoding), :mod:`.bins` (decoded arrays as bins),
+:mod:`.load` (one chunk's read), :mod:`.compute` (feature functions, consent nulls, vectors),
+:mod:`.runner` (chunks in order, loader threads). :mod:`.types` holds what comes out.
+This module is the public API.
+"""
+
+from features.engine.as_of import Knowledge, as_of_problem, latest_as_of
+from features.engine.compute import REASON_CODES, ChunkResults
+from features.engine.runner import (
+    DEFAULT_CHUNK_USERS,
+    compute_historical,
+    compute_vectors,
+    iter_chunk_results,
+)
+from features.engine.types import FeatureCell, FeatureVector, Timings
+
+__all__ = [
+    "DEFAULT_CHUNK_USERS",
+    "REASON_CODES",
+    "ChunkResults",
+    "FeatureCell",
+    "FeatureVector",
+    "Knowledge",
+    "Timings",
+    "as_of_problem",
+    "compute_historical",
+    "compute_vectors",
+    "iter_chunk_results",
+    "latest_as_of",
+]
