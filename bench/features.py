@@ -3,8 +3,8 @@
 Creates a throwaway database from ``hearth_template`` (like tests/conftest.py), migrates it,
 synthesises users, devices, consent and ~30 rollup rows per user per day server-side (one
 INSERT … SELECT over generate_series per table: the database writes the rows itself, nothing
-crosses the wire), then times ``features.snapshots.materialize`` for growing user counts and drops the
-database.
+crosses the wire), then times ``features.snapshots.materialize`` for growing user counts and
+drops the database.
 
     .venv/bin/python bench/features.py                 # 2,500 / 5,000 / 10,000 users
     .venv/bin/python bench/features.py --users 500     # quick run while developing
