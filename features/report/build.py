@@ -41,6 +41,7 @@ from features.report import stats as v
 from features.report.data import FeatureTable, GroundTruth
 from features.report.html import render_html
 from features.report.model import (
+    CV_FOLDS,
     ModelKind,
     ReferenceModel,
     choose_window_set,
@@ -55,6 +56,10 @@ ORACLE_TOLERANCE = 0.02
 REASON_EXAMPLES = 8
 # Fewer scored users than this cannot train and validate a model out of time.
 MIN_SCORED_USERS = 20
+# Defaulters (and non-defaulters) the training population needs: the window set is chosen by
+# CV_FOLDS-fold cross-validation whose every fit runs another CV_FOLDS-fold search inside, so each
+# class must reach every inner fold.
+MIN_TRAINING_CLASS = 2 * CV_FOLDS
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,13 @@ def _too_small(truth: GroundTruth, rows: np.ndarray, test_share: float) -> str |
                 f"the {part} population ({int(mask.sum())} users, {defaulters} defaulters) needs "
                 "both defaulters and non-defaulters; simulate more households"
             )
+    defaulters, users = int(y[train].sum()), int(train.sum())
+    if min(defaulters, users - defaulters) < MIN_TRAINING_CLASS:
+        return (
+            f"the training population ({users} users, {defaulters} defaulters) needs at least "
+            f"{MIN_TRAINING_CLASS} defaulters and {MIN_TRAINING_CLASS} non-defaulters for "
+            f"{CV_FOLDS}-fold cross-validation; simulate more households"
+        )
     return None
 
 

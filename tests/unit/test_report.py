@@ -163,7 +163,11 @@ def test_headline_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 @pytest.mark.parametrize(
     ("n", "why"),
-    [(30, "only 10 of 30 users have features"), (220, "needs both defaulters and non")],
+    [
+        (30, "only 10 of 30 users have features"),
+        (220, "needs both defaulters and non"),
+        (120, "for 5-fold cross-validation"),
+    ],
 )
 def test_a_fleet_too_small_to_validate_still_gets_a_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int, why: str
@@ -175,6 +179,13 @@ def test_a_fleet_too_small_to_validate_still_gets_a_report(
         rows = paths["truth"].read_text().splitlines()
         header, body = rows[0], [r.split(",") for r in rows[1:]]
         body = [[*r[:2], "0", *r[3:]] for r in body]
+        paths["truth"].write_text("\n".join([header, *(",".join(r) for r in body)]) + "\n")
+    if n == 120:  # defaulters in both periods, but too few to cross-validate on
+        rows = paths["truth"].read_text().splitlines()
+        header, body = rows[0], [r.split(",") for r in rows[1:]]
+        by_time = sorted(range(len(body)), key=lambda i: (body[i][3], body[i][4]))
+        keep = {*by_time[:4], *by_time[-2:]}
+        body = [[*r[:2], "1" if i in keep else "0", *r[3:]] for i, r in enumerate(body)]
         paths["truth"].write_text("\n".join([header, *(",".join(r) for r in body)]) + "\n")
     out = tmp_path / "o"
     (out / "model").mkdir(parents=True)
