@@ -66,24 +66,23 @@ class AsyncHearthClient(ClientBase):
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                headers={"Authorization": f"Bearer {self._token}"},
-            )
+            self._session = aiohttp.ClientSession()
         return self._session
 
     async def _request(
         self, method: str, path: str, body: bytes | None = None, accept: str = "application/json"
     ) -> bytes:
         session = self._get_session()
-        headers = self._headers(accept, body)
+        # Token and timeout per request: a session the caller passed in carries neither.
+        headers = {**self._headers(accept, body), "Authorization": f"Bearer {self._token}"}
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         attempts = self._attempts()
         for delay in attempts:
             if delay:
                 await asyncio.sleep(delay)
             try:
                 async with session.request(
-                    method, self.base_url + path, data=body, headers=headers
+                    method, self.base_url + path, data=body, headers=headers, timeout=timeout
                 ) as response:
                     data = await response.read()
                     if response.status < 400:

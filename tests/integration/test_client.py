@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import aiohttp
 import numpy as np
 import pandas as pd
 import psycopg
@@ -93,6 +94,18 @@ async def test_async_client(service: tuple[str, str]) -> None:
         result = await client.historical([("cl-6", AS_OF), ("cl-7", AS_OF)])
         assert [r.features["f_a"].value for r in result.rows if r.features] == [6.0, 7.0]
         assert [d["name"] for d in await client.feature_definitions()]
+
+
+async def test_async_client_on_the_callers_session_sends_its_token(
+    service: tuple[str, str],
+) -> None:
+    url, _ = service
+    async with aiohttp.ClientSession() as session:
+        client = AsyncHearthClient(url, TOKEN, session=session)
+        vector = await client.get_features("cl-4", AS_OF)
+        assert vector.features["f_a"].value == 4.0
+        await client.close()
+        assert not session.closed  # the caller's session stays the caller's
 
 
 def test_transformer_in_pipeline(service: tuple[str, str]) -> None:
