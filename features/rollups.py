@@ -67,18 +67,20 @@ NUMERIC_AGGREGATE = """
     count(*)::integer AS n, sum(r.value) AS sum, sum(r.value * r.value) AS sumsq,
     min(r.value) AS min, max(r.value) AS max,
     first(r.value, r.time) AS first, last(r.value, r.time) AS last,
-    min(r.time) AS first_time, max(r.time) AS last_time, max(r.ingested_at) AS max_ingested_at
+    min(r.time) AS first_time, max(r.time) AS last_time, max(r.ingested_at) AS max_ingested_at,
+    min(r.ingested_at) AS min_ingested_at
 """
 NUMERIC_GROUP_BY = "GROUP BY 1, 2, 3, 4"
 
 # Dominant value per bucket: most readings, ties to the smallest value (order independent).
 CATEGORICAL_AGGREGATE_FROM = """
     SELECT bucket, device_id, user_id, signal, value, c::double precision / total AS share,
-           total::integer AS n, max_ingested_at
+           total::integer AS n, max_ingested_at, min_ingested_at
       FROM (SELECT time_bucket(INTERVAL '1 hour', r.time) AS bucket, r.device_id, r.user_id,
                    r.signal, r.value, count(*) AS c,
                    sum(count(*)) OVER w AS total,
                    max(max(r.ingested_at)) OVER w AS max_ingested_at,
+                   min(min(r.ingested_at)) OVER w AS min_ingested_at,
                    row_number() OVER (PARTITION BY time_bucket(INTERVAL '1 hour', r.time),
                                       r.device_id, r.user_id, r.signal
                                       ORDER BY count(*) DESC, r.value) AS rank
@@ -108,11 +110,11 @@ NUMERIC_PACK = f"""
     coalesce(string_agg(float8send(b.first), ''::bytea) {_MULTI},
     coalesce(string_agg(float8send(b.last), ''::bytea) {_MULTI},
     coalesce(string_agg(timestamptz_send(b.last_time), ''::bytea) {_MULTI},
-    min(b.max_ingested_at), max(b.max_ingested_at)
+    min(b.max_ingested_at), max(b.max_ingested_at), min(b.min_ingested_at)
 """
 NUMERIC_PACKED_COLUMNS = (
     "day, device_id, user_id, signal, readings, hours, n, sum, first_time, ingested, "
-    "sumsq, min, max, first, last, last_time, known_at, max_ingested_at"
+    "sumsq, min, max, first, last, last_time, known_at, max_ingested_at, first_ingested_at"
 )
 CATEGORICAL_PACK = f"""
     b.day, b.device_id, b.user_id, b.signal, sum(b.n)::integer,
@@ -121,11 +123,11 @@ CATEGORICAL_PACK = f"""
     string_agg(convert_to(b.value, 'UTF8'), ''::bytea),
     string_agg(timestamptz_send(b.max_ingested_at), ''::bytea),
     coalesce(string_agg(float8send(b.share), ''::bytea) {_MULTI},
-    min(b.max_ingested_at), max(b.max_ingested_at)
+    min(b.max_ingested_at), max(b.max_ingested_at), min(b.min_ingested_at)
 """
 CATEGORICAL_PACKED_COLUMNS = (
     "day, device_id, user_id, signal, readings, hours, n, value_len, value, ingested, share, "
-    "known_at, max_ingested_at"
+    "known_at, max_ingested_at, first_ingested_at"
 )
 
 
@@ -549,6 +551,7 @@ def write_buckets(conn: Conn, rollup: str, buckets: Sequence[dict[str, object]])
     fields = (
         ("bucket", "timestamptz"), ("device_id", "text"), ("user_id", "text"),
         ("signal", "text"), ("n", "int4"), ("max_ingested_at", "timestamptz"),
+        ("min_ingested_at", "timestamptz"),
     ) + (
         (("sum", "float8"), ("sumsq", "float8"), ("min", "float8"), ("max", "float8"),
          ("first", "float8"), ("last", "float8"), ("first_time", "timestamptz"),
@@ -564,6 +567,7 @@ def write_buckets(conn: Conn, rollup: str, buckets: Sequence[dict[str, object]])
         "first_time": lambda b: b["bucket"],
         "last_time": lambda b: b.get("first_time", b["bucket"]),
         "share": lambda b: 1.0,
+        "min_ingested_at": lambda b: b["max_ingested_at"],
     }
     params = {
         name: [b[name] if name in b else defaults[name](b) for b in buckets] for name, _ in fields

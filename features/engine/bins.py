@@ -40,21 +40,23 @@ def rollup_rows(
     single-reading columns filled in) inside the grid [start, T), for known signals, as
     per-bucket columns with ``bucket``, ``s`` (signal index) and ``h`` (grid hour); and whether
     each is usable as is: it ended by T and its newest reading was ingested by ``known_by_us``
-    (binary timestamptz). Per-row columns (``sig``, ``day``, ``k``) and ``ingested`` are
-    consumed."""
+    (binary timestamptz). Buckets of rows whose every reading was ingested after that are left
+    out: nothing of them is known at T, so there is nothing to recompute either. Per-row
+    columns (``sig``, ``day``, ``k``, ``first_ingested``) and ``ingested`` are consumed."""
     hashes = np.array(sorted(sig_hash), dtype=np.int64)
     index = np.array([sig_hash[h] for h in sorted(sig_hash)], dtype=np.int64)
     k = cols.pop("k")
     sig = np.repeat(cols.pop("sig").astype(np.int64), k)
     bucket = np.repeat(cols.pop("day"), k) + cols.pop("hours").astype(np.int64) * HOUR_US
     ingested = cols.pop("ingested")
+    seen = np.repeat(cols.pop("first_ingested"), k) <= known_by_us
     s = np.full(sig.size, -1, dtype=np.int64)
     if hashes.size:
         pos = np.clip(np.searchsorted(hashes, sig), 0, hashes.size - 1)
         found = hashes[pos] == sig
         s[found] = index[pos[found]]
     start_us, as_of_us = pg_us(start), pg_us(as_of)
-    inside = (s >= 0) & (bucket >= start_us) & (bucket < as_of_us)
+    inside = (s >= 0) & (bucket >= start_us) & (bucket < as_of_us) & seen
     rows = {name: v[inside] for name, v in cols.items()}
     rows["bucket"] = bucket[inside]
     rows["s"] = s[inside]

@@ -35,8 +35,9 @@ _CATEGORICAL_OUT = f"{_HOUR}, b.value, b.share, b.n"
 # memcpy per row, nothing per bucket) and numpy reads them with np.frombuffer. Per rollup row
 # come its signal's hash, its day and its bucket count; everything else per bucket:
 # * buckets become grid hours in numpy (bins.rollup_rows), which also drops the buckets of the
-#   edge days outside [start, T) and marks a bucket usable only if it ended by T and its
-#   ``ingested`` (max ingested_at) is known at T;
+#   edge days outside [start, T) and those of rows with nothing known at T (every reading
+#   ingested after T: replayed history), and marks a bucket usable only if it ended by T and
+#   its ``ingested`` (max ingested_at) is known at T;
 # * columns a single-reading bucket would repeat hold the other buckets only
 #   (bins.fill_single_readings fills them in).
 # ``dv.sigs`` NULL means every signal is consented.
@@ -60,7 +61,8 @@ def _rollup_arrays_sql(kind: str) -> str:
     SELECT dv.uidx, dv.didx, x.*
       FROM dv CROSS JOIN LATERAL (
            SELECT array_agg(hashtext(b.signal)) AS sig, array_agg(b.day) AS day,
-                  array_agg(octet_length(b.hours)) AS k, {_blobs(_PACKED[kind])}
+                  array_agg(octet_length(b.hours)) AS k,
+                  array_agg(b.first_ingested_at) AS first_ingested, {_blobs(_PACKED[kind])}
              FROM rollup_{kind}_hourly b
             WHERE b.device_id = dv.device_id
               AND (dv.sigs IS NULL OR b.signal = ANY(dv.sigs))
@@ -74,7 +76,7 @@ ROLLUP_ARRAYS_SQL = {kind: _rollup_arrays_sql(kind) for kind in _KINDS}
 # The columns of each kind's rollup arrays after ``uidx, didx``, in order, with their binary
 # types (:func:`features.engine.wire.fetch_arrays`): arrays (one element per rollup row) and
 # blobs (``blob:`` fixed-width values per bucket, or the text bytes of ``value``).
-_ROW_COLUMNS = (("sig", ">i4"), ("day", TIMESTAMP), ("k", ">i4"))
+_ROW_COLUMNS = (("sig", ">i4"), ("day", TIMESTAMP), ("k", ">i4"), ("first_ingested", TIMESTAMP))
 ARRAY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "numeric": (
         *_ROW_COLUMNS,

@@ -13,7 +13,10 @@
 --
 -- Point in time (docs/invariants.md#8) stays per bucket: ``ingested`` holds each bucket's
 -- max(ingested_at); ``known_at`` (the earliest of them) and ``max_ingested_at`` (the latest)
--- let a reader skip or take whole rows. user_id and signal stay plain columns, so the consent
+-- let a reader skip or take whole rows, and ``first_ingested_at`` (the earliest ingest of any
+-- reading in the row) tells a bucket ingested after T that has nothing known at T (replayed
+-- history: no recompute from raw needed) from one that must be recomputed. Rows converted
+-- below never knew it: -infinity, so their late buckets are always recomputed. user_id and signal stay plain columns, so the consent
 -- purge (hearth.admin.purge) still finds and deletes these tables by (user, category signals).
 -- features.rollups writes them; features.engine reads them.
 
@@ -36,6 +39,7 @@ CREATE TABLE rollup_numeric_packed (
     last_time        bytea NOT NULL,         -- timestamptz
     known_at         timestamptz NOT NULL,   -- min over buckets of max(ingested_at)
     max_ingested_at  timestamptz NOT NULL,   -- max over buckets
+    first_ingested_at timestamptz NOT NULL,  -- min(ingested_at) of the readings (a lower bound)
     CONSTRAINT rollup_numeric_packed_pkey PRIMARY KEY (device_id, signal, day, user_id)
 );
 SELECT create_hypertable('rollup_numeric_packed', by_range('day', INTERVAL '28 days'),
@@ -56,6 +60,7 @@ CREATE TABLE rollup_categorical_packed (
     share            bytea NOT NULL,         -- float8 per bucket with n <> 1 (readings with the value / n)
     known_at         timestamptz NOT NULL,
     max_ingested_at  timestamptz NOT NULL,
+    first_ingested_at timestamptz NOT NULL,
     CONSTRAINT rollup_categorical_packed_pkey PRIMARY KEY (device_id, signal, day, user_id)
 );
 SELECT create_hypertable('rollup_categorical_packed', by_range('day', INTERVAL '28 days'),
@@ -81,7 +86,7 @@ SELECT day, device_id, user_id, signal, sum(n)::integer,
        coalesce(string_agg(float8send(last), ''::bytea) FILTER (WHERE n <> 1), ''::bytea),
        coalesce(string_agg(timestamptz_send(last_time), ''::bytea) FILTER (WHERE n <> 1),
                 ''::bytea),
-       min(max_ingested_at), max(max_ingested_at)
+       min(max_ingested_at), max(max_ingested_at), '-infinity'
   FROM (SELECT time_bucket(INTERVAL '1 day', bucket) AS day, * FROM rollup_numeric_hourly
          ORDER BY device_id, signal, user_id, day, bucket) b
  GROUP BY device_id, signal, user_id, day;
@@ -94,7 +99,7 @@ SELECT day, device_id, user_id, signal, sum(n)::integer,
        string_agg(convert_to(value, 'UTF8'), ''::bytea),
        string_agg(timestamptz_send(max_ingested_at), ''::bytea),
        coalesce(string_agg(float8send(share), ''::bytea) FILTER (WHERE n <> 1), ''::bytea),
-       min(max_ingested_at), max(max_ingested_at)
+       min(max_ingested_at), max(max_ingested_at), '-infinity'
   FROM (SELECT time_bucket(INTERVAL '1 day', bucket) AS day, * FROM rollup_categorical_hourly
          ORDER BY device_id, signal, user_id, day, bucket) b
  GROUP BY device_id, signal, user_id, day;
