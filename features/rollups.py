@@ -32,17 +32,25 @@ the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import psycopg
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from hearth.db import Conn
 from hearth.ledger import GATE_DERIVED, gate_sql
@@ -454,6 +462,38 @@ def _refresh_slice(conn: Conn, s: _Slice, since: datetime | str, everything: boo
     rows, n_buckets, readings = (int(str(x)) for x in row) if row else (0, 0, 0)
     log.debug("rollups: %s %s: %d rows, %d buckets", s.rollup, s.start.date(), rows, n_buckets)
     return SliceDone(s.rollup, _days(s, everything), rows, n_buckets, readings)
+
+
+@contextlib.contextmanager
+def rollup_progress(
+    enabled: bool = True,
+) -> Iterator[Callable[[SliceDone, int], None] | None]:
+    """A rich progress bar for :func:`refresh_rollups` (days done of the run's, raw readings
+    per second, time left) as its ``progress`` callback; None when not ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("[bold]rollup"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} days"),
+        TextColumn("{task.fields[rate]} readings/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    started = time.monotonic()
+    readings = 0
+    with bar:
+        task = bar.add_task("rollup", total=0, rate="-")
+
+        def on_slice(done: SliceDone, total_days: int) -> None:
+            nonlocal readings
+            readings += done.readings
+            rate = readings / max(time.monotonic() - started, 1e-9)
+            bar.update(task, total=total_days, advance=done.days, rate=f"{rate:,.0f}")
+
+        yield on_slice
 
 
 # -- reading packed rows back, one bucket at a time (people, tests, tools) -------------------
