@@ -25,12 +25,13 @@ import math
 import os
 import re
 import secrets
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -97,6 +98,20 @@ def _is_complete(admin: psycopg.Connection, name: str) -> bool | None:
     if row is None:
         return None
     return str(row[0] or "").startswith(COMPLETE)
+
+
+def _end_sessions(name: str) -> None:
+    """End the sessions left on a database that takes no more connections (TimescaleDB's
+    scheduler keeps one), so it can be copied: like scripts/services does for hearth_template,
+    as the postgres superuser."""
+    sql = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    cmd = ["psql", "-q", "-At", "-c", sql]
+    if os.geteuid() == 0:
+        cmd = ["su", "postgres", "-c", shlex.join(cmd)]
+    else:
+        cmd = ["sudo", "-n", "-u", "postgres", *cmd]
+    if subprocess.run(cmd, capture_output=True, check=False).returncode != 0:
+        print(f"could not end the sessions on {name}: copying it may fail", file=sys.stderr)
 
 
 def _count(conn: psycopg.Connection, table: str) -> int:
@@ -172,6 +187,7 @@ def ensure_fleet(
             )
         with psycopg.connect(base_url, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
+        _end_sessions(name)
     with psycopg.connect(base_url, autocommit=True) as admin:
         row = admin.execute(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
@@ -252,6 +268,48 @@ def _build(url: str, households: int, days: int, seed: int, end: datetime) -> No
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
+
+
+# -- what every bench prints (issue 15 §4); bench/_common.py may take this over -------------
+
+CONTENDED_LOAD = 1.5
+
+
+def load_1m() -> float:
+    return os.getloadavg()[0]
+
+
+@dataclass
+class Targets:
+    """Targets next to their figures (PASS/FAIL), the load at start and end, a warning when the
+    load at start measured contention, and the ``key=value`` last line."""
+
+    load_start: float = field(default_factory=load_1m)
+    lines: list[str] = field(default_factory=list)
+
+    def check(self, name: str, value: float, op: str, bound: float, unit: str = "") -> bool:
+        ok = value >= bound if op == ">=" else value <= bound
+        verdict = "PASS" if ok else "FAIL"
+        target = f"(target {op} {bound:,} {unit})"
+        self.lines.append(f"  {verdict}  {name}: {value:,.3g} {unit} {target}")
+        return ok
+
+    def finish(self, **figures: object) -> None:
+        load_end = load_1m()
+        print("targets:")
+        for line in self.lines:
+            print(line)
+        print(f"load average (1 min): {self.load_start:.2f} at start, {load_end:.2f} at end")
+        pairs = [f"{k}={v}" for k, v in figures.items()]
+        pairs += [f"load_start={self.load_start:.2f}", f"load_end={load_end:.2f}"]
+        if self.load_start > CONTENDED_LOAD:
+            print(
+                f"WARNING: load at start {self.load_start:.2f} > {CONTENDED_LOAD}: on 2 cores "
+                "these figures measure contention; rerun through /work/shared/tools/measure",
+                file=sys.stderr,
+            )
+            pairs.append("warning=load_start_above_1.5:figures_measure_contention")
+        print(" ".join(pairs), flush=True)
 
 
 def main() -> int:
