@@ -4,8 +4,8 @@ hour, and bytes per household-day raw and rolled up (issue 16 §3).
 On a copy of the fleet of bench/fleet.py (built once, ``device_sim run`` into a collector;
 default 400 households x 90 days, seed 42, ending 2026-11-30):
 
-1. the readings from the busiest hour of the fleet's last day on are set aside (they become
-   the incremental hour);
+1. the readings of the busiest hour of the fleet's last day are set aside (they become the
+   incremental hour);
 2. ``refresh_rollups(full=True)`` over ``--jobs`` connections: raw readings per second;
 3. bytes (heap + indexes) of the raw tables and of the rollup tables, per household-day;
 4. the set-aside hour is written back as the collector writes (``ingested_at = now()``) and an
@@ -60,7 +60,7 @@ def table_bytes(conn: psycopg.Connection, table: str) -> tuple[int, int]:
 
 def set_aside_busiest_hour(conn: psycopg.Connection) -> int:
     """Move the readings of the busiest hour of the fleet's last day (event time) into temp
-    tables, and every later reading (they arrive later, not before it); how many."""
+    tables; how many."""
     row = conn.execute(
         """SELECT time_bucket(INTERVAL '1 hour', time) FROM numeric_readings
             WHERE time > (SELECT max(time) - INTERVAL '1 day' FROM numeric_readings)
@@ -70,7 +70,9 @@ def set_aside_busiest_hour(conn: psycopg.Connection) -> int:
     moved = 0
     for table in RAW:
         conn.execute(
-            f"CREATE TEMP TABLE held_{table} AS SELECT * FROM {table} WHERE time >= %s", (row[0],)
+            f"""CREATE TEMP TABLE held_{table} AS SELECT * FROM {table}
+                 WHERE time >= %(h)s AND time < %(h)s + INTERVAL '1 hour'""",
+            {"h": row[0]},
         )
         cur = conn.execute(f"DELETE FROM {table} r USING held_{table} h WHERE r.time = h.time"
                            " AND r.device_id = h.device_id AND r.signal = h.signal")  # fmt: skip
