@@ -143,11 +143,14 @@ def _categorical_from_rows(rows: Sequence[Sequence[object]]) -> tuple[Categorica
     return bins, [str(v) for v in values]
 
 
-def categorical_from_arrays(rows: dict[str, np.ndarray]) -> tuple[CategoricalBins, list[str]]:
-    """Categorical bins from :func:`rollup_rows` (``value``: UTF-8 ``np.bytes_``) and the value
-    dictionary, sorted (codes as ``np.unique`` of the decoded strings gives them)."""
-    raw, code = np.unique(rows["value"], return_inverse=True)
-    decoded = [bytes(v).decode("utf-8") for v in raw]
+def categorical_from_arrays(
+    rows: dict[str, np.ndarray], dictionary: Sequence[bytes]
+) -> tuple[CategoricalBins, list[str]]:
+    """Categorical bins from :func:`rollup_rows` (``value``: codes into ``dictionary``, UTF-8)
+    and the value dictionary, sorted (codes as ``np.unique`` of the decoded strings gives
+    them)."""
+    used, code = np.unique(rows["value"], return_inverse=True)  # only the values still in use
+    decoded = [dictionary[i].decode("utf-8") for i in used.tolist()]
     order = sorted(range(len(decoded)), key=decoded.__getitem__)
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))

@@ -52,7 +52,7 @@ from features.engine.sql import (
     SIGNAL_HASHES_SQL,
 )
 from features.engine.types import Timings
-from features.engine.wire import array_literal, fetch_arrays, pg_us, text_values
+from features.engine.wire import array_literal, fetch_arrays, pg_us, text_codes
 from hearth import ledger
 from hearth.db import Conn
 from hearth.signals import Category, stored_signals
@@ -232,9 +232,9 @@ def _decode_rollups(
     cols, usable = rollup_rows(cols, sig_hash, read.start, read.as_of, read.hours, known_by_us)
     numeric = numeric_from_arrays(cols)
     cols = fill_single_readings(arrays.pop("categorical"), "categorical")
-    cols["value"] = text_values(cols["value"], cols.pop("value_len"))
+    cols["value"], dictionary = text_codes(cols["value"], cols.pop("value_len"))
     cols, cat_usable = rollup_rows(cols, sig_hash, read.start, read.as_of, read.hours, known_by_us)
-    categorical, values = categorical_from_arrays(cols)
+    categorical, values = categorical_from_arrays(cols, dictionary)
     return numeric, usable, categorical, cat_usable, values
 
 

@@ -83,16 +83,27 @@ def fetch_arrays(
     return out
 
 
-def text_values(blob: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """UTF-8 values laid end to end in ``blob`` (``uint8``), given each one's octet length,
-    as a ``np.bytes_`` array (all numpy, no Python object per value)."""
+def text_codes(blob: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+    """Values laid end to end in ``blob`` (``uint8``), given each one's octet length, as codes
+    into a dictionary of their distinct values. All numpy: values of one length at a time
+    (categorical signals have a few: cells, hashes, network types) are gathered into a
+    fixed-width ``S<n>`` array and ``np.unique``'d; no Python object per value. (Text never
+    holds a NUL byte, so the fixed-width strings lose nothing.)"""
     lengths = lengths.astype(np.int64)
-    if int(lengths.sum()) != blob.size:
-        raise ValueError(f"{blob.size} bytes of text for lengths adding up to {lengths.sum()}")
-    starts = np.cumsum(lengths) - lengths
-    width = max(int(lengths.max()), 1) if lengths.size else 1
-    cols = np.arange(width)
-    inside = cols < lengths[:, None]
-    mat = np.zeros((lengths.size, width), dtype=np.uint8)
-    mat[inside] = blob[(starts[:, None] + cols)[inside]]
-    return mat.view(f"S{width}").ravel()
+    ends = np.cumsum(lengths)
+    if (int(ends[-1]) if ends.size else 0) != blob.size:
+        raise ValueError(f"{blob.size} bytes of text for lengths adding up to {ends[-1:]}")
+    starts = ends - lengths
+    codes = np.empty(lengths.size, dtype=np.int64)
+    dictionary: list[bytes] = []
+    for width in np.unique(lengths).tolist():
+        pick = np.flatnonzero(lengths == width)
+        if width == 0:
+            codes[pick] = len(dictionary)
+            dictionary.append(b"")
+            continue
+        values = blob[starts[pick][:, None] + np.arange(width)].view(f"S{width}").ravel()
+        distinct, inverse = np.unique(values, return_inverse=True)
+        codes[pick] = inverse.ravel() + len(dictionary)
+        dictionary.extend(bytes(v) for v in distinct)
+    return codes, dictionary
