@@ -32,13 +32,20 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet import DEFAULT_DAYS, DEFAULT_HOUSEHOLDS, Targets, clone_fleet, ensure_fleet
+from bench.fleet import (
+    DEFAULT_DAYS,
+    DEFAULT_HOUSEHOLDS,
+    Targets,
+    clone_fleet,
+    drop_database,
+    ensure_fleet,
+    with_db,
+)
 from features.engine import DEFAULT_CHUNK_USERS, Knowledge, compute_vectors, iter_chunk_results
 from features.rollups import refresh_rollups
 from features.snapshots.materialize import materialize
@@ -75,10 +82,6 @@ CATEGORICAL = [
 ]
 DEVICES = {"phone": "phone", "router": "router", "plug": "plug", "door": "contact",
            "motion": "motion", "thermo": "thermostat"}  # fmt: skip
-
-
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 def synthesise(conn: psycopg.Connection, url: str, n_users: int, late_share: float) -> int:
@@ -162,20 +165,6 @@ def synthesise(conn: psycopg.Connection, url: str, n_users: int, late_share: flo
     return rows
 
 
-def drop_database(name: str) -> None:
-    """Drop the throwaway database; an autovacuum worker may hold it for a moment."""
-    deadline = time.monotonic() + 30
-    with psycopg.connect(BASE_URL, autocommit=True) as admin:
-        while True:
-            try:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                return
-            except psycopg.errors.InsufficientPrivilege:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -201,7 +190,7 @@ def synthetic_run(args: argparse.Namespace) -> tuple[list[tuple[int, float, floa
     name = f"hearth_bench_{secrets.token_hex(4)}"
     with psycopg.connect(BASE_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
-    url = _with_db(BASE_URL, name)
+    url = with_db(BASE_URL, name)
     results = []
     try:
         with psycopg.connect(url, autocommit=True) as conn:
