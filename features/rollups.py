@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
@@ -468,8 +469,8 @@ def _refresh_slice(conn: Conn, s: _Slice, since: datetime | str, everything: boo
 def rollup_progress(
     enabled: bool = True,
 ) -> Iterator[Callable[[SliceDone, int], None] | None]:
-    """A rich progress bar for :func:`refresh_rollups` (days done of the run's, raw readings
-    per second, time left) as its ``progress`` callback; None when not ``enabled``."""
+    """A rich progress bar on stderr for :func:`refresh_rollups` (days done of the run's, raw
+    readings per second, time left) as its ``progress`` callback; None when not ``enabled``."""
     if not enabled:
         yield None
         return
@@ -480,6 +481,7 @@ def rollup_progress(
         TextColumn("{task.fields[rate]} readings/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),  # stdout keeps the command's key=value line
         transient=False,
     )
     started = time.monotonic()
