@@ -7,7 +7,8 @@ default 400 households x 90 days, seed 42, ending 2026-11-30):
 1. the readings of the busiest hour of the fleet's last day are set aside (they become the
    incremental hour);
 2. ``refresh_rollups(full=True)`` over ``--jobs`` connections: raw readings per second;
-3. bytes (heap + indexes) of the raw tables and of the rollup tables, per household-day;
+3. bytes (heap + indexes) of the raw tables and of the rollup tables after the first rebuild,
+   per household-day;
 4. the set-aside hour is written back as the collector writes (``ingested_at = now()``) and an
    incremental ``refresh_rollups`` is timed.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -58,13 +59,14 @@ def table_bytes(conn: psycopg.Connection, table: str) -> tuple[int, int]:
     return (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
 
 
-def set_aside_busiest_hour(conn: psycopg.Connection) -> int:
-    """Move the readings of the busiest hour of the fleet's last day (event time) into temp
-    tables; how many."""
+def set_aside_busiest_hour(conn: psycopg.Connection, end: datetime) -> int:
+    """Move the readings of the busiest hour of the fleet's last day (event time, the day
+    before its ``end``) into temp tables; how many."""
     row = conn.execute(
         """SELECT time_bucket(INTERVAL '1 hour', time) FROM numeric_readings
-            WHERE time > (SELECT max(time) - INTERVAL '1 day' FROM numeric_readings)
-            GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"""
+            WHERE time >= %(end)s - INTERVAL '1 day' AND time < %(end)s
+            GROUP BY 1 ORDER BY count(*) DESC LIMIT 1""",
+        {"end": end},
     ).fetchone()
     assert row is not None, "the fleet has no readings"
     moved = 0
@@ -107,16 +109,19 @@ def main() -> int:
     household_days = fleet.households * fleet.days
     rebuilds: list[tuple[int, float, int]] = []
     with clone_fleet(fleet) as url, psycopg.connect(url, autocommit=True) as conn:
-        held = set_aside_busiest_hour(conn)
+        held = set_aside_busiest_hour(conn, fleet.end)
         conn.execute("VACUUM ANALYZE")
+        raw = rolled = {}
         for j in jobs:
             result = refresh_rollups(conn, full=True, database_url=url, jobs=j)
+            if not rolled:  # what one rebuild writes (a second one leaves free space behind)
+                conn.execute("VACUUM ANALYZE")
+                raw = {t: table_bytes(conn, t) for t in RAW}
+                rolled = {t: table_bytes(conn, t) for t in ROLLUPS}
             rebuilds.append((j, result.seconds, result.readings))
             print(f"  full rebuild, {j} connection(s): {result.readings:,} readings in "
                   f"{result.seconds:.1f}s = {result.readings_per_s:,.0f}/s")  # fmt: skip
         conn.execute("VACUUM ANALYZE")
-        raw = {t: table_bytes(conn, t) for t in RAW}
-        rolled = {t: table_bytes(conn, t) for t in ROLLUPS}
         ingest_held_hour(conn)
         t0 = time.perf_counter()
         incremental = refresh_rollups(conn, grace=timedelta(0), database_url=url, jobs=max(jobs))
