@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from features.engine import DEFAULT_CHUNK_USERS, as_of_problem, latest_as_of
-from features.rollups import refresh_rollups
+from features.rollups import DEFAULT_JOBS, refresh_rollups, rollup_progress
 from features.snapshots.materialize import materialize
 from hearth.db import connect
 from hearth.errors import Invalid
@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument(
         "--full", action="store_true", help="rebuild every bucket (ignores the watermark)"
     )
+    r.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help=f"database connections recomputing week slices side by side (default {DEFAULT_JOBS})",
+    )
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_rollup)
 
 
@@ -109,13 +116,21 @@ def _rollup(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
     full = bool(args.full)
-    with connect(get_settings().database_url, autocommit=True) as conn:
+    if args.jobs < 1:
+        raise Invalid("--jobs must be at least 1")
+    url = get_settings().database_url
+    with connect(url, autocommit=True) as conn:
         while True:
-            result = refresh_rollups(conn, full=full)
+            with rollup_progress(enabled=not args.no_progress) as progress:
+                result = refresh_rollups(
+                    conn, full=full, database_url=url, jobs=args.jobs, progress=progress
+                )
             full = False  # a rebuild once, then incremental
             print(
                 f"numeric_buckets={result.numeric_buckets} "
                 f"categorical_buckets={result.categorical_buckets} "
+                f"rows={result.rows} readings={result.readings} "
+                f"readings_per_s={result.readings_per_s:.0f} "
                 f"watermark={result.watermark.isoformat()} seconds={result.seconds:.2f}",
                 flush=True,
             )
