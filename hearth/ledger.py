@@ -14,7 +14,6 @@ from datetime import datetime
 
 from hearth.db import AsyncConn, Conn
 from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
-from hearth.vectors import withdrawn_cell
 
 REGISTRY_CHANNEL = "hearth_registry"  # NOTIFY on any change to users/devices (migration 0002)
 CONSENT_CHANNEL = "hearth_consent"  # NOTIFY on any change to consent_events
@@ -224,28 +223,23 @@ def withdrawn_categories_sql(user_expr: str) -> str:
                    AND ws.action = 'withdraw')"""
 
 
-# What a snapshot holds of a category it may not show. These two expressions change together:
-# the purge writes with the first and verifies with the second.
-def _withdrawn_cells_sql(version_expr: str, categories_expr: str) -> str:
-    """SQL jsonb: ``{name: withdrawn cell}`` for every feature of ``categories_expr``."""
-    withdrawn = json.dumps(withdrawn_cell())
-    return f"""coalesce(
-        (SELECT jsonb_object_agg(fd.name, '{withdrawn}'::jsonb) FROM feature_definitions fd
-          WHERE fd.feature_set_version = {version_expr}
-            AND fd.category = ANY({categories_expr})), '{{}}'::jsonb)"""
+# What a snapshot holds of a category it may not show (packed vectors, migration 0055). These
+# two change together: the purge writes with the first and verifies with the second.
+def withhold_snapshot_sql(row: str, categories_expr: str) -> str:
+    """SQL assignment for ``UPDATE feature_snapshots {row} SET ...``: the features of the
+    categories in text[] ``categories_expr`` (by ``feature_definitions``) made withdrawn
+    cells — null, coverage 0, the reason in ``withheld`` (hearth.vectors: one schema)."""
+    return f"""(vals, covs, withheld) = (
+        SELECT w.vals, w.covs, w.withheld FROM hearth_snapshot_withhold(
+            {row}.feature_set_version, {row}.vals, {row}.covs, {row}.withheld,
+            {categories_expr}) w)"""
 
 
-def withhold_features_sql(vector_expr: str, version_expr: str, categories_expr: str) -> str:
-    """SQL jsonb: snapshot ``vector_expr`` (feature-set version ``version_expr``) with the
-    features of the categories in text[] ``categories_expr`` (by ``feature_definitions``) made
-    withdrawn cells — null with a reason, the key kept (hearth.vectors: one schema)."""
-    return f"({vector_expr} || {_withdrawn_cells_sql(version_expr, categories_expr)})"
-
-
-def shows_features_sql(vector_expr: str, version_expr: str, categories_expr: str) -> str:
-    """SQL boolean: the snapshot still shows a feature of one of ``categories_expr`` (a cell
-    that is not the withdrawn cell)."""
-    return f"(NOT {vector_expr} @> {_withdrawn_cells_sql(version_expr, categories_expr)})"
+def shows_snapshot_sql(row: str, categories_expr: str) -> str:
+    """SQL boolean: snapshot ``row`` still shows a feature of one of ``categories_expr`` (a
+    cell that is not the withdrawn cell)."""
+    return f"""hearth_snapshot_shows({row}.feature_set_version, {row}.vals, {row}.covs,
+                                  {row}.withheld, {categories_expr})"""
 
 
 def consented_categories(conn: Conn, user_id: str, at: datetime) -> set[Category]:

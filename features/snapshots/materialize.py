@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
 import psycopg
 from rich.progress import (
     BarColumn,
@@ -35,8 +36,8 @@ from features.engine import (
     latest_as_of,
 )
 from features.rollups import refresh_rollups
-from features.snapshots.codec import chunk_cells_json
-from features.snapshots.store import users_with_snapshot, write_snapshots
+from features.snapshots.codec import pack_results
+from features.snapshots.store import SnapshotBatch, users_with_snapshot, write_snapshots
 from hearth.db import Conn
 from hearth.settings import get_settings
 
@@ -157,12 +158,22 @@ def _compute_and_write(
             conn, todo, as_of, chunk_size=chunk_size, timings=timings, loaders=loaders
         ):
             t0 = time.perf_counter()
-            docs = chunk_cells_json(results, len(known))
+            values, coverage, withheld = pack_results(results, len(known))
+            n = len(known)
+            batch = SnapshotBatch(
+                known,
+                [as_of],
+                np.arange(n, dtype=np.int32),
+                np.zeros(n, dtype=np.int32),
+                values,
+                coverage,
+                withheld,
+            )
             timings.add(python_s=time.perf_counter() - t0)
             if before_write is not None:
                 before_write(known)
             t0 = time.perf_counter()
-            write_snapshots(conn, known, as_of, docs)
+            write_snapshots(conn, batch)
             timings.add(sql_s=time.perf_counter() - t0)
             written += len(known)
             if p is not None and task is not None:

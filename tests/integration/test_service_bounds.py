@@ -26,7 +26,7 @@ from features.service.resolve import engine_gateway
 from features.service.resolve.vectors import Outcome, VectorResolver
 from features.service.state import STATE
 from hearth.settings import Settings, load_settings
-from tests.support.service import seed_snapshot, seed_user
+from tests.support.service import full_vector, seed_snapshot, seed_user
 
 READ = "bounds-read-token-0123456789"
 ADMIN = "bounds-admin-token-0123456789"
@@ -35,7 +35,7 @@ H_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
 TOKENS = json.dumps({READ: ["features:read"], ADMIN: ["admin"]})
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
-V = {"f_a": {"value": 1.0, "coverage": 1.0}}
+V = {"active_day_ratio_30d": {"value": 1.0, "coverage": 1.0}}
 
 Client = TestClient[Any, Any]
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -158,11 +158,17 @@ async def test_a_future_snapshot_is_never_served_as_the_latest(client: Client, s
         seed_user(conn, "bd-future", consent_from=T0)
         seed_snapshot(conn, "bd-future", AS_OF, version, V)
         future = datetime.now(UTC) + timedelta(days=30)
-        seed_snapshot(conn, "bd-future", future, version, {"f_a": {"value": 9.0, "coverage": 1.0}})
+        seed_snapshot(
+            conn,
+            "bd-future",
+            future,
+            version,
+            {"active_day_ratio_30d": {"value": 9.0, "coverage": 1.0}},
+        )
     resp = await client.get("/v1/users/bd-future/features", headers=H_READ)
     body = await resp.json()
     assert resp.status == 200 and datetime.fromisoformat(body["as_of"]) == AS_OF
-    assert body["features"] == V
+    assert body["features"] == full_vector(V)
 
 
 # --- statement timeout --------------------------------------------------------------------------

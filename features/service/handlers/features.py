@@ -26,11 +26,12 @@ from features.service.resolve import engine_gateway
 from features.service.resolve.vectors import (
     Outcome,
     csv_header,
-    csv_record,
+    csv_records,
     historical_lines,
     vector_json,
 )
 from features.service.state import state_of
+from features.snapshots.codec import CATALOGUE_COLUMNS
 from hearth.settings import Settings
 
 # Request bodies are bounded by bytes as well as by rows: the byte bound follows the row
@@ -201,9 +202,7 @@ async def _stream_rows(
                 chunk = rows[following : following + HISTORICAL_CHUNK_ROWS]
                 pending = asyncio.ensure_future(resolve(chunk))
             if names is not None:
-                text = _csv_text(
-                    csv_record(start + i, o, version, names) for i, o in enumerate(outcomes)
-                )
+                text = _csv_text(csv_records(start, outcomes, version, CATALOGUE_COLUMNS))
             else:
                 text = historical_lines(start, outcomes, version)
             for label, n in Counter(o.reason or o.source or "?" for o in outcomes).items():

@@ -13,16 +13,26 @@ Order of decisions for each row (first match wins):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from features.service.cache import VectorCache
 from features.service.errors import ApiError
 from features.service.resolve.engine_gateway import ComputedVector, EngineGateway
 from features.service.resolve.store import Lookup, SnapshotStore
-from features.snapshots.codec import decode_cells, document_json
+from features.snapshots.codec import (
+    CATALOGUE_COLUMNS,
+    PackedVector,
+    cells_json_rows,
+    document_json,
+    unpack,
+)
 
 Source = Literal["snapshot", "computed"]
 
@@ -35,7 +45,7 @@ class Outcome:
     reason: str | None = None
     source: Source | None = None
     computed_at: datetime | None = None
-    features_json: str | None = None
+    vector: PackedVector | None = None
 
 
 class VectorResolver:
@@ -114,7 +124,7 @@ def _decide(user_id: str, as_of: datetime | None, lookup: Lookup, now: datetime)
         return Outcome(user_id, at, latest, reason="no_active_consent")
     if not lookup.consented_at_as_of:
         return Outcome(user_id, at, latest, reason="no_consent_at_as_of")
-    if lookup.vector_json is not None:
+    if lookup.vector is not None:
         assert lookup.snapshot_as_of is not None
         return Outcome(
             user_id,
@@ -122,7 +132,7 @@ def _decide(user_id: str, as_of: datetime | None, lookup: Lookup, now: datetime)
             latest,
             source="snapshot",
             computed_at=lookup.computed_at,
-            features_json=lookup.vector_json,
+            vector=lookup.vector,
         )
     return None
 
@@ -138,7 +148,7 @@ def _from_engine(
         latest,
         source="computed",
         computed_at=vector.computed_at,
-        features_json=vector.features_json,
+        vector=vector.vector,
     )
 
 
@@ -149,8 +159,27 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
 
-def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
-    """A ``FeatureVectorOut`` document (the outcome must carry a vector)."""
+def features_json(
+    outcomes: Sequence[Outcome], columns: npt.NDArray[np.intp] = CATALOGUE_COLUMNS
+) -> list[str | None]:
+    """The cells of each outcome's vector (the features at ``columns``) as JSON text, rendered
+    together (:func:`features.snapshots.codec.cells_json_rows`); None without a vector."""
+    packed = [o.vector for o in outcomes if o.vector is not None]
+    if not packed:
+        return [None] * len(outcomes)
+    values, coverage = unpack(packed)
+    texts = iter(cells_json_rows(values, coverage, [p.withheld for p in packed], columns))
+    return [next(texts) if o.vector is not None else None for o in outcomes]
+
+
+def vector_json(
+    outcome: Outcome,
+    version: str,
+    stale: bool,
+    cells: str | None = None,
+) -> str:
+    """A ``FeatureVectorOut`` document (the outcome must carry a vector); ``cells``: its
+    features already rendered (:func:`features_json`), else all of them."""
     head = {
         "user_id": outcome.user_id,
         "as_of": _iso(outcome.as_of),
@@ -159,7 +188,7 @@ def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
         "stale": stale,
         "source": outcome.source,
     }
-    return document_json(head, outcome.features_json)
+    return document_json(head, cells if cells is not None else features_json([outcome])[0])
 
 
 _str = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
@@ -181,7 +210,8 @@ def historical_lines(start: int, outcomes: Sequence[Outcome], version: str) -> s
     names: dict[str | None, str] = {None: "null"}
     parts: list[str] = []
     append = parts.append
-    for row, o in enumerate(outcomes, start):
+    cells = features_json(outcomes)
+    for row, (o, text) in enumerate(zip(outcomes, cells, strict=True), start):
         key = (o.as_of, o.as_of.tzinfo)
         as_of = iso.get(key)
         if as_of is None:
@@ -198,7 +228,7 @@ def historical_lines(start: int, outcomes: Sequence[Outcome], version: str) -> s
         append(
             f'{{"row": {row}, "user_id": {_str(o.user_id)}, "as_of": {as_of}, '
             f'"feature_set_version": {version_json}, "reason": {reason}, "source": {source}, '
-            f'"computed_at": {computed_at},"features":{o.features_json or "null"}}}\n'
+            f'"computed_at": {computed_at},"features":{text or "null"}}}\n'
         )
     return "".join(parts)
 
@@ -221,22 +251,32 @@ def csv_header(feature_names: Sequence[str]) -> list[str]:
     return cols
 
 
-def csv_record(
-    row: int, outcome: Outcome, version: str, feature_names: Sequence[str]
-) -> list[object]:
-    record: list[object] = [
-        row,
-        outcome.user_id,
-        _iso(outcome.as_of),
-        version,
-        outcome.reason or "",
-        outcome.source or "",
-        _iso(outcome.computed_at) or "",
-    ]
-    cells = decode_cells(outcome.features_json) if outcome.features_json else {}
-    for name in feature_names:
-        cell = cells.get(name)
-        value = None if cell is None else cell.value
-        coverage = None if cell is None else cell.coverage
-        record += ["" if value is None else value, "" if coverage is None else coverage]
-    return record
+def csv_records(
+    start: int, outcomes: Sequence[Outcome], version: str, columns: npt.NDArray[np.intp]
+) -> list[list[object]]:
+    """CSV records of ``outcomes`` numbered from ``start``: the fixed columns, then value and
+    coverage of the features at ``columns`` (empty when null or without a vector)."""
+    packed = [o.vector for o in outcomes if o.vector is not None]
+    values, coverage = unpack(packed) if packed else (np.zeros((0, 0)), np.zeros((0, 0)))
+    k = 0
+    records: list[list[object]] = []
+    for row, outcome in enumerate(outcomes, start):
+        record: list[object] = [
+            row,
+            outcome.user_id,
+            _iso(outcome.as_of),
+            version,
+            outcome.reason or "",
+            outcome.source or "",
+            _iso(outcome.computed_at) or "",
+        ]
+        if outcome.vector is not None:
+            for v, c in zip(
+                values[k, columns].tolist(), coverage[k, columns].tolist(), strict=True
+            ):
+                record += ["" if math.isnan(v) else v, c]
+            k += 1
+        else:
+            record += [""] * (2 * len(columns))
+        records.append(record)
+    return records
