@@ -421,3 +421,19 @@ def categories_withdrawn_after(
     for u, c in rows:
         out.setdefault(str(u), set()).add(Category(str(c)))
     return out
+
+
+def consent_change_times(
+    conn: Conn, user_ids: Iterable[str], after: datetime, until: datetime
+) -> list[datetime]:
+    """The times in (``after``, ``until``] of the users' credit-scoring consent events,
+    ascending: between two of them, what :func:`consented_categories_many` and
+    :func:`categories_withdrawn_after` say of these users cannot change (a backfill asks them
+    once per stretch instead of once per as_of)."""
+    rows = conn.execute(
+        """SELECT DISTINCT at FROM consent_events
+            WHERE purpose = %s AND at > %s AND at <= %s AND user_id = ANY(%s)
+            ORDER BY at""",
+        (PURPOSE_CREDIT_SCORING, after, until, list(user_ids)),
+    ).fetchall()
+    return [r[0] for r in rows if isinstance(r[0], datetime)]
