@@ -8,8 +8,10 @@ drops the database.
 
     .venv/bin/python bench/features.py                 # 2,500 / 5,000 / 10,000 users
     .venv/bin/python bench/features.py --users 500     # quick run while developing
+    .venv/bin/python bench/features.py --backfill-days 90   # and a 90-day backfill
 
-Last line: ``users=N seconds=… users_per_s=… peak_rss_mb=…`` for the largest N.
+Last line: ``users=N seconds=… users_per_s=… peak_rss_mb=…`` for the largest N; with
+``--backfill-days`` also ``backfill_s=… backfill_ratio=…`` (see :func:`run_backfill`).
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ def _with_db(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
-def synthesise(conn: psycopg.Connection, n_users: int) -> int:
-    """Users, devices, consent and hourly rollups; returns rollup rows written."""
-    start = AS_OF - timedelta(days=DAYS)
+def synthesise(conn: psycopg.Connection, n_users: int, days: int = DAYS) -> int:
+    """Users, devices, consent and ``days`` of hourly rollups; returns rollup rows written."""
+    start = AS_OF - timedelta(days=days)
     conn.execute(
         """CREATE TEMP TABLE bench_users AS
            SELECT format('u%%s', lpad(i::text, 6, '0')) AS user_id, i,
@@ -100,7 +102,7 @@ def synthesise(conn: psycopg.Connection, n_users: int) -> int:
     for table in ("rollup_numeric_hourly", "rollup_categorical_hourly"):
         conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
     for signal, dev, hours, expr in NUMERIC:
-        params = {"dev": dev, "sig": signal, "start": start, "days": DAYS, "hours": hours}
+        params = {"dev": dev, "sig": signal, "start": start, "days": days, "hours": hours}
         params["as_of"] = AS_OF
         cur = conn.execute(
             f"""INSERT INTO rollup_numeric_hourly
@@ -118,7 +120,7 @@ def synthesise(conn: psycopg.Connection, n_users: int) -> int:
                 "dev": dev,
                 "sig": signal,
                 "start": start,
-                "days": DAYS,
+                "days": days,
                 "hours": hours,
                 "as_of": AS_OF,
             },
@@ -140,7 +142,7 @@ def synthesise(conn: psycopg.Connection, n_users: int) -> int:
                          + INTERVAL '5 minutes'
                   FROM bench_users u, generate_series(0, %(days)s - 1) d,
                        unnest(%(hours)s::int[]) h""",
-            {"dev": dev, "sig": signal, "start": start, "days": DAYS, "hours": hours},
+            {"dev": dev, "sig": signal, "start": start, "days": days, "hours": hours},
         )
         rows += cur.rowcount
     for table, include in (
@@ -177,11 +179,64 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+BACKFILL_TARGET_RATIO = 10.0  # issue 15 §2: 90 daily as_ofs in at most 10x one as_of
+BACKFILL_TARGET_RSS_MB = 1024.0
+
+
+def run_backfill(url: str, users: list[str], days: int, chunk_size: int) -> tuple[float, float]:
+    """Backfill ``days`` daily snapshots (ending at AS_OF) of ``users`` on a fresh table:
+    (seconds, peak RSS in MB of this process while it ran, sampled every 50 ms)."""
+    import threading
+
+    import psutil
+
+    from features.snapshots.materialize import as_of_range, backfill
+
+    as_ofs = as_of_range(AS_OF - timedelta(days=days - 1), AS_OF, timedelta(days=1))
+    proc = psutil.Process()
+    peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.05):
+            peak = max(peak, proc.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE feature_snapshots")
+        sampler.start()
+        try:
+            result = backfill(conn, as_ofs, users=users, chunk_size=chunk_size, force=True,
+                              progress=False, database_url=url)  # fmt: skip
+        finally:
+            done.set()
+            sampler.join()
+    assert result.written == len(users) * days, "the backfill wrote a different number of rows"
+    return result.seconds, peak / 2**20
+
+
+def backfill_report(users: int, days: int, single_s: float, seconds: float, rss_mb: float) -> str:
+    """Print the backfill's figures against its targets; the last line's ``key=value`` part."""
+    ratio = seconds / single_s
+    ok = ratio <= BACKFILL_TARGET_RATIO and rss_mb <= BACKFILL_TARGET_RSS_MB
+    print(
+        f"backfill {users} users x {days} as_ofs: {seconds:.1f}s, "
+        f"{users * days / seconds:,.0f} snapshots/s, {ratio:.1f}x one as_of "
+        f"(target <= {BACKFILL_TARGET_RATIO:.0f}x), peak RSS {rss_mb:.0f} MB "
+        f"(target <= {BACKFILL_TARGET_RSS_MB:.0f} MB): {'PASS' if ok else 'FAIL'}"
+    )
+    return f"backfill_s={seconds:.1f} backfill_ratio={ratio:.1f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10_000, help="largest user count")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_USERS)
     parser.add_argument("--keep", action="store_true", help="do not drop the database")
+    parser.add_argument("--backfill-days", type=int, default=0,
+                        help="also backfill this many daily as_ofs of the largest user count "
+                        "(its ratio to the single-date run is the backfill target)")  # fmt: skip
     args = parser.parse_args()
     steps = sorted({max(1, args.users // 4), max(1, args.users // 2), args.users})
 
@@ -194,8 +249,9 @@ def main() -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
             t0 = time.perf_counter()
-            rows = synthesise(conn, args.users)
-            print(f"synthesised {rows:,} rollup rows for {args.users:,} users x {DAYS} days "
+            days = DAYS + max(args.backfill_days - 1, 0)  # every backfilled as_of: 90 days
+            rows = synthesise(conn, args.users, days)
+            print(f"synthesised {rows:,} rollup rows for {args.users:,} users x {days} days "
                   f"in {time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
             users = [str(r[0]) for r in conn.execute("SELECT user_id FROM users ORDER BY 1")]
             for n in steps:
@@ -205,6 +261,9 @@ def main() -> int:
                 )  # fmt: skip
                 results.append((n, result.seconds, result.timings.sql_s, result.timings.python_s))
                 print(f"  {n:>6} users: {result.seconds:6.1f}s", flush=True)
+            if args.backfill_days:
+                backfill = run_backfill(url, users[: steps[-1]], args.backfill_days,
+                                        args.chunk_size)  # fmt: skip
     finally:
         if not args.keep:
             drop_database(name)
@@ -215,7 +274,10 @@ def main() -> int:
         print(f"{n:>8} {secs:>8.1f} {n / secs:>9.0f} {sql_s:>7.1f} {py_s:>9.1f}")
     print(f"peak RSS {rss:.0f} MB")
     n, secs, _, _ = results[-1]
-    print(f"users={n} seconds={secs:.1f} users_per_s={n / secs:.0f} peak_rss_mb={rss:.0f}")
+    last = f"users={n} seconds={secs:.1f} users_per_s={n / secs:.0f} peak_rss_mb={rss:.0f}"
+    if args.backfill_days:
+        last += " " + backfill_report(n, args.backfill_days, secs, *backfill)
+    print(last)
     return 0
 
 
