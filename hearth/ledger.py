@@ -73,6 +73,24 @@ def any_active_consent_sql(user_expr: str, at_expr: str) -> str:
     )"""
 
 
+# For many (user, T) rows at once (a training set): per known user among %(users)s, whether
+# some category is actively consented after each of their consent event times — the rule of
+# any_active_consent_sql evaluated once per (user, event time) instead of once per row. The
+# answer at T is that of the last event time at or before T (none: no consent); a user without
+# events has one row with NULL time. Rows ordered by user, then time.
+ANY_CONSENT_STEPS_SQL = f"""
+    WITH known AS (SELECT DISTINCT u.user_id
+                     FROM unnest(%(users)s::text[]) AS r(user_id)
+                     JOIN users u ON u.user_id = r.user_id),
+         times AS (SELECT DISTINCT e.user_id, e.at FROM consent_events e
+                     JOIN known k ON k.user_id = e.user_id
+                    WHERE e.purpose = %(purpose)s)
+    SELECT k.user_id, t.at, t.at IS NOT NULL AND {any_active_consent_sql("t.user_id", "t.at")}
+      FROM known k LEFT JOIN times t ON t.user_id = k.user_id
+     ORDER BY k.user_id, t.at
+"""
+
+
 def consent_rule_params() -> dict[str, object]:
     """The parameters :func:`any_active_consent_sql` needs."""
     return {"purpose": PURPOSE_CREDIT_SCORING, "notice": CURRENT_NOTICE_VERSION}

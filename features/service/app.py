@@ -28,6 +28,7 @@ from features.service.handlers.features import historical_max_body
 from features.service.header_timeout import HeaderTimeoutRunner
 from features.service.metrics import ServiceMetrics
 from features.service.openapi import build_openapi
+from features.service.resolve.bulk import BulkResolver
 from features.service.resolve.engine_gateway import EngineGateway, feature_set_version
 from features.service.resolve.store import (
     SnapshotStore,
@@ -97,6 +98,7 @@ def _service_state(
         resolver=VectorResolver(
             store, engine, cache, timedelta(seconds=settings.snapshot_stale_after_s)
         ),
+        bulk=BulkResolver(async_pool, engine, settings.max_clock_skew_s),
         metrics=metrics,
         openapi_json=json.dumps(build_openapi(ENDPOINTS)),
     )

@@ -8,7 +8,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ from features.client import HearthError, parse_historical_line
 from features.service.app import create_app
 from features.service.errors import INLINE_PARSE_BYTES, read_model
 from features.service.resolve import engine_gateway
-from features.service.resolve.vectors import Outcome, VectorResolver
+from features.service.resolve.bulk import BulkResolver, ResolvedRows
 from features.service.state import STATE
 from hearth.settings import Settings, load_settings
 from tests.support.service import full_vector, seed_snapshot, seed_user
@@ -237,26 +237,20 @@ async def test_large_bodies_are_parsed_off_the_event_loop() -> None:
 # --- an error after the stream started --------------------------------------------------------
 
 
-class _FailingResolver(VectorResolver):
-    """The real resolver, failing on its ``fail_on``-th call (fault injection)."""
+class _FailingResolver(BulkResolver):
+    """The real historical resolver, failing on its ``fail_on``-th chunk (fault injection)."""
 
-    def __init__(self, inner: VectorResolver, fail_on: int, error: Exception) -> None:
-        super().__init__(inner.store, inner.engine, inner.cache, inner.stale_after)
+    def __init__(self, inner: BulkResolver, fail_on: int, error: Exception) -> None:
+        self.__dict__.update(inner.__dict__)
         self.calls = 0
         self.fail_on = fail_on
         self.error = error
 
-    async def resolve(
-        self,
-        rows: Sequence[tuple[str, datetime | None]],
-        version: str,
-        *,
-        use_cache: bool = True,
-    ) -> list[Outcome]:
+    async def resolve(self, *args: Any, **kwargs: Any) -> ResolvedRows:
         self.calls += 1
         if self.calls == self.fail_on:
             raise self.error
-        return await super().resolve(rows, version, use_cache=use_cache)
+        return await super().resolve(*args, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -273,7 +267,7 @@ async def test_error_mid_stream_ends_it_with_one_error_record(
     rows = [{"user_id": f"nobody-{i}", "as_of": "2026-01-01T00:00:00Z"} for i in range(6_000)]
     async with _client(_settings(seeded)) as c:
         state = c.server.app[STATE]  # type: ignore[union-attr]
-        state.resolver = _FailingResolver(state.resolver, fail_on=2, error=error)
+        state.bulk = _FailingResolver(state.bulk, fail_on=2, error=error)
         resp = await c.post(
             "/v1/features/historical", json={"rows": rows}, headers={**H_READ, "Accept": accept}
         )

@@ -140,7 +140,7 @@ def test_served_vectors_have_every_feature(withdrawn: dict[str, Any]) -> None:
         client = HearthClient(url, TOKEN)
         snapshot = client.get_features(withdrawn["user"], T)
         computed = client.get_features(withdrawn["user"], T - timedelta(days=1))
-        rows = client.historical([(withdrawn["user"], T), (withdrawn["user"], NOW)]).rows
+        rows = client.historical_rows([(withdrawn["user"], T), (withdrawn["user"], NOW)]).rows
     assert snapshot.source == "snapshot" and computed.source == "computed"
     for features in (snapshot.features, computed.features, rows[0].features, rows[1].features):
         assert features is not None and set(features) == NAMES

@@ -12,8 +12,6 @@ Order of decisions for each row (first match wins):
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -189,94 +187,3 @@ def vector_json(
         "source": outcome.source,
     }
     return document_json(head, cells if cells is not None else features_json([outcome])[0])
-
-
-_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
-
-
-def _name(names: dict[str | None, str], value: str | None) -> str:
-    text = names[value] = "null" if value is None else _str(value)
-    return text
-
-
-def historical_lines(start: int, outcomes: Sequence[Outcome], version: str) -> str:
-    """NDJSON text of ``HistoricalRowOut`` documents numbered from ``start``, one per outcome,
-    each ending in a newline. Byte for byte what :func:`json.dumps` of the head plus the spliced
-    features gives, without a dict and an encoder pass per row (100,000-row requests): string
-    fields go through json's own C string encoder, timestamps are formatted once per value."""
-    version_json = _str(version)
-    # Keyed with the tzinfo: equal instants in different zones format differently.
-    iso: dict[tuple[datetime, object], str] = {}
-    names: dict[str | None, str] = {None: "null"}
-    parts: list[str] = []
-    append = parts.append
-    cells = features_json(outcomes)
-    for row, (o, text) in enumerate(zip(outcomes, cells, strict=True), start):
-        key = (o.as_of, o.as_of.tzinfo)
-        as_of = iso.get(key)
-        if as_of is None:
-            as_of = iso[key] = '"' + o.as_of.isoformat() + '"'
-        computed_at = "null"
-        if o.computed_at is not None:
-            key = (o.computed_at, o.computed_at.tzinfo)
-            cached = iso.get(key)
-            if cached is None:
-                cached = iso[key] = '"' + o.computed_at.isoformat() + '"'
-            computed_at = cached
-        reason = names.get(o.reason) or _name(names, o.reason)
-        source = names.get(o.source) or _name(names, o.source)
-        append(
-            f'{{"row": {row}, "user_id": {_str(o.user_id)}, "as_of": {as_of}, '
-            f'"feature_set_version": {version_json}, "reason": {reason}, "source": {source}, '
-            f'"computed_at": {computed_at},"features":{text or "null"}}}\n'
-        )
-    return "".join(parts)
-
-
-CSV_FIXED_COLUMNS = (
-    "row",
-    "user_id",
-    "as_of",
-    "feature_set_version",
-    "reason",
-    "source",
-    "computed_at",
-)
-
-
-def csv_header(feature_names: Sequence[str]) -> list[str]:
-    cols = list(CSV_FIXED_COLUMNS)
-    for name in feature_names:
-        cols += [name, f"{name}__coverage"]
-    return cols
-
-
-def csv_records(
-    start: int, outcomes: Sequence[Outcome], version: str, columns: npt.NDArray[np.intp]
-) -> list[list[object]]:
-    """CSV records of ``outcomes`` numbered from ``start``: the fixed columns, then value and
-    coverage of the features at ``columns`` (empty when null or without a vector)."""
-    packed = [o.vector for o in outcomes if o.vector is not None]
-    values, coverage = unpack(packed) if packed else (np.zeros((0, 0)), np.zeros((0, 0)))
-    k = 0
-    records: list[list[object]] = []
-    for row, outcome in enumerate(outcomes, start):
-        record: list[object] = [
-            row,
-            outcome.user_id,
-            _iso(outcome.as_of),
-            version,
-            outcome.reason or "",
-            outcome.source or "",
-            _iso(outcome.computed_at) or "",
-        ]
-        if outcome.vector is not None:
-            for v, c in zip(
-                values[k, columns].tolist(), coverage[k, columns].tolist(), strict=True
-            ):
-                record += ["" if math.isnan(v) else v, c]
-            k += 1
-        else:
-            record += [""] * (2 * len(columns))
-        records.append(record)
-    return records
