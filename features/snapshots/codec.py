@@ -185,26 +185,32 @@ def cells_json_rows(
 ) -> list[str]:
     """Each row's cells (the features at ``columns``, in that order) as JSON text: exactly what
     ``json.dumps`` gives for {name: hearth.vectors.cell(value, coverage, reason)} (floats by
-    ``repr``, NaN as null), written column by column instead of a dict per row."""
-    n = values.shape[0]
-    reasons = [parse_withheld(w) for w in withheld]
-    parts: list[list[str]] = []
-    for j in columns.tolist():
-        v = values[:, j]
-        finite = np.isfinite(v).tolist()
-        shown = [repr(x) if ok else "null" for x, ok in zip(v.tolist(), finite, strict=True)]
-        category = layout.categories[j]
-        why = [_suffix(r.get(category)) for r in reasons] if any(reasons) else [""] * n
-        head = json.dumps(layout.names[j]) + ': {"value": '
-        parts.append(
-            [
-                f'{head}{x}, "coverage": {c!r}{r}}}'
-                for x, c, r in zip(shown, coverage[:, j].tolist(), why, strict=True)
-            ]
-        )
-    return (
-        ["{" + ", ".join(row) + "}" for row in zip(*parts, strict=True)] if parts else (["{}"] * n)
-    )
+    ``repr``, NaN as null), filled into one template per column selection instead of a dict
+    per row."""
+    template = _template(tuple(columns.tolist()), layout)
+    k = len(columns)
+    picked = values[:, columns]
+    finite = np.isfinite(picked).tolist()
+    shown = picked.tolist()
+    covered = coverage[:, columns].tolist()
+    categories = [layout.categories[j] for j in columns.tolist()]
+    no_reasons = [""] * k
+    out = []
+    for row, ok, cov, held in zip(shown, finite, covered, withheld, strict=True):
+        args: list[object] = [None] * (3 * k)
+        args[0::3] = [repr(x) if f else "null" for x, f in zip(row, ok, strict=True)]
+        args[1::3] = cov
+        reasons = parse_withheld(held)
+        args[2::3] = [_suffix(reasons.get(c)) for c in categories] if reasons else no_reasons
+        out.append(template % tuple(args))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _template(columns: tuple[int, ...], layout: Layout) -> str:
+    """``{"<name>": {"value": %s, "coverage": %r%s}, ...}`` for the features at ``columns``."""
+    cells = [json.dumps(layout.names[j]) + ': {"value": %s, "coverage": %r%s}' for j in columns]
+    return "{" + ", ".join(cells) + "}"
 
 
 @functools.lru_cache(maxsize=8)
