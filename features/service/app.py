@@ -38,6 +38,7 @@ from features.service.resolve.store import (
 from features.service.resolve.vectors import Outcome, VectorResolver
 from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
+from features.service.tabular import warm_up
 from hearth.db import AsyncConn, Conn
 from hearth.errors import Unavailable
 from hearth.settings import Settings
@@ -148,6 +149,7 @@ def _pools(
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
+    await asyncio.to_thread(warm_up)  # the Arrow path's one-time imports, before serving
     await state.async_pool.open(wait=False)
     state.sync_pool.open(wait=False)
     state.admin_pool.open(wait=False)

@@ -102,15 +102,16 @@ async def population(
     pool: AsyncConnectionPool, user_ids: Sequence[str], as_of_us: I64
 ) -> Population:
     """Consent of every row of a request, with one statement for all its users."""
-    distinct, inverse = np.unique(np.asarray(user_ids, dtype=object), return_inverse=True)
-    inverse = inverse.ravel()
-    users = [str(u) for u in distinct.tolist()]
+    index: dict[str, int] = {}
+    inverse = np.fromiter(
+        (index.setdefault(u, len(index)) for u in user_ids), dtype=np.int64, count=len(user_ids)
+    )
+    users = list(index)
     params = {"users": users, **consent_rule_params()}
     async with pool.connection() as conn:
         cur = await conn.execute(ANY_CONSENT_STEPS_SQL, params, prepare=True)
         steps = await cur.fetchall()
-    index = {u: i for i, u in enumerate(users)}
-    known = np.zeros(len(distinct), dtype=bool)
+    known = np.zeros(len(users), dtype=bool)
     step_user, step_at, step_active = [], [], []
     for user, at, active in steps:
         i = index[str(user)]
@@ -123,7 +124,7 @@ async def population(
     sa = np.asarray(step_at, dtype=np.int64)
     act = np.asarray(step_active, dtype=bool)
     # The last step of each user (at or before "now", i.e. any time) decides consent now.
-    now = np.zeros(len(distinct), dtype=bool)
+    now = np.zeros(len(users), dtype=bool)
     if su.size:
         last = np.r_[su[1:] != su[:-1], True]
         now[su[last]] = act[last]
@@ -226,8 +227,11 @@ class BulkResolver:
         withheld = [NO_WITHHELD] * n
         todo = np.flatnonzero(reason == 0)
         if todo.size:
+            # Probed in (user, t) order: neighbouring lookups share index and heap pages.
+            order = sorted(todo.tolist(), key=lambda i: (user_ids[i], int(as_of_us[i])))
+            todo = np.array(order, dtype=np.int64)
             found = await self._probe(
-                [user_ids[i] for i in todo.tolist()], as_of_us[todo], mode, max_age, version
+                [user_ids[i] for i in order], as_of_us[todo], mode, max_age, version
             )
             p_at, p_computed, p_values, p_coverage, p_withheld = found
             hit = p_at != -1
