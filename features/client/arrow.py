@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from features.client.base import HISTORICAL_BATCH_ROWS
 from features.client.results import HearthError
@@ -82,12 +82,14 @@ def request_bodies(
     return bodies
 
 
-def read_table(body: bytes, rows: int) -> Any:
-    """One answer as an Arrow table; a stream with fewer rows than asked (cut off by an error
-    after it started) is a :class:`HearthError`."""
+def read_table(body: bytes | BinaryIO, rows: int) -> Any:
+    """One answer (its bytes, or the response to read them from as they arrive) as an Arrow
+    table; a stream with fewer rows than asked (cut off by an error after it started) is a
+    :class:`HearthError`."""
     pa = _pyarrow()
+    source = body if isinstance(body, bytes) else pa.PythonFile(body, mode="r")
     try:
-        table = pa.ipc.open_stream(body).read_all()
+        table = pa.ipc.open_stream(source).read_all()
     except (pa.ArrowException, OSError) as exc:
         raise HearthError(502, "bad_stream", f"unreadable Arrow stream: {exc}", []) from None
     if table.num_rows != rows:
@@ -104,6 +106,9 @@ def to_frame(tables: Sequence[Any]) -> pd.DataFrame:
     pa = _pyarrow()
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     version = (table.schema.metadata or {}).get(VERSION_KEY, b"").decode()
-    frame: pd.DataFrame = table.drop_columns(["row"]).to_pandas()
+    # Columns freed as they are converted: the table and the frame are not both held whole.
+    frame: pd.DataFrame = table.drop_columns(["row"]).to_pandas(
+        self_destruct=True, split_blocks=True
+    )
     frame.attrs["feature_set_version"] = version
     return frame

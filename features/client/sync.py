@@ -51,7 +51,7 @@ def _read_all(response: HTTPResponse) -> bytes:
 
 
 def _read_table(response: HTTPResponse, rows: int) -> Any:
-    return read_table(response.read(), rows)
+    return read_table(response, rows)  # record batches decoded as they arrive
 
 
 def _parse_stream(response: HTTPResponse, offset: int) -> list[HistoricalRow]:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 import pytest_asyncio
@@ -288,6 +289,24 @@ async def test_error_mid_stream_ends_it_with_one_error_record(
     with pytest.raises(HearthError) as raised:  # the Python client refuses the short result
         parse_historical_line(last)
     assert raised.value.code == code
+
+
+async def test_error_mid_arrow_stream_cuts_it_short(seeded: str) -> None:
+    """No error record fits an Arrow stream: it is cut off before its end marker, and a reader
+    (the client) refuses it."""
+    rows = [{"user_id": f"nobody-{i}", "as_of": "2026-01-01T00:00:00Z"} for i in range(6_000)]
+    async with _client(_settings(seeded)) as c:
+        state = c.server.app[STATE]  # type: ignore[union-attr]
+        state.bulk = _FailingResolver(state.bulk, fail_on=2, error=RuntimeError("boom"))
+        resp = await c.post(
+            "/v1/features/historical",
+            json={"rows": rows},
+            headers={**H_READ, "Accept": "application/vnd.apache.arrow.stream"},
+        )
+        assert resp.status == 200  # the status line went out with the first chunk
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+        assert (await c.get("/healthz")).status == 200  # a new connection serves
 
 
 # --- one code for an unknown user --------------------------------------------------------------
