@@ -183,9 +183,13 @@ BACKFILL_TARGET_RATIO = 10.0  # issue 15 §2: 90 daily as_ofs in at most 10x one
 BACKFILL_TARGET_RSS_MB = 1024.0
 
 
-def run_backfill(url: str, users: list[str], days: int, chunk_size: int) -> tuple[float, float]:
-    """Backfill ``days`` daily snapshots (ending at AS_OF) of ``users`` on a fresh table:
-    (seconds, peak RSS in MB of this process while it ran, sampled every 50 ms)."""
+def run_backfill(
+    url: str, users: list[str], days: int, chunk_size: int, processes: int
+) -> tuple[float, float]:
+    """Backfill ``days`` daily snapshots (ending at AS_OF) of ``users`` on a fresh table with
+    ``processes`` worker processes: (seconds, peak RSS in MB of this process and its workers
+    while it ran, sampled every 50 ms)."""
+    import contextlib
     import threading
 
     import psutil
@@ -200,7 +204,11 @@ def run_backfill(url: str, users: list[str], days: int, chunk_size: int) -> tupl
     def sample() -> None:
         nonlocal peak
         while not done.wait(0.05):
-            peak = max(peak, proc.memory_info().rss)
+            rss = proc.memory_info().rss
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    rss += child.memory_info().rss
+            peak = max(peak, rss)
 
     sampler = threading.Thread(target=sample, daemon=True)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -208,7 +216,7 @@ def run_backfill(url: str, users: list[str], days: int, chunk_size: int) -> tupl
         sampler.start()
         try:
             result = backfill(conn, as_ofs, users=users, chunk_size=chunk_size, force=True,
-                              progress=False, database_url=url)  # fmt: skip
+                              progress=False, database_url=url, processes=processes)  # fmt: skip
         finally:
             done.set()
             sampler.join()
@@ -216,12 +224,14 @@ def run_backfill(url: str, users: list[str], days: int, chunk_size: int) -> tupl
     return result.seconds, peak / 2**20
 
 
-def backfill_report(users: int, days: int, single_s: float, seconds: float, rss_mb: float) -> str:
+def backfill_report(
+    users: int, days: int, processes: int, single_s: float, seconds: float, rss_mb: float
+) -> str:
     """Print the backfill's figures against its targets; the last line's ``key=value`` part."""
     ratio = seconds / single_s
     ok = ratio <= BACKFILL_TARGET_RATIO and rss_mb <= BACKFILL_TARGET_RSS_MB
     print(
-        f"backfill {users} users x {days} as_ofs: {seconds:.1f}s, "
+        f"backfill {users} users x {days} as_ofs ({processes} processes): {seconds:.1f}s, "
         f"{users * days / seconds:,.0f} snapshots/s, {ratio:.1f}x one as_of "
         f"(target <= {BACKFILL_TARGET_RATIO:.0f}x), peak RSS {rss_mb:.0f} MB "
         f"(target <= {BACKFILL_TARGET_RSS_MB:.0f} MB): {'PASS' if ok else 'FAIL'}"
@@ -234,6 +244,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=10_000, help="largest user count")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_USERS)
     parser.add_argument("--keep", action="store_true", help="do not drop the database")
+    parser.add_argument("--backfill-processes", type=int, default=2,
+                        help="the backfill's worker processes (a core each)")  # fmt: skip
     parser.add_argument("--backfill-days", type=int, default=0,
                         help="also backfill this many daily as_ofs of the largest user count "
                         "(its ratio to the single-date run is the backfill target)")  # fmt: skip
@@ -263,7 +275,7 @@ def main() -> int:
                 print(f"  {n:>6} users: {result.seconds:6.1f}s", flush=True)
             if args.backfill_days:
                 backfill = run_backfill(url, users[: steps[-1]], args.backfill_days,
-                                        args.chunk_size)  # fmt: skip
+                                        args.chunk_size, args.backfill_processes)  # fmt: skip
     finally:
         if not args.keep:
             drop_database(name)
@@ -276,7 +288,9 @@ def main() -> int:
     n, secs, _, _ = results[-1]
     last = f"users={n} seconds={secs:.1f} users_per_s={n / secs:.0f} peak_rss_mb={rss:.0f}"
     if args.backfill_days:
-        last += " " + backfill_report(n, args.backfill_days, secs, *backfill)
+        last += " " + backfill_report(
+            n, args.backfill_days, args.backfill_processes, secs, *backfill
+        )
     print(last)
     return 0
 

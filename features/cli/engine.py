@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     who.add_argument("--users-file", type=Path, help="file with one user id per line")
     m.add_argument("--chunk-size", type=int, help="users per chunk (memory bound; default 250)")
     m.add_argument("--force", action="store_true", help="recompute users already materialised")
+    m.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="backfill: worker processes computing chunks at once (one per core; default 1)",
+    )
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=_materialize)
 
@@ -142,6 +148,8 @@ def _chunk_size(args: argparse.Namespace) -> int:
 def _backfill(args: argparse.Namespace) -> int:
     as_ofs = backfill_as_ofs(args.start, args.end, args.every)
     chunk_size = _chunk_size(args)
+    if args.processes < 1:
+        raise Invalid("--processes must be at least 1")
     users = _users(args)
     url = get_settings().database_url
     with connect(url, autocommit=True) as conn:
@@ -153,6 +161,7 @@ def _backfill(args: argparse.Namespace) -> int:
             force=args.force,
             progress=not args.no_progress,
             database_url=url,
+            processes=args.processes,
         )
     print(
         f"from={result.as_ofs[0].isoformat()} to={result.as_ofs[-1].isoformat()} "

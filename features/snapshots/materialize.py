@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -301,7 +303,8 @@ class ChunkReport:
     as_ofs: int  # as_ofs computed (those with at least one snapshot to write)
     skipped: int  # (user, as_of) pairs already stored
     written: int  # snapshots written
-    timings: Timings = field(default_factory=Timings)
+    sql_s: float = 0.0  # where the time went (features.engine.Timings), as plain numbers
+    python_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -350,7 +353,7 @@ def _compute_write(
 ) -> ChunkReport:
     """Compute every as_of of the plan from the span's one read and write the chunk's
     snapshots in one transaction."""
-    report = ChunkReport(len(plan.users), len(plan.todo), plan.skipped, 0, timings)
+    report = ChunkReport(len(plan.users), len(plan.todo), plan.skipped, 0)
     if span is None:
         return report
     as_ofs = sorted(plan.todo)
@@ -369,6 +372,12 @@ def _compute_write(
     write_snapshots(conn, batch)
     timings.add(sql_s=time.perf_counter() - t0)
     report.written = len(batch)
+    return report
+
+
+def _reported(report: ChunkReport, timings: Timings) -> ChunkReport:
+    """``report`` with the chunk's timings (a chunk's own Timings, not a run's shared one)."""
+    report.sql_s, report.python_s = timings.sql_s, timings.python_s
     return report
 
 
@@ -398,7 +407,7 @@ def materialize_chunk(
         conn.execute("SET jit = off")
         plan = _plan(conn, users, times, force)
         span = _read(conn, plan, read_watermark(conn), knowledge, timings)
-        return _compute_write(conn, plan, span, timings, before_write)
+        return _reported(_compute_write(conn, plan, span, timings, before_write), timings)
 
 
 def prepare(conn: Conn, *, refresh: bool = True) -> None:
@@ -431,15 +440,20 @@ def backfill(
     database_url: str | None = None,
     knowledge: Knowledge = Knowledge.INGESTED,
     before_write: Callable[[Sequence[str]], None] | None = None,
+    processes: int = 1,
 ) -> BackfillResult:
     """Compute and store snapshots at every one of ``as_ofs`` for ``users`` (default: every
     user), chunk by chunk (:func:`materialize_chunk`'s work); with ``database_url`` a loader
-    connection plans and reads the next chunk while this one is computed and written."""
+    connection plans and reads the next chunk while this one is computed and written, or,
+    with ``processes`` > 1, that many worker processes run whole chunks at once (the features
+    are computed per as_of, so a backfill is bound by arithmetic: one process per core)."""
     started = time.monotonic()
     _fixed_mmap_threshold()
     times = sorted({_check_as_of(t) for t in as_ofs})
     if not times:
         raise ValueError("no as_of to compute")
+    if processes > 1 and (database_url is None or before_write is not None):
+        raise ValueError("worker processes need database_url (and take no before_write)")
     prepare(conn, refresh=refresh)
     wanted = list(dict.fromkeys(users)) if users is not None else _all_users(conn)
     watermark = read_watermark(conn)
@@ -447,17 +461,25 @@ def backfill(
     known = skipped = written = 0
     chunks = [wanted[i : i + chunk_size] for i in range(0, len(wanted), chunk_size)]
     with _progress(progress, "users") as p, contextlib.ExitStack() as stack:
-        loader = stack.enter_context(_loader(database_url)) if database_url else conn
         task = p.add_task(f"backfill {len(times)} as_ofs", total=len(wanted)) if p else None
         done_users = 0
-        planned = _prefetched(
-            loader, chunks, times, force, watermark, knowledge, timings, threaded=bool(database_url)
-        )
-        for part, plan, span in planned:
-            report = _compute_write(conn, plan, span, timings, before_write)
+        if processes > 1:
+            assert database_url is not None
+            reports = _in_processes(database_url, chunks, times, force, knowledge, processes)
+        else:
+            loader = stack.enter_context(_loader(database_url)) if database_url else conn
+            planned = _prefetched(loader, chunks, times, force, watermark, knowledge, timings,
+                                  threaded=bool(database_url))  # fmt: skip
+            reports = (
+                (part, _compute_write(conn, plan, span, timings, before_write))
+                for part, plan, span in planned
+            )
+        for part, report in reports:
             known += report.users
             skipped += report.skipped
             written += report.written
+            if processes > 1:  # the workers' own timings; in process, already in `timings`
+                timings.add(sql_s=report.sql_s, python_s=report.python_s)
             done_users += len(part)
             if p is not None and task is not None:
                 p.update(task, completed=done_users)
@@ -478,6 +500,28 @@ def backfill(
         result.seconds,
     )
     return result
+
+
+def _in_processes(
+    database_url: str,
+    chunks: Sequence[Sequence[str]],
+    as_ofs: Sequence[datetime],
+    force: bool,
+    knowledge: Knowledge,
+    processes: int,
+) -> Iterator[tuple[Sequence[str], ChunkReport]]:
+    """(chunk, report) as worker processes finish chunks (spawned: a fork would copy this
+    process's connections and threads)."""
+    connect = functools.partial(psycopg.connect, database_url, autocommit=True)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        futures = {
+            pool.submit(materialize_chunk, connect, list(part), list(as_ofs), force=force,
+                        knowledge=knowledge): part
+            for part in chunks
+        }  # fmt: skip
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
 
 def _prefetched(

@@ -139,6 +139,12 @@ def test_backfill_equals_single_date_runs_bit_for_bit(fleet: str) -> None:
         backfilled = _stored(conn)
         assert len(backfilled) == 28
         conn.execute("DELETE FROM feature_snapshots")
+        # The same work in worker processes (materialize_chunk, a chunk each).
+        spread = backfill(conn, AS_OFS, chunk_size=2, refresh=False, progress=False,
+                          database_url=fleet, processes=2)  # fmt: skip
+        assert (spread.users, spread.written) == (4, 28)
+        assert _stored(conn) == backfilled
+        conn.execute("DELETE FROM feature_snapshots")
         for t in AS_OFS:
             materialize(conn, t, refresh=False, progress=False, chunk_size=3)
         single = _stored(conn)
