@@ -9,6 +9,7 @@ import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import TypedDict
 
 from features.engine import DEFAULT_CHUNK_USERS, as_of_problem, latest_as_of
 from features.rollups import refresh_rollups
@@ -117,19 +118,9 @@ def _materialize(args: argparse.Namespace) -> int:
     if args.end is not None:
         raise Invalid("--to goes with --from (a backfill), not with --as-of")
     as_of = parse_as_of(args.as_of)
-    chunk_size = _chunk_size(args)
-    users = _users(args)
-    url = get_settings().database_url
-    with connect(url, autocommit=True) as conn:
-        result = materialize(
-            conn,
-            as_of,
-            users=users,
-            chunk_size=chunk_size,
-            force=args.force,
-            progress=not args.no_progress,
-            database_url=url,
-        )
+    options = _run_options(args)
+    with connect(options["database_url"], autocommit=True) as conn:
+        result = materialize(conn, as_of, **options)
     print(
         f"as_of={result.as_of.isoformat()} version={result.feature_set_version} "
         f"requested={result.requested} skipped={result.skipped} written={result.written} "
@@ -138,31 +129,35 @@ def _materialize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chunk_size(args: argparse.Namespace) -> int:
+class _RunOptions(TypedDict):
+    users: list[str] | None
+    chunk_size: int
+    force: bool
+    progress: bool
+    database_url: str
+
+
+def _run_options(args: argparse.Namespace) -> _RunOptions:
+    """What a single-date run and a backfill both take from the command line."""
     chunk_size = DEFAULT_CHUNK_USERS if args.chunk_size is None else int(args.chunk_size)
     if chunk_size < 1:
         raise Invalid("--chunk-size must be at least 1")
-    return chunk_size
+    return _RunOptions(
+        users=_users(args),
+        chunk_size=chunk_size,
+        force=bool(args.force),
+        progress=not args.no_progress,
+        database_url=get_settings().database_url,
+    )
 
 
 def _backfill(args: argparse.Namespace) -> int:
     as_ofs = backfill_as_ofs(args.start, args.end, args.every)
-    chunk_size = _chunk_size(args)
     if args.processes < 1:
         raise Invalid("--processes must be at least 1")
-    users = _users(args)
-    url = get_settings().database_url
-    with connect(url, autocommit=True) as conn:
-        result = backfill(
-            conn,
-            as_ofs,
-            users=users,
-            chunk_size=chunk_size,
-            force=args.force,
-            progress=not args.no_progress,
-            database_url=url,
-            processes=args.processes,
-        )
+    options = _run_options(args)
+    with connect(options["database_url"], autocommit=True) as conn:
+        result = backfill(conn, as_ofs, processes=args.processes, **options)
     print(
         f"from={result.as_ofs[0].isoformat()} to={result.as_ofs[-1].isoformat()} "
         f"as_ofs={len(result.as_ofs)} version={result.feature_set_version} "
