@@ -14,7 +14,7 @@ the same 100,000 rows x 24 features in 1.8-2.1 s at ~480 MB on this kind of mach
 
 The database (``hearth_bench_hist_<users>x<days>``) is kept and reused: its snapshots take a
 while to backfill (resumable: an interrupted build continues), retrieval is what is measured.
-``--fresh`` rebuilds it. Each retrieval runs ``--repeat`` times after a warm-up; the best time
+``--fresh`` rebuilds it; ``--build-only`` builds it and stops (before a quiet-machine run). Each retrieval runs ``--repeat`` times after a warm-up; the best time
 counts. Last line: ``historical_24_s=… historical_all_s=… exact_rows_s=… service_rss_mb=…
 client_rss_mb=… load_start=… load_end=…``.
 """
@@ -200,10 +200,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="backfill processes")
     parser.add_argument("--chunk-size", type=int, default=250)
     parser.add_argument("--fresh", action="store_true", help="rebuild the database")
+    parser.add_argument("--build-only", action="store_true", help="build the database, no run")
     args = parser.parse_args()
 
     load_start = os.getloadavg()[0]
     db_url = ensure_database(args.users, args.days, args.fresh, args.workers, args.chunk_size)
+    if args.build_only:
+        return 0
     from tests.conftest import free_port
     from tests.support.service import wait_ready
 
