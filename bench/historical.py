@@ -14,9 +14,10 @@ the same 100,000 rows x 24 features in 1.8-2.1 s at ~480 MB on this kind of mach
 
 The database (``hearth_bench_hist_<users>x<days>``) is kept and reused: its snapshots take a
 while to backfill (resumable: an interrupted build continues), retrieval is what is measured.
-``--fresh`` rebuilds it; ``--build-only`` builds it and stops (before a quiet-machine run). Each retrieval runs ``--repeat`` times after a warm-up; the best time
-counts. Last line: ``historical_24_s=… historical_all_s=… exact_rows_s=… service_rss_mb=…
-client_rss_mb=… load_start=… load_end=…``.
+``--fresh`` rebuilds it; ``--build-only`` builds it and stops (before a quiet-machine run).
+Each retrieval runs ``--repeat`` times after a warm-up; the best time counts. Last line:
+``historical_24_s=… historical_all_s=… exact_rows_s=… service_rss_mb=… client_rss_mb=…
+load_start=… load_end=…``.
 """
 
 from __future__ import annotations
