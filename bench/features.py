@@ -15,9 +15,11 @@ every user at ``as_of = now``, and one on-demand batch (``compute_vectors``, one
 
     .venv/bin/python bench/features.py                 # 2,500 / 5,000 / 10,000 users + fleet
     .venv/bin/python bench/features.py --users 500 --no-fleet   # quick run while developing
+    .venv/bin/python bench/features.py --backfill-days 90   # and a 90-day backfill
 
 Last line: ``users=N seconds=… users_per_s=… fleet_users_per_s=… online_users_per_s=…
-late_ratio=… peak_rss_mb=… load_start=… load_end=…`` (N: the largest synthetic count).
+late_ratio=… peak_rss_mb=… load_start=… load_end=…`` (N: the largest synthetic count); with
+``--backfill-days`` also ``backfill_s=… backfill_ratio=…`` (see :func:`run_backfill`).
 """
 
 from __future__ import annotations
@@ -84,9 +86,12 @@ DEVICES = {"phone": "phone", "router": "router", "plug": "plug", "door": "contac
            "motion": "motion", "thermo": "thermostat"}  # fmt: skip
 
 
-def synthesise(conn: psycopg.Connection, url: str, n_users: int, late_share: float) -> int:
-    """Users, devices, consent and raw readings, then the rollups; returns readings written."""
-    start = AS_OF - timedelta(days=DAYS)
+def synthesise(
+    conn: psycopg.Connection, url: str, n_users: int, late_share: float, days: int = DAYS
+) -> int:
+    """Users, devices, consent and ``days`` of raw readings, then the rollups; returns readings
+    written."""
+    start = AS_OF - timedelta(days=days)
     conn.execute(
         """CREATE TEMP TABLE bench_users AS
            SELECT format('u%%s', lpad(i::text, 6, '0')) AS user_id, i,
@@ -130,7 +135,7 @@ def synthesise(conn: psycopg.Connection, url: str, n_users: int, late_share: flo
     """
     rows = 0
     for signal, dev, hours, expr in NUMERIC:
-        params = {"dev": dev, "sig": signal, "start": start, "days": DAYS, "hours": hours,
+        params = {"dev": dev, "sig": signal, "start": start, "days": days, "hours": hours,
                   "as_of": AS_OF, "late": late_share}  # fmt: skip
         cur = conn.execute(
             f"""INSERT INTO numeric_readings (time, device_id, user_id, signal, value,
@@ -153,7 +158,7 @@ def synthesise(conn: psycopg.Connection, url: str, n_users: int, late_share: flo
                                                   ingested_at)
                 SELECT t, user_id || '-' || %(dev)s, user_id, %(sig)s, {value}, ing
                   FROM ({readings}) x WHERE t < %(as_of)s""",
-            {"dev": dev, "sig": signal, "start": start, "days": DAYS, "hours": hours,
+            {"dev": dev, "sig": signal, "start": start, "days": days, "hours": hours,
              "as_of": AS_OF, "late": late_share},
         )  # fmt: skip
         rows += cur.rowcount
@@ -183,9 +188,57 @@ def engine_pass(url: str, users: Sequence[str], as_of: datetime, knowledge: Know
         return time.perf_counter() - t0
 
 
-def synthetic_run(args: argparse.Namespace) -> tuple[list[tuple[int, float, float, float]], float]:
+BACKFILL_TARGET_RATIO = 10.0  # issue 15 §2: 90 daily as_ofs in at most 10x one as_of
+BACKFILL_TARGET_RSS_MB = 1024.0
+
+
+def run_backfill(
+    url: str, users: list[str], days: int, chunk_size: int, processes: int
+) -> tuple[float, float]:
+    """Backfill ``days`` daily snapshots (ending at AS_OF) of ``users`` on a fresh table with
+    ``processes`` worker processes: (seconds, peak RSS in MB of this process and its workers
+    while it ran, sampled every 50 ms)."""
+    import contextlib
+    import threading
+
+    import psutil
+
+    from features.snapshots.materialize import as_of_range, backfill
+
+    as_ofs = as_of_range(AS_OF - timedelta(days=days - 1), AS_OF, timedelta(days=1))
+    proc = psutil.Process()
+    peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.05):
+            rss = proc.memory_info().rss
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    rss += child.memory_info().rss
+            peak = max(peak, rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE feature_snapshots")
+        sampler.start()
+        try:
+            result = backfill(conn, as_ofs, users=users, chunk_size=chunk_size, force=True,
+                              progress=False, database_url=url, processes=processes)  # fmt: skip
+        finally:
+            done.set()
+            sampler.join()
+    assert result.written == len(users) * days, "the backfill wrote a different number of rows"
+    return result.seconds, peak / 2**20
+
+
+def synthetic_run(
+    args: argparse.Namespace,
+) -> tuple[list[tuple[int, float, float, float]], float, tuple[float, float] | None]:
     """Materialise growing user counts of synthetic data; (n, seconds, sql_s, python_s) each,
-    and the late ratio (engine at T counting ingest times / counting event times)."""
+    the late ratio (engine at T counting ingest times / counting event times), and with
+    ``--backfill-days`` the backfill's (seconds, peak RSS MB)."""
     steps = sorted({max(1, args.users // 4), max(1, args.users // 2), args.users})
     name = f"hearth_bench_{secrets.token_hex(4)}"
     with psycopg.connect(BASE_URL, autocommit=True) as admin:
@@ -196,10 +249,11 @@ def synthetic_run(args: argparse.Namespace) -> tuple[list[tuple[int, float, floa
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
             t0 = time.perf_counter()
-            rows = synthesise(conn, url, args.users, args.late_share)
+            days = DAYS + max(args.backfill_days - 1, 0)  # every backfilled as_of: 90 days
+            rows = synthesise(conn, url, args.users, args.late_share, days)
             took = time.perf_counter() - t0
             print(f"synthesised {rows:,} raw readings and their rollups for {args.users:,} "
-                  f"users x {DAYS} days in {took:.1f}s", flush=True)  # fmt: skip
+                  f"users x {days} days in {took:.1f}s", flush=True)  # fmt: skip
             users = [str(r[0]) for r in conn.execute("SELECT user_id FROM users ORDER BY 1")]
             for n in steps:
                 result = materialize(
@@ -208,6 +262,10 @@ def synthetic_run(args: argparse.Namespace) -> tuple[list[tuple[int, float, floa
                 )  # fmt: skip
                 results.append((n, result.seconds, result.timings.sql_s, result.timings.python_s))
                 print(f"  {n:>6} users: {result.seconds:6.1f}s", flush=True)
+            backfilled = None
+            if args.backfill_days:
+                backfilled = run_backfill(url, users[: steps[-1]], args.backfill_days,
+                                          args.chunk_size, args.backfill_processes)  # fmt: skip
         some = users[: min(len(users), 2_500)]
         event_s = engine_pass(url, some, AS_OF, Knowledge.EVENT)
         ingested_s = engine_pass(url, some, AS_OF, Knowledge.INGESTED)
@@ -219,7 +277,7 @@ def synthetic_run(args: argparse.Namespace) -> tuple[list[tuple[int, float, floa
     finally:
         if not args.keep:
             drop_database(name)
-    return results, ingested_s / event_s
+    return results, ingested_s / event_s, backfilled
 
 
 def fleet_run(args: argparse.Namespace) -> dict[str, float]:
@@ -255,10 +313,15 @@ def main() -> int:
     parser.add_argument("--fleet-days", type=int, default=DEFAULT_DAYS)
     parser.add_argument("--no-fleet", action="store_true", help="synthetic data only")
     parser.add_argument("--keep", action="store_true", help="do not drop the database")
+    parser.add_argument("--backfill-processes", type=int, default=2,
+                        help="the backfill's worker processes (a core each)")  # fmt: skip
+    parser.add_argument("--backfill-days", type=int, default=0,
+                        help="also backfill this many daily as_ofs of the largest user count "
+                        "(its ratio to the single-date run is the backfill target)")  # fmt: skip
     args = parser.parse_args()
     fleet = None if args.no_fleet else ensure_fleet(args.fleet_households, args.fleet_days)
     targets = Targets()  # building a fleet is not measured
-    results, late_ratio = synthetic_run(args)
+    results, late_ratio, backfilled = synthetic_run(args)
     real = fleet_run(args) if fleet is not None else {}
     rss = peak_rss_mb()
     print()
@@ -288,6 +351,16 @@ def main() -> int:
         targets.check("fleet users/s at as_of now", fleet_rate, ">=", 500, "users/s")
         targets.check("fleet online batch", online_rate, ">=", 500, "users/s")
     targets.check("late buckets recomputed / none late", late_ratio, "<=", 3.0, "x")
+    extra: dict[str, object] = {}
+    if backfilled is not None:
+        backfill_s, backfill_rss = backfilled
+        ratio = backfill_s / secs
+        print(f"backfill {n} users x {args.backfill_days} as_ofs "
+              f"({args.backfill_processes} processes): {backfill_s:.1f}s, "
+              f"{n * args.backfill_days / backfill_s:,.0f} snapshots/s")  # fmt: skip
+        targets.check("backfill / one as_of", ratio, "<=", BACKFILL_TARGET_RATIO, "x")
+        targets.check("backfill peak RSS", backfill_rss, "<=", BACKFILL_TARGET_RSS_MB, "MB")
+        extra = {"backfill_s": f"{backfill_s:.1f}", "backfill_ratio": f"{ratio:.1f}"}
     targets.finish(
         users=n,
         seconds=f"{secs:.1f}",
@@ -296,6 +369,7 @@ def main() -> int:
         online_users_per_s=f"{online_rate:.0f}",
         late_ratio=f"{late_ratio:.2f}",
         peak_rss_mb=f"{rss:.0f}",
+        **extra,
     )
     return 0
 

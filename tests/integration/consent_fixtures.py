@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,6 +10,7 @@ from features.rollups import write_buckets
 from hearth import admin
 from hearth.db import Conn
 from hearth.signals import SIGNALS, Category
+from tests.support.service import VECTOR_SQL, seed_snapshot
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 FEATURE_SET = "test-fs-1"
@@ -103,11 +103,7 @@ def seed_user(
     )  # fmt: skip
     ensure_feature_definitions(conn)
     vector = {name: {"value": 0.5, "coverage": 1.0} for name in FEATURES}
-    conn.execute(
-        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
-        "VALUES (%s, %s, %s, %s)",
-        (user_id, T0 + timedelta(days=2), FEATURE_SET, json.dumps(vector)),
-    )
+    seed_snapshot(conn, user_id, T0 + timedelta(days=2), FEATURE_SET, vector)
     add_dead_letter(conn, user_id, phone.device_id)
     return SeededUser(user_id, [phone.device_id, plug.device_id], rows_per_signal)
 
@@ -144,7 +140,8 @@ def snapshot_features(conn: Conn, user_id: str) -> set[str]:
     """Features the user's snapshot holds data for: a withdrawn feature keeps its key, as a
     null cell with a reason (hearth.vectors), and is not listed."""
     row = conn.execute(
-        "SELECT vector FROM feature_snapshots WHERE user_id = %s", (user_id,)
+        f"SELECT {VECTOR_SQL} FROM feature_snapshots WHERE user_id = %s",
+        (user_id,),
     ).fetchone()
     assert row is not None
     return {name for name, cell in row[0].items() if "reason" not in cell}
