@@ -73,6 +73,14 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
     )
 
 
+def check_dask_scheduler(address: str) -> str:
+    """A Dask scheduler address, ``tcp://host:port`` or ``tls://host:port``."""
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname:
+        raise ValueError(f"must be tcp://host:port or tls://host:port, got {address!r}")
+    return address
+
+
 def parse_api_tokens(raw: str | dict[str, Any]) -> dict[str, frozenset[str]]:
     """Tokens → scopes, from JSON (``{"tok": ["admin"]}``) or ``tok=scope+scope,tok2=scope``.
 
@@ -207,12 +215,7 @@ class Settings(BaseSettings):
     @field_validator("dask_scheduler")
     @classmethod
     def _check_dask_scheduler(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("tcp", "tls") or not parts.hostname:
-            raise ValueError(f"must be tcp://host:port or tls://host:port, got {value!r}")
-        return value
+        return check_dask_scheduler(value) if value else None
 
     @field_validator("database_url")
     @classmethod

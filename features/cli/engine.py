@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import signal
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
 from features.engine import DEFAULT_CHUNK_USERS, as_of_problem, latest_as_of
 from features.rollups import refresh_rollups
-from features.snapshots.materialize import materialize
-from hearth.db import connect
+from features.snapshots.materialize import MaterializeResult, materialize
+from hearth.db import Conn, connect
 from hearth.errors import Invalid
 from hearth.settings import get_settings
 from hearth.times import parse_rfc3339
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--chunk-size", type=int, help="users per chunk (memory bound; default 250)")
     m.add_argument("--force", action="store_true", help="recompute users already materialised")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cluster_arguments(m)
     m.set_defaults(func=_materialize)
 
     r = sub.add_parser(
@@ -45,6 +51,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--full", action="store_true", help="rebuild every bucket (ignores the watermark)"
     )
     r.set_defaults(func=_rollup)
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--scheduler`` / ``--workers``: where the user chunks run (features.distributed)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:8786",
+        help="run the user chunks as tasks on this Dask cluster (default: HEARTH_DASK_SCHEDULER; "
+        "neither: in this process)",
+    )
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run the user chunks on a local Dask cluster of N worker processes",
+    )
+
+
+def wants_cluster(args: argparse.Namespace) -> bool:
+    return bool(args.scheduler or args.workers is not None or get_settings().dask_scheduler)
 
 
 def parse_as_of(text: str, max_clock_skew_s: float | None = None) -> datetime:
@@ -78,23 +105,46 @@ def _materialize(args: argparse.Namespace) -> int:
     if chunk_size < 1:
         raise Invalid("--chunk-size must be at least 1")
     users = _users(args)
-    url = get_settings().database_url
+    settings = get_settings()
+    url = settings.database_url
     with connect(url, autocommit=True) as conn:
-        result = materialize(
+        run = functools.partial(
+            materialize,
             conn,
             as_of,
             users=users,
             chunk_size=chunk_size,
             force=args.force,
             progress=not args.no_progress,
-            database_url=url,
         )
+        if wants_cluster(args):
+            result = _materialize_on_cluster(args, conn, run)
+        else:
+            result = run(database_url=url, read_url=settings.database_read_url)
     print(
         f"as_of={result.as_of.isoformat()} version={result.feature_set_version} "
         f"requested={result.requested} skipped={result.skipped} written={result.written} "
         f"seconds={result.seconds:.1f}"
     )
     return 0
+
+
+def _materialize_on_cluster(
+    args: argparse.Namespace, conn: Conn, run: Callable[..., MaterializeResult]
+) -> MaterializeResult:
+    # Imported when a cluster is asked for: Dask's import costs about a second (features.cli).
+    from features import distributed
+
+    settings = get_settings()
+    options = distributed.ClusterOptions.resolve(args.scheduler, args.workers, settings)
+    assert options is not None
+    with distributed.dask_client(options, distributed.local_worker_env(settings)) as client:
+        log.info("materialising on %s", options.describe())
+        runner = distributed.chunk_runner(
+            client, distributed.DatabaseIdentity.of(conn), progress=not args.no_progress
+        )
+        result: MaterializeResult = run(chunk_runner=runner)
+    return result
 
 
 def _rollup(args: argparse.Namespace) -> int:
