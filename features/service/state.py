@@ -30,6 +30,9 @@ class ServiceState:
     resolver: VectorResolver
     metrics: ServiceMetrics
     openapi_json: str  # /openapi.json, rendered once from the route table
+    # With HEARTH_DATABASE_READ_URL: primary connections for WAL positions (resolve.replica);
+    # the snapshot and engine pools then read the replica.
+    primary_pool: AsyncConnectionPool | None = None
 
 
 STATE = web.AppKey("state", ServiceState)
