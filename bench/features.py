@@ -8,8 +8,11 @@ drops the database.
 
     .venv/bin/python bench/features.py                 # 2,500 / 5,000 / 10,000 users
     .venv/bin/python bench/features.py --users 500     # quick run while developing
+    .venv/bin/python bench/features.py --workers 1,2   # also on local Dask clusters of 1 and 2
 
-Last line: ``users=N seconds=… users_per_s=… peak_rss_mb=…`` for the largest N.
+Last line: ``users=N seconds=… users_per_s=… peak_rss_mb=…`` for the largest N (with
+``--workers``: and ``dask_users_per_s_<N>=…`` per worker count and ``dask_speedup_2=…``, the
+2-worker rate over the 1-worker rate).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from features import distributed
 from features.engine import DEFAULT_CHUNK_USERS
 from features.snapshots.materialize import materialize
 from hearth.ledger import CURRENT_NOTICE_VERSION
@@ -182,7 +186,11 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=10_000, help="largest user count")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_USERS)
     parser.add_argument("--keep", action="store_true", help="do not drop the database")
+    parser.add_argument(
+        "--workers", help="also materialise the largest N on local Dask clusters, e.g. 1,2"
+    )
     args = parser.parse_args()
+    dask_figures: dict[str, str] = {}
     steps = sorted({max(1, args.users // 4), max(1, args.users // 2), args.users})
 
     name = f"hearth_bench_{secrets.token_hex(4)}"
@@ -205,6 +213,9 @@ def main() -> int:
                 )  # fmt: skip
                 results.append((n, result.seconds, result.timings.sql_s, result.timings.python_s))
                 print(f"  {n:>6} users: {result.seconds:6.1f}s", flush=True)
+            if args.workers:
+                counts = [int(w) for w in args.workers.split(",")]
+                dask_figures = dask_runs(conn, url, users, counts, args.chunk_size)
     finally:
         if not args.keep:
             drop_database(name)
@@ -215,8 +226,39 @@ def main() -> int:
         print(f"{n:>8} {secs:>8.1f} {n / secs:>9.0f} {sql_s:>7.1f} {py_s:>9.1f}")
     print(f"peak RSS {rss:.0f} MB")
     n, secs, _, _ = results[-1]
-    print(f"users={n} seconds={secs:.1f} users_per_s={n / secs:.0f} peak_rss_mb={rss:.0f}")
+    extra = "".join(f" {k}={v}" for k, v in dask_figures.items())
+    print(f"users={n} seconds={secs:.1f} users_per_s={n / secs:.0f} peak_rss_mb={rss:.0f}{extra}")
     return 0
+
+
+def dask_runs(
+    conn: psycopg.Connection, url: str, users: list[str], counts: list[int], chunk_size: int
+) -> dict[str, str]:
+    """Materialise ``users`` on a local Dask cluster of each worker count (issue 16 §1): the
+    clock runs from planning to the last chunk written, not the cluster's start-up. Prints
+    users/s overall and per worker; returns the last line's figures."""
+    env = {"HEARTH_DATABASE_URL": url}
+    rates: dict[int, float] = {}
+    print(f"{'dask workers':>12} {'seconds':>8} {'users/s':>9} {'per worker':>11}")
+    for n_workers in counts:
+        with distributed.dask_client(distributed.ClusterOptions(workers=n_workers), env) as c:
+            runner = distributed.chunk_runner(
+                c, distributed.DatabaseIdentity.of(conn), progress=False
+            )
+            result = materialize(conn, AS_OF, users=users, chunk_size=chunk_size, force=True,
+                                 progress=False, chunk_runner=runner)  # fmt: skip
+        rates[n_workers] = len(users) / result.seconds
+        print(
+            f"{n_workers:>12} {result.seconds:>8.1f} {rates[n_workers]:>9.0f} "
+            f"{rates[n_workers] / n_workers:>11.0f}",
+            flush=True,
+        )
+    figures = {f"dask_users_per_s_{n}": f"{r:.0f}" for n, r in rates.items()}
+    if 1 in rates and 2 in rates:
+        figures["dask_speedup_2"] = f"{rates[2] / rates[1]:.2f}"
+        print(f"2-worker speed-up over 1 worker: {rates[2] / rates[1]:.2f}x (on 2 cores with the "
+              "database beside them, expect well under 2x)")  # fmt: skip
+    return figures
 
 
 if __name__ == "__main__":
