@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from distributed import CancelledError, Client, Future, wait
+from distributed import CancelledError, Client, Future, as_completed
 from distributed.scheduler import KilledWorker
 from rich.progress import (
     BarColumn,
@@ -60,12 +61,13 @@ def chunk_runner(client: Client, expect: DatabaseIdentity, *, progress: bool = T
     def run(todo: Sequence[str], as_of: datetime, chunk_size: int, timings: Timings) -> int:
         chunks = [list(todo[i : i + chunk_size]) for i in range(0, len(todo), chunk_size)]
         run_id = secrets.token_hex(4)
-        futures = [
-            client.submit(
-                materialize_chunk, chunk, [as_of], expect, key=f"materialize-{run_id}-{i}"
-            )
-            for i, chunk in enumerate(chunks)
-        ]
+        futures = client.map(
+            materialize_chunk,
+            chunks,
+            [[as_of]] * len(chunks),
+            [expect] * len(chunks),
+            key=[f"materialize-{run_id}-{i}" for i in range(len(chunks))],
+        )
         with _bar("materialise", len(todo), progress) as advance:
             done: list[ChunkDone] = gather(client, futures, [len(c) for c in chunks], advance)
         for d in done:
@@ -84,12 +86,13 @@ def historical_runner(client: Client, expect: DatabaseIdentity) -> HistoricalRun
         progress: Callable[[int, int], None] | None,
     ) -> list[list[FeatureVector | None]]:
         run_id = secrets.token_hex(4)
-        futures = [
-            client.submit(
-                historical_chunk, list(rows), knowledge, expect, key=f"historical-{run_id}-{i}"
-            )
-            for i, rows in enumerate(batches)
-        ]
+        futures = client.map(
+            historical_chunk,
+            [list(rows) for rows in batches],
+            [knowledge] * len(batches),
+            [expect] * len(batches),
+            key=[f"historical-{run_id}-{i}" for i in range(len(batches))],
+        )
         total = sum(len(b) for b in batches)
         count = [0]
 
@@ -113,34 +116,53 @@ def gather(
     the first failure the rest are cancelled and the failure raised (see the module)."""
     weight = {f.key: w for f, w in zip(futures, weights, strict=True)}
     results: dict[object, T] = {}
-    pending = set(futures)
-    no_workers_since: float | None = None
+    watchdog = _NoWorkers(client, futures)
+    watchdog.start()
     try:
-        while pending:
-            try:
-                done, pending = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            for f in done:
-                results[f.key] = _result(f)
-                advance(weight[f.key])
-            if done:
+        for f in as_completed(futures):
+            if watchdog.reason is not None:
+                raise watchdog.reason
+            results[f.key] = _result(f)
+            advance(weight[f.key])
+    except BaseException:
+        client.cancel(list(futures))
+        raise
+    finally:
+        watchdog.stop()
+    return [results[f.key] for f in futures]
+
+
+class _NoWorkers(threading.Thread):
+    """Cancels the run when the cluster has had no worker for :data:`NO_WORKERS_S` (every
+    worker gone, none coming back), so the client never waits forever."""
+
+    def __init__(self, client: Client, futures: Sequence[Future[T]]) -> None:
+        super().__init__(name="hearth-dask-watchdog", daemon=True)
+        self._client = client
+        self._futures = list(futures)
+        self._stop = threading.Event()
+        self.reason: Unavailable | None = None
+
+    def run(self) -> None:
+        since: float | None = None
+        while not self._stop.wait(POLL_S):
+            if self._client.nthreads():
+                since = None
                 continue
-            if client.nthreads():
-                no_workers_since = None
-            elif no_workers_since is None:
-                no_workers_since = time.monotonic()
-            elif time.monotonic() - no_workers_since > NO_WORKERS_S:
-                raise Unavailable(
+            since = since or time.monotonic()
+            if time.monotonic() - since > NO_WORKERS_S:
+                left = sum(not f.done() for f in self._futures)
+                self.reason = Unavailable(
                     f"the Dask cluster has had no worker for {NO_WORKERS_S:.0f}s; "
-                    f"{len(pending)} chunk(s) were not computed",
+                    f"{left} chunk(s) were not computed",
                     hint="start workers (`dask worker <scheduler>`) and run the command again: "
                     "chunks already written are kept",
                 )
-    except BaseException:
-        client.cancel(list(pending))
-        raise
-    return [results[f.key] for f in futures]
+                self._client.cancel(self._futures)  # wakes the gathering loop
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _result(future: Future[T]) -> T:
@@ -152,7 +174,7 @@ def _result(future: Future[T]) -> T:
             "it may itself kill them (memory: try a smaller --chunk-size)"
         ) from None
     except CancelledError:
-        raise Unavailable(f"Dask: chunk task {future.key} was cancelled by the cluster") from None
+        raise Unavailable(f"Dask: chunk task {future.key} was cancelled") from None
     return value
 
 

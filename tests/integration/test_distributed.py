@@ -21,7 +21,7 @@ from features import distributed
 from features.report.data import features_from_engine
 from features.snapshots.materialize import MaterializeResult, materialize
 from hearth.db import DatabaseUnavailable
-from hearth.errors import ConfigError, Invalid
+from hearth.errors import ConfigError, Invalid, Unavailable
 from hearth.settings import load_settings
 from tests.conftest import free_port
 from tests.integration.population import populate
@@ -254,3 +254,49 @@ def test_materialize_command_on_a_local_cluster_and_a_scheduler(
     assert proc.returncode == 69, proc.stderr
     assert "error: HEARTH_DATABASE_URL: cannot use postgresql://hearth:***@127.0.0.1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_scheduler_without_workers_fails_instead_of_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(distributed.cluster, "WORKERS_TIMEOUT_S", 1.0)
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as cluster:
+        options = distributed.ClusterOptions(scheduler=cluster.scheduler_address)
+        started = time.monotonic()
+        with (
+            pytest.raises(Unavailable, match="has no worker after 1s"),
+            distributed.dask_client(options, {}),
+        ):
+            pass
+        assert time.monotonic() - started < 30
+
+
+@pytest.mark.slow
+def test_a_run_whose_workers_all_leave_fails_instead_of_waiting(
+    population: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, users = population
+    monkeypatch.setattr(distributed.run, "NO_WORKERS_S", 2.0)
+    with (
+        LocalCluster(
+            n_workers=1, processes=True, dashboard_address=":0", env={"HEARTH_DATABASE_URL": url}
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        outcome: dict[str, BaseException] = {}
+
+        def run() -> None:
+            try:
+                _on_cluster(client, url, users)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        _wait_mid_run(client)
+        cluster.scale(0)
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    error = outcome.get("error")
+    assert isinstance(error, Unavailable), error
+    assert "has had no worker for 2s" in str(error)
