@@ -16,6 +16,7 @@ Failure handling, by cause:
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import threading
 import time
@@ -45,6 +46,7 @@ from features.engine import FeatureVector, Knowledge, Timings
 from features.snapshots.materialize import ChunkRunner
 from hearth.errors import Unavailable
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 POLL_S = 1.0  # how often the client looks at the cluster while no task finishes
 NO_WORKERS_S = 60.0  # a run with no worker for this long fails
@@ -72,6 +74,12 @@ def chunk_runner(client: Client, expect: DatabaseIdentity, *, progress: bool = T
             done: list[ChunkDone] = gather(client, futures, [len(c) for c in chunks], advance)
         for d in done:
             timings.add(sql_s=d.sql_s, python_s=d.python_s)
+        log.info(
+            "materialised %d chunk(s) as of %s on %d worker(s)",
+            len(done),
+            as_of.isoformat(),
+            len({d.worker for d in done}),
+        )
         return sum(d.written for d in done)
 
     return run

@@ -150,7 +150,7 @@ def _replica_reads(replica: psycopg.Connection) -> int:
 
 @pytest.mark.usefixtures("short_wait")
 def test_a_computation_after_a_replay_pause_waits_then_refuses(
-    urls: tuple[str, str, list[str]], paused: psycopg.Connection
+    urls: tuple[str, str, list[str]], paused: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     primary_url, replica_url, users = urls
     with psycopg.connect(primary_url, autocommit=True) as conn:
@@ -173,7 +173,10 @@ def test_a_computation_after_a_replay_pause_waits_then_refuses(
     with psycopg.connect(primary_url, autocommit=True) as conn:
         assert _snapshots(conn, as_of) == []  # nothing computed from incomplete data
 
-    # Resumed while a computation waits: it goes ahead, on complete data.
+    # Resumed while a computation waits: it goes ahead, on complete data. (A longer bound: the
+    # replica has the pause's backlog of the whole shared cluster to replay first.)
+    monkeypatch.setenv("HEARTH_REPLICA_MAX_WAIT_S", "120")
+    get_settings.cache_clear()
     resume = threading.Timer(0.5, lambda: paused.execute("SELECT pg_wal_replay_resume()"))
     resume.start()
     try:
@@ -226,7 +229,9 @@ def test_the_service_reads_the_replica_and_reports_its_lag(
         replica = body["replica"]
         assert isinstance(replica, dict)
         assert replica["in_recovery"] is True and replica["replay_paused"] is False
-        assert replica["lag_bytes"] == 0 and replica["lag_s"] == 0.0
+        # Streaming: at most a little behind (the shared cluster has other databases' writes).
+        assert isinstance(replica["lag_bytes"], int) and replica["lag_bytes"] >= 0
+        assert replica["caught_up"] is (replica["lag_bytes"] == 0)
         status, body = _get(base + feature_url)
         assert status == 200, body
         served = body
@@ -250,6 +255,10 @@ def test_the_service_reads_the_replica_and_reports_its_lag(
                 assert time.monotonic() - started >= WAIT_S
             finally:
                 paused.execute("SELECT pg_wal_replay_resume()")
-        status, body = _get(base + feature_url)
+        # Resumed: answers again once the replica has replayed the pause's backlog.
+        deadline = time.monotonic() + 60
+        while (answer := _get(base + feature_url))[0] == 503:
+            assert time.monotonic() < deadline, answer
+        status, body = answer
         assert status == 200
         assert body["features"] == served["features"] and body["as_of"] == served["as_of"]
