@@ -18,6 +18,7 @@ Last line: ``users=N seconds=… users_per_s=… peak_rss_mb=…`` for the large
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import resource
 import secrets
@@ -235,13 +236,15 @@ def dask_runs(
     conn: psycopg.Connection, url: str, users: list[str], counts: list[int], chunk_size: int
 ) -> dict[str, str]:
     """Materialise ``users`` on a local Dask cluster of each worker count (issue 16 §1): the
-    clock runs from planning to the last chunk written, not the cluster's start-up. Prints
+    clock runs from planning to the last chunk written, not the cluster's start-up nor the
+    workers' imports. Prints
     users/s overall and per worker; returns the last line's figures."""
     env = {"HEARTH_DATABASE_URL": url}
     rates: dict[int, float] = {}
     print(f"{'dask workers':>12} {'seconds':>8} {'users/s':>9} {'per worker':>11}")
     for n_workers in counts:
         with distributed.dask_client(distributed.ClusterOptions(workers=n_workers), env) as c:
+            c.run(importlib.import_module, "features.distributed.tasks")  # imports: not timed
             runner = distributed.chunk_runner(
                 c, distributed.DatabaseIdentity.of(conn), progress=False
             )

@@ -43,7 +43,9 @@ class ClusterOptions:
 
     scheduler: str | None = None
     workers: int | None = None
-    threads_per_worker: int = 1
+    # Two chunks at a time per worker process: one's database reads overlap the other's
+    # computing, as the in-process path's loader connections do.
+    threads_per_worker: int = 2
 
     @classmethod
     def resolve(
@@ -90,6 +92,9 @@ def dask_client(options: ClusterOptions, env: Mapping[str, str]) -> Iterator[Cli
     down on exit. :class:`Unavailable` when the scheduler cannot be reached or has no worker."""
     with contextlib.ExitStack() as stack:
         if options.workers is not None:
+            # The local scheduler and nannies run in this process: their INFO lines (workers
+            # starting, leaving) are not the command's output.
+            logging.getLogger("distributed").setLevel(logging.WARNING)
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=options.workers,
