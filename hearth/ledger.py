@@ -74,6 +74,20 @@ def any_active_consent_sql(user_expr: str, at_expr: str) -> str:
     )"""
 
 
+def consented_categories_sql(user_expr: str, at_expr: str) -> str:
+    """SQL text[]: the categories user ``user_expr`` had active credit-scoring consent for at
+    ``at_expr`` (the rule of :data:`_ACTIVE_CONSENT_SQL`; empty: none). For queries over many
+    users at once (the bulk export); the caller binds :func:`consent_rule_params`."""
+    return f"""ARRAY(
+        SELECT latest.category FROM (
+            SELECT DISTINCT ON (c.category) c.category, c.action, c.notice_version
+              FROM consent_events c
+             WHERE c.user_id = {user_expr} AND c.purpose = %(purpose)s AND c.at <= {at_expr}
+             ORDER BY c.category, c.at DESC, c.event_id DESC
+        ) latest
+         WHERE latest.action = 'grant' AND latest.notice_version = %(notice)s)"""
+
+
 def consent_rule_params() -> dict[str, object]:
     """The parameters :func:`any_active_consent_sql` needs."""
     return {"purpose": PURPOSE_CREDIT_SCORING, "notice": CURRENT_NOTICE_VERSION}

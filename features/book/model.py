@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from features.book.files import sha256_of, write_atomically
 from features.book.scale import PointsScale
 from features.book.scoring import F64, Scorecard, ScoringModel
 from features.catalogue import DEFINITIONS
@@ -54,21 +54,6 @@ class ModelRefused(Invalid):
     """A model directory that may not be loaded: missing, tampered, or not a model we made."""
 
     default_code = "model_refused"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_pipeline(pipeline: Pipeline, directory: Path) -> str:

@@ -11,9 +11,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hearth.errors import Invalid
 from hearth.settings import get_settings
+
+if TYPE_CHECKING:  # the report package is imported when a command runs (features.cli)
+    from features.report.data import FeatureTable, GroundTruth
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,16 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("out/report"), help="output directory (created)"
     )
-    parser.add_argument(
-        "--features-source",
-        choices=("engine", "snapshots", "csv"),
-        default="engine",
-        help="engine: compute point-in-time now (default); snapshots: stored snapshots at the "
-        "application dates; csv: --features-file",
-    )
-    parser.add_argument(
-        "--features-file", type=Path, help="CSV of user_id + feature columns (csv source)"
-    )
+    add_source_arguments(parser)
     parser.add_argument(
         "--leaky-features-file",
         type=Path,
@@ -60,14 +55,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--model", choices=("logistic", "hgb"), default="logistic")
     parser.add_argument(
-        "--knowledge",
-        choices=("ingested", "event"),
-        default="ingested",
-        help="engine source: when a row counts as known at T. 'ingested' (default): ingested by "
-        "T, for live data; 'event': at its event time, for history replayed after the fact "
-        "(the simulator's fleet) — event time < T still holds, so nothing after T leaks",
-    )
-    parser.add_argument(
         "--test-share",
         type=float,
         default=0.3,
@@ -76,11 +63,61 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run_report)
 
 
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the features of a labelled set come from (``report`` and ``train``)."""
+    parser.add_argument(
+        "--features-source",
+        choices=("engine", "snapshots", "csv"),
+        default="engine",
+        help="engine: compute point-in-time now (default); snapshots: stored snapshots at the "
+        "application dates; csv: --features-file",
+    )
+    parser.add_argument(
+        "--features-file", type=Path, help="CSV of user_id + feature columns (csv source)"
+    )
+    parser.add_argument(
+        "--knowledge",
+        choices=("ingested", "event"),
+        default="ingested",
+        help="engine source: when a row counts as known at T. 'ingested' (default): ingested by "
+        "T, for live data; 'event': at its event time, for history replayed after the fact "
+        "(the simulator's fleet) — event time < T still holds, so nothing after T leaks",
+    )
+
+
 def _progress(label: str) -> Callable[[int, int], None]:
     def show(done: int, total: int) -> None:
         print(f"[report] {label}: {done}/{total} users", file=sys.stderr, flush=True)
 
     return show
+
+
+def honest_features(args: argparse.Namespace, truth: GroundTruth) -> FeatureTable:
+    """The features of the labelled set at each application date, from the chosen source."""
+    # Imported when the command runs: scikit-learn takes seconds (features.cli).
+    from features.report import data
+
+    if args.features_source == "csv" and args.features_file is None:
+        raise Invalid("--features-source csv needs --features-file FILE")
+    if args.features_source == "csv":
+        honest = data.features_from_csv(args.features_file, truth.user_ids)
+    elif args.features_source == "engine":
+        honest = data.features_from_engine(
+            get_settings().database_url,
+            data.application_rows(truth),
+            _progress("features at application"),
+            args.knowledge,
+        )
+    else:
+        honest = data.features_from_snapshots(
+            get_settings().database_url, data.application_rows(truth)
+        )
+    if not honest.scored.any():
+        raise Invalid(
+            f"no user in {args.ground_truth} has features from {honest.source} "
+            "(did the collector store their data, with consent?)"
+        )
+    return honest
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -91,31 +128,17 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not 0 < args.test_share < 1:
         raise Invalid("--test-share must be between 0 and 1")
-    if args.features_source == "csv" and args.features_file is None:
-        raise Invalid("--features-source csv needs --features-file FILE")
     truth = data.load_ground_truth(args.ground_truth)
-    rows = data.application_rows(truth)
+    honest = honest_features(args, truth)
     leaky_rows = data.shifted_rows(truth, args.leaky_shift_days) if args.leaky_shift_days else []
     leaky: data.FeatureTable | None = None
     if args.features_source == "csv":
-        honest = data.features_from_csv(args.features_file, truth.user_ids)
         if args.leaky_features_file is not None:
             leaky = data.features_from_csv(args.leaky_features_file, truth.user_ids)
-    else:
-        url = get_settings().database_url
-        if args.features_source == "engine":
-            honest = data.features_from_engine(
-                url, rows, _progress("features at application"), args.knowledge
-            )
-        else:
-            honest = data.features_from_snapshots(url, rows)
-        if leaky_rows:
-            label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
-            leaky = data.features_from_engine(url, leaky_rows, _progress(label), args.knowledge)
-    if not honest.scored.any():
-        raise Invalid(
-            f"no user in {args.ground_truth} has features from {honest.source} "
-            "(did the collector store their data, with consent?)"
+    elif leaky_rows:
+        label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
+        leaky = data.features_from_engine(
+            get_settings().database_url, leaky_rows, _progress(label), args.knowledge
         )
     try:
         report, fitted, plots = build_report(

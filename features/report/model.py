@@ -49,14 +49,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from features.book.model import (
-    CARD_FILE,
-    MODEL_FILE,
-    load_pipeline,
-    read_card,
-    save_pipeline,
-    write_atomically,
-)
+from features.book.files import write_atomically
+from features.book.model import CARD_FILE, MODEL_FILE, load_pipeline, read_card, save_pipeline
 
 # Folds of every cross-validation here: the window-set choice and the ridge penalty's search
 # (nested in it). Each class needs members in every fold of both (features.report.build).

@@ -10,7 +10,7 @@ time, into JSON text, and back.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -79,3 +79,27 @@ def document_json(head: Mapping[str, object], cells_text: str | None) -> str:
     if cells_text is None:
         return text[:-1] + ',"features":null}'
     return text[:-1] + ',"features":' + cells_text + "}"
+
+
+def cells_columns(
+    texts: Sequence[str | None], names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors as JSON text (None: no vector) → (values, coverage), ``[len(texts),
+    len(names)]`` float64 arrays in ``names`` order; NaN for a null value, a missing feature or
+    no vector (coverage 0 then). For bulk reads (the export), without a cell object per value."""
+    values = np.full((len(texts), len(names)), np.nan)
+    coverage = np.zeros((len(texts), len(names)))
+    for i, text in enumerate(texts):
+        if text is None:
+            continue
+        cells: dict[str, Any] = json.loads(text)
+        row_v, row_c = values[i], coverage[i]
+        for j, name in enumerate(names):
+            cell = cells.get(name)
+            if cell is None:
+                continue
+            value = cell.get("value")
+            if value is not None:
+                row_v[j] = value
+            row_c[j] = cell.get("coverage", 0.0)
+    return values, coverage

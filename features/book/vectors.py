@@ -1,0 +1,144 @@
+"""Each user's vector at a date D, as the book sees it: the latest stored snapshot with
+``as_of ≤ D`` within ``max_age``, with only the categories consented at D.
+
+A user is in the book at D when they have an active credit-scoring consent at D for at least one
+category (``hearth.ledger``: the latest event at or before D is a grant under the current
+notice) and a snapshot of the current feature set no older than ``max_age``; otherwise they are
+left out with a reason (:data:`NO_CONSENT`, :data:`NO_SNAPSHOT`). Features of a category not
+consented at D, or withdrawn since (docs/invariants.md#8), are null whatever the snapshot holds.
+The export (:mod:`.export`) and online scores (``POST /v1/scores``) both read through here, so
+the same (user, D) gives the same vector.
+
+The storage-specific part — which column holds the vector and how it is decoded — is
+:data:`_VECTOR_COLUMN` and :func:`_decode_vectors`, nothing else: snapshots are JSONB today
+(decoded by :func:`features.snapshots.codec.cells_columns`); a float8[] column in feature-set
+order would change those two only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
+from features.snapshots.codec import cells_columns
+from hearth.db import AsyncConn, Conn
+from hearth.ledger import consent_rule_params, consented_categories_sql, withdrawn_categories_sql
+from hearth.signals import Category
+
+NO_CONSENT = "no_consent"  # no category consented at D (or the user is unknown at D)
+NO_SNAPSHOT = "no_snapshot"  # consented, but no snapshot within max_age before D
+UNKNOWN_USER = "unknown_user"  # online only: no such user
+
+CATEGORIES: tuple[str, ...] = tuple(c.value for c in Category)
+NAMES: tuple[str, ...] = tuple(d.name for d in DEFINITIONS)
+FEATURE_CATEGORIES: tuple[str, ...] = tuple(d.category for d in DEFINITIONS)
+
+F64 = NDArray[np.float64]
+Bool = NDArray[np.bool_]
+
+# The storage-specific column: the stored vector, as JSON text.
+_VECTOR_COLUMN = "f.vector::text"
+
+_SQL = f"""
+SELECT u.user_id, c.consented, s.as_of, s.vector
+  FROM users u
+ CROSS JOIN LATERAL (
+       SELECT ARRAY(SELECT unnest({consented_categories_sql("u.user_id", "%(as_of)s")})
+                    EXCEPT SELECT unnest({withdrawn_categories_sql("u.user_id")})) AS consented
+ ) c
+  LEFT JOIN LATERAL (
+       SELECT f.as_of, {_VECTOR_COLUMN} AS vector FROM feature_snapshots f
+        WHERE f.user_id = u.user_id AND f.feature_set_version = %(version)s
+          AND f.as_of <= %(as_of)s AND f.as_of > %(oldest)s
+          AND cardinality(c.consented) > 0
+        ORDER BY f.as_of DESC LIMIT 1
+ ) s ON true
+ WHERE {{users}}
+ ORDER BY u.user_id
+"""
+RANGE_SQL = _SQL.format(users="u.user_id > %(after)s AND (%(upto)s::text IS NULL "
+                              "OR u.user_id <= %(upto)s)")  # fmt: skip
+USERS_SQL = _SQL.format(users="u.user_id = ANY(%(users)s)")
+
+
+@dataclass(frozen=True)
+class BookVectors:
+    """Rows of users in user-id order; ``left_out[i]`` is None for a user in the book."""
+
+    user_ids: list[str]
+    snapshot_as_of: list[datetime | None]
+    left_out: list[str | None]
+    consented: Bool  # [n, len(CATEGORIES)]
+    values: F64  # [n, len(NAMES)], NaN: null, or category not consented
+    coverage: F64  # [n, len(NAMES)], 0 where not consented
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def consent_of(self, category: str) -> Bool:
+        return np.asarray(self.consented[:, CATEGORIES.index(category)], dtype=np.bool_)
+
+
+def params(as_of: datetime, max_age: timedelta, **extra: object) -> dict[str, object]:
+    return {
+        **consent_rule_params(),
+        "as_of": as_of,
+        "oldest": as_of - max_age,
+        "version": FEATURE_SET_VERSION,
+        **extra,
+    }
+
+
+def _decode_vectors(texts: Sequence[object]) -> tuple[F64, F64]:
+    """The storage-specific decoding: stored vectors → (values, coverage) in NAMES order."""
+    return cells_columns([None if t is None else str(t) for t in texts], NAMES)
+
+
+def decode(rows: Sequence[Sequence[Any]]) -> BookVectors:
+    """Rows of :data:`RANGE_SQL` / :data:`USERS_SQL` as arrays, consent applied."""
+    users = [str(r[0]) for r in rows]
+    consented = np.zeros((len(rows), len(CATEGORIES)), dtype=np.bool_)
+    position = {c: k for k, c in enumerate(CATEGORIES)}
+    for i, r in enumerate(rows):
+        for category in r[1] or ():
+            k = position.get(str(category))
+            if k is not None:
+                consented[i, k] = True
+    values, coverage = _decode_vectors([r[3] for r in rows])
+    allowed = consented[:, [position[c] for c in FEATURE_CATEGORIES]]
+    values[~allowed] = np.nan
+    coverage[~allowed] = 0.0
+    has_consent: list[bool] = [bool(x) for x in np.asarray(consented.any(axis=1)).tolist()]
+    left_out = [
+        None if ok and r[2] is not None else (NO_CONSENT if not ok else NO_SNAPSHOT)
+        for ok, r in zip(has_consent, rows, strict=True)
+    ]
+    return BookVectors(
+        user_ids=users,
+        snapshot_as_of=[r[2] if isinstance(r[2], datetime) else None for r in rows],
+        left_out=left_out,
+        consented=consented,
+        values=values,
+        coverage=coverage,
+    )
+
+
+def read_users(
+    conn: Conn, user_ids: Sequence[str], as_of: datetime, max_age: timedelta
+) -> BookVectors:
+    """The vectors at ``as_of`` of the given users that exist (unknown ones are absent)."""
+    rows = conn.execute(USERS_SQL, params(as_of, max_age, users=list(user_ids))).fetchall()
+    return decode(rows)
+
+
+async def read_users_async(
+    conn: AsyncConn, user_ids: Sequence[str], as_of: datetime, max_age: timedelta
+) -> BookVectors:
+    cur = await conn.execute(USERS_SQL, params(as_of, max_age, users=list(user_ids)))
+    return decode(await cur.fetchall())
