@@ -171,7 +171,7 @@ def reason_codes(
                 "feature": name,
                 "value": None if math.isnan(value) else value,
                 "percentile": percentile,
-                "points": round(float(scored.point_contributions[row, j]), 1),
+                "points": float(np.round(scored.point_contributions[row, j], 1)),  # as batch
                 "text": reason_text(model.reasons[j], value, float(model.scorecard.mean[j])),
             }
         )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from features.book.scoring import ScoringModel
 from features.service.cache import ConsentListener, VectorCache
 from features.service.metrics import ServiceMetrics
 from features.service.resolve.engine_gateway import EngineGateway
@@ -30,6 +31,7 @@ class ServiceState:
     resolver: VectorResolver
     metrics: ServiceMetrics
     openapi_json: str  # /openapi.json, rendered once from the route table
+    book_model: ScoringModel | None = None  # HEARTH_SCORE_MODEL, loaded at start
 
 
 STATE = web.AppKey("state", ServiceState)
