@@ -21,7 +21,7 @@ from aiohttp.typedefs import Middleware
 from features.service.errors import ApiError, Handler
 
 _CHALLENGE = 'Bearer realm="hearth"'
-CALLER = "hearth.caller"  # request key: who asked (see the module docstring)
+CALLER = web.RequestKey("caller", str)  # who asked (see the module docstring)
 
 
 def caller_label(digest: bytes) -> str:

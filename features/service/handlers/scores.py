@@ -112,7 +112,7 @@ async def post_scores(request: web.Request) -> web.Response:
     for user, as_of in dict.fromkeys(rows):
         groups[as_of].append(user)
     max_age = timedelta(seconds=settings.snapshot_stale_after_s)
-    caller = str(request.get(CALLER, "unknown"))
+    caller = request.get(CALLER, "unknown")
     results: dict[tuple[str, datetime], dict[str, Any] | str] = {}
     log: list[LogRow] = []
     async with state.async_pool.connection() as conn:
