@@ -20,7 +20,6 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,7 +45,7 @@ from features.book.files import (
 )
 from features.book.model import load_model
 from features.book.population import Population
-from features.book.score_log import BATCH, LogRow, copy_batch_part
+from features.book.score_log import BATCH, copy_batch_part
 from features.book.scoring import (
     HIGHER,
     LOWER,
@@ -140,28 +139,72 @@ def scores_name(index: int) -> str:
     return f"scores-{index:05d}.parquet"
 
 
+@dataclass(frozen=True)
+class Reasons:
+    """The reason codes of a scored table, flat: entry ``e`` belongs to row ``row[e]``; a row's
+    entries are consecutive, most negative points first (``offsets`` delimit them)."""
+
+    row: np.ndarray
+    feature: np.ndarray  # feature index
+    direction: np.ndarray  # 0 lower, 1 higher than average, 2 not reported
+    value: np.ndarray
+    percentile: np.ndarray  # NaN: none
+    points: np.ndarray  # rounded to 0.1
+    offsets: np.ndarray  # [n + 1]
+
+
+DIRECTIONS = (LOWER, HIGHER, NOT_REPORTED)
+
+
+def reasons_of(model: ScoringModel, scored: Scored, population: Population | None) -> Reasons:
+    """The reason codes of every scored row (what :func:`features.book.scoring.reason_codes`
+    gives row by row, computed column-wise)."""
+    idx = scored.reasons  # [n, 4], -1 pads (always at the end of a row)
+    valid = idx >= 0
+    rows = np.repeat(np.arange(idx.shape[0])[:, None], idx.shape[1], axis=1)[valid]
+    feats = idx[valid]
+    values = scored.values[rows, feats]
+    percentile = np.full(feats.size, np.nan)
+    if population is not None:
+        for j in np.unique(feats):
+            at = feats == j
+            percentile[at] = population.percentiles(model.features[j], values[at])
+    mean = model.scorecard.mean[feats]
+    return Reasons(
+        row=rows,
+        feature=feats,
+        direction=np.where(np.isnan(values), 2, np.where(values < mean, 0, 1)),
+        value=values,
+        percentile=percentile,
+        points=np.round(scored.point_contributions[rows, feats], 1),
+        offsets=np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32),
+    )
+
+
+def _texts(model: ScoringModel) -> np.ndarray:
+    """[features, 3]: each feature's text per direction."""
+    out = np.empty((len(model.features), len(DIRECTIONS)), dtype=object)
+    for j, reason in enumerate(model.reasons):
+        for d, direction in enumerate(DIRECTIONS):
+            out[j, d] = f"{reason}: {direction}"
+    return out
+
+
 def score_table(
     model: ScoringModel, table: pa.Table, as_of: datetime, population: Population | None
-) -> tuple[pa.Table, Scored]:
+) -> tuple[pa.Table, Reasons]:
     """Score the rows of an export table (see :mod:`features.book.export` for its columns)."""
     n = table.num_rows
-    x = (
-        np.column_stack(
-            [
-                np.asarray(table.column(f).to_numpy(zero_copy_only=False), np.float64)
-                for f in model.features
-            ]
-        )
-        if model.features
-        else np.empty((n, 0))
-    )
+    x = np.empty((n, len(model.features)))
+    for j, feature in enumerate(model.features):
+        x[:, j] = table.column(feature).to_numpy(zero_copy_only=False)
     consented = {
         c: np.asarray(table.column(book_export.CONSENT_PREFIX + c).to_numpy(), dtype=np.bool_)
         for c in set(model.categories)
         if book_export.CONSENT_PREFIX + c in table.column_names
     }
     scored = score_matrix(model, x, model.eligible(consented, n))
-    reasons = _reason_column(model, scored, population)
+    reasons = reasons_of(model, scored, population)
     out = pa.table(
         [
             table.column("user_id"),
@@ -174,83 +217,80 @@ def score_table(
             pa.array(scored.rounded_points().astype(np.int32), pa.int32()),
             _constant(model.model_version, n),
             _constant(model.feature_set_version, n),
-            reasons,
+            _reason_column(model, reasons),
         ],
         schema=SCHEMA,
     )
-    return out, scored
+    return out, reasons
 
 
 def _constant(text: str, n: int) -> pa.Array:
     return pa.array([text] * n, pa.string())
 
 
-def _reason_column(model: ScoringModel, scored: Scored, population: Population | None) -> pa.Array:
-    """``reasons`` as a list<struct> column, built column-wise (rows in order, each row's
-    reasons most negative first)."""
-    n, k = scored.reasons.shape[0], len(model.features)
-    idx = scored.reasons  # [n, 4], -1 pads (always at the end of a row)
-    valid = idx >= 0
-    rows = np.repeat(np.arange(n)[:, None], idx.shape[1], axis=1)[valid]
-    feats = idx[valid]
-    values = scored.values[rows, feats]
-    points = np.round(scored.point_contributions[rows, feats], 1)
-    percentile = np.full(feats.size, np.nan)
-    if population is not None:
-        for j in np.unique(feats):
-            at = feats == j
-            percentile[at] = population.percentiles(model.features[j], values[at])
-    mean = model.scorecard.mean[feats]
-    direction = np.where(np.isnan(values), 2, np.where(values < mean, 0, 1))
-    texts = (
-        np.array(
-            [[f"{model.reasons[j]}: {d}" for d in (LOWER, HIGHER, NOT_REPORTED)] for j in range(k)],
-            dtype=object,
-        ).reshape(k, 3)
-        if k
-        else np.empty((0, 3), dtype=object)
-    )
+def _reason_column(model: ScoringModel, reasons: Reasons) -> pa.Array:
+    """``reasons`` as a list<struct> column."""
     names = np.array(model.features, dtype=object)
     struct = pa.StructArray.from_arrays(
         [
-            pa.array(names[feats] if feats.size else [], pa.string()),
-            pa.array(values, pa.float64(), from_pandas=True),
-            pa.array(percentile, pa.float64(), from_pandas=True).cast(pa.int16()),
-            pa.array(points, pa.float64()),
-            pa.array(texts[feats, direction] if feats.size else [], pa.string()),
+            pa.array(names[reasons.feature], pa.string()),
+            pa.array(reasons.value, pa.float64(), from_pandas=True),
+            pa.array(reasons.percentile, pa.float64(), from_pandas=True).cast(pa.int16()),
+            pa.array(reasons.points, pa.float64()),
+            pa.array(_texts(model)[reasons.feature, reasons.direction], pa.string()),
         ],
         fields=list(REASON_TYPE),
     )
-    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
     return pa.ListArray.from_arrays(
-        pa.array(offsets, pa.int32()), struct, type=SCHEMA.field("reasons").type
+        pa.array(reasons.offsets, pa.int32()), struct, type=SCHEMA.field("reasons").type
     )
 
 
-def log_rows(
-    table: pa.Table, model: ScoringModel, as_of: datetime, requested_by: str, batch_id: uuid.UUID
-) -> Iterator[LogRow]:
-    """The score log's rows of a scored table (reasons without values or percentiles)."""
-    users = table.column("user_id").to_pylist()
-    points = table.column("points").to_pylist()
-    probability = table.column("probability").to_pylist()
-    reasons = table.column("reasons").to_pylist()
-    for i, user in enumerate(users):
-        yield LogRow(
-            user_id=user,
-            as_of=as_of,
-            model_version=model.model_version,
-            feature_set_version=model.feature_set_version,
-            points=points[i],
-            probability=probability[i],
-            reasons=[
-                {"feature": r["feature"], "text": r["text"], "points": r["points"]}
-                for r in reasons[i]
-            ],
-            requested_by=requested_by,
-            channel=BATCH,
-            batch_id=batch_id,
+def _copy_field(text: str) -> str:
+    """A value in COPY's text format."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def log_text(
+    model: ScoringModel,
+    table: pa.Table,
+    reasons: Reasons,
+    as_of: datetime,
+    requested_by: str,
+    batch_id: uuid.UUID,
+) -> str:
+    """The score log's rows of a scored table as COPY text (columns of
+    :data:`features.book.score_log.COLUMNS`); reasons keep feature, text and points only."""
+    texts = _texts(model)
+    heads = np.empty(texts.shape, dtype=object)
+    for j, name in enumerate(model.features):
+        for d in range(len(DIRECTIONS)):
+            head = json.dumps({"feature": name, "text": texts[j, d]})[:-1] + ', "points": '
+            heads[j, d] = _copy_field(head)  # the only part of a row's JSON that may need it
+    entries = [
+        f"{head}{points!r}}}"
+        for head, points in zip(
+            heads[reasons.feature, reasons.direction].tolist(), reasons.points.tolist(), strict=True
         )
+    ]
+    bounds = reasons.offsets.tolist()
+    middle = "\t".join(
+        _copy_field(v) for v in (as_of.isoformat(), model.model_version, model.feature_set_version)
+    )
+    tail = f"{_copy_field(requested_by)}\t{BATCH}\t{batch_id}"
+    lines = [
+        f"{user}\t{middle}\t{points}\t{probability!r}\t"  # user ids: hearth.ids, no escapes
+        f"[{', '.join(entries[bounds[i] : bounds[i + 1]])}]\t{tail}\n"
+        for i, (user, points, probability) in enumerate(
+            zip(
+                table.column("user_id").to_pylist(),
+                table.column("points").to_pylist(),
+                table.column("probability").to_pylist(),
+                strict=True,
+            )
+        )
+    ]
+    return "".join(lines)
 
 
 def score_part(job: ScoreJob) -> dict[str, Any]:
@@ -264,18 +304,13 @@ def score_part(job: ScoreJob) -> dict[str, Any]:
         *model.features,
     ]
     source = pq.read_table(job.source, columns=columns)
-    table, _ = score_table(model, source, job.as_of, job.population)
+    table, reasons = score_table(model, source, job.as_of, job.population)
     path = Path(job.out) / scores_name(job.index)
     pq.write_table(table, temporary(path))
     batch_id = uuid.UUID(job.batch_id)
+    text = log_text(model, table, reasons, job.as_of, job.requested_by, batch_id)
     with connect(job.database_url) as conn:
-        logged = copy_batch_part(
-            conn,
-            log_rows(table, model, job.as_of, job.requested_by, batch_id),
-            batch_id,
-            job.index,
-            table.num_rows,
-        )
+        logged = copy_batch_part(conn, text, batch_id, job.index, table.num_rows)
     temporary(path).replace(path)
     return {
         "index": job.index,

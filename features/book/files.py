@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -111,17 +111,24 @@ def start_run(out: Path, plan: dict[str, Any], identity: Iterable[str], force: b
     return False
 
 
+# Parts in flight in this process without an executor: while one waits on the database (its
+# query or its COPY, in the server's process), the other computes; numpy, Arrow and psycopg's
+# waits release the GIL.
+IN_PROCESS_THREADS = 2
+
+
 def run_parts(
     work: Callable[[J], R],
     jobs: list[J],
     executor: Executor | None,
     on_done: Callable[[R], None],
 ) -> None:
-    """Run ``work`` on every job (inline without an executor) and hand each result to
-    ``on_done`` as it finishes; the first failure stops the run (finished parts stay)."""
+    """Run ``work`` on every job and hand each result to ``on_done`` as it finishes (without an
+    executor: :data:`IN_PROCESS_THREADS` threads of this process); the first failure stops the
+    run (finished parts stay)."""
     if executor is None:
-        for job in jobs:
-            on_done(work(job))
+        with ThreadPoolExecutor(IN_PROCESS_THREADS, thread_name_prefix="book-part") as threads:
+            run_parts(work, jobs, threads, on_done)
         return
     pending: list[Future[R]] = [executor.submit(work, job) for job in jobs]
     try:

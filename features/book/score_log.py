@@ -6,18 +6,24 @@ their percentiles), who asked and when (docs/invariants.md#10). The table is app
 the consent ledger; only an erasure deletes (``hearth.admin.privacy.erase_user``), and a
 withdrawal keeps the rows: the decision happened. ``GET /v1/users/{id}/scores`` reads it back,
 the trail for an explanation request or a dispute.
+
+Appends take the DERIVED gate shared (``hearth.ledger``) and keep only users that still exist:
+an erasure holds that gate exclusively while it deletes and verifies, so a score either commits
+before it (and is erased with the rest) or finds the user gone and is not written — a batch
+scored from an export made before an erasure never brings the user back.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from hearth.db import AsyncConn, Conn
+from hearth.ledger import GATE_DERIVED, gate_sql
 
 BATCH = "batch"
 ONLINE = "online"
@@ -58,8 +64,17 @@ COLUMNS = (
 )
 _INSERT_SQL = f"""
     INSERT INTO score_log ({COLUMNS})
-    SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::int[],
-                         %s::float8[], %s::jsonb[], %s::text[], %s::text[], %s::uuid[])
+    SELECT r.* FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::int[],
+                           %s::float8[], %s::jsonb[], %s::text[], %s::text[], %s::uuid[])
+           AS r({COLUMNS})
+      JOIN users u ON u.user_id = r.user_id
+"""
+_STAGE_SQL = """CREATE TEMP TABLE IF NOT EXISTS score_log_stage
+                    (LIKE score_log INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"""
+_MOVE_SQL = f"""
+    INSERT INTO score_log ({COLUMNS})
+    SELECT {", ".join("s." + c for c in COLUMNS.split(", "))}
+      FROM score_log_stage s JOIN users u ON u.user_id = s.user_id
 """
 
 
@@ -69,21 +84,24 @@ def _columns(rows: Sequence[LogRow]) -> list[list[object]]:
 
 
 def append(conn: Conn, rows: Sequence[LogRow]) -> None:
-    """Append ``rows`` in one statement (the caller's transaction, if any)."""
+    """Append ``rows`` in one transaction."""
     if rows:
-        conn.execute(_INSERT_SQL, _columns(rows))
+        with conn.transaction():
+            conn.execute(gate_sql(GATE_DERIVED))
+            conn.execute(_INSERT_SQL, _columns(rows))
 
 
 async def append_async(conn: AsyncConn, rows: Sequence[LogRow]) -> None:
     if rows:
-        await conn.execute(_INSERT_SQL, _columns(rows))
+        async with conn.transaction():
+            await conn.execute(gate_sql(GATE_DERIVED))
+            await conn.execute(_INSERT_SQL, _columns(rows))
 
 
-def copy_batch_part(
-    conn: Conn, rows: Iterable[LogRow], batch_id: uuid.UUID, part: int, count: int
-) -> bool:
-    """Log one part of a batch run with its marker, in one transaction; False (and nothing
-    logged) when the part was logged before (a resumed run)."""
+def copy_batch_part(conn: Conn, text: str, batch_id: uuid.UUID, part: int, count: int) -> bool:
+    """Log one part of a batch run (``text``: its rows as COPY text, columns :data:`COLUMNS`)
+    with its marker, in one transaction; False (and nothing logged) when the part was logged
+    before (a resumed run)."""
     with conn.transaction():
         inserted = conn.execute(
             """INSERT INTO score_batch_parts (batch_id, part, rows) VALUES (%s, %s, %s)
@@ -92,9 +110,12 @@ def copy_batch_part(
         ).rowcount
         if not inserted:
             return False
-        with conn.cursor() as cur, cur.copy(f"COPY score_log ({COLUMNS}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row.record())
+        conn.execute(_STAGE_SQL)
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY score_log_stage ({COLUMNS}) FROM STDIN") as copy:
+                copy.write(text)
+            cur.execute(gate_sql(GATE_DERIVED))  # before the move reads users
+            cur.execute(_MOVE_SQL)
     return True
 
 
