@@ -196,7 +196,7 @@ def _synthetic_export(directory: Path, users: int, part_users: int) -> None:
         for name in vectors.NAMES:
             j = MODEL_FEATURES.index(name) if name in MODEL_FEATURES else -1
             values = x[:, j] if j >= 0 else np.full(n, np.nan)
-            columns[name] = pa.array(values, pa.float64(), from_pandas=True)
+            columns[name] = pa.array(values, pa.float64(), mask=np.isnan(values))
             columns[name + COVERAGE_SUFFIX] = pa.array(np.ones(n, dtype=np.float32))
             if j >= 0:
                 sampled[name].append(values[(-start) % step :: step])

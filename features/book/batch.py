@@ -36,6 +36,7 @@ from features.book.files import (
     MANIFEST_FILE,
     PLAN_FILE,
     Journal,
+    floats,
     progress_bar,
     run_parts,
     sha256_of,
@@ -234,8 +235,8 @@ def _reason_column(model: ScoringModel, reasons: Reasons) -> pa.Array:
     struct = pa.StructArray.from_arrays(
         [
             pa.array(names[reasons.feature], pa.string()),
-            pa.array(reasons.value, pa.float64(), from_pandas=True),
-            pa.array(reasons.percentile, pa.float64(), from_pandas=True).cast(pa.int16()),
+            floats(reasons.value),
+            floats(reasons.percentile).cast(pa.int16()),
             pa.array(reasons.points, pa.float64()),
             pa.array(_texts(model)[reasons.feature, reasons.direction], pa.string()),
         ],

@@ -40,6 +40,7 @@ from features.book.files import (
     JOURNAL_FILE,
     MANIFEST_FILE,
     Journal,
+    floats,
     progress_bar,
     run_parts,
     sha256_of,
@@ -112,18 +113,27 @@ def left_out_name(index: int) -> str:
     return f"left_out-{index:05d}.parquet"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _timestamps(times: Sequence[datetime | None]) -> pa.Array:
+    """UTC timestamps from aware datetimes, through int64 microseconds (no tz lookups)."""
+    micros = np.array([0 if t is None else (t - _EPOCH) // _MICROSECOND for t in times], np.int64)
+    missing = np.array([t is None for t in times], dtype=np.bool_)
+    return pa.array(micros, pa.timestamp("us", tz="UTC"), mask=missing)
+
+
 def _batch(book: vectors.BookVectors, keep: np.ndarray) -> pa.RecordBatch:
     rows = np.flatnonzero(keep)
     columns: list[pa.Array] = [
         pa.array([book.user_ids[i] for i in rows], pa.string()),
-        pa.array([book.snapshot_as_of[i] for i in rows], pa.timestamp("us", tz="UTC")),
+        _timestamps([book.snapshot_as_of[i] for i in rows]),
     ]
     columns += [pa.array(book.consented[rows, k]) for k in range(len(vectors.CATEGORIES))]
     values = book.values[rows]
     coverage = book.coverage[rows].astype(np.float32)
-    columns += [
-        pa.array(values[:, j], pa.float64(), from_pandas=True) for j in range(values.shape[1])
-    ]
+    columns += [floats(values[:, j]) for j in range(values.shape[1])]
     columns += [pa.array(coverage[:, j], pa.float32()) for j in range(coverage.shape[1])]
     return pa.RecordBatch.from_arrays(columns, schema=schema())
 

@@ -20,6 +20,8 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_complete
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import pyarrow as pa
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -45,6 +47,11 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def floats(values: np.ndarray) -> pa.Array:
+    """float64 values with NaN as null."""
+    return pa.array(values, pa.float64(), mask=np.isnan(values))
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -28,7 +28,13 @@ from numpy.typing import NDArray
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.snapshots.codec import cells_columns
 from hearth.db import AsyncConn, Conn
-from hearth.ledger import consent_rule_params, consented_categories_sql, withdrawn_categories_sql
+from hearth.ledger import (
+    consent_rule_params,
+    consented_categories_by_user_sql,
+    consented_categories_sql,
+    withdrawn_categories_by_user_sql,
+    withdrawn_categories_sql,
+)
 from hearth.signals import Category
 
 NO_CONSENT = "no_consent"  # no category consented at D (or the user is unknown at D)
@@ -45,6 +51,7 @@ Bool = NDArray[np.bool_]
 # The storage-specific column: the stored vector, as JSON text.
 _VECTOR_COLUMN = "f.vector::text"
 
+# Online (a few users): per user, lateral lookups.
 _SQL = f"""
 SELECT u.user_id, c.consented, s.as_of, s.vector
   FROM users u
@@ -62,8 +69,38 @@ SELECT u.user_id, c.consented, s.as_of, s.vector
  WHERE {{users}}
  ORDER BY u.user_id
 """
-RANGE_SQL = _SQL.format(users="u.user_id > %(after)s AND (%(upto)s::text IS NULL "
-                              "OR u.user_id <= %(upto)s)")  # fmt: skip
+
+
+def _in_range(column: str) -> str:
+    return f"{column} > %(after)s AND (%(upto)s::text IS NULL OR {column} <= %(upto)s)"
+
+
+# The export (a range of user ids): each table read once, in user-id order.
+RANGE_SQL = f"""
+WITH s AS (
+    SELECT DISTINCT ON (f.user_id) f.user_id, f.as_of
+      FROM feature_snapshots f
+     WHERE f.feature_set_version = %(version)s AND f.as_of <= %(as_of)s
+       AND f.as_of > %(oldest)s AND {_in_range("f.user_id")}
+     ORDER BY f.user_id, f.as_of DESC
+)
+SELECT u.user_id, c.consented, s.as_of, CASE WHEN cardinality(c.consented) > 0
+                                              THEN {_VECTOR_COLUMN} END AS vector
+  FROM users u
+  LEFT JOIN {consented_categories_by_user_sql(_in_range("c.user_id"), "%(as_of)s")} g
+         ON g.user_id = u.user_id
+  LEFT JOIN {withdrawn_categories_by_user_sql(_in_range("ws.user_id"))} w
+         ON w.user_id = u.user_id
+ CROSS JOIN LATERAL (
+       SELECT ARRAY(SELECT unnest(g.categories) EXCEPT SELECT unnest(w.categories))
+              AS consented
+ ) c
+  LEFT JOIN s ON s.user_id = u.user_id
+  LEFT JOIN feature_snapshots f
+         ON f.user_id = s.user_id AND f.as_of = s.as_of AND f.feature_set_version = %(version)s
+ WHERE {_in_range("u.user_id")}
+ ORDER BY u.user_id
+"""
 USERS_SQL = _SQL.format(users="u.user_id = ANY(%(users)s)")
 
 
