@@ -3,6 +3,7 @@ the score log, and what withdrawal and erasure do to it (issue 17)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -371,3 +372,37 @@ def test_scores_without_a_model_are_unavailable(world: World) -> None:
     with serve_in_thread(settings, cache_entries=0) as base_url:
         status, body = _call(base_url, "/v1/scores", SCORER, {"rows": [{"user_id": BOOK[0]}]})
     assert status == 503 and body["error"]["code"] == "no_model"
+
+
+def test_the_lenders_example_turns_scores_into_a_preapproval_file(
+    world: World, tmp_path: Path
+) -> None:
+    out = tmp_path / "preapproved.csv"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/preapprove.py",
+            str(world.scores),
+            "--out",
+            str(out),
+            "--min-points",
+            "500",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pre-approval file:" in proc.stdout
+    assert proc.stdout.count("points, probability of default") == 3  # the printed sample
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == json.loads((world.scores / "manifest.json").read_text())["rows"]
+    by_user = {r["user_id"]: r for r in rows}
+    assert {r["decision"] for r in rows} <= {"pre-approved", "refer"}
+    assert all((int(r["points"]) >= 500) == (r["decision"] == "pre-approved") for r in rows)
+    assert (
+        by_user[NO_LOCATION]["reasons"]
+        and "Nights spent at home" not in by_user[NO_LOCATION]["reasons"]
+    )

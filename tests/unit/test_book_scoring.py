@@ -3,6 +3,7 @@ additivity, reason codes, consent, percentiles, the secure model format and the 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ from features.book.population import LEVELS, Population, build_population
 from features.book.scale import PointsScale
 from features.book.scoring import MAX_REASONS, reason_codes, score_matrix, top_reasons
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
+from features.cli import main
 from features.report.data import FeatureTable, GroundTruth
 from features.report.model import ReferenceModel
 from features.report.train import train_model, write_model
@@ -241,3 +243,44 @@ def test_train_refuses_a_labelled_set_too_small_to_validate() -> None:
     truth, table = _world(n=30)
     with pytest.raises(Invalid, match="cannot train"):
         train_model(truth, table)
+
+
+def test_train_command_writes_a_scorable_model_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth, table = _world()
+    truth_csv, features_csv = tmp_path / "truth.csv", tmp_path / "features.csv"
+    with truth_csv.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["user_id", "default", "application_time"])
+        for user, label, at in zip(
+            truth.user_ids, truth.defaulted, truth.application_times, strict=True
+        ):
+            w.writerow([user, int(label), at.isoformat()])
+    with features_csv.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["user_id", *MODEL_FEATURES])
+        for user, row in zip(truth.user_ids, table.values, strict=True):
+            w.writerow([user, *("" if math.isnan(v) else repr(float(v)) for v in row)])
+    out = tmp_path / "models" / "ref"
+    args = [
+        "train",
+        "--ground-truth",
+        str(truth_csv),
+        "--out",
+        str(out),
+        "--features-source",
+        "csv",
+        "--features-file",
+        str(features_csv),
+        "--pdo",
+        "40",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "model_version=" in printed and "test_auc=" in printed and str(out) in printed
+    model = load_model(out)
+    assert model.scale.pdo == 40 and set(model.features) <= set(MODEL_FEATURES)
+    with pytest.raises(Conflict, match="--force"):
+        main(args)
+    assert main([*args, "--force"]) == 0
