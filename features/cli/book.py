@@ -14,7 +14,7 @@ from features.book.export import DEFAULT_PART_USERS, export_book
 from features.book.scale import DEFAULT_ODDS, DEFAULT_PDO, DEFAULT_POINTS, PointsScale
 from features.cli.engine import parse_as_of
 from features.cli.report import add_source_arguments, honest_features
-from hearth.errors import Invalid
+from hearth.errors import Conflict, Invalid
 from hearth.settings import get_settings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -154,6 +154,8 @@ def _train(args: argparse.Namespace) -> int:
         scale = PointsScale(args.points, args.odds, args.pdo)
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+    if (args.out / "model.json").exists() and not args.force:  # before minutes of fitting
+        raise Conflict(f"{args.out} already holds a model: use another directory or --force")
     truth = load_ground_truth(args.ground_truth)
     table = honest_features(args, truth)
     sources = {"ground_truth": args.ground_truth.name, "knowledge": args.knowledge}

@@ -227,7 +227,7 @@ def build_report(
         "generated_at": datetime.now(UTC).isoformat(),
         **_ranking_power(fitted, oracle_auc, ks),
         **stats.strongest(),
-        **_population(truth, rows, y, train, test),
+        **population_summary(truth, rows, y, train, test),
         "split_cutoff": cutoff.isoformat(),
         "test_share": test_share,
         **_model_identity(fitted, honest, kind),
@@ -286,7 +286,7 @@ def _model_identity(fitted: FittedVariant, table: FeatureTable, kind: ModelKind)
     }
 
 
-def _population(
+def population_summary(
     truth: GroundTruth, rows: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
 ) -> dict[str, Any]:
     """Who was scored, and how the out-of-time split divided them."""

@@ -32,7 +32,7 @@ from features.book.scale import PointsScale
 from features.book.scoring import ScoringModel
 from features.catalogue import DEFINITIONS
 from features.report import stats as v
-from features.report.build import FittedVariant, fit_variant, too_small
+from features.report.build import FittedVariant, fit_variant, population_summary, too_small
 from features.report.data import FeatureTable, GroundTruth
 from features.report.model import INDICATOR_PREFIX, time_split
 from hearth.errors import Conflict, Invalid
@@ -119,15 +119,7 @@ def train_model(
                 "test_first_application": min(tested).isoformat(),
                 "test_last_application": max(tested).isoformat(),
             },
-            "population": {
-                "n_users": len(truth),
-                "n_scored": int(rows.size),
-                "n_unscored": int(len(truth) - rows.size),
-                "n_train": int(train.sum()),
-                "n_test": int(test.sum()),
-                "default_rate_train": float(y[train].mean()),
-                "default_rate_test": float(y[test].mean()),
-            },
+            "population": population_summary(truth, rows, y, train, test),
             "test_share": test_share,
             "window_set": fitted.window_set,
         },
