@@ -97,9 +97,9 @@ def main() -> int:
                 f"  {row['user_id']}: {row['points']} points, probability of default "
                 f"{row['probability']:.3f}"
             )
-            for reason in row["reasons"] or [
-                {"text": "no reason lowered these points", "points": 0.0, "percentile": None}
-            ]:
+            if not row["reasons"]:
+                print("      (no feature lowered these points below the average applicant's)")
+            for reason in row["reasons"]:
                 shown = (
                     "" if reason["percentile"] is None else f", percentile {reason['percentile']}"
                 )
