@@ -2,11 +2,12 @@
 
 An export (:mod:`features.book.export`) describes the population it wrote: per feature, its
 1st…99th percentiles over the users with a value (:data:`LEVELS`), kept in the export's
-``population.json`` and in ``feature_population`` (migration 0076). A reason code's
-``percentile`` is the applicant's value placed in the population of the latest export at or
-before the score's as_of — the same grid for a batch score and for an online one, so both give
-the same percentile. A feature with fewer than :data:`MIN_VALUES` values has no grid (its
-percentiles are null): percentiles of a handful of people would describe those people.
+``population.json`` and in the tables ``feature_populations`` and ``feature_population``
+(migration 0076). A reason code's ``percentile`` is the applicant's value placed in the
+population of the latest export at or before the score's as_of: the same grid for a batch score
+and for an online one, so both give the same percentile. A feature with fewer than
+:data:`MIN_VALUES` values has no grid (its percentiles are null): percentiles of a handful of
+people would describe those people.
 
 The grid is computed from a systematic sample of at most :data:`SAMPLE_ROWS` users (every k-th
 row of the export, in user-id order), so memory stays flat however many users there are; with
@@ -15,9 +16,8 @@ row of the export, in user-id order), so memory stays flat however many users th
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -109,56 +109,73 @@ def sample_step(n_rows: int) -> int:
     return max(1, math.ceil(n_rows / SAMPLE_ROWS))
 
 
-_SAVE_SQL = """
-    INSERT INTO feature_population
-           (as_of, feature_set_version, feature, n_users, percentiles)
-    SELECT %(as_of)s, %(version)s, f.feature, %(n_users)s, f.grid
-      FROM jsonb_to_recordset(%(rows)s::jsonb) AS f(feature text, grid float8[])
-    ON CONFLICT (as_of, feature_set_version, feature) DO UPDATE
-       SET n_users = excluded.n_users, percentiles = excluded.percentiles,
-           computed_at = now()
+_LATEST_SQL = """
+    SELECT as_of, n_users, computed_at FROM feature_populations
+     WHERE feature_set_version = %(version)s AND as_of <= %(as_of)s
+     ORDER BY as_of DESC LIMIT 1
 """
-
-# The population of the latest export at or before the as_of, for this feature set.
-_LOAD_SQL = """
-    SELECT as_of, n_users, feature, percentiles FROM feature_population
-     WHERE feature_set_version = %(version)s
-       AND as_of = (SELECT max(as_of) FROM feature_population
-                     WHERE feature_set_version = %(version)s AND as_of <= %(as_of)s)
+_GRIDS_SQL = """
+    SELECT feature, level, value FROM feature_population
+     WHERE feature_set_version = %(version)s AND as_of = %(as_of)s
+     ORDER BY feature, level
 """
 
 
 def save_population(conn: Conn, population: Population) -> None:
-    rows = [{"feature": k, "grid": list(v) if v else None} for k, v in population.grids.items()]
-    with conn.transaction():
-        conn.execute(
-            _SAVE_SQL,
-            {
-                "as_of": population.as_of,
-                "version": population.feature_set_version,
-                "n_users": population.n_users,
-                "rows": json.dumps(rows),
-            },
+    """Store ``population`` (replacing an earlier one of the same as_of), in one transaction."""
+    key = {"as_of": population.as_of, "version": population.feature_set_version}
+    rows = [
+        (name, level, value)
+        for name, grid in population.grids.items()
+        if grid is not None
+        for level, value in zip(LEVELS.astype(int).tolist(), grid, strict=True)
+    ]
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            """DELETE FROM feature_populations
+                WHERE feature_set_version = %(version)s AND as_of = %(as_of)s""",
+            key,
         )
+        cur.execute(
+            """INSERT INTO feature_populations (as_of, feature_set_version, n_users)
+               VALUES (%(as_of)s, %(version)s, %(n_users)s)""",
+            {**key, "n_users": population.n_users},
+        )
+        with cur.copy(
+            "COPY feature_population (as_of, feature_set_version, feature, level, value) FROM STDIN"
+        ) as copy:
+            for name, level, value in rows:
+                copy.write_row(
+                    (population.as_of, population.feature_set_version, name, level, value)
+                )
 
 
-def _population(rows: Sequence[Sequence[Any]], version: str) -> Population | None:
-    if not rows:
-        return None
-    as_of, n_users = rows[0][0], rows[0][1]
-    assert isinstance(as_of, datetime)
-    grids = {str(r[2]): tuple(float(x) for x in r[3]) if r[3] else None for r in rows}
-    return Population(as_of, version, int(n_users), grids)
+class PopulationCache:
+    """The population of the latest export at or before an as_of, for online scores: one
+    small query per call finds which export (and when it was computed); its grids are read
+    once and kept (the last :data:`CACHED` populations)."""
 
+    CACHED = 8
 
-def load_population(conn: Conn, as_of: datetime, version: str) -> Population | None:
-    """The population of the latest export at or before ``as_of`` (None: no export yet)."""
-    rows = conn.execute(_LOAD_SQL, {"as_of": as_of, "version": version}).fetchall()
-    return _population(rows, version)
+    def __init__(self) -> None:
+        self._grids: dict[tuple[str, datetime, datetime], Population] = {}
 
-
-async def load_population_async(
-    conn: AsyncConn, as_of: datetime, version: str
-) -> Population | None:
-    cur = await conn.execute(_LOAD_SQL, {"as_of": as_of, "version": version})
-    return _population(await cur.fetchall(), version)
+    async def get(self, conn: AsyncConn, as_of: datetime, version: str) -> Population | None:
+        cur = await conn.execute(_LATEST_SQL, {"as_of": as_of, "version": version})
+        head = await cur.fetchone()
+        if head is None:
+            return None
+        found_as_of, n_users, computed_at = head
+        assert isinstance(found_as_of, datetime) and isinstance(computed_at, datetime)
+        key = (version, found_as_of, computed_at)
+        if key not in self._grids:
+            cur = await conn.execute(_GRIDS_SQL, {"as_of": found_as_of, "version": version})
+            grids: dict[str, list[float]] = {}
+            for feature, _level, value in await cur.fetchall():
+                grids.setdefault(str(feature), []).append(float(str(value)))
+            if len(self._grids) >= self.CACHED:
+                self._grids.pop(next(iter(self._grids)))
+            self._grids[key] = Population(
+                found_as_of, version, int(str(n_users)), {k: tuple(v) for k, v in grids.items()}
+            )
+        return self._grids[key]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from features.book.population import PopulationCache
 from features.book.scoring import ScoringModel
 from features.service.cache import ConsentListener, VectorCache
 from features.service.metrics import ServiceMetrics
@@ -32,6 +33,7 @@ class ServiceState:
     metrics: ServiceMetrics
     openapi_json: str  # /openapi.json, rendered once from the route table
     book_model: ScoringModel | None = None  # HEARTH_SCORE_MODEL, loaded at start
+    populations: PopulationCache = field(default_factory=PopulationCache)  # for percentiles
 
 
 STATE = web.AppKey("state", ServiceState)

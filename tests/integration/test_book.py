@@ -171,7 +171,7 @@ def test_export_describes_its_population_for_percentiles(world: World) -> None:
     assert population["percentiles"]["is_power_90d"] is None  # nobody has it
     with psycopg.connect(world.database_url) as conn:
         stored = conn.execute(
-            "SELECT percentiles FROM feature_population WHERE as_of = %s "
+            "SELECT array_agg(value ORDER BY level) FROM feature_population WHERE as_of = %s "
             "AND feature_set_version = %s AND feature = 'overnight_charge_share_30d'",
             (D, FEATURE_SET_VERSION),
         ).fetchone()

@@ -20,7 +20,7 @@ import numpy as np
 from aiohttp import web
 
 from features.book import vectors
-from features.book.population import load_population_async
+from features.book.population import PopulationCache
 from features.book.score_log import ONLINE, LogRow, append_async, read_scores_async
 from features.book.scoring import ScoringModel, log_reasons, reason_codes, score_matrix
 from features.catalogue import FEATURE_SET_VERSION
@@ -61,6 +61,7 @@ def _model(request: web.Request) -> ScoringModel:
 
 async def _score_group(
     conn: AsyncConn,
+    populations: PopulationCache,
     model: ScoringModel,
     as_of: datetime,
     users: list[str],
@@ -75,7 +76,7 @@ async def _score_group(
             out[user] = reason
     if not scored_rows:
         return out
-    population = await load_population_async(conn, as_of, model.feature_set_version)
+    population = await populations.get(conn, as_of, model.feature_set_version)
     columns = [_POSITIONS[f] for f in model.features]
     x = book.values[np.ix_(scored_rows, columns)]
     consented = {c: book.consent_of(c)[scored_rows] for c in vectors.CATEGORIES}
@@ -117,7 +118,9 @@ async def post_scores(request: web.Request) -> web.Response:
     log: list[LogRow] = []
     async with state.async_pool.connection() as conn:
         for as_of, users in groups.items():
-            for user, result in (await _score_group(conn, model, as_of, users, max_age)).items():
+            for user, result in (
+                await _score_group(conn, state.populations, model, as_of, users, max_age)
+            ).items():
                 results[(user, as_of)] = result
                 if isinstance(result, dict):
                     log.append(_log_row(model, user, as_of, result, caller))
