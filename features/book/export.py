@@ -260,6 +260,8 @@ def export_book(
         for p in plan["parts"]
         if int(p["index"]) not in done
     ]
+    if resumed and not jobs and (out / MANIFEST_FILE).is_file():  # finished before: as it was
+        return _finished(out, as_of, len(done), started)
     with progress_bar(progress, "export", int(plan["users_at_plan"])) as bar:
         bar.advance(sum(_users_of(e) for e in done.values()))
 
@@ -285,6 +287,22 @@ def export_book(
         left_out=left_out,
         parts=len(entries),
         resumed_parts=len(entries) - len(jobs),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _finished(out: Path, as_of: datetime, parts: int, started: float) -> ExportResult:
+    """The result of an export finished by an earlier run (its manifest is left untouched, so
+    a score run that read it still recognises it)."""
+    manifest = _read_json(out / MANIFEST_FILE)
+    return ExportResult(
+        out=out,
+        as_of=as_of,
+        feature_set_version=str(manifest["feature_set_version"]),
+        rows=int(manifest["rows"]),
+        left_out={str(k): int(v) for k, v in manifest["left_out"].items()},
+        parts=parts,
+        resumed_parts=parts,
         seconds=time.monotonic() - started,
     )
 

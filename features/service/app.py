@@ -21,7 +21,6 @@ from datetime import timedelta
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from features.book.model import ModelRefused, load_model
 from features.book.scoring import ScoringModel
 from features.service.auth import TokenAuthenticator, auth_middleware
 from features.service.cache import ConsentListener, VectorCache
@@ -110,6 +109,10 @@ def _book_model(settings: Settings) -> ScoringModel | None:
     (exit 78) rather than serve without it."""
     if settings.score_model is None:
         return None
+    # Imported only when a model is configured: scikit-learn and skops take seconds to import,
+    # which every service start would otherwise pay.
+    from features.book.model import ModelRefused, load_model
+
     try:
         model = load_model(settings.score_model)
     except ModelRefused as exc:

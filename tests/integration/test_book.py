@@ -198,6 +198,12 @@ def test_export_resumes_where_it_stopped_and_refuses_another_run(
         json.loads((out / "manifest.json").read_text())["files"]
         == json.loads((world.export / "manifest.json").read_text())["files"]
     )
+    manifest = (out / "manifest.json").read_bytes()
+    third = export_book(
+        world.database_url, D, out, max_age=timedelta(hours=36), part_users=40, progress=False
+    )
+    assert third.resumed_parts == third.parts and third.rows == first.rows
+    assert (out / "manifest.json").read_bytes() == manifest  # a finished export stays as it was
     with pytest.raises(Conflict, match="as_of"):
         export_book(
             world.database_url,
