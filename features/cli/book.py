@@ -13,7 +13,7 @@ from pathlib import Path
 from features.book.export import DEFAULT_PART_USERS, export_book
 from features.book.scale import DEFAULT_ODDS, DEFAULT_PDO, DEFAULT_POINTS, PointsScale
 from features.cli.engine import parse_as_of
-from features.cli.report import add_source_arguments, honest_features
+from features.cli.report import add_source_arguments, check_source_arguments, honest_features
 from hearth.errors import Conflict, Invalid
 from hearth.settings import get_settings
 
@@ -150,6 +150,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if not 0 < args.test_share < 1:
         raise Invalid("--test-share must be between 0 and 1")
+    check_source_arguments(args)
     try:
         scale = PointsScale(args.points, args.odds, args.pdo)
     except ValueError as exc:

@@ -92,13 +92,17 @@ def _progress(label: str) -> Callable[[int, int], None]:
     return show
 
 
+def check_source_arguments(args: argparse.Namespace) -> None:
+    """Refuse a source without what it needs, before any work."""
+    if args.features_source == "csv" and args.features_file is None:
+        raise Invalid("--features-source csv needs --features-file FILE")
+
+
 def honest_features(args: argparse.Namespace, truth: GroundTruth) -> FeatureTable:
     """The features of the labelled set at each application date, from the chosen source."""
     # Imported when the command runs: scikit-learn takes seconds (features.cli).
     from features.report import data
 
-    if args.features_source == "csv" and args.features_file is None:
-        raise Invalid("--features-source csv needs --features-file FILE")
     if args.features_source == "csv":
         honest = data.features_from_csv(args.features_file, truth.user_ids)
     elif args.features_source == "engine":
@@ -128,6 +132,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not 0 < args.test_share < 1:
         raise Invalid("--test-share must be between 0 and 1")
+    check_source_arguments(args)
     truth = data.load_ground_truth(args.ground_truth)
     honest = honest_features(args, truth)
     leaky_rows = data.shifted_rows(truth, args.leaky_shift_days) if args.leaky_shift_days else []
