@@ -28,40 +28,72 @@ def bin_key(d: np.ndarray, s: np.ndarray, h: np.ndarray, hours: int) -> np.ndarr
     return out
 
 
-def rollup_rows(
-    cols: dict[str, np.ndarray],
-    sig_hash: dict[int, int],
-    start: datetime,
-    as_of: datetime,
-    hours: int,
-    known_by_us: int,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The buckets of fetched packed rollup rows (:data:`features.engine.sql.ARRAY_COLUMNS`,
-    single-reading columns filled in) inside the grid [start, T), for known signals, as
-    per-bucket columns with ``bucket``, ``s`` (signal index) and ``h`` (grid hour); and whether
-    each is usable as is: it ended by T and its newest reading was ingested by ``known_by_us``
-    (binary timestamptz). Buckets of rows whose every reading was ingested after that are left
-    out: nothing of them is known at T, so there is nothing to recompute either. Per-row
-    columns (``sig``, ``day``, ``k``, ``first_ingested``) and ``ingested`` are consumed."""
+# Per-row columns of fetched rollup arrays (features.engine.sql): repeated per bucket by
+# :func:`rollup_buckets` (``k`` counts a row's buckets, ``day`` and ``hours`` become ``bucket``).
+_PER_ROW = ("sig", "first_ingested")
+# Per-bucket columns that decide which buckets a read takes, not bin statistics.
+_BOOKKEEPING = ("ingested", "first_ingested")
+
+
+def bucket_times(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Each bucket's start (binary timestamptz) of fetched packed rows: their ``day`` plus
+    each bucket's ``hours`` byte."""
+    out: np.ndarray = np.repeat(cols["day"], cols["k"]) + cols["hours"].astype(np.int64) * HOUR_US
+    return out
+
+
+def signal_indexes(sig: np.ndarray, sig_hash: dict[int, int]) -> np.ndarray:
+    """:data:`SIGNAL_INDEX` positions of signal hashes (``sig_hash``: hash → index); -1 for
+    signals outside the catalogue."""
     hashes = np.array(sorted(sig_hash), dtype=np.int64)
     index = np.array([sig_hash[h] for h in sorted(sig_hash)], dtype=np.int64)
-    k = cols.pop("k")
-    sig = np.repeat(cols.pop("sig").astype(np.int64), k)
-    bucket = np.repeat(cols.pop("day"), k) + cols.pop("hours").astype(np.int64) * HOUR_US
-    ingested = cols.pop("ingested")
-    seen = np.repeat(cols.pop("first_ingested"), k) <= known_by_us
+    sig = sig.astype(np.int64)
     s = np.full(sig.size, -1, dtype=np.int64)
     if hashes.size:
         pos = np.clip(np.searchsorted(hashes, sig), 0, hashes.size - 1)
         found = hashes[pos] == sig
         s[found] = index[pos[found]]
+    return s
+
+
+def rollup_buckets(cols: dict[str, np.ndarray], sig_hash: dict[int, int]) -> dict[str, np.ndarray]:
+    """Fetched packed rollup rows (:data:`features.engine.sql.ARRAY_COLUMNS`, single-reading
+    columns filled in; consumed) as one entry per bucket: the per-bucket columns, ``bucket``
+    (its start, binary timestamptz), ``s`` (signal index, -1 outside the catalogue) and the
+    row's ``first_ingested``."""
+    bucket = bucket_times(cols)
+    k = cols.pop("k")
+    per_row = {name: np.repeat(cols.pop(name), k) for name in _PER_ROW if name in cols}
+    del cols["day"], cols["hours"]
+    out = dict(cols, bucket=bucket, **per_row)
+    if "sig" in out:
+        out["s"] = signal_indexes(out.pop("sig"), sig_hash)
+    return out
+
+
+def window_rows(
+    buckets: dict[str, np.ndarray],
+    start: datetime,
+    as_of: datetime,
+    known_by_us: int,
+    readable: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The buckets (:func:`rollup_buckets`; not modified) a read as of T takes: inside the grid
+    [start, T), of known signals (and ``readable`` ones, when given), as per-bucket columns with
+    ``h`` (grid hour); and whether each is usable as is: it ended by T and its newest reading
+    was ingested by ``known_by_us`` (binary timestamptz). Buckets of rows whose every reading
+    was ingested after that are left out: nothing of them is known at T, so there is nothing
+    to recompute either."""
+    bucket = buckets["bucket"]
     start_us, as_of_us = pg_us(start), pg_us(as_of)
-    inside = (s >= 0) & (bucket >= start_us) & (bucket < as_of_us) & seen
-    rows = {name: v[inside] for name, v in cols.items()}
-    rows["bucket"] = bucket[inside]
-    rows["s"] = s[inside]
+    inside = (buckets["s"] >= 0) & (bucket >= start_us) & (bucket < as_of_us)
+    inside &= buckets["first_ingested"] <= known_by_us
+    if readable is not None:
+        inside &= readable
+    take = np.flatnonzero(inside)
+    rows = {name: v[take] for name, v in buckets.items() if name not in _BOOKKEEPING}
     rows["h"] = (rows["bucket"] - start_us) // HOUR_US
-    usable = (rows["bucket"] + HOUR_US <= as_of_us) & (ingested[inside] <= known_by_us)
+    usable = (rows["bucket"] + HOUR_US <= as_of_us) & (buckets["ingested"][take] <= known_by_us)
     return rows, usable
 
 
@@ -93,15 +125,22 @@ def fill_single_readings(cols: dict[str, np.ndarray], kind: str) -> dict[str, np
 
 
 def earliest_known(
-    cols: dict[str, np.ndarray], start: datetime, known_by_us: int
+    buckets: dict[str, np.ndarray],
+    start: datetime,
+    known_by_us: int,
+    readable: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user, device, binary timestamptz) of each device's earliest bucket before ``start``
-    known by ``known_by_us``, from :data:`features.engine.sql.FIRST_SEEN_SQL` rows: the first
+    known by ``known_by_us`` (of the ``readable`` ones, when given), from per-bucket columns
+    ``u``, ``d``, ``bucket``, ``ingested`` and, for numeric buckets, ``first_time``
+    (:data:`features.engine.sql.FIRST_SEEN_SQL` rows through :func:`rollup_buckets`): the first
     reading for numeric buckets, the bucket's start for categorical ones (their only time)."""
-    bucket = np.repeat(cols["day"], cols["k"]) + cols["hours"].astype(np.int64) * HOUR_US
-    t = cols.get("first_time", bucket)
-    ok = (bucket < pg_us(start)) & (cols["ingested"] <= known_by_us)
-    u, d, t = cols["u"][ok], cols["d"][ok], t[ok]
+    bucket = buckets["bucket"]
+    t = buckets.get("first_time", bucket)
+    ok = (bucket < pg_us(start)) & (buckets["ingested"] <= known_by_us)
+    if readable is not None:
+        ok &= readable
+    u, d, t = buckets["u"][ok], buckets["d"][ok], t[ok]
     order = np.lexsort((t, d))
     first = np.ones(order.size, dtype=bool)
     first[1:] = d[order][1:] != d[order][:-1]
@@ -110,7 +149,7 @@ def earliest_known(
 
 
 def numeric_from_arrays(rows: dict[str, np.ndarray]) -> NumericBins:
-    """Numeric bins from :func:`rollup_rows`; offsets as ``date_part('epoch', t - bucket)``
+    """Numeric bins from :func:`window_rows`; offsets as ``date_part('epoch', t - bucket)``
     computes them (microseconds / 1e6)."""
     bucket = rows.pop("bucket")
     rows["first_off"] = (rows.pop("first_time") - bucket).astype(np.float64) / 1e6
@@ -146,7 +185,7 @@ def _categorical_from_rows(rows: Sequence[Sequence[object]]) -> tuple[Categorica
 def categorical_from_arrays(
     rows: dict[str, np.ndarray], dictionary: Sequence[bytes]
 ) -> tuple[CategoricalBins, list[str]]:
-    """Categorical bins from :func:`rollup_rows` (``value``: codes into ``dictionary``, UTF-8)
+    """Categorical bins from :func:`window_rows` (``value``: codes into ``dictionary``, UTF-8)
     and the value dictionary, sorted (codes as ``np.unique`` of the decoded strings gives
     them)."""
     used, code = np.unique(rows["value"], return_inverse=True)  # only the values still in use

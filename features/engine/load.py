@@ -18,6 +18,7 @@ The feature functions (features.catalogue.library) then run vectorised over the 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 
-from features.catalogue.library.base import CategoricalBins, Chunk, NumericBins
+from features.catalogue.library.base import CategoricalBins, Chunk, LocalGrid, NumericBins
 from features.engine.as_of import Knowledge, known_by
 from features.engine.bins import (
     SIGNAL_INDEX,
@@ -38,8 +39,9 @@ from features.engine.bins import (
     earliest_known,
     fill_single_readings,
     numeric_from_arrays,
-    rollup_rows,
+    rollup_buckets,
     select_categorical,
+    window_rows,
 )
 from features.engine.grid import grid_bounds, local_grid
 from features.engine.sql import (
@@ -62,7 +64,7 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
-class _Pairs:
+class Pairs:
     """A chunk's devices and the (device, signal) pairs to read: ``params`` name them for the
     statements; per category, which users consented at T and which have withdrawn since."""
 
@@ -71,9 +73,54 @@ class _Pairs:
     consented: dict[Category, np.ndarray]
     withdrawn: dict[Category, np.ndarray]
 
+    @functools.cached_property
+    def _readable(self) -> np.ndarray:
+        """[device, signal index] → read; the last column stands for signals outside the
+        catalogue."""
+        table = np.zeros((len(self.devices), len(SIGNAL_INDEX) + 1), dtype=bool)
+        signals_of: list[str] = self.params["d_signals"]  # type: ignore[assignment]
+        for di, signals in enumerate(signals_of):
+            if signals == "*":
+                table[di, :] = True
+            elif signals:
+                table[di, [SIGNAL_INDEX[n] for n in signals.split(",")]] = True
+        return table
 
-def _pairs(conn: Conn, users: Sequence[str], as_of: datetime) -> _Pairs:
-    """Parameters naming the chunk's devices and, per device, the signals consented at T.
+    def readable(self, d: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Whether each (device index, signal index; -1: outside the catalogue) is read at
+        T: what the statements' ``d_signals`` select (``'*'``: every signal, even unknown
+        ones)."""
+        out: np.ndarray = self._readable[d, np.where(s < 0, len(SIGNAL_INDEX), s)]
+        return out
+
+
+def device_params(
+    users: Sequence[str], devices: Sequence[ledger.UserDevice], d_signals: Sequence[str]
+) -> dict[str, object]:
+    """The statements' ``d_*`` and ``s_*`` parameters (:mod:`features.engine.sql`), as lists:
+    the devices of ``users``, each with the signals it reads (``'*'``: all)."""
+    uidx = {u: i for i, u in enumerate(users)}
+    return {
+        "d_device": [d.device_id for d in devices],
+        "d_user": [d.user_id for d in devices],
+        "d_uidx": [uidx[d.user_id] for d in devices],
+        "d_didx": list(range(len(devices))),
+        "d_signals": list(d_signals),
+        "s_name": list(SIGNAL_INDEX),
+        "s_idx": list(SIGNAL_INDEX.values()),
+    }
+
+
+def as_literals(params: dict[str, object]) -> dict[str, object]:
+    """``params`` with every list as one PostgreSQL array literal (wire.array_literal)."""
+    return {k: array_literal(v) if isinstance(v, list) else v for k, v in params.items()}
+
+
+def pairs_at(
+    conn: Conn, users: Sequence[str], as_of: datetime, devices: list[ledger.UserDevice]
+) -> Pairs:
+    """Parameters naming the chunk's devices (those of ``users``) and, per device, the
+    signals consented at T.
 
     A category consented at T but withdrawn since counts as not consented: the withdrawal
     purged its data, so what is left of it would read as a confident "nothing happened".
@@ -83,8 +130,6 @@ def _pairs(conn: Conn, users: Sequence[str], as_of: datetime) -> _Pairs:
     lost = {u: consent[u] & since[u] for u in consent.keys() & since.keys()}
     for u, gone in lost.items():
         consent[u] = consent[u] - gone
-    devices = ledger.devices_of_users(conn, users)
-    uidx = {u: i for i, u in enumerate(users)}
     signals_of: dict[frozenset[Category], str] = {frozenset(Category): "*"}
     d_signals = []
     for dev in devices:
@@ -93,28 +138,20 @@ def _pairs(conn: Conn, users: Sequence[str], as_of: datetime) -> _Pairs:
             stored = {name for c in cats for name in stored_signals(c)}
             signals_of[cats] = ",".join(n for n in SIGNAL_NAMES if n in stored)
         d_signals.append(signals_of[cats])
-    params: dict[str, object] = {
-        "d_device": [d.device_id for d in devices],
-        "d_user": [d.user_id for d in devices],
-        "d_uidx": [uidx[d.user_id] for d in devices],
-        "d_didx": list(range(len(devices))),
-        "d_signals": d_signals,
-        "s_name": list(SIGNAL_INDEX),
-        "s_idx": list(SIGNAL_INDEX.values()),
-    }
+    params = device_params(users, devices, d_signals)
     consented = {
         c: np.array([c in consent.get(u, ()) for u in users], dtype=bool) for c in Category
     }
     withdrawn = {c: np.array([c in lost.get(u, ()) for u in users], dtype=bool) for c in Category}
-    return _Pairs(params, devices, consented, withdrawn)
+    return Pairs(params, devices, consented, withdrawn)
 
 
 @dataclass(frozen=True)
-class _Read:
+class Read:
     """What one chunk's read as of T needs: its devices and consent, the statements'
     parameters, the grid, and whether raw rows may be newer than the rollups."""
 
-    pairs: _Pairs
+    pairs: Pairs
     params: dict[str, object]
     start: datetime
     as_of: datetime
@@ -130,18 +167,17 @@ class _Read:
         return pg_us(at) if isinstance(at, datetime) else np.iinfo(np.int64).max
 
 
-def _plan(
-    conn: Conn,
-    users: Sequence[str],
+def read_at(
+    pairs: Pairs,
+    n_users: int,
     as_of: datetime,
     watermark: datetime | None,
     knowledge: Knowledge,
-) -> _Read:
+) -> Read:
+    """The read as of T of the chunk of ``n_users`` users whose devices and consent at T
+    ``pairs`` holds."""
     start, _, hours = grid_bounds(as_of)
-    pairs = _pairs(conn, users, as_of)
-    params: dict[str, object] = {
-        k: array_literal(v) if isinstance(v, list) else v for k, v in pairs.params.items()
-    }
+    params = as_literals(pairs.params)
     params.update(
         start=start,
         as_of=as_of,
@@ -150,7 +186,7 @@ def _plan(
     )
     # Replayed history (EVENT) may hold rows ingested after the watermark at any past T.
     check_new_raw = watermark is None or watermark < as_of or knowledge is Knowledge.EVENT
-    return _Read(pairs, params, start, as_of, hours, len(users), knowledge, check_new_raw)
+    return Read(pairs, params, start, as_of, hours, n_users, knowledge, check_new_raw)
 
 
 def load_chunk(
@@ -169,32 +205,35 @@ def load_chunk(
     pass 2 and replace their rollup rows.
     """
     t0 = time.perf_counter()
-    read = _plan(conn, users, as_of, watermark, knowledge)
+    pairs = pairs_at(conn, users, as_of, ledger.devices_of_users(conn, users))
+    read = read_at(pairs, len(users), as_of, watermark, knowledge)
     with conn.cursor() as cur:
-        sig_hash, arrays, first_arrays = _read_rollups(cur, read.params)
+        sig_hash, arrays = read_rollups(cur, read.params)
+        first_arrays = {
+            kind: fetch_arrays(cur, sql, read.params, FIRST_SEEN_COLUMNS[kind], per="hours")
+            for kind, sql in FIRST_SEEN_SQL.items()
+        }
     sql_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    numeric, usable, categorical, cat_usable, values = _decode_rollups(arrays, sig_hash, read)
-    first_rows = _first_known(first_arrays, read)
+    buckets = decode_rollups(arrays, sig_hash)
+    numeric, usable, categorical, cat_usable, values = window_bins(buckets, read)
+    first_rows = first_known(
+        [rollup_buckets(cols, sig_hash) for cols in first_arrays.values()], read
+    )
     py_s = time.perf_counter() - t1
 
     # Pass 2: corrections from raw rows (usually nothing to do).
     t2 = time.perf_counter()
-    keep, fixed_numeric = _recomputed(conn, "numeric", numeric, usable, read)
-    if keep is not None:
-        numeric = numeric.select(keep)
-    keep, fixed_cat = _recomputed(conn, "categorical", categorical, cat_usable, read)
-    if keep is not None:
-        categorical = select_categorical(categorical, keep)
+    numeric, categorical, values = correct(
+        conn, read, numeric, usable, categorical, cat_usable, values
+    )
     sql_s += time.perf_counter() - t2
 
     t3 = time.perf_counter()
-    if fixed_numeric:
-        numeric = add_numeric_rows(numeric, fixed_numeric)
-    if fixed_cat:
-        categorical, values = add_categorical_rows(categorical, values, fixed_cat)
-    chunk = _chunk(read, tzs, numeric, categorical, values, first_rows)
+    chunk = build_chunk(
+        read, local_grid(tzs, read.start, read.hours), numeric, categorical, values, first_rows
+    )
     if timings is not None:
         timings.add(sql_s=sql_s, python_s=py_s + time.perf_counter() - t3)
     return chunk
@@ -203,11 +242,9 @@ def load_chunk(
 _Arrays = dict[str, dict[str, np.ndarray]]  # per kind, fetched columns
 
 
-def _read_rollups(
-    cur: Cursor, params: dict[str, object]
-) -> tuple[dict[int, int], _Arrays, _Arrays]:
-    """Pass 1: each signal's hash, the packed rollups of each kind in the grid, and the rows
-    telling each device's first reading before it."""
+def read_rollups(cur: Cursor, params: dict[str, object]) -> tuple[dict[int, int], _Arrays]:
+    """Pass 1: each signal's hash and the packed rollups of each kind over the days from
+    ``start``'s to ``as_of`` (:data:`features.engine.sql.ROLLUP_ARRAYS_SQL`)."""
     sig_hash = {
         int(str(h)): int(str(i)) for h, i in cur.execute(SIGNAL_HASHES_SQL, params).fetchall()
     }
@@ -215,32 +252,58 @@ def _read_rollups(
         kind: fetch_arrays(cur, sql, params, ARRAY_COLUMNS[kind], per="hours")
         for kind, sql in ROLLUP_ARRAYS_SQL.items()
     }
-    first = {
-        kind: fetch_arrays(cur, sql, params, FIRST_SEEN_COLUMNS[kind], per="hours")
-        for kind, sql in FIRST_SEEN_SQL.items()
-    }
-    return sig_hash, arrays, first
+    return sig_hash, arrays
 
 
-def _decode_rollups(
-    arrays: _Arrays, sig_hash: dict[int, int], read: _Read
-) -> tuple[NumericBins, np.ndarray, CategoricalBins, np.ndarray, list[str]]:
-    """Pass 1's arrays (consumed) as bins, each kind with whether each bin is usable as it is
-    (:func:`features.engine.bins.rollup_rows`), and the categorical value dictionary."""
-    known_by_us = read.known_by_us
-    cols = fill_single_readings(arrays.pop("numeric"), "numeric")
-    cols, usable = rollup_rows(cols, sig_hash, read.start, read.as_of, read.hours, known_by_us)
-    numeric = numeric_from_arrays(cols)
+@dataclass
+class Buckets:
+    """Pass 1's rollups decoded: per kind, one entry per bucket
+    (:func:`features.engine.bins.rollup_buckets`); categorical values as codes into
+    ``dictionary`` (UTF-8)."""
+
+    numeric: dict[str, np.ndarray]
+    categorical: dict[str, np.ndarray]
+    dictionary: list[bytes]
+
+
+def decode_rollups(arrays: _Arrays, sig_hash: dict[int, int]) -> Buckets:
+    """Pass 1's arrays (consumed) as buckets."""
+    numeric = rollup_buckets(fill_single_readings(arrays.pop("numeric"), "numeric"), sig_hash)
     cols = fill_single_readings(arrays.pop("categorical"), "categorical")
     cols["value"], dictionary = text_codes(cols["value"], cols.pop("value_len"))
-    cols, cat_usable = rollup_rows(cols, sig_hash, read.start, read.as_of, read.hours, known_by_us)
-    categorical, values = categorical_from_arrays(cols, dictionary)
+    return Buckets(numeric, rollup_buckets(cols, sig_hash), dictionary)
+
+
+def window_bins(
+    buckets: Buckets, read: Read
+) -> tuple[NumericBins, np.ndarray, CategoricalBins, np.ndarray, list[str]]:
+    """The bins a read as of T takes from ``buckets`` (not modified; of the (device, signal)
+    pairs it reads), each kind with whether each bin is usable as it is
+    (:func:`features.engine.bins.window_rows`), and the categorical value dictionary."""
+    kb, n, c = read.known_by_us, buckets.numeric, buckets.categorical
+    readable = read.pairs.readable
+    cols, usable = window_rows(n, read.start, read.as_of, kb, readable(n["d"], n["s"]))
+    numeric = numeric_from_arrays(cols)
+    cols, cat_usable = window_rows(c, read.start, read.as_of, kb, readable(c["d"], c["s"]))
+    categorical, values = categorical_from_arrays(cols, buckets.dictionary)
     return numeric, usable, categorical, cat_usable, values
 
 
-def _first_known(first: _Arrays, read: _Read) -> list[tuple[int, int, datetime]]:
-    """(user, device, time) of each device's earliest reading before the grid known at T."""
-    parts = [earliest_known(cols, read.start, read.known_by_us) for cols in first.values()]
+def first_known(
+    tenure: Sequence[dict[str, np.ndarray]], read: Read
+) -> list[tuple[int, int, datetime]]:
+    """(user, device, time) of each device's earliest reading before the grid known at T, of
+    the signals it reads at T, from buckets (:func:`features.engine.bins.rollup_buckets` of
+    FIRST_SEEN rows; with ``s``, the reads' consent is applied here)."""
+    parts = [
+        earliest_known(
+            b,
+            read.start,
+            read.known_by_us,
+            read.pairs.readable(b["d"], b["s"]) if "s" in b else None,
+        )
+        for b in tenure
+    ]
     u = np.concatenate([p[0] for p in parts])
     d = np.concatenate([p[1] for p in parts])
     t = np.concatenate([p[2] for p in parts])
@@ -251,12 +314,37 @@ def _first_known(first: _Arrays, read: _Read) -> list[tuple[int, int, datetime]]
     return [(ui, di, _PG_EPOCH + timedelta(microseconds=ti)) for di, (ui, ti) in best.items()]
 
 
+def correct(
+    conn: Conn,
+    read: Read,
+    numeric: NumericBins,
+    usable: np.ndarray,
+    categorical: CategoricalBins,
+    cat_usable: np.ndarray,
+    values: list[str],
+) -> tuple[NumericBins, CategoricalBins, list[str]]:
+    """Pass 2: the bins not usable as they are and those with raw rows newer than the rollup
+    watermark replaced by their buckets recomputed from raw rows as of T (usually nothing to
+    do); categorical codes into the returned dictionary."""
+    keep, fixed_numeric = _recomputed(conn, "numeric", numeric, usable, read)
+    if keep is not None:
+        numeric = numeric.select(keep)
+    keep, fixed_cat = _recomputed(conn, "categorical", categorical, cat_usable, read)
+    if keep is not None:
+        categorical = select_categorical(categorical, keep)
+    if fixed_numeric:
+        numeric = add_numeric_rows(numeric, fixed_numeric)
+    if fixed_cat:
+        categorical, values = add_categorical_rows(categorical, values, fixed_cat)
+    return numeric, categorical, values
+
+
 def _recomputed(
     conn: Conn,
     kind: str,
     bins: NumericBins | CategoricalBins,
     usable: np.ndarray,
-    read: _Read,
+    read: Read,
 ) -> tuple[np.ndarray | None, list[tuple[object, ...]]]:
     """Pass 2 for one kind: which rollup bins to keep (None: all of them) and the buckets
     recomputed from raw rows in place of the others."""
@@ -274,7 +362,7 @@ def _recomputed(
 def _dirty_keys(
     conn: Conn,
     kind: str,
-    read: _Read,
+    read: Read,
     stale: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """(device, signal, hour) keys [K, 3] of buckets to recompute from raw."""
@@ -288,7 +376,7 @@ def _dirty_keys(
     return np.unique(np.concatenate(parts).astype(np.int64), axis=0)
 
 
-def _recompute(conn: Conn, kind: str, keys: np.ndarray, read: _Read) -> list[tuple[object, ...]]:
+def _recompute(conn: Conn, kind: str, keys: np.ndarray, read: Read) -> list[tuple[object, ...]]:
     pairs, start, as_of = read.pairs, read.start, read.as_of
     devices = [pairs.devices[int(d)] for d in keys[:, 0]]
     params = {
@@ -306,9 +394,9 @@ def _recompute(conn: Conn, kind: str, keys: np.ndarray, read: _Read) -> list[tup
     return conn.execute(RECOMPUTE_SQL[kind], params).fetchall()
 
 
-def _chunk(
-    read: _Read,
-    tzs: Sequence[str],
+def build_chunk(
+    read: Read,
+    grid: LocalGrid,
     numeric: NumericBins,
     categorical: CategoricalBins,
     values: list[str],
@@ -331,7 +419,7 @@ def _chunk(
         numeric=numeric,
         categorical=categorical,
         categorical_values=values,
-        grid=local_grid(tzs, read.start, read.hours),
+        grid=grid,
         signal_index=SIGNAL_INDEX,
         first_seen_hours=first_seen,
         consented=read.pairs.consented,
@@ -345,7 +433,7 @@ def _chunk(
 
 
 def _first_seen(
-    read: _Read,
+    read: Read,
     numeric: NumericBins,
     categorical: CategoricalBins,
     first_rows: Sequence[tuple[int, int, datetime]],

@@ -34,10 +34,10 @@ _CATEGORICAL_OUT = f"{_HOUR}, b.value, b.share, b.n"
 # features.rollups), so the server only concatenates stored bytes (string_agg of bytea: a
 # memcpy per row, nothing per bucket) and numpy reads them with np.frombuffer. Per rollup row
 # come its signal's hash, its day and its bucket count; everything else per bucket:
-# * buckets become grid hours in numpy (bins.rollup_rows), which also drops the buckets of the
-#   edge days outside [start, T) and those of rows with nothing known at T (every reading
-#   ingested after T: replayed history), and marks a bucket usable only if it ended by T and
-#   its ``ingested`` (max ingested_at) is known at T;
+# * buckets become grid hours in numpy (bins.rollup_buckets, bins.window_rows), which also
+#   drops the buckets of the edge days outside [start, T) and those of rows with nothing known
+#   at T (every reading ingested after T: replayed history), and marks a bucket usable only if
+#   it ended by T and its ``ingested`` (max ingested_at) is known at T;
 # * columns a single-reading bucket would repeat hold the other buckets only
 #   (bins.fill_single_readings fills them in).
 # ``dv.sigs`` NULL means every signal is consented.
@@ -190,4 +190,40 @@ FIRST_SEEN_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("hours", BLOB + "u1"),
         ("ingested", BLOB + TIMESTAMP),
     ),
+}
+
+
+# Tenure for a backfill (features.engine.backfill): per device and signal, consent aside, the
+# rows before the span (``start``: the first T's grid start) that can hold the earliest bucket
+# known at some T of the range, whose cut-offs run from ``known_by`` (the first T's) to
+# ``known_by_last``. A row is left out when an earlier day's row of the same signal is wholly
+# known (its ``max_ingested_at``) whenever any bucket of it is: by the first T's cut-off or by
+# its own ``known_at``. Streamed history leaves the first row known at the first T and the
+# rows before it that arrive later; numpy takes, per T, the earliest bucket known at T of each
+# device's signals readable at T, as FIRST_SEEN_SQL does for one T.
+def _first_seen_span_sql(kind: str) -> str:
+    times = ("first_time", "ingested") if kind == "numeric" else ("ingested",)
+    blobs = ", ".join(f"string_agg(c.{n}, ''::bytea) AS {n}" for n in ("hours", *times))
+    kept = ", ".join(f"c.{n}" for n in ("signal", "day", "known_at", "hours", *times))
+    return f"""
+    WITH {_DEVICES_CTE}
+    SELECT dv.uidx, dv.didx, x.*
+      FROM dv CROSS JOIN LATERAL (
+           SELECT array_agg(hashtext(c.signal)) AS sig, array_agg(c.day) AS day,
+                  array_agg(octet_length(c.hours)) AS k, {blobs}
+             FROM (SELECT {kept},
+                          min(c.max_ingested_at) OVER (PARTITION BY c.signal ORDER BY c.day
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS settled
+                     FROM rollup_{kind}_hourly c
+                    WHERE c.device_id = dv.device_id AND c.user_id = dv.user_id
+                      AND c.day < %(start)s AND c.known_at <= %(known_by_last)s::timestamptz) c
+            WHERE c.settled IS NULL
+               OR greatest(c.known_at, %(known_by)s::timestamptz) < c.settled) x
+     WHERE x.day IS NOT NULL
+    """
+
+
+FIRST_SEEN_SPAN_SQL = {kind: _first_seen_span_sql(kind) for kind in _KINDS}
+FIRST_SEEN_SPAN_COLUMNS = {
+    kind: (("sig", ">i4"), *columns) for kind, columns in FIRST_SEEN_COLUMNS.items()
 }

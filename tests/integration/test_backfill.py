@@ -4,9 +4,13 @@ of each chunk of users gives, bit for bit, the snapshots single-date runs write
 
 The fleet is built to walk every point-in-time path of the single-date read: local days in
 zones a half hour off UTC, buckets with one and with several readings, history from before the
-span (tenure), a bucket holding T (an as_of in the middle of an hour), rows ingested late (after
-some as_ofs of the range), rows the rollups have not seen (above the watermark), a category
-withdrawn and another granted between two as_ofs, and a device retired in the range.
+span (tenure), a bucket holding T (an as_of in the middle of an hour) in a packed day that
+straddles T, rows ingested late (after some as_ofs of the range) into days whose other buckets
+were ingested on time, a packed day whose every reading arrives after some as_ofs (left out
+there, not recomputed), rows the rollups have not seen (above the watermark), a category
+withdrawn and another granted between two as_ofs, and a device retired in the range. Tenure
+moves within the range: late readings arrive before the span, into a day of history known
+from the start (earlier in that day) and into a day before all of a user's history.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pytest
 from features.catalogue import FEATURE_SET_VERSION
 from features.engine import Knowledge, compute_span, iter_chunk_results, load_span
 from features.rollups import read_watermark, refresh_rollups
+from features.snapshots.codec import LAYOUT, STORED
 from features.snapshots.materialize import as_of_range, backfill, materialize
 from hearth import ledger
 from hearth.db import Conn
@@ -108,7 +113,17 @@ def fleet(own_database: tuple[str, str]) -> Iterator[str]:
             (D1 - timedelta(days=120), "bf-quiet-phone", "bf-quiet", "battery_pct", 8.0,
              D1 + timedelta(days=5, hours=1)),
         ]  # fmt: skip
-        insert_numeric(conn, late + quiet)
+        # Before the span: bf-newyork's first day of history gets a reading from earlier that
+        # day, arriving after the third as_of; bf-late-grant's plug a reading 20 days before
+        # all of its history, arriving after the fourth.
+        first_day = (D1 - timedelta(days=150)).replace(hour=2, minute=10)
+        before = [
+            (first_day, "bf-newyork-phone", "bf-newyork", "battery_pct", 40.0,
+             D1 + timedelta(days=2, hours=3)),
+            (D1 - timedelta(days=170), "bf-late-grant-plug", "bf-late-grant", "power_w", 12.0,
+             D1 + timedelta(days=3, hours=12)),
+        ]  # fmt: skip
+        insert_numeric(conn, late + quiet + before)
         refresh_rollups(conn, full=True)
         # The rollup job last ran between two as_ofs: rows ingested later (these, stored
         # after it ran) are read from raw.
@@ -129,6 +144,11 @@ def _stored(conn: Conn) -> dict[tuple[str, datetime], tuple[bytes, bytes, str]]:
         (FEATURE_SET_VERSION,),
     ).fetchall()
     return {(str(u), a): (bytes(v), bytes(c), str(w)) for u, a, v, c, w in rows}  # type: ignore[misc, call-overload]
+
+
+def _tenure_days(stored: tuple[bytes, bytes, str]) -> float:
+    values = np.frombuffer(stored[0], dtype=STORED)
+    return float(values[LAYOUT.index["days_since_first_seen"]])
 
 
 def test_backfill_equals_single_date_runs_bit_for_bit(fleet: str) -> None:
@@ -156,6 +176,14 @@ def test_backfill_equals_single_date_runs_bit_for_bit(fleet: str) -> None:
     assert all('"location": "consent_withdrawn"' in withheld[("bf-newyork", t)] for t in AS_OFS)
     assert "presence" in withheld[("bf-late-grant", AS_OFS[0])]
     assert "presence" not in withheld[("bf-late-grant", AS_OFS[-1])]
+    # Tenure grows a day per as_of, and more when earlier history arrives late.
+    growth = {
+        user: np.diff([_tenure_days(single[(user, t)]) for t in AS_OFS]) for user in USERS[:3]
+    }
+    assert np.allclose(growth["bf-kolkata"], 1.0)
+    assert growth["bf-newyork"][2] > 1.3 and np.allclose(np.delete(growth["bf-newyork"], 2), 1.0)
+    jump = growth["bf-late-grant"][3]
+    assert jump > 15 and np.allclose(np.delete(growth["bf-late-grant"], 3), 1.0)
 
 
 def test_span_results_equal_single_date_results_replayed_history(fleet: str) -> None:

@@ -129,7 +129,7 @@ async def test_async_client_on_the_callers_session_sends_its_token(
     async with aiohttp.ClientSession() as session:
         client = AsyncHearthClient(url, TOKEN, session=session)
         vector = await client.get_features("cl-4", AS_OF)
-        assert vector.features["f_a"].value == 4.0
+        assert vector.features[F_A].value == 4.0
         await client.close()
         assert not session.closed  # the caller's session stays the caller's
 
