@@ -1,0 +1,194 @@
+"""The console's summary tables (migration 0065), refreshed by ``python -m features rollup``.
+
+Two aggregates are too slow to compute from the raw tables while a page renders (the
+2,000-household demo holds 17.5 M raw rows; a page has 300 ms):
+
+- ``console_ingest_minutes``: rows and messages stored per minute of ingest time, with the
+  event-to-ingest lag (the Ingest page's rates and charts);
+- ``console_device_signals``: per device and signal, the latest reading and the readings of
+  the 7 days up to it (the Fleet page's "last seen", usual interval and silent devices).
+
+Both are recomputed like the rollups (features/rollups.py), never incremented: the raw rows
+ingested in each minute since the watermark are aggregated again as a whole, and every (device,
+signal) they touch gets its latest reading and 7-day count recounted from the raw rows (the
+``(device_id, signal, time)`` key index), so a refresh run twice, or interrupted and run again,
+leaves the same numbers. The watermark is minute-aligned and trails the clock by ``grace``:
+a collector batch stamps ``ingested_at`` when its transaction starts, so a batch still
+committing when a refresh runs lands after the watermark and is counted by the next refresh.
+The pages show the watermark ("as of"), so a summary never passes for fresher than it is.
+
+Each slice of ingest time is one transaction holding the shared DERIVED consent gate, like a
+rollup slice (hearth.ledger): ``console_device_signals`` is derived from personal data, so no
+refresh computed from rows a withdrawal or erasure is deleting commits after it. That table has
+``user_id`` and ``signal`` columns, so purges and erasures reach it (hearth.admin.purge).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from hearth.db import Conn
+from hearth.ledger import GATE_DERIVED, gate_sql
+
+log = logging.getLogger(__name__)
+
+WATERMARK_NAME = "console"
+DEFAULT_GRACE = timedelta(seconds=60)  # as features.rollups.DEFAULT_GRACE
+KEEP_MINUTES = timedelta(days=14)  # ingest minutes kept (the pages show a day)
+USUAL_WINDOW = timedelta(days=7)  # readings behind a device's usual interval
+_LOCK_KEY = 0x434F4E53  # "CONS": one refresh at a time
+_SLICE = timedelta(minutes=10)  # ingest time per transaction
+_MAX_SLICE = timedelta(days=1)  # empty stretches are crossed in growing slices up to this
+_RAW_TABLES = ("numeric_readings", "categorical_readings")
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    minutes: int  # ingest minutes (re)written
+    device_signals: int  # (device, signal) rows (re)written
+    watermark: datetime | None  # rows ingested before it are in the summaries
+    seconds: float
+
+
+def _raw_rows(columns: str, where: str) -> str:
+    """Both raw tables as one relation, ``columns`` of the rows matching ``where``."""
+    return " UNION ALL ".join(f"SELECT {columns} FROM {t} r WHERE {where}" for t in _RAW_TABLES)
+
+
+_IN_SLICE = "r.ingested_at >= %(s0)s AND r.ingested_at < %(s1)s"
+
+_MINUTES_SQL = f"""
+INSERT INTO console_ingest_minutes (minute, rows, messages, lag_p50_s, lag_p95_s)
+SELECT time_bucket(INTERVAL '1 minute', x.ingested_at), count(*),
+       count(DISTINCT (x.device_id, x.time)),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY x.lag),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY x.lag)
+  FROM ({_raw_rows(
+      "r.device_id, r.time, r.ingested_at, extract(epoch FROM r.ingested_at - r.time)::float8 "
+      "AS lag", _IN_SLICE)}) x
+ GROUP BY 1
+"""
+
+_WINDOW = (
+    "r.device_id = l.device_id AND r.signal = l.signal "
+    f"AND r.time >= l.last_time - INTERVAL '{USUAL_WINDOW.days} days' AND r.time <= l.last_time"
+)
+
+# Touched (device, signal) pairs: the latest reading is the later of the stored one and the
+# slice's (a purge deletes the stored row with the raw rows behind it); the 7-day count is
+# recounted from the raw rows around it.
+_DEVICE_SIGNALS_SQL = f"""
+WITH touched AS (
+    SELECT x.device_id, x.signal, max(x.user_id) AS user_id, max(x.time) AS last_time
+      FROM ({_raw_rows("r.device_id, r.signal, r.user_id, r.time", _IN_SLICE)}) x
+     GROUP BY 1, 2
+), latest AS (
+    SELECT t.device_id, t.signal, t.user_id, greatest(t.last_time, s.last_time) AS last_time
+      FROM touched t
+      LEFT JOIN console_device_signals s USING (device_id, signal)
+)
+INSERT INTO console_device_signals AS c
+       (device_id, signal, user_id, last_time, readings_7d, first_time_7d)
+SELECT l.device_id, l.signal, l.user_id, l.last_time, w.n, w.first
+  FROM latest l
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n, min(y.time) AS first
+         FROM ({_raw_rows("r.time", _WINDOW)}) y
+ ) w
+ WHERE w.n > 0
+ON CONFLICT (device_id, signal) DO UPDATE
+   SET user_id = excluded.user_id, last_time = excluded.last_time,
+       readings_7d = excluded.readings_7d, first_time_7d = excluded.first_time_7d
+"""
+
+_WATERMARK_SQL = """
+INSERT INTO console_summary_watermarks (name, watermark, refreshed_at) VALUES (%s, %s, now())
+ON CONFLICT (name) DO UPDATE
+   SET watermark = greatest(console_summary_watermarks.watermark, excluded.watermark),
+       refreshed_at = now()
+"""
+
+
+def read_summary_watermark(conn: Conn) -> tuple[datetime, datetime] | None:
+    """(watermark, refreshed_at) of the summaries; None before the first refresh."""
+    row = conn.execute(
+        "SELECT watermark, refreshed_at FROM console_summary_watermarks WHERE name = %s",
+        (WATERMARK_NAME,),
+    ).fetchone()
+    if row is None:
+        return None
+    watermark, refreshed_at = row
+    assert isinstance(watermark, datetime) and isinstance(refreshed_at, datetime)
+    return watermark, refreshed_at
+
+
+def _first_ingest(conn: Conn) -> datetime | None:
+    row = conn.execute(
+        "SELECT time_bucket(INTERVAL '1 minute', least("
+        + ", ".join(f"(SELECT min(ingested_at) FROM {t})" for t in _RAW_TABLES)
+        + "))"
+    ).fetchone()
+    return row[0] if row else None  # type: ignore[return-value]
+
+
+def refresh_console_summaries(
+    conn: Conn, *, grace: timedelta = DEFAULT_GRACE, full: bool = False
+) -> SummaryResult:
+    """Bring the console's summaries up to ``now - grace`` (minute-aligned).
+
+    From the watermark on, or — on the first refresh and with ``full`` — from the first raw
+    row's ingest minute (``full`` after rows were written with a back-dated ``ingested_at``).
+    ``conn`` must be in autocommit mode: each slice commits on its own.
+    """
+    started = time.monotonic()
+    minutes = device_signals = 0
+    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    try:
+        row = conn.execute(
+            "SELECT time_bucket(INTERVAL '1 minute', now() - %s::interval)", (grace,)
+        ).fetchone()
+        assert row is not None
+        end: datetime = row[0]  # type: ignore[assignment]
+        previous = None if full else read_summary_watermark(conn)
+        start = previous[0] if previous is not None else _first_ingest(conn)
+        slice_ = _SLICE
+        while start is not None and start < end:
+            stop = min(start + slice_, end)
+            written, touched = _refresh_slice(conn, start, stop)
+            minutes += written
+            device_signals += touched
+            # An empty stretch (a quiet night, a first refresh over old history) is crossed
+            # in growing slices; data brings the slice back to its usual size.
+            slice_ = min(slice_ * 2, _MAX_SLICE) if written == 0 else _SLICE
+            start = stop
+        conn.execute(_WATERMARK_SQL, (WATERMARK_NAME, end))
+        conn.execute("DELETE FROM console_ingest_minutes WHERE minute < %s", (end - KEEP_MINUTES,))
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    result = SummaryResult(minutes, device_signals, end, time.monotonic() - started)
+    log.info(
+        "console summaries refreshed: %d minutes, %d device signals in %.2fs (watermark %s)",
+        minutes,
+        device_signals,
+        result.seconds,
+        end.isoformat(),
+    )
+    return result
+
+
+def _refresh_slice(conn: Conn, s0: datetime, s1: datetime) -> tuple[int, int]:
+    window = {"s0": s0, "s1": s1}
+    with conn.transaction():
+        conn.execute(gate_sql(GATE_DERIVED))  # before the statements that read raw rows
+        conn.execute("SET LOCAL work_mem = '64MB'")
+        conn.execute(
+            "DELETE FROM console_ingest_minutes WHERE minute >= %(s0)s AND minute < %(s1)s",
+            window,
+        )
+        written = conn.execute(_MINUTES_SQL, window).rowcount
+        touched = conn.execute(_DEVICE_SIGNALS_SQL, window).rowcount if written else 0
+        conn.execute(_WATERMARK_SQL, (WATERMARK_NAME, s1))
+    return max(written, 0), max(touched, 0)
