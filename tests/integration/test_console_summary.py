@@ -129,9 +129,7 @@ def test_summaries_equal_the_raw_rows_and_survive_any_refresh_order(conn: Conn) 
     assert (_minutes(conn), _devices(conn)) == snapshot
 
     # A row written with a back-dated ingest time (a restore) is seen by a full refresh only.
-    insert_numeric(
-        conn, [(late, first[1], "sum-a", "power_w", 1.0, NOW - timedelta(minutes=30))]
-    )
+    insert_numeric(conn, [(late, first[1], "sum-a", "power_w", 1.0, NOW - timedelta(minutes=30))])
     _refresh_until(conn, NOW - timedelta(minutes=5))
     assert _minutes(conn) == snapshot[0]
     _refresh_until(conn, NOW - timedelta(minutes=5), full=True)

@@ -66,9 +66,13 @@ SELECT time_bucket(INTERVAL '1 minute', x.ingested_at), count(*),
        count(DISTINCT (x.device_id, x.time)),
        percentile_cont(0.5) WITHIN GROUP (ORDER BY x.lag),
        percentile_cont(0.95) WITHIN GROUP (ORDER BY x.lag)
-  FROM ({_raw_rows(
-      "r.device_id, r.time, r.ingested_at, extract(epoch FROM r.ingested_at - r.time)::float8 "
-      "AS lag", _IN_SLICE)}) x
+  FROM ({
+    _raw_rows(
+        "r.device_id, r.time, r.ingested_at, extract(epoch FROM r.ingested_at - r.time)::float8 "
+        "AS lag",
+        _IN_SLICE,
+    )
+}) x
  GROUP BY 1
 """
 

@@ -1,0 +1,206 @@
+"""Person: what Hearth holds about one user — devices, consent, rows per category and per
+table, the latest feature vector, scores, and the purges recorded about them.
+
+"Rows per table" reads exactly the tables and rows an export returns and an erasure deletes
+(:func:`hearth.admin.purge.user_row_filters`), in one statement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import sql
+
+from features.catalogue import DEFINITIONS
+from features.engine import FeatureVector
+from features.service.console.queries.common import Row, rows
+from features.snapshots.store import latest_snapshot
+from hearth import ledger
+from hearth.admin import audit_subject
+from hearth.admin.purge import table_ident, user_row_filters
+from hearth.db import Conn
+from hearth.errors import ConfigError
+from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
+
+SEARCH_LIMIT = 20
+
+USER_SQL = "SELECT user_id, tz, created_at FROM users WHERE user_id = %(user)s"
+
+# Prefix search; LIKE's wildcards in the input are taken literally.
+SEARCH_SQL = f"""
+SELECT user_id FROM users
+ WHERE user_id LIKE replace(replace(replace(%(text)s, '\\', '\\\\'), '%%', '\\%%'), '_', '\\_')
+                    || '%%'
+ ORDER BY user_id LIMIT {SEARCH_LIMIT}
+"""
+
+DEVICES_SQL = """
+SELECT d.device_id, d.kind, d.format, d.external_id, d.registered_at, d.bound_at, d.retired_at,
+       max(a.last_time) AS last_seen,
+       count(a.signal) AS signals
+  FROM devices d
+  LEFT JOIN console_device_signals a USING (device_id)
+ WHERE d.user_id = %(user)s
+ GROUP BY d.device_id
+ ORDER BY d.registered_at, d.device_id
+"""
+
+CONSENT_NOW_SQL = """
+SELECT c.category, s.action, s.notice_version, s.at, s.since
+  FROM unnest(%(categories)s::text[]) WITH ORDINALITY c(category, ord)
+  LEFT JOIN consent_state s
+    ON s.user_id = %(user)s AND s.purpose = %(purpose)s AND s.category = c.category
+ ORDER BY c.ord
+"""
+
+_SIGNAL_CATEGORY = (
+    "(VALUES " + ", ".join(f"('{s.name}', '{s.category.value}')" for s in SIGNALS.values()) + ")"
+)
+_BY_SIGNAL = """
+SELECT signal, count(*) AS n FROM {table}
+ WHERE device_id = ANY(%(devices)s) AND user_id = %(user)s GROUP BY signal
+"""
+ROWS_BY_CATEGORY_SQL = f"""
+SELECT grouping(sc.category) AS level, sc.category,
+       coalesce(sum(x.raw), 0)::bigint AS raw_rows,
+       coalesce(sum(x.hourly), 0)::bigint AS rollup_rows
+  FROM {_SIGNAL_CATEGORY} sc(signal, category)
+  LEFT JOIN (
+       SELECT signal, n AS raw, 0 AS hourly FROM ({_BY_SIGNAL.format(table="numeric_readings")}) a
+       UNION ALL
+       SELECT signal, n, 0 FROM ({_BY_SIGNAL.format(table="categorical_readings")}) b
+       UNION ALL
+       SELECT signal, 0, n FROM ({_BY_SIGNAL.format(table="rollup_numeric_hourly")}) c
+       UNION ALL
+       SELECT signal, 0, n FROM ({_BY_SIGNAL.format(table="rollup_categorical_hourly")}) d
+  ) x USING (signal)
+ GROUP BY ROLLUP (sc.category)
+ ORDER BY grouping(sc.category), sc.category
+"""
+
+AUDIT_SQL = """
+SELECT a.id, a.at, a.action, a.details ->> 'category' AS category,
+       coalesce(a.details ->> 'status', 'unknown') AS status,
+       (SELECT coalesce(sum(c.value::bigint), 0) FROM jsonb_each_text(a.details -> 'counts') c)
+           AS rows_deleted
+  FROM audit_log a
+ WHERE a.subject_ref = %(subject)s
+ ORDER BY a.at DESC, a.id DESC
+ LIMIT 50
+"""
+
+_FAMILY = {d.name: d.family for d in DEFINITIONS}
+
+
+def _with_devices(conn: Conn, user_id: str) -> dict[str, object]:
+    """Parameters of the per-row counts: the user and their devices (retired ones too)."""
+    devices = [
+        str(r[0])
+        for r in conn.execute("SELECT device_id FROM devices WHERE user_id = %s", (user_id,))
+    ]
+    return {"user": user_id, "devices": devices}
+
+
+def user(conn: Conn, user_id: str) -> Row | None:
+    found = rows(conn, USER_SQL, {"user": user_id})
+    return found[0] if found else None
+
+
+def search(conn: Conn, text: str) -> list[str]:
+    return [str(r["user_id"]) for r in rows(conn, SEARCH_SQL, {"text": text})]
+
+
+def devices(conn: Conn, user_id: str) -> list[Row]:
+    return rows(conn, DEVICES_SQL, {"user": user_id})
+
+
+def consent_now(conn: Conn, user_id: str) -> list[Row]:
+    params = {
+        "user": user_id,
+        "categories": [c.value for c in Category],
+        "purpose": PURPOSE_CREDIT_SCORING,
+    }
+    return rows(conn, CONSENT_NOW_SQL, params)
+
+
+def consent_history(conn: Conn, user_id: str) -> list[ledger.ConsentEvent]:
+    return ledger.consent_history(conn, user_id)
+
+
+def rows_by_category(conn: Conn, user_id: str) -> list[Row]:
+    """Raw readings and hourly rollups per consent category (and in all)."""
+    return rows(conn, ROWS_BY_CATEGORY_SQL, _with_devices(conn, user_id))
+
+
+def rows_by_table(conn: Conn, user_id: str) -> list[Row]:
+    """Rows held about the user in every table an export reads and an erasure empties, in
+    one statement (tables with none are left out)."""
+    filters = list(user_row_filters(conn))
+    if not filters:
+        return []
+    parts = [
+        sql.SQL("SELECT {name} AS table_name, count(*) AS n FROM {table} WHERE {where}").format(
+            name=sql.Literal(table), table=table_ident(table), where=where
+        )
+        for table, where in filters
+    ]
+    query = sql.SQL("SELECT table_name, n FROM ({}) x WHERE n > 0 ORDER BY table_name").format(
+        sql.SQL(" UNION ALL ").join(parts)
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, _with_devices(conn, user_id))
+        return [{"table": str(t), "rows": int(n)} for t, n in cur.fetchall()]  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class VectorView:
+    as_of: datetime
+    computed_at: datetime
+    cells: list[Row]  # feature, family, value, coverage, reason
+    mean_coverage: float | None
+    non_null: int
+
+
+def latest_vector(conn: Conn, user_id: str, version: str, latest: datetime) -> VectorView | None:
+    """The user's newest snapshot of ``version`` dated no later than ``latest``."""
+    vector: FeatureVector | None = latest_snapshot(conn, user_id, latest, version)
+    if vector is None:
+        return None
+    cells = [
+        {
+            "feature": name,
+            "family": _FAMILY.get(name, "(unknown)"),
+            "value": c.value,
+            "coverage": c.coverage,
+            "reason": None if c.reason is None else str(c.reason),
+        }
+        for name, c in sorted(vector.values.items(), key=lambda kv: (_FAMILY.get(kv[0], ""), kv[0]))
+    ]
+    coverages = [c.coverage for c in vector.values.values()]
+    return VectorView(
+        as_of=vector.as_of,
+        computed_at=vector.computed_at,
+        cells=cells,
+        mean_coverage=sum(coverages) / len(coverages) if coverages else None,
+        non_null=sum(c["value"] is not None for c in cells),
+    )
+
+
+def scores(conn: Conn, user_id: str) -> list[Row]:
+    """The user's scores from the score log, newest first: none yet. The score log (batch and
+    online scores with reason codes and model versions, docs/invariants.md#10) arrives with a
+    later issue; its query goes here, returning rows with ``scored_at``, ``score``,
+    ``model_version``, ``feature_set_version`` and ``reasons``, and the page lists them."""
+    del conn, user_id
+    return []
+
+
+def audit(conn: Conn, user_id: str) -> list[Row] | None:
+    """Purges and erasures recorded about the user (found by the keyed subject hash); None
+    when no pseudonym key is configured to compute it."""
+    try:
+        subject = audit_subject(user_id)
+    except ConfigError:
+        return None
+    return rows(conn, AUDIT_SQL, {"subject": subject})
