@@ -130,7 +130,7 @@ class ShareBar:
 
 
 def share_bars(
-    rows: Sequence[ShareBar], *, key_prefix: str, title: str, width: int = 720
+    rows: Sequence[ShareBar], *, key_prefix: str, title: str, width: int = 1000
 ) -> Markup:
     """Horizontal bars of shares in [0, 1], one row each, the share written at the end."""
     row_h, label_w, value_w = 20, 200, 70
