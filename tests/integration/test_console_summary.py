@@ -178,3 +178,24 @@ def test_withdrawal_and_erasure_reach_the_device_summary(conn: Conn) -> None:
     erased = admin.erase_user(conn, user)
     assert erased.counts["console_device_signals"] == 1 and erased.status == "complete"
     assert conn.execute(signals, (phone,)).fetchall() == []
+
+
+def test_a_first_refresh_keeps_minutes_for_two_weeks_and_every_devices_last_reading(
+    conn: Conn,
+) -> None:
+    add_user(conn, "old-u", granted_at=NOW - timedelta(days=60))
+    add_device(conn, "old-d", "old-u", "plug")
+    month_ago = NOW - timedelta(days=30)
+    insert_numeric(
+        conn,
+        [
+            (month_ago - timedelta(minutes=k), "old-d", "old-u", "power_w", 1.0, month_ago)
+            for k in range(5)
+        ]
+        + [(NOW - timedelta(hours=1), "old-d", "old-u", "power_w", 2.0, NOW - timedelta(days=13))],
+    )
+    _refresh_until(conn, NOW - timedelta(minutes=1))
+    # Minutes older than KEEP_MINUTES are not kept; the device's readings all count.
+    assert [m[1:] for m in _minutes(conn)] == [(1, 1)]
+    assert _devices(conn) == _expected_devices(conn)
+    assert _devices(conn)[0][2] == NOW - timedelta(hours=1)

@@ -16,6 +16,8 @@ leaves the same numbers. The watermark is minute-aligned and trails the clock by
 a collector batch stamps ``ingested_at`` when its transaction starts, so a batch still
 committing when a refresh runs lands after the watermark and is counted by the next refresh.
 The pages show the watermark ("as of"), so a summary never passes for fresher than it is.
+Minutes are kept for ``KEEP_MINUTES``; a first refresh reads older history once, for the
+devices' latest readings only.
 
 Each slice of ingest time is one transaction holding the shared DERIVED consent gate, like a
 rollup slice (hearth.ledger): ``console_device_signals`` is derived from personal data, so no
@@ -40,7 +42,7 @@ DEFAULT_GRACE = timedelta(seconds=60)  # as features.rollups.DEFAULT_GRACE
 KEEP_MINUTES = timedelta(days=14)  # ingest minutes kept (the pages show a day)
 USUAL_WINDOW = timedelta(days=7)  # readings behind a device's usual interval
 _LOCK_KEY = 0x434F4E53  # "CONS": one refresh at a time
-_SLICE = timedelta(minutes=10)  # ingest time per transaction
+_SLICE = timedelta(hours=1)  # ingest time per transaction
 _MAX_SLICE = timedelta(days=1)  # empty stretches are crossed in growing slices up to this
 _RAW_TABLES = ("numeric_readings", "categorical_readings")
 
@@ -143,9 +145,11 @@ def refresh_console_summaries(
 ) -> SummaryResult:
     """Bring the console's summaries up to ``now - grace`` (minute-aligned).
 
-    From the watermark on, or — on the first refresh and with ``full`` — from the first raw
-    row's ingest minute (``full`` after rows were written with a back-dated ``ingested_at``).
-    ``conn`` must be in autocommit mode: each slice commits on its own.
+    From the watermark on. On the first refresh, and with ``full`` (after rows were written
+    with a back-dated ``ingested_at``), the minutes are recomputed for the ``KEEP_MINUTES``
+    the pages can show, and the devices' latest readings from all the raw rows ingested
+    before those (one pass), then slice by slice. ``conn`` must be in autocommit mode: each
+    slice commits on its own.
     """
     started = time.monotonic()
     minutes = device_signals = 0
@@ -158,14 +162,19 @@ def refresh_console_summaries(
         end: datetime = row[0]  # type: ignore[assignment]
         previous = None if full else read_summary_watermark(conn)
         start = previous[0] if previous is not None else _first_ingest(conn)
+        if previous is None and start is not None and start < end - KEEP_MINUTES:
+            # Older history: no minutes are kept for it, but a device silent for weeks has
+            # its latest reading there.
+            device_signals += _refresh_devices(conn, None, end - KEEP_MINUTES)
+            start = end - KEEP_MINUTES
         slice_ = _SLICE
         while start is not None and start < end:
             stop = min(start + slice_, end)
             written, touched = _refresh_slice(conn, start, stop)
             minutes += written
             device_signals += touched
-            # An empty stretch (a quiet night, a first refresh over old history) is crossed
-            # in growing slices; data brings the slice back to its usual size.
+            # An empty stretch (a quiet night) is crossed in growing slices; data brings the
+            # slice back to its usual size.
             slice_ = min(slice_ * 2, _MAX_SLICE) if written == 0 else _SLICE
             start = stop
         conn.execute(_WATERMARK_SQL, (WATERMARK_NAME, end))
@@ -181,6 +190,16 @@ def refresh_console_summaries(
         end.isoformat(),
     )
     return result
+
+
+def _refresh_devices(conn: Conn, s0: datetime | None, s1: datetime) -> int:
+    """The (device, signal) rows touched by raw rows ingested in [s0, s1) (s0 None: from the
+    first), in one transaction."""
+    with conn.transaction():
+        conn.execute(gate_sql(GATE_DERIVED))
+        conn.execute("SET LOCAL work_mem = '64MB'")
+        window = {"s0": s0 if s0 is not None else "-infinity", "s1": s1}
+        return max(conn.execute(_DEVICE_SIGNALS_SQL, window).rowcount, 0)
 
 
 def _refresh_slice(conn: Conn, s0: datetime, s1: datetime) -> tuple[int, int]:
