@@ -570,7 +570,8 @@ def _person(text: str, max_clock_skew_s: float, notice: Mapping[str, str]) -> Bu
                     erased["erased_at"] = datetime.fromisoformat(str(erased["erased_at"]))
                 context["erased"] = erased
             context["matches"] = person_q.search(conn, text)
-            context["status"] = 404
+            if context["erased"] is None and not context["matches"]:
+                context["status"] = 404
             return context
         user_id = str(found["user_id"])
         context.update(

@@ -17,12 +17,15 @@ a collector batch stamps ``ingested_at`` when its transaction starts, so a batch
 committing when a refresh runs lands after the watermark and is counted by the next refresh.
 The pages show the watermark ("as of"), so a summary never passes for fresher than it is.
 Minutes are kept for ``KEEP_MINUTES``; a first refresh reads older history once, for the
-devices' latest readings only.
+devices' latest readings only. Minutes are written an hour of ingest time per transaction;
+the devices touched since the watermark in one pass (each recounted once, however many hours
+it reported in), in the transaction that moves the watermark.
 
-Each slice of ingest time is one transaction holding the shared DERIVED consent gate, like a
-rollup slice (hearth.ledger): ``console_device_signals`` is derived from personal data, so no
-refresh computed from rows a withdrawal or erasure is deleting commits after it. That table has
-``user_id`` and ``signal`` columns, so purges and erasures reach it (hearth.admin.purge).
+That transaction holds the shared DERIVED consent gate, like a rollup slice (hearth.ledger):
+``console_device_signals`` is derived from personal data, so no refresh computed from rows a
+withdrawal or erasure is deleting commits after it. That table has ``user_id`` and ``signal``
+columns, so purges and erasures reach it (hearth.admin.purge). The minutes are fleet-wide
+counts and need no gate.
 """
 
 from __future__ import annotations
@@ -145,11 +148,12 @@ def refresh_console_summaries(
 ) -> SummaryResult:
     """Bring the console's summaries up to ``now - grace`` (minute-aligned).
 
-    From the watermark on. On the first refresh, and with ``full`` (after rows were written
-    with a back-dated ``ingested_at``), the minutes are recomputed for the ``KEEP_MINUTES``
-    the pages can show, and the devices' latest readings from all the raw rows ingested
-    before those (one pass), then slice by slice. ``conn`` must be in autocommit mode: each
-    slice commits on its own.
+    The minutes from the watermark on are recomputed slice by slice, then the (device,
+    signal) rows that the raw rows ingested since the watermark touch, in one pass, with the
+    new watermark. On the first refresh, and with ``full`` (after rows were written with a
+    back-dated ``ingested_at``), that is every raw row, of which the minutes of the last
+    ``KEEP_MINUTES`` are kept. ``conn`` must be in autocommit mode: each slice commits on its
+    own; an interrupted refresh leaves the watermark where it was and the next one redoes it.
     """
     started = time.monotonic()
     minutes = device_signals = 0
@@ -161,23 +165,20 @@ def refresh_console_summaries(
         assert row is not None
         end: datetime = row[0]  # type: ignore[assignment]
         previous = None if full else read_summary_watermark(conn)
-        start = previous[0] if previous is not None else _first_ingest(conn)
-        if previous is None and start is not None and start < end - KEEP_MINUTES:
-            # Older history: no minutes are kept for it, but a device silent for weeks has
-            # its latest reading there.
-            device_signals += _refresh_devices(conn, None, end - KEEP_MINUTES)
-            start = end - KEEP_MINUTES
+        since = previous[0] if previous is not None else None  # None: from the first row
+        start = since if since is not None else _first_ingest(conn)
+        if start is not None:
+            start = max(start, end - KEEP_MINUTES)
         slice_ = _SLICE
         while start is not None and start < end:
             stop = min(start + slice_, end)
-            written, touched = _refresh_slice(conn, start, stop)
+            written = _refresh_minutes(conn, start, stop)
             minutes += written
-            device_signals += touched
             # An empty stretch (a quiet night) is crossed in growing slices; data brings the
             # slice back to its usual size.
             slice_ = min(slice_ * 2, _MAX_SLICE) if written == 0 else _SLICE
             start = stop
-        conn.execute(_WATERMARK_SQL, (WATERMARK_NAME, end))
+        device_signals = _refresh_devices(conn, since, end)
         conn.execute("DELETE FROM console_ingest_minutes WHERE minute < %s", (end - KEEP_MINUTES,))
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
@@ -192,26 +193,25 @@ def refresh_console_summaries(
     return result
 
 
-def _refresh_devices(conn: Conn, s0: datetime | None, s1: datetime) -> int:
-    """The (device, signal) rows touched by raw rows ingested in [s0, s1) (s0 None: from the
-    first), in one transaction."""
-    with conn.transaction():
-        conn.execute(gate_sql(GATE_DERIVED))
-        conn.execute("SET LOCAL work_mem = '64MB'")
-        window = {"s0": s0 if s0 is not None else "-infinity", "s1": s1}
-        return max(conn.execute(_DEVICE_SIGNALS_SQL, window).rowcount, 0)
-
-
-def _refresh_slice(conn: Conn, s0: datetime, s1: datetime) -> tuple[int, int]:
+def _refresh_minutes(conn: Conn, s0: datetime, s1: datetime) -> int:
+    """Recompute the ingest minutes in [s0, s1); how many have rows."""
     window = {"s0": s0, "s1": s1}
     with conn.transaction():
-        conn.execute(gate_sql(GATE_DERIVED))  # before the statements that read raw rows
         conn.execute("SET LOCAL work_mem = '64MB'")
         conn.execute(
             "DELETE FROM console_ingest_minutes WHERE minute >= %(s0)s AND minute < %(s1)s",
             window,
         )
-        written = conn.execute(_MINUTES_SQL, window).rowcount
-        touched = conn.execute(_DEVICE_SIGNALS_SQL, window).rowcount if written else 0
+        return max(conn.execute(_MINUTES_SQL, window).rowcount, 0)
+
+
+def _refresh_devices(conn: Conn, s0: datetime | None, s1: datetime) -> int:
+    """The (device, signal) rows touched by raw rows ingested in [s0, s1) (s0 None: from the
+    first), and the watermark ``s1``, in one transaction under the shared DERIVED gate."""
+    with conn.transaction():
+        conn.execute(gate_sql(GATE_DERIVED))  # before the statement that reads raw rows
+        conn.execute("SET LOCAL work_mem = '64MB'")
+        window = {"s0": s0 if s0 is not None else "-infinity", "s1": s1}
+        touched = conn.execute(_DEVICE_SIGNALS_SQL, window).rowcount
         conn.execute(_WATERMARK_SQL, (WATERMARK_NAME, s1))
-    return max(written, 0), max(touched, 0)
+    return max(touched, 0)

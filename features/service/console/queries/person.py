@@ -1,8 +1,8 @@
 """Person: what Hearth holds about one user — devices, consent, rows per category and per
 table, the latest feature vector, scores, and the purges recorded about them.
 
-"Rows per table" reads exactly the tables and rows an export returns and an erasure deletes
-(:func:`hearth.admin.purge.user_row_filters`), in one statement.
+"Rows per table" counts, in one statement, the rows of every table an export reads and an
+erasure empties (:func:`hearth.admin.purge.user_tables` finds them by their columns).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from features.service.console.queries.common import Row, rows
 from features.snapshots.store import latest_snapshot
 from hearth import ledger
 from hearth.admin import audit_subject
-from hearth.admin.purge import table_ident, user_row_filters
+from hearth.admin.purge import table_ident, user_tables
 from hearth.db import Conn
 from hearth.errors import ConfigError
 from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
 
 SEARCH_LIMIT = 20
+_REGISTRY = ("users", "devices", "consent_events", "consent_state")  # shown as such above
 
 USER_SQL = "SELECT user_id, tz, created_at FROM users WHERE user_id = %(user)s"
 
@@ -134,17 +135,27 @@ def rows_by_category(conn: Conn, user_id: str) -> list[Row]:
 
 
 def rows_by_table(conn: Conn, user_id: str) -> list[Row]:
-    """Rows held about the user in every table an export reads and an erasure empties, in
-    one statement (tables with none are left out)."""
-    filters = list(user_row_filters(conn))
-    if not filters:
-        return []
-    parts = [
-        sql.SQL("SELECT {name} AS table_name, count(*) AS n FROM {table} WHERE {where}").format(
-            name=sql.Literal(table), table=table_ident(table), where=where
+    """Rows held about the user per table, in one statement (tables with none left out):
+    in every table with a ``device_id`` column the rows of their devices, in the others with
+    a ``user_id`` column the rows of their id — the tables an export reads and an erasure
+    empties (:func:`hearth.admin.purge.user_tables`). By device where there is one: that
+    filter has an index, "device or user" (the export's) scans the raw tables; a device's rows
+    carry its user's id, so both count the same rows."""
+    parts = []
+    for table, columns in sorted(user_tables(conn).items()):
+        if table in _REGISTRY:
+            continue
+        if "device_id" in columns:
+            where = sql.SQL("device_id = ANY(%(devices)s)")
+        elif "user_id" in columns:
+            where = sql.SQL("user_id = %(user)s")
+        else:
+            continue
+        parts.append(
+            sql.SQL("SELECT {name} AS table_name, count(*) AS n FROM {table} WHERE {where}").format(
+                name=sql.Literal(table), table=table_ident(table), where=where
+            )
         )
-        for table, where in filters
-    ]
     query = sql.SQL("SELECT table_name, n FROM ({}) x WHERE n > 0 ORDER BY table_name").format(
         sql.SQL(" UNION ALL ").join(parts)
     )
