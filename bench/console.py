@@ -35,10 +35,10 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import psycopg
@@ -217,7 +217,8 @@ def synthesise(conn: psycopg.Connection, households: int, days: int) -> dict[str
             f" INCLUDE ({include}, max_ingested_at)"
         )
     conn.execute(
-        "INSERT INTO rollup_watermarks (name, watermark) VALUES ('hourly', now() - INTERVAL '1 minute')"
+        "INSERT INTO rollup_watermarks (name, watermark) "
+        "VALUES ('hourly', now() - INTERVAL '1 minute')"
     )
     conn.execute("VACUUM ANALYZE")
     _step("hourly rollups", t)
@@ -255,7 +256,8 @@ def synthesise(conn: psycopg.Connection, households: int, days: int) -> dict[str
                                     digest, device_id)
            SELECT %(end)s - random() * INTERVAL '14 days',
                   CASE WHEN r = 'no_consent' THEN '' ELSE 'owntracks/' || u || '/phone' END, r,
-                  CASE WHEN r = 'no_consent' THEN '' ELSE 'location.lat: Input should be a valid number' END,
+                  CASE WHEN r = 'no_consent' THEN ''
+                       ELSE 'location.lat: Input should be a valid number' END,
                   CASE WHEN r = 'no_consent' THEN NULL ELSE convert_to(
                       '{"_type":"location","lat":"<redacted>","lon":"<redacted>","tst":' || i
                       || ',"batt":' || mod(i, 100) || ',"SSID":"<redacted>"}', 'UTF8') END,
@@ -269,7 +271,8 @@ def synthesise(conn: psycopg.Connection, households: int, days: int) -> dict[str
     )  # fmt: skip
     conn.execute(
         """INSERT INTO dropped_readings_daily (day, category, readings)
-           SELECT %s::date - d, c, 10 + d * 3 FROM generate_series(0, 13) d, unnest(%s::text[]) c""",
+           SELECT %s::date - d, c, 10 + d * 3
+             FROM generate_series(0, 13) d, unnest(%s::text[]) c""",
         (end.date(), [c.value for c in Category]),
     )
     conn.execute(
@@ -386,9 +389,13 @@ def run_pages(
 def _table(headers: list[str], rows: list[list[object]]) -> None:
     cells = [[f"{v:.1f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    fmt = lambda r: " ".join(
-        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
-    )  # noqa: E731
+
+    def fmt(r: list[str]) -> str:
+        return " ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+
     print(fmt(headers))
     for r in cells:
         print(fmt(r))
@@ -399,8 +406,8 @@ def main() -> int:
     parser.add_argument("--households", type=int, default=2000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--repeat", type=int, default=15, help="timed fetches per page")
-    parser.add_argument("--url", help="an existing database to measure (nothing is written but "
-                        "the console's summaries)")  # fmt: skip
+    parser.add_argument("--url", help="an existing database to measure (migrated; nothing else "
+                        "is written but the console's summaries)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
     load_start = load_1m()
@@ -416,15 +423,16 @@ def main() -> int:
             yield url
 
     with database() as url, psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
         if args.url:
             user = str(conn.execute("SELECT min(user_id) FROM users").fetchone()[0])  # type: ignore[index]
             facts: dict[str, object] = {"user": user, "prefix": user[:3], "reference": None}
         else:
-            migrate(conn)
             print(f"synthesising {args.households:,} households x {args.days} days", flush=True)
             facts = synthesise(conn, args.households, args.days)
         raw = conn.execute(
-            "SELECT (SELECT count(*) FROM numeric_readings) + (SELECT count(*) FROM categorical_readings)"
+            "SELECT (SELECT count(*) FROM numeric_readings) "
+            "+ (SELECT count(*) FROM categorical_readings)"
         ).fetchone()[0]  # type: ignore[index]
         devices = conn.execute("SELECT count(*) FROM devices").fetchone()[0]  # type: ignore[index]
         first = refresh_console_summaries(conn, full=True)
@@ -436,7 +444,8 @@ def main() -> int:
         )
         second = refresh_console_summaries(conn, grace=timedelta(seconds=-60))
         print(f"summaries: first refresh {first.seconds:.1f}s ({first.device_signals:,} device "
-              f"signals), incremental {second.seconds:.2f}s", flush=True)  # fmt: skip
+              f"signals, {first.feature_dates} snapshot dates), incremental "
+              f"{second.seconds:.2f}s", flush=True)  # fmt: skip
         user, prefix = str(facts["user"]), str(facts["prefix"])
         pages = [
             ("fleet", "/console/fleet"),

@@ -253,6 +253,32 @@ def test_every_number_on_each_page_is_the_databases(world: World, conn: Conn, na
         context.close()
 
 
+def test_the_features_page_without_its_summary_shows_the_same_numbers(
+    world: World, conn: Conn
+) -> None:
+    """A date whose feature stats a write discarded is read from the snapshots themselves."""
+    assert world.seeded.reference_as_of is not None
+    expected = expect.features(conn, world.seeded.reference_as_of)
+    conn.execute("DELETE FROM console_feature_stats")
+    context = _context(world)
+    try:
+        page = _login(world, context)
+        page.goto("/console/features")
+        assert "no feature summary yet" in page.locator("main").inner_text()
+        expect.compare(_numbers(page), expected)
+    finally:
+        context.close()
+        assert refresh_console_summaries(conn, grace=timedelta(minutes=-1)).feature_dates == 2
+    page_with_stats = _context(world)
+    try:
+        page = _login(world, page_with_stats)
+        page.goto("/console/features")
+        assert "From the feature summary of this date" in page.locator("main").inner_text()
+        expect.compare(_numbers(page), expected)
+    finally:
+        page_with_stats.close()
+
+
 def test_the_pages_tell_what_they_show(world: World) -> None:
     context = _context(world)
     try:

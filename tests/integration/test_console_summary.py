@@ -3,6 +3,7 @@ and withdrawal and erasure reach the per-device one (issue 19; migration 0065)."
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,10 +11,12 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
 from features.service.console.summary import (
     SummaryResult,
     read_summary_watermark,
     refresh_console_summaries,
+    unpack_values,
 )
 from hearth import admin
 from hearth.db import Conn
@@ -199,3 +202,64 @@ def test_a_first_refresh_keeps_minutes_for_two_weeks_and_every_devices_last_read
     assert [m[1:] for m in _minutes(conn)] == [(1, 1)]
     assert _devices(conn) == _expected_devices(conn)
     assert _devices(conn)[0][2] == NOW - timedelta(hours=1)
+
+
+def _stats(conn: Conn) -> dict[tuple[object, str], tuple[object, ...]]:
+    return {
+        (r[0], str(r[1])): tuple(r[2:])
+        for r in conn.execute(
+            "SELECT as_of, feature, cells, non_null, coverage_sum, sorted_values "
+            "FROM console_feature_stats"
+        ).fetchall()
+    }
+
+
+def test_feature_stats_are_the_snapshots_and_go_with_any_change_to_them(conn: Conn) -> None:
+    user = "fs-u"
+    admin.add_user(conn, user, "UTC")
+    admin.grant_consent(conn, user_id=user, category=Category.ENERGY, at=NOW - timedelta(days=9))
+    names = {d.name: d.category for d in DEFINITIONS}
+    energy = next(n for n, c in names.items() if c == "energy")
+    other = next(n for n, c in names.items() if c != "energy")
+    day1, day2 = NOW - timedelta(days=2), NOW - timedelta(days=1)
+    for i, as_of in enumerate((day1, day2)):
+        for k, uid in enumerate((user, "fs-v", "fs-w")):
+            if uid != user and i == 0:
+                conn.execute("INSERT INTO users (user_id) VALUES (%s)", (uid,))
+            vector = {
+                energy: {"value": float(k + i), "coverage": 0.5},
+                other: {"value": None if k == 2 else 3.0 - k, "coverage": 0.25 * k},
+            }
+            conn.execute(
+                "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
+                "VALUES (%s, %s, %s, %s)",
+                (uid, as_of, FEATURE_SET_VERSION, json.dumps(vector)),
+            )
+    sync_definitions(conn)
+    result = _refresh_until(conn, NOW - timedelta(minutes=1))
+    assert result.feature_dates == 2
+    stats = _stats(conn)
+    assert stats[(day2, energy)][:3] == (3, 3, 1.5)
+    assert unpack_values(stats[(day2, energy)][3]).tolist() == [1.0, 2.0, 3.0]  # type: ignore[arg-type]
+    assert stats[(day1, other)][:3] == (3, 2, 0.75)
+    assert unpack_values(stats[(day1, other)][3]).tolist() == [2.0, 3.0]  # type: ignore[arg-type]
+    assert _refresh_until(conn, NOW - timedelta(minutes=1)).feature_dates == 0  # nothing new
+
+    # A withdrawal nulls the user's energy cells: both dates' stats go in its transaction.
+    admin.withdraw_consent(conn, user_id=user, category=Category.ENERGY)
+    assert _stats(conn) == {}
+    _refresh_until(conn, NOW - timedelta(minutes=1))
+    assert _stats(conn)[(day2, energy)][:3] == (3, 2, 1.0)
+    # A new snapshot (materialisation) discards its date's stats only; erasure its user's dates.
+    conn.execute(
+        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
+        "VALUES ('fs-v', %s, %s, '{}')",
+        (NOW, FEATURE_SET_VERSION),
+    )
+    assert {k[0] for k in _stats(conn)} == {day1, day2}
+    conn.execute(
+        "UPDATE feature_snapshots SET vector = '{}' WHERE as_of = %s AND user_id = 'fs-w'", (day1,)
+    )
+    assert {k[0] for k in _stats(conn)} == {day2}
+    admin.erase_user(conn, "fs-v")
+    assert _stats(conn) == {}

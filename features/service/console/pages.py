@@ -198,14 +198,17 @@ def _action(handler: ActionHandler) -> Handler:
 async def _render(
     request: web.Request, session: Session, template: str, active: str, build: Build
 ) -> web.Response:
-    """Run ``build`` (the page's queries) and the template in a worker thread. A context's
-    ``status`` (default 200) is the answer's."""
+    """Run ``build`` (the page's queries, in one read-only snapshot) and the template in a
+    worker thread. A context's ``status`` (default 200) is the answer's."""
     state = _state(request)
     base = _base(request, session, active)
 
     def work() -> tuple[str, int, float, float]:
         t0 = time.perf_counter()
-        with state.pool.connection() as conn:
+        with state.pool.connection() as conn, conn.transaction():
+            # One snapshot for the whole page: its numbers agree with each other, and now()
+            # is one instant for all of them.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             context = build(conn)
         t1 = time.perf_counter()
         status = int(context.pop("status", 200))
@@ -287,7 +290,8 @@ logout = _action(_logout)
 
 
 def _fleet(conn: Conn) -> dict[str, Any]:
-    ages = fleet_q.ages(conn)
+    groups, ages = fleet_q.groups_and_ages(conn)
+    silent, retired = fleet_q.lists(conn)
     chart = charts.bars(
         [label for _, label, _ in fleet_q.AGE_BUCKETS],
         [key for key, _, _ in fleet_q.AGE_BUCKETS],
@@ -300,10 +304,10 @@ def _fleet(conn: Conn) -> dict[str, Any]:
     )
     return {
         "summary": common.summary_as_of(conn),
-        "groups": fleet_q.groups(conn),
+        "groups": groups,
         "age_chart": chart,
-        "silent": fleet_q.silent(conn),
-        "retired": fleet_q.retired(conn),
+        "silent": silent,
+        "retired": retired,
         "silent_factor": fleet_q.SILENT_FACTOR,
         "list_limit": fleet_q.LIST_LIMIT,
     }
@@ -509,16 +513,21 @@ def _features(asked: str | None) -> Build:
             "family_chart": None,
             "psi": [],
             "psi_bounds": features_q.PSI_BOUNDS,
+            "stats": {},
         }
         if not dates:
             return context
         latest = dates[0]["as_of"]
         reference = _reference([d["as_of"] for d in dates], asked)
-        coverage = features_q.coverage(conn, version, latest)
+        stats = features_q.with_stats(
+            conn, version, [latest] if reference is None else [latest, reference]
+        )
+        coverage = features_q.coverage(conn, version, latest, latest in stats)
         families = [r for r in coverage if r["level"] == 1]
         context.update(
             latest=latest,
             reference=reference,
+            stats=stats,
             coverage=coverage,
             family_chart=charts.share_bars(
                 [
@@ -530,7 +539,9 @@ def _features(asked: str | None) -> Build:
                 key_prefix="features.family_chart",
                 title="Non-null share per family at the latest date",
             ),
-            psi=[] if reference is None else features_q.psi(conn, version, latest, reference),
+            psi=[]
+            if reference is None
+            else features_q.psi(conn, version, latest, reference, stats),
         )
         return context
 

@@ -6,7 +6,10 @@ Two aggregates are too slow to compute from the raw tables while a page renders 
 - ``console_ingest_minutes``: rows and messages stored per minute of ingest time, with the
   event-to-ingest lag (the Ingest page's rates and charts);
 - ``console_device_signals``: per device and signal, the latest reading and the readings of
-  the 7 days up to it (the Fleet page's "last seen", usual interval and silent devices).
+  the 7 days up to it (the Fleet page's "last seen", usual interval and silent devices);
+- ``console_feature_stats`` (migration 0066): per snapshot date and feature, the cells, non-null
+  cells, coverage and sorted values the Features page's coverage and PSI come from. A date's
+  stats are deleted by any write to its snapshots (triggers) and computed again here.
 
 Both are recomputed like the rollups (features/rollups.py), never incremented: the raw rows
 ingested in each minute since the watermark are aggregated again as a whole, and every (device,
@@ -17,7 +20,7 @@ a collector batch stamps ``ingested_at`` when its transaction starts, so a batch
 committing when a refresh runs lands after the watermark and is counted by the next refresh.
 The pages show the watermark ("as of"), so a summary never passes for fresher than it is.
 Minutes are kept for ``KEEP_MINUTES``; a first refresh reads older history once, for the
-devices' latest readings only. Minutes are written an hour of ingest time per transaction;
+devices' latest readings only. Minutes are written six hours of ingest time per transaction;
 the devices touched since the watermark in one pass (each recounted once, however many hours
 it reported in), in the transaction that moves the watermark.
 
@@ -32,9 +35,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
+
+from features.catalogue import FEATURE_SET_VERSION
 from hearth.db import Conn
 from hearth.ledger import GATE_DERIVED, gate_sql
 
@@ -45,9 +52,12 @@ DEFAULT_GRACE = timedelta(seconds=60)  # as features.rollups.DEFAULT_GRACE
 KEEP_MINUTES = timedelta(days=14)  # ingest minutes kept (the pages show a day)
 USUAL_WINDOW = timedelta(days=7)  # readings behind a device's usual interval
 _LOCK_KEY = 0x434F4E53  # "CONS": one refresh at a time
-_SLICE = timedelta(hours=1)  # ingest time per transaction
+_SLICE = timedelta(hours=6)  # ingest time per transaction
 _MAX_SLICE = timedelta(days=1)  # empty stretches are crossed in growing slices up to this
 _RAW_TABLES = ("numeric_readings", "categorical_readings")
+
+
+FEATURE_DATES = 120  # snapshot dates with stats (the Features page offers as many)
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class SummaryResult:
     device_signals: int  # (device, signal) rows (re)written
     watermark: datetime | None  # rows ingested before it are in the summaries
     seconds: float
+    feature_dates: int = 0  # snapshot dates whose feature stats were computed
 
 
 def _raw_rows(columns: str, where: str) -> str:
@@ -180,13 +191,16 @@ def refresh_console_summaries(
             start = stop
         device_signals = _refresh_devices(conn, since, end)
         conn.execute("DELETE FROM console_ingest_minutes WHERE minute < %s", (end - KEEP_MINUTES,))
+        feature_dates = refresh_feature_stats(conn)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
-    result = SummaryResult(minutes, device_signals, end, time.monotonic() - started)
+    result = SummaryResult(minutes, device_signals, end, time.monotonic() - started, feature_dates)
     log.info(
-        "console summaries refreshed: %d minutes, %d device signals in %.2fs (watermark %s)",
+        "console summaries refreshed: %d minutes, %d device signals, %d snapshot dates in %.2fs "
+        "(watermark %s)",
         minutes,
         device_signals,
+        feature_dates,
         result.seconds,
         end.isoformat(),
     )
@@ -215,3 +229,69 @@ def _refresh_devices(conn: Conn, s0: datetime | None, s1: datetime) -> int:
         touched = conn.execute(_DEVICE_SIGNALS_SQL, window).rowcount
         conn.execute(_WATERMARK_SQL, (WATERMARK_NAME, s1))
     return max(touched, 0)
+
+
+# --- feature stats (migration 0066) -----------------------------------------------------------
+
+_MISSING_DATES_SQL = f"""
+SELECT d.as_of
+  FROM (SELECT DISTINCT as_of FROM feature_snapshots WHERE feature_set_version = %(version)s
+         ORDER BY as_of DESC LIMIT {FEATURE_DATES}) d
+ WHERE NOT EXISTS (SELECT 1 FROM console_feature_stats c
+                    WHERE c.feature_set_version = %(version)s AND c.as_of = d.as_of)
+ ORDER BY d.as_of DESC
+"""
+
+_NUMBER = "jsonb_typeof(c.value -> 'value') = 'number'"
+FEATURE_STATS_SQL = f"""
+SELECT c.key AS feature, count(*) AS cells, count(*) FILTER (WHERE {_NUMBER}) AS non_null,
+       coalesce(sum((c.value ->> 'coverage')::float8), 0) AS coverage_sum,
+       coalesce(array_agg((c.value ->> 'value')::float8 ORDER BY (c.value ->> 'value')::float8)
+                FILTER (WHERE {_NUMBER}), '{{}}') AS sorted_values
+  FROM feature_snapshots s
+ CROSS JOIN LATERAL jsonb_each(s.vector) c
+ WHERE s.feature_set_version = %(version)s AND s.as_of = %(as_of)s
+ GROUP BY c.key
+"""
+
+
+def pack_values(values: Sequence[float]) -> bytes:
+    """Sorted non-null values as ``console_feature_stats.sorted_values`` stores them."""
+    return np.asarray(values, dtype="<f8").tobytes()
+
+
+def unpack_values(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f8")
+
+
+def refresh_feature_stats(conn: Conn, version: str = FEATURE_SET_VERSION) -> int:
+    """Compute the stats of each recent snapshot date of ``version`` that has none (new, or
+    changed since: the triggers of migration 0066 delete a date's stats on any write).
+
+    Each date in its own transaction, holding ``feature_snapshots`` in SHARE mode: writes to it
+    wait the few hundred milliseconds this takes, so the stats are exactly the snapshots of
+    the date, and any write after them deletes them again."""
+    dates = [r[0] for r in conn.execute(_MISSING_DATES_SQL, {"version": version}).fetchall()]
+    for as_of in dates:
+        with conn.transaction():
+            conn.execute(gate_sql(GATE_DERIVED))
+            conn.execute("LOCK TABLE feature_snapshots IN SHARE MODE")
+            conn.execute("SET LOCAL work_mem = '64MB'")
+            params = {"version": version, "as_of": as_of}
+            stats = []
+            for feature, cells, non_null, coverage, values in conn.execute(
+                FEATURE_STATS_SQL, params
+            ).fetchall():
+                assert isinstance(values, list)
+                stats.append(
+                    (version, as_of, feature, cells, non_null, coverage, pack_values(values))
+                )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    """INSERT INTO console_feature_stats (feature_set_version, as_of, feature,
+                           cells, non_null, coverage_sum, sorted_values)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (feature_set_version, as_of, feature) DO NOTHING""",
+                    stats,
+                )
+    return len(dates)

@@ -1,6 +1,11 @@
 """Features: coverage per family at the latest snapshot date, and each feature's PSI between
 that date and a reference date.
 
+Read from ``console_feature_stats`` (migration 0066) when the date has them — a few rows per
+feature — and otherwise from the snapshots themselves (every cell of the date expanded: correct,
+slower). A write to a date's snapshots deletes its stats in the same transaction, so both ways
+give the same numbers; ``features rollup`` computes the stats again.
+
 Snapshots of the feature-set version this service serves (``features.catalogue``); a family is
 the catalogue's (``feature_definitions``, written at materialisation). PSI is
 :func:`features.report.stats.psi` (reference = expected, latest = actual; missing values their
@@ -15,8 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from features.report.summary import PSI_SHIFTED, PSI_WATCH
 from features.service.console.queries.common import Row, rows
+from features.service.console.summary import unpack_values
 from hearth.db import Conn
 
 MAX_DATES = 120
@@ -59,11 +67,36 @@ SELECT grouping(fd.family, c.key) AS level, coalesce(fd.family, '(unknown)') AS 
  ORDER BY grouping(fd.family, c.key) DESC, 2, 3
 """
 
+COVERAGE_FROM_STATS_SQL = """
+SELECT grouping(fd.family, c.feature) AS level, coalesce(fd.family, '(unknown)') AS family,
+       c.feature, count(DISTINCT c.feature) AS features, sum(c.cells)::bigint AS cells,
+       sum(c.non_null)::bigint AS non_null,
+       sum(c.non_null)::float8 / sum(c.cells) AS non_null_share,
+       sum(c.coverage_sum) / sum(c.cells) AS mean_coverage
+  FROM console_feature_stats c
+  LEFT JOIN feature_definitions fd
+    ON fd.feature_set_version = c.feature_set_version AND fd.name = c.feature
+ WHERE c.feature_set_version = %(version)s AND c.as_of = %(as_of)s
+ GROUP BY GROUPING SETS ((fd.family, c.feature), (fd.family), ())
+ ORDER BY grouping(fd.family, c.feature) DESC, 2, 3
+"""
+
+HAS_STATS_SQL = """
+SELECT as_of, min(computed_at) AS computed_at FROM console_feature_stats
+ WHERE feature_set_version = %(version)s AND as_of = ANY(%(dates)s)
+ GROUP BY as_of
+"""
+
+STATS_VALUES_SQL = """
+SELECT feature, cells, sorted_values FROM console_feature_stats
+ WHERE feature_set_version = %(version)s AND as_of = %(as_of)s
+"""
+
 VALUES_SQL = f"""
-SELECT c.key AS feature, s.as_of, array_agg((c.value ->> 'value')::float8) AS "values"
+SELECT c.key AS feature, array_agg((c.value ->> 'value')::float8) AS "values"
   {_CELLS}
- WHERE s.feature_set_version = %(version)s AND s.as_of = ANY(%(dates)s)
- GROUP BY 1, 2
+ WHERE s.feature_set_version = %(version)s AND s.as_of = %(as_of)s
+ GROUP BY 1
 """
 
 
@@ -76,8 +109,15 @@ def other_versions(conn: Conn, version: str) -> list[Row]:
     return rows(conn, OTHER_VERSIONS_SQL, {"version": version})
 
 
-def coverage(conn: Conn, version: str, as_of: datetime) -> list[Row]:
-    return rows(conn, COVERAGE_SQL, {"version": version, "as_of": as_of})
+def with_stats(conn: Conn, version: str, dates: list[datetime]) -> dict[datetime, datetime]:
+    """Of ``dates``, those with stats in ``console_feature_stats``: as_of → computed at."""
+    found = rows(conn, HAS_STATS_SQL, {"version": version, "dates": dates})
+    return {r["as_of"]: r["computed_at"] for r in found}
+
+
+def coverage(conn: Conn, version: str, as_of: datetime, from_stats: bool) -> list[Row]:
+    query = COVERAGE_FROM_STATS_SQL if from_stats else COVERAGE_SQL
+    return rows(conn, query, {"version": version, "as_of": as_of})
 
 
 @dataclass(frozen=True)
@@ -91,35 +131,50 @@ class FeaturePsi:
     latest_non_null: int
 
 
-def _floats(values: list[Any]) -> list[float]:
-    return [math.nan if v is None else float(v) for v in values]
+def _values(conn: Conn, version: str, as_of: datetime, from_stats: bool) -> dict[str, Any]:
+    """Feature → its values at ``as_of`` (NaN for a null cell), in one query."""
+    params = {"version": version, "as_of": as_of}
+    if not from_stats:
+        return {
+            str(r["feature"]): np.asarray(
+                [math.nan if v is None else float(v) for v in r["values"]], dtype=np.float64
+            )
+            for r in rows(conn, VALUES_SQL, params)
+        }
+    out = {}
+    for r in rows(conn, STATS_VALUES_SQL, params):
+        values = unpack_values(bytes(r["sorted_values"]))
+        missing = int(r["cells"]) - values.size
+        out[str(r["feature"])] = np.concatenate((values, np.full(missing, math.nan)))
+    return out
 
 
-def psi(conn: Conn, version: str, latest: datetime, reference: datetime) -> list[FeaturePsi]:
-    """Each feature's PSI of ``latest`` against ``reference``, most shifted first."""
+def psi(
+    conn: Conn, version: str, latest: datetime, reference: datetime, stats: dict[datetime, Any]
+) -> list[FeaturePsi]:
+    """Each feature's PSI of ``latest`` against ``reference``, most shifted first. ``stats``:
+    the dates with stats (:func:`with_stats`); the others are read from the snapshots."""
     # Late: scikit-learn (under features.report.stats) costs seconds of start-up that only
     # this page needs (a documented start-up-cost lazy import, docs/architecture.md).
     from features.report.stats import psi as population_stability
 
-    found = rows(conn, VALUES_SQL, {"version": version, "dates": [latest, reference]})
-    by_feature: dict[str, dict[datetime, list[float]]] = {}
-    for r in found:
-        by_feature.setdefault(str(r["feature"]), {})[r["as_of"]] = _floats(r["values"])
+    ref = _values(conn, version, reference, reference in stats)
+    now = _values(conn, version, latest, latest in stats)
     out = []
-    for feature, samples in by_feature.items():
-        ref, now = samples.get(reference), samples.get(latest)
-        if not ref or not now:
+    for feature in sorted(set(ref) & set(now)):
+        e, a = ref[feature], now[feature]
+        if not e.size or not a.size:
             continue
-        result = population_stability(ref, now)
+        result = population_stability(e, a)
         out.append(
             FeaturePsi(
                 feature=feature,
                 psi=result.psi,
                 status=result.status,
-                reference_users=len(ref),
-                latest_users=len(now),
-                reference_non_null=sum(not math.isnan(v) for v in ref),
-                latest_non_null=sum(not math.isnan(v) for v in now),
+                reference_users=int(e.size),
+                latest_users=int(a.size),
+                reference_non_null=int(np.count_nonzero(~np.isnan(e))),
+                latest_non_null=int(np.count_nonzero(~np.isnan(a))),
             )
         )
     return sorted(out, key=lambda p: (-p.psi, p.feature))

@@ -39,15 +39,7 @@ SELECT d.device_id, d.user_id, d.format, d.kind, d.registered_at, d.retired_at,
 
 STATUSES = ("reporting", "silent", "few", "never", "retired")
 
-GROUPS_SQL = f"""
-SELECT grouping(s.format, s.kind) AS level, s.format, s.kind,
-       count(*) FILTER (WHERE s.status <> 'retired') AS live,
-       {", ".join(f"count(*) FILTER (WHERE s.status = '{x}') AS {x}" for x in STATUSES)},
-       max(s.last_seen) AS last_seen
-  FROM ({DEVICE_STATUS_SQL}) s
- GROUP BY GROUPING SETS ((s.format, s.kind), (s.format), ())
- ORDER BY s.format NULLS LAST, grouping(s.format, s.kind), s.kind
-"""
+_STATUS = f"WITH s AS MATERIALIZED ({DEVICE_STATUS_SQL})"
 
 # Live devices by time since their last reading (at the watermark).
 AGE_BUCKETS = (
@@ -58,49 +50,60 @@ AGE_BUCKETS = (
     ("gt7d", "> 7 d", None),
 )
 _AGE_CASE = (
-    "CASE "
+    "CASE WHEN s.status = 'retired' OR s.last_seen IS NULL THEN NULL "
     + " ".join(f"WHEN s.silent_s < {limit} THEN '{key}'" for key, _, limit in AGE_BUCKETS if limit)
     + f" ELSE '{AGE_BUCKETS[-1][0]}' END"
 )
-AGES_SQL = f"""
-SELECT {_AGE_CASE} AS bucket, count(*) AS devices
-  FROM ({DEVICE_STATUS_SQL}) s
- WHERE s.status <> 'retired' AND s.last_seen IS NOT NULL
- GROUP BY 1
+
+# Per (format, kind), per format, in all, and per age bucket, in one pass over the devices.
+# grouping(format, kind, age): 1 a (format, kind) row, 3 a format's, 7 all, 6 an age bucket.
+GROUPS_SQL = f"""
+{_STATUS}
+SELECT grouping(a.format, a.kind, a.age) AS grouping_set, a.format, a.kind, a.age,
+       count(*) FILTER (WHERE a.status <> 'retired') AS live,
+       {", ".join(f"count(*) FILTER (WHERE a.status = '{x}') AS {x}" for x in STATUSES)},
+       max(a.last_seen) AS last_seen
+  FROM (SELECT s.*, {_AGE_CASE} AS age FROM s) a
+ GROUP BY GROUPING SETS ((a.format, a.kind), (a.format), (), (a.age))
+ ORDER BY a.format NULLS LAST, grouping(a.format, a.kind, a.age), a.kind
 """
 
-SILENT_SQL = f"""
-SELECT s.device_id, s.user_id, s.format, s.kind, s.last_seen, s.usual_s, s.silent_s,
-       s.silent_s / s.usual_s AS intervals
-  FROM ({DEVICE_STATUS_SQL}) s
- WHERE s.status = 'silent'
- ORDER BY s.silent_s / s.usual_s DESC, s.device_id
- LIMIT {LIST_LIMIT}
+# The silent devices, most overdue first, and the retired ones, latest first.
+LISTS_SQL = f"""
+{_STATUS}
+SELECT x.* FROM (
+    SELECT s.device_id, s.user_id, s.format, s.kind, s.registered_at, s.retired_at,
+           s.last_seen, s.usual_s, s.silent_s, s.silent_s / s.usual_s AS intervals, s.status,
+           row_number() OVER (
+               PARTITION BY s.status
+               ORDER BY CASE WHEN s.status = 'silent' THEN -(s.silent_s / s.usual_s)
+                             ELSE -extract(epoch FROM s.retired_at) END,
+                        s.device_id) AS rank
+      FROM s WHERE s.status IN ('silent', 'retired')) x
+ WHERE x.rank <= {LIST_LIMIT}
+ ORDER BY x.status, x.rank
 """
 
-RETIRED_SQL = f"""
-SELECT s.device_id, s.user_id, s.format, s.kind, s.registered_at, s.retired_at, s.last_seen
-  FROM ({DEVICE_STATUS_SQL}) s
- WHERE s.status = 'retired'
- ORDER BY s.retired_at DESC, s.device_id
- LIMIT {LIST_LIMIT}
-"""
+
+def groups_and_ages(conn: Conn) -> tuple[list[Row], dict[str, int]]:
+    """Per (format, kind), per format and in all: live devices, each status, last seen
+    (``level`` 0: a (format, kind) row; 1: a format's subtotal; 3: everything); and live
+    devices per time since their last reading."""
+    groups, ages = [], {}
+    for r in rows(conn, GROUPS_SQL):
+        level = int(r.pop("grouping_set"))
+        if level == 6:
+            if r["age"] is not None:
+                ages[str(r["age"])] = int(r["live"])
+        else:
+            groups.append({**r, "level": level >> 1})
+    return groups, ages
 
 
-def groups(conn: Conn) -> list[Row]:
-    """Per (format, kind), per format and in all: live devices, each status, last seen.
-    ``level`` 0: a (format, kind) row; 1: a format's subtotal; 3: everything."""
-    return rows(conn, GROUPS_SQL)
-
-
-def ages(conn: Conn) -> dict[str, int]:
-    return {str(r["bucket"]): int(r["devices"]) for r in rows(conn, AGES_SQL)}
-
-
-def silent(conn: Conn) -> list[Row]:
-    """The silent devices, most overdue first (at most ``LIST_LIMIT``)."""
-    return rows(conn, SILENT_SQL)
-
-
-def retired(conn: Conn) -> list[Row]:
-    return rows(conn, RETIRED_SQL)
+def lists(conn: Conn) -> tuple[list[Row], list[Row]]:
+    """(silent, retired) devices, at most ``LIST_LIMIT`` of each."""
+    found = rows(conn, LISTS_SQL)
+    return (
+        [r for r in found if r["status"] == "silent"],
+        [r for r in found if r["status"] == "retired"],
+    )
