@@ -3,7 +3,6 @@ and withdrawal and erasure reach the per-device one (issue 19; migration 0065)."
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from hearth.db import Conn
 from hearth.signals import Category
 from tests.integration.private_db import private_database
 from tests.support.builders import add_device, add_user, insert_categorical, insert_numeric
+from tests.support.service import seed_snapshot
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 
@@ -230,11 +230,7 @@ def test_feature_stats_are_the_snapshots_and_go_with_any_change_to_them(conn: Co
                 energy: {"value": float(k + i), "coverage": 0.5},
                 other: {"value": None if k == 2 else 3.0 - k, "coverage": 0.25 * k},
             }
-            conn.execute(
-                "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
-                "VALUES (%s, %s, %s, %s)",
-                (uid, as_of, FEATURE_SET_VERSION, json.dumps(vector)),
-            )
+            seed_snapshot(conn, uid, as_of, FEATURE_SET_VERSION, vector)
     sync_definitions(conn)
     result = _refresh_until(conn, NOW - timedelta(minutes=1))
     assert result.feature_dates == 2
@@ -251,14 +247,11 @@ def test_feature_stats_are_the_snapshots_and_go_with_any_change_to_them(conn: Co
     _refresh_until(conn, NOW - timedelta(minutes=1))
     assert _stats(conn)[(day2, energy)][:3] == (3, 2, 1.0)
     # A new snapshot (materialisation) discards its date's stats only; erasure its user's dates.
-    conn.execute(
-        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
-        "VALUES ('fs-v', %s, %s, '{}')",
-        (NOW, FEATURE_SET_VERSION),
-    )
+    seed_snapshot(conn, "fs-v", NOW, FEATURE_SET_VERSION, {})
     assert {k[0] for k in _stats(conn)} == {day1, day2}
     conn.execute(
-        "UPDATE feature_snapshots SET vector = '{}' WHERE as_of = %s AND user_id = 'fs-w'", (day1,)
+        "UPDATE feature_snapshots SET computed_at = now() WHERE as_of = %s AND user_id = 'fs-w'",
+        (day1,),
     )
     assert {k[0] for k in _stats(conn)} == {day2}
     admin.erase_user(conn, "fs-v")

@@ -8,7 +8,6 @@ Keys are the pages' ``data-k`` names (features/service/console/render.py).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -27,8 +26,12 @@ from hearth.db import Conn
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.signals import SIGNALS, Category
 from tests.support.builders import insert_categorical, insert_numeric
+from tests.support.service import seed_snapshot
 
 Numbers = dict[str, object]
+# A stored snapshot's cells as JSON ({name: {"value", "coverage"[, "reason"]}}): the one place
+# these expectations read how feature_snapshots stores a vector.
+VECTOR_SQL = "vector"
 RELATIVE_TO_NOW = ("seen_ago_s", "rollup_behind_s", "summary_behind_s")  # move while we look
 
 
@@ -215,17 +218,8 @@ def seed(conn: Conn) -> Seeded:
         admin.add_user(conn, s.population[-1], "UTC")
     for i, user in enumerate([*s.population, s.alice, s.bob, s.carol, s.dave]):
         for as_of, shifted in ((reference, False), (latest, True)):
-            conn.execute(
-                "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
-                "VALUES (%s, %s, %s, %s::jsonb)",
-                (user, as_of, FEATURE_SET_VERSION, json.dumps(_vector(i, shifted))),
-            )
-    # A snapshot of another feature-set version.
-    conn.execute(
-        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
-        "VALUES (%s, %s, 'fs-old000000', '{}'::jsonb)",
-        (s.population[0], reference),
-    )
+            seed_snapshot(conn, user, as_of, FEATURE_SET_VERSION, _vector(i, shifted))
+    seed_snapshot(conn, s.population[0], reference, "fs-old000000", {})  # another feature set
 
     # Consent changes that purge: bob withdraws energy; dave is erased; alice's router retires.
     admin.withdraw_consent(conn, user_id=s.bob, category=Category.ENERGY)
@@ -556,7 +550,8 @@ def _snapshots(conn: Conn, as_of: datetime) -> list[dict[str, dict[str, Any]]]:
     return [
         r[0]  # type: ignore[misc]
         for r in conn.execute(
-            "SELECT vector FROM feature_snapshots WHERE feature_set_version = %s AND as_of = %s",
+            f"SELECT {VECTOR_SQL} FROM feature_snapshots "
+            "WHERE feature_set_version = %s AND as_of = %s",
             (FEATURE_SET_VERSION, as_of),
         ).fetchall()
     ]
@@ -693,7 +688,7 @@ def person(conn: Conn, user_id: str) -> Numbers:
         if table_rows:
             out[f"person.tables.{key_part(table)}.rows"] = len(table_rows)
     snapshot = conn.execute(
-        "SELECT as_of, computed_at, vector FROM feature_snapshots WHERE user_id = %s "
+        f"SELECT as_of, computed_at, {VECTOR_SQL} FROM feature_snapshots WHERE user_id = %s "
         "AND feature_set_version = %s ORDER BY as_of DESC LIMIT 1",
         (user_id, FEATURE_SET_VERSION),
     ).fetchone()

@@ -242,17 +242,43 @@ SELECT d.as_of
  ORDER BY d.as_of DESC
 """
 
-_NUMBER = "jsonb_typeof(c.value -> 'value') = 'number'"
-FEATURE_STATS_SQL = f"""
-SELECT c.key AS feature, count(*) AS cells, count(*) FILTER (WHERE {_NUMBER}) AS non_null,
-       coalesce(sum((c.value ->> 'coverage')::float8), 0) AS coverage_sum,
-       coalesce(array_agg((c.value ->> 'value')::float8 ORDER BY (c.value ->> 'value')::float8)
-                FILTER (WHERE {_NUMBER}), '{{}}') AS sorted_values
+# The cells of every snapshot of a date, per feature. The one statement of the console that
+# reads how feature_snapshots stores a vector (here the JSONB of hearth/vectors.py): the stats
+# below and the Features page's reading of a date without stats both go through it.
+_DATE_CELLS_SQL = """
+SELECT c.key AS feature, array_agg((c.value ->> 'value')::float8) AS "values",
+       array_agg((c.value ->> 'coverage')::float8) AS coverages
   FROM feature_snapshots s
  CROSS JOIN LATERAL jsonb_each(s.vector) c
  WHERE s.feature_set_version = %(version)s AND s.as_of = %(as_of)s
  GROUP BY c.key
 """
+
+
+@dataclass(frozen=True)
+class DateCells:
+    """One feature's cells on one date: values (NaN for a null one) and coverages."""
+
+    values: np.ndarray
+    coverages: np.ndarray
+
+    @property
+    def non_null(self) -> int:
+        return int(np.count_nonzero(~np.isnan(self.values)))
+
+
+def snapshot_cells(conn: Conn, version: str, as_of: datetime) -> dict[str, DateCells]:
+    """Feature → its cells in every snapshot of ``version`` on ``as_of``, in one statement."""
+    out = {}
+    for feature, values, coverages in conn.execute(
+        _DATE_CELLS_SQL, {"version": version, "as_of": as_of}
+    ).fetchall():
+        assert isinstance(values, list) and isinstance(coverages, list)
+        out[str(feature)] = DateCells(
+            np.array([np.nan if v is None else v for v in values], dtype=np.float64),
+            np.array([0.0 if c is None else c for c in coverages], dtype=np.float64),
+        )
+    return out
 
 
 def pack_values(values: Sequence[float]) -> bytes:
@@ -271,21 +297,27 @@ def refresh_feature_stats(conn: Conn, version: str = FEATURE_SET_VERSION) -> int
     Each date in its own transaction, holding ``feature_snapshots`` in SHARE mode: writes to it
     wait the few hundred milliseconds this takes, so the stats are exactly the snapshots of
     the date, and any write after them deletes them again."""
-    dates = [r[0] for r in conn.execute(_MISSING_DATES_SQL, {"version": version}).fetchall()]
+    dates: list[datetime] = [
+        r[0]  # type: ignore[misc]
+        for r in conn.execute(_MISSING_DATES_SQL, {"version": version}).fetchall()
+    ]
     for as_of in dates:
         with conn.transaction():
             conn.execute(gate_sql(GATE_DERIVED))
             conn.execute("LOCK TABLE feature_snapshots IN SHARE MODE")
             conn.execute("SET LOCAL work_mem = '64MB'")
-            params = {"version": version, "as_of": as_of}
-            stats = []
-            for feature, cells, non_null, coverage, values in conn.execute(
-                FEATURE_STATS_SQL, params
-            ).fetchall():
-                assert isinstance(values, list)
-                stats.append(
-                    (version, as_of, feature, cells, non_null, coverage, pack_values(values))
+            stats = [
+                (
+                    version,
+                    as_of,
+                    feature,
+                    int(c.values.size),
+                    c.non_null,
+                    float(c.coverages.sum()),
+                    pack_values(np.sort(c.values[~np.isnan(c.values)]).tolist()),
                 )
+                for feature, c in snapshot_cells(conn, version, as_of).items()
+            ]
             with conn.cursor() as cur:
                 cur.executemany(
                     """INSERT INTO console_feature_stats (feature_set_version, as_of, feature,

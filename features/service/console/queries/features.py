@@ -24,7 +24,7 @@ import numpy as np
 
 from features.report.summary import PSI_SHIFTED, PSI_WATCH
 from features.service.console.queries.common import Row, rows
-from features.service.console.summary import unpack_values
+from features.service.console.summary import DateCells, snapshot_cells, unpack_values
 from hearth.db import Conn
 
 MAX_DATES = 120
@@ -44,27 +44,6 @@ SELECT feature_set_version, count(*) AS snapshots, max(as_of) AS latest_as_of
   FROM feature_snapshots
  WHERE feature_set_version <> %(version)s
  GROUP BY 1 ORDER BY 3 DESC
-"""
-
-_CELLS = """
-  FROM feature_snapshots s
- CROSS JOIN LATERAL jsonb_each(s.vector) c
-"""
-
-# Per feature, per family and overall (``level`` 0, 1, 3): cells, non-null cells, mean coverage.
-COVERAGE_SQL = f"""
-SELECT grouping(fd.family, c.key) AS level, coalesce(fd.family, '(unknown)') AS family,
-       c.key AS feature, count(DISTINCT c.key) AS features, count(*) AS cells,
-       count(*) FILTER (WHERE jsonb_typeof(c.value -> 'value') = 'number') AS non_null,
-       count(*) FILTER (WHERE jsonb_typeof(c.value -> 'value') = 'number')::float8 / count(*)
-           AS non_null_share,
-       avg((c.value ->> 'coverage')::float8) AS mean_coverage
-  {_CELLS}
-  LEFT JOIN feature_definitions fd
-    ON fd.feature_set_version = s.feature_set_version AND fd.name = c.key
- WHERE s.feature_set_version = %(version)s AND s.as_of = %(as_of)s
- GROUP BY GROUPING SETS ((fd.family, c.key), (fd.family), ())
- ORDER BY grouping(fd.family, c.key) DESC, 2, 3
 """
 
 COVERAGE_FROM_STATS_SQL = """
@@ -92,11 +71,8 @@ SELECT feature, cells, sorted_values FROM console_feature_stats
  WHERE feature_set_version = %(version)s AND as_of = %(as_of)s
 """
 
-VALUES_SQL = f"""
-SELECT c.key AS feature, array_agg((c.value ->> 'value')::float8) AS "values"
-  {_CELLS}
- WHERE s.feature_set_version = %(version)s AND s.as_of = %(as_of)s
- GROUP BY 1
+FAMILIES_SQL = """
+SELECT name, family FROM feature_definitions WHERE feature_set_version = %(version)s
 """
 
 
@@ -116,8 +92,35 @@ def with_stats(conn: Conn, version: str, dates: list[datetime]) -> dict[datetime
 
 
 def coverage(conn: Conn, version: str, as_of: datetime, from_stats: bool) -> list[Row]:
-    query = COVERAGE_FROM_STATS_SQL if from_stats else COVERAGE_SQL
-    return rows(conn, query, {"version": version, "as_of": as_of})
+    """Per feature, per family and overall (``level`` 0, 1, 3): features, cells, non-null
+    cells and share, mean coverage — from the date's stats (one statement), or from its
+    snapshots (the cells in one statement, summed here the same way)."""
+    params = {"version": version, "as_of": as_of}
+    if from_stats:
+        return rows(conn, COVERAGE_FROM_STATS_SQL, params)
+    family = {str(r["name"]): str(r["family"]) for r in rows(conn, FAMILIES_SQL, params)}
+    groups: dict[tuple[int, str, str | None], list[DateCells]] = {}
+    for name, cells in snapshot_cells(conn, version, as_of).items():
+        fam = family.get(name, "(unknown)")
+        for key in ((0, fam, name), (1, fam, None), (3, "(unknown)", None)):
+            groups.setdefault(key, []).append(cells)
+    out = []
+    for (level, group, feature), members in groups.items():
+        n = sum(int(c.values.size) for c in members)
+        non_null = sum(c.non_null for c in members)
+        out.append(
+            {
+                "level": level,
+                "family": group,
+                "feature": feature,
+                "features": len(members),
+                "cells": n,
+                "non_null": non_null,
+                "non_null_share": non_null / n if n else None,
+                "mean_coverage": sum(float(c.coverages.sum()) for c in members) / n if n else None,
+            }
+        )
+    return sorted(out, key=lambda r: (-r["level"], r["family"], r["feature"] or ""))
 
 
 @dataclass(frozen=True)
@@ -132,17 +135,11 @@ class FeaturePsi:
 
 
 def _values(conn: Conn, version: str, as_of: datetime, from_stats: bool) -> dict[str, Any]:
-    """Feature → its values at ``as_of`` (NaN for a null cell), in one query."""
-    params = {"version": version, "as_of": as_of}
+    """Feature → its values at ``as_of`` (NaN for a null cell), in one statement."""
     if not from_stats:
-        return {
-            str(r["feature"]): np.asarray(
-                [math.nan if v is None else float(v) for v in r["values"]], dtype=np.float64
-            )
-            for r in rows(conn, VALUES_SQL, params)
-        }
+        return {f: c.values for f, c in snapshot_cells(conn, version, as_of).items()}
     out = {}
-    for r in rows(conn, STATS_VALUES_SQL, params):
+    for r in rows(conn, STATS_VALUES_SQL, {"version": version, "as_of": as_of}):
         values = unpack_values(bytes(r["sorted_values"]))
         missing = int(r["cells"]) - values.size
         out[str(r["feature"])] = np.concatenate((values, np.full(missing, math.nan)))
