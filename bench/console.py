@@ -8,17 +8,21 @@ every page in under 300 ms on the 2,000-household demo, quiet machine).
 A throwaway database (from ``hearth_template``) gets what the demo leaves behind, written
 server-side: households with a phone, a router, a plug, a door and a motion sensor (a thermostat
 in one of four), ~97 raw readings per household per day (the demo's 17.5 M rows at 2,000 x 90),
-a few devices gone silent or retired, hourly rollups, consent for everyone, withdrawals and
-erasures done through ``hearth.admin`` (real purges and audit records), 20,000 dead letters,
-refused-reading counts, two collector replicas, and feature snapshots materialised by the engine
-on two dates. Then ``features rollup``'s console hook builds the summary tables (timed: first
-run and an incremental one), the feature service starts as a subprocess, a client logs in and
-fetches each page ``--repeat`` times after a warm-up. Printed: per page the client's wall time
-(median, p95, max) and the server's split (``Server-Timing``: queries, template), the targets,
-the load average, and a ``key=value`` last line.
+a few devices gone silent or retired, hourly rollups (``features rollup``'s own job), consent
+for everyone, withdrawals and erasures done through ``hearth.admin`` (real purges and audit
+records), 20,000 dead letters, refused-reading counts, two collector replicas, and feature
+snapshots materialised by the engine on two dates. Then ``features rollup``'s console hook
+builds the summary tables (timed: first run and an incremental one), the feature service starts
+as a subprocess, a client logs in and fetches each page ``--repeat`` times after a warm-up.
+Printed: per page the client's wall time (median, p95, max) and the server's split
+(``Server-Timing``: queries, template), the targets, the load average, and a ``key=value`` last
+line.
 
-Real figures only from a quiet machine: ``/work/shared/tools/measure .venv/bin/python
-bench/console.py``.
+Real figures only from a quiet machine. Building the database takes a quarter of an hour; build
+it first, then measure it alone::
+
+    .venv/bin/python bench/console.py --prepare          # prints --url postgresql://…
+    /work/shared/tools/measure .venv/bin/python bench/console.py --url postgresql://…
 """
 
 from __future__ import annotations
@@ -46,13 +50,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from features.rollups import (  # noqa: E402
-    CATEGORICAL_AGGREGATE_FROM,
-    CATEGORICAL_COLUMNS,
-    NUMERIC_AGGREGATE,
-    NUMERIC_COLUMNS,
-    NUMERIC_GROUP_BY,
-)
+from features.rollups import refresh_rollups  # noqa: E402
 from features.service.console.summary import refresh_console_summaries  # noqa: E402
 from features.snapshots.materialize import materialize  # noqa: E402
 from hearth import admin  # noqa: E402
@@ -198,30 +196,9 @@ def synthesise(conn: psycopg.Connection, households: int, days: int) -> dict[str
     _step(f"{rows:,} raw readings", t)
 
     t = time.perf_counter()
-    for table in ("rollup_numeric_hourly", "rollup_categorical_hourly"):
-        conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
-    conn.execute(
-        f"INSERT INTO rollup_numeric_hourly ({NUMERIC_COLUMNS}) "
-        f"SELECT {NUMERIC_AGGREGATE} FROM numeric_readings r {NUMERIC_GROUP_BY}"
-    )
-    conn.execute(
-        f"INSERT INTO rollup_categorical_hourly ({CATEGORICAL_COLUMNS}) "
-        + CATEGORICAL_AGGREGATE_FROM.format(source="categorical_readings r", where="")
-    )
-    for table, include in (  # the keys of migrations 0030 + 0031
-        ("rollup_numeric_hourly", "n, sum, min, max, first, last, first_time, last_time"),
-        ("rollup_categorical_hourly", "value, share, n"),
-    ):
-        conn.execute(
-            f"ALTER TABLE {table} ADD PRIMARY KEY (device_id, signal, bucket, user_id)"
-            f" INCLUDE ({include}, max_ingested_at)"
-        )
-    conn.execute(
-        "INSERT INTO rollup_watermarks (name, watermark) "
-        "VALUES ('hourly', now() - INTERVAL '1 minute')"
-    )
     conn.execute("VACUUM ANALYZE")
-    _step("hourly rollups", t)
+    refresh_rollups(conn)  # the rollup job itself, whatever its tables
+    _step("hourly rollups (features rollup)", t)
 
     t = time.perf_counter()
     latest = end.replace(hour=0, minute=0)
@@ -409,6 +386,11 @@ def main() -> int:
     parser.add_argument("--url", help="an existing database to measure (migrated; nothing else "
                         "is written but the console's summaries)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only build the database and keep it (then measure it with --url)",
+    )
     args = parser.parse_args()
     load_start = load_1m()
     os.environ.setdefault("HEARTH_PSEUDONYM_KEY", "bench-pseudonym-key-" + secrets.token_hex(8))
@@ -419,7 +401,7 @@ def main() -> int:
         if args.url:
             yield args.url
             return
-        with scratch_database(args.keep) as url:
+        with scratch_database(args.keep or args.prepare) as url:
             yield url
 
     with database() as url, psycopg.connect(url, autocommit=True) as conn:
@@ -430,6 +412,9 @@ def main() -> int:
         else:
             print(f"synthesising {args.households:,} households x {args.days} days", flush=True)
             facts = synthesise(conn, args.households, args.days)
+            if args.prepare:
+                print(f"prepared: --url {_with_db(BASE_URL, conn.info.dbname)}", flush=True)
+                return 0
         raw = conn.execute(
             "SELECT (SELECT count(*) FROM numeric_readings) "
             "+ (SELECT count(*) FROM categorical_readings)"

@@ -669,24 +669,20 @@ def person(conn: Conn, user_id: str) -> Numbers:
         p = f"person.consent_now.{c.value}."
         out[p + "at"] = latest_at.get(c.value)
         out[p + "since"] = states.get(c.value, (None, None))[1]
-    by_category: dict[str, Counter[str]] = defaultdict(Counter)
-    for _, _, signal, _, _ in raw:
-        for g in (_CATEGORY[signal], "all"):
-            by_category[g]["raw_rows"] += 1
-    for table in ("rollup_numeric_hourly", "rollup_categorical_hourly"):
-        for (signal,) in conn.execute(
-            f"SELECT signal FROM {table} WHERE user_id = %s", (user_id,)
-        ).fetchall():
-            for g in (_CATEGORY[str(signal)], "all"):
-                by_category[g]["rollup_rows"] += 1
-    for g in [*sorted({s.category.value for s in SIGNALS.values()}), "all"]:
-        out[f"person.rows.{g}.raw_rows"] = by_category[g]["raw_rows"]
-        out[f"person.rows.{g}.rollup_rows"] = by_category[g]["rollup_rows"]
     exported = admin.export_user(conn, user_id)
     held = {**exported["tables"], "dead_letters": exported["dead_letters"]}  # type: ignore[dict-item]
+    by_category: Counter[tuple[str, str]] = Counter()
     for table, table_rows in held.items():  # type: ignore[attr-defined]
         if table_rows:
             out[f"person.tables.{key_part(table)}.rows"] = len(table_rows)
+        for row in table_rows:
+            if "signal" in row and "user_id" in row:  # data of a category
+                category = _CATEGORY[str(row["signal"])]
+                for c in (category, "all"):
+                    for t in (key_part(table), "all"):
+                        by_category[(c, t)] += 1
+    for (c, t), n in by_category.items():
+        out[f"person.rows.{c}.{t}"] = n
     snapshot = conn.execute(
         f"SELECT as_of, computed_at, {VECTOR_SQL} FROM feature_snapshots WHERE user_id = %s "
         "AND feature_set_version = %s ORDER BY as_of DESC LIMIT 1",

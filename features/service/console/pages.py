@@ -559,6 +559,18 @@ features = _page(_features_page)
 # --- person ----------------------------------------------------------------------------------
 
 
+def _category_matrix(found: list[common.Row]) -> dict[str, Any]:
+    """Rows per (category, table) laid out for the page: categories down, tables across, the
+    totals last (None)."""
+    tables = sorted({str(r["table"]) for r in found if r["table"] is not None})
+    categories = sorted({str(r["category"]) for r in found if r["category"] is not None})
+    return {
+        "category_tables": [*tables, None],
+        "category_names": [*categories, None],
+        "category_rows": {(r["category"], r["table"]): r["rows"] for r in found},
+    }
+
+
 def _person(text: str, max_clock_skew_s: float, notice: Mapping[str, str]) -> Build:
     def build(conn: Conn) -> dict[str, Any]:
         context: dict[str, Any] = {
@@ -590,7 +602,7 @@ def _person(text: str, max_clock_skew_s: float, notice: Mapping[str, str]) -> Bu
             devices=person_q.devices(conn, user_id),
             consent_now=person_q.consent_now(conn, user_id),
             history=person_q.consent_history(conn, user_id),
-            by_category=person_q.rows_by_category(conn, user_id),
+            **_category_matrix(person_q.rows_by_category(conn, user_id)),
             by_table=person_q.rows_by_table(conn, user_id),
             vector=person_q.latest_vector(
                 conn, user_id, FEATURE_SET_VERSION, latest_as_of(max_clock_skew_s)

@@ -58,28 +58,6 @@ SELECT c.category, s.action, s.notice_version, s.at, s.since
 _SIGNAL_CATEGORY = (
     "(VALUES " + ", ".join(f"('{s.name}', '{s.category.value}')" for s in SIGNALS.values()) + ")"
 )
-_BY_SIGNAL = """
-SELECT signal, count(*) AS n FROM {table}
- WHERE device_id = ANY(%(devices)s) AND user_id = %(user)s GROUP BY signal
-"""
-ROWS_BY_CATEGORY_SQL = f"""
-SELECT grouping(sc.category) AS level, sc.category,
-       coalesce(sum(x.raw), 0)::bigint AS raw_rows,
-       coalesce(sum(x.hourly), 0)::bigint AS rollup_rows
-  FROM {_SIGNAL_CATEGORY} sc(signal, category)
-  LEFT JOIN (
-       SELECT signal, n AS raw, 0 AS hourly FROM ({_BY_SIGNAL.format(table="numeric_readings")}) a
-       UNION ALL
-       SELECT signal, n, 0 FROM ({_BY_SIGNAL.format(table="categorical_readings")}) b
-       UNION ALL
-       SELECT signal, 0, n FROM ({_BY_SIGNAL.format(table="rollup_numeric_hourly")}) c
-       UNION ALL
-       SELECT signal, 0, n FROM ({_BY_SIGNAL.format(table="rollup_categorical_hourly")}) d
-  ) x USING (signal)
- GROUP BY ROLLUP (sc.category)
- ORDER BY grouping(sc.category), sc.category
-"""
-
 AUDIT_SQL = """
 SELECT a.id, a.at, a.action, a.details ->> 'category' AS category,
        coalesce(a.details ->> 'status', 'unknown') AS status,
@@ -130,8 +108,32 @@ def consent_history(conn: Conn, user_id: str) -> list[ledger.ConsentEvent]:
 
 
 def rows_by_category(conn: Conn, user_id: str) -> list[Row]:
-    """Raw readings and hourly rollups per consent category (and in all)."""
-    return rows(conn, ROWS_BY_CATEGORY_SQL, _with_devices(conn, user_id))
+    """Rows of the user's devices per consent category and table — in every table holding a
+    category's data (``user_id`` and ``signal`` columns: raw readings, rollups, the console's
+    device summary), what a withdrawal of the category deletes — with totals per category
+    (``table`` None), per table (``category`` None) and overall, in one statement."""
+    parts = [
+        sql.SQL(
+            "SELECT {name} AS table_name, signal, count(*) AS n FROM {table} "
+            "WHERE device_id = ANY(%(devices)s) AND user_id = %(user)s GROUP BY signal"
+        ).format(name=sql.Literal(table), table=table_ident(table))
+        for table, columns in sorted(user_tables(conn).items())
+        if {"user_id", "signal", "device_id"} <= columns
+    ]
+    if not parts:
+        return []
+    query = sql.SQL(
+        "SELECT sc.category, x.table_name AS table, sum(x.n)::bigint AS rows "
+        "FROM {pairs} sc(signal, category) JOIN ({parts}) x USING (signal) "
+        "GROUP BY GROUPING SETS ((sc.category, x.table_name), (sc.category), (x.table_name), ()) "
+        "ORDER BY sc.category NULLS LAST, x.table_name NULLS LAST"
+    ).format(pairs=sql.SQL(_SIGNAL_CATEGORY), parts=sql.SQL(" UNION ALL ").join(parts))
+    with conn.cursor() as cur:
+        cur.execute(query, _with_devices(conn, user_id))
+        return [
+            {"category": c, "table": t, "rows": int(n)}  # type: ignore[call-overload]
+            for c, t, n in cur.fetchall()
+        ]
 
 
 def rows_by_table(conn: Conn, user_id: str) -> list[Row]:
