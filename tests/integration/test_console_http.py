@@ -104,6 +104,14 @@ async def test_login_form_and_its_answers(client: Client) -> None:
     session_cookie = resp.cookies["hearth_console"]
     assert session_cookie["httponly"] and session_cookie["samesite"] == "Strict"
     assert session_cookie["path"] == "/console" and ADMIN not in session_cookie.value
+    assert not session_cookie["secure"]  # plain HTTP
+    behind_tls = await client.post(
+        "/console/login",
+        data={"token": ADMIN, "csrf": "x", "next": "/console/"},
+        headers={"X-Forwarded-Proto": "https"},
+        allow_redirects=False,
+    )
+    assert "Secure" in behind_tls.headers.get("Set-Cookie", "")  # the fresh login form's cookie
     page = await client.get("/console/fleet")
     assert page.status == 200
     for header, value in {

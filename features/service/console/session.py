@@ -2,7 +2,8 @@
 
 Tokens never travel in URLs. ``POST /console/login`` takes the token in the form field
 ``token``; if ``HEARTH_API_TOKENS`` gives it the ``admin`` scope, the answer sets the session
-cookie (HttpOnly, SameSite=Strict, path ``/console``, Secure over HTTPS)::
+cookie (HttpOnly, SameSite=Strict, path ``/console``, Secure over HTTPS, also behind a proxy
+that sets ``X-Forwarded-Proto``)::
 
     <expires>.<nonce>.<HMAC-SHA256(token, "session" NUL expires NUL nonce)>
 
@@ -122,6 +123,14 @@ def same_origin(request: web.Request) -> bool:
     return origin != "null" and urlsplit(origin).netloc == request.host
 
 
+def over_https(request: web.Request) -> bool:
+    """The browser reached us over HTTPS: directly, or through a TLS-terminating proxy that says
+    so (``X-Forwarded-Proto``). Trusting that header is safe here: it can only add ``Secure``,
+    and a cookie marked Secure is merely never sent over plain HTTP."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.secure or forwarded == "https"
+
+
 def set_cookie(
     response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int
 ) -> None:
@@ -132,7 +141,7 @@ def set_cookie(
         path=COOKIE_PATH,
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=over_https(request),
     )
 
 
