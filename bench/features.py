@@ -16,16 +16,20 @@ every user at ``as_of = now``, and one on-demand batch (``compute_vectors``, one
     .venv/bin/python bench/features.py                 # 2,500 / 5,000 / 10,000 users + fleet
     .venv/bin/python bench/features.py --users 500 --no-fleet   # quick run while developing
     .venv/bin/python bench/features.py --backfill-days 90   # and a 90-day backfill
+    .venv/bin/python bench/features.py --workers 1,2   # and on local Dask clusters of 1 and 2
 
 Last line: ``users=N seconds=… users_per_s=… fleet_users_per_s=… online_users_per_s=…
 late_ratio=… peak_rss_mb=… load_start=… load_end=…`` (N: the largest synthetic count); with
-``--backfill-days`` also ``backfill_s=… backfill_ratio=…`` (see :func:`run_backfill`).
+``--backfill-days`` also ``backfill_s=… backfill_ratio=…`` (see :func:`run_backfill`); with
+``--workers`` also ``dask_users_per_s_<N>=…`` per worker count and ``dask_speedup_2=…`` (the
+2-worker rate over the 1-worker rate, :func:`dask_runs`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import resource
 import secrets
@@ -48,6 +52,7 @@ from bench.fleet import (
     ensure_fleet,
     with_db,
 )
+from features import distributed
 from features.engine import DEFAULT_CHUNK_USERS, Knowledge, compute_vectors, iter_chunk_results
 from features.rollups import refresh_rollups
 from features.snapshots.materialize import materialize
@@ -233,12 +238,45 @@ def run_backfill(
     return result.seconds, peak / 2**20
 
 
+def dask_runs(
+    conn: psycopg.Connection, url: str, users: list[str], counts: list[int], chunk_size: int
+) -> dict[str, str]:
+    """Materialise ``users`` on a local Dask cluster of each worker count (issue 16 §1): the
+    clock runs from planning to the last chunk written, not the cluster's start-up nor the
+    workers' imports. Prints
+    users/s overall and per worker; returns the last line's figures."""
+    env = {"HEARTH_DATABASE_URL": url}
+    rates: dict[int, float] = {}
+    print(f"{'dask workers':>12} {'seconds':>8} {'users/s':>9} {'per worker':>11}")
+    for n_workers in counts:
+        with distributed.dask_client(distributed.ClusterOptions(workers=n_workers), env) as c:
+            c.run(importlib.import_module, "features.distributed.tasks")  # imports: not timed
+            runner = distributed.chunk_runner(
+                c, distributed.DatabaseIdentity.of(conn), progress=False
+            )
+            result = materialize(conn, AS_OF, users=users, chunk_size=chunk_size, force=True,
+                                 progress=False, chunk_runner=runner)  # fmt: skip
+        rates[n_workers] = len(users) / result.seconds
+        print(
+            f"{n_workers:>12} {result.seconds:>8.1f} {rates[n_workers]:>9.0f} "
+            f"{rates[n_workers] / n_workers:>11.0f}",
+            flush=True,
+        )
+    figures = {f"dask_users_per_s_{n}": f"{r:.0f}" for n, r in rates.items()}
+    if 1 in rates and 2 in rates:
+        figures["dask_speedup_2"] = f"{rates[2] / rates[1]:.2f}"
+        print(f"2-worker speed-up over 1 worker: {rates[2] / rates[1]:.2f}x (on 2 cores with the "
+              "database beside them, expect well under 2x)")  # fmt: skip
+    return figures
+
+
 def synthetic_run(
     args: argparse.Namespace,
 ) -> tuple[list[tuple[int, float, float, float]], float, tuple[float, float] | None]:
     """Materialise growing user counts of synthetic data; (n, seconds, sql_s, python_s) each,
     the late ratio (engine at T counting ingest times / counting event times), and with
-    ``--backfill-days`` the backfill's (seconds, peak RSS MB)."""
+    ``--backfill-days`` the backfill's (seconds, peak RSS MB); with ``--workers`` the Dask
+    figures land in ``args.dask_figures``."""
     steps = sorted({max(1, args.users // 4), max(1, args.users // 2), args.users})
     name = f"hearth_bench_{secrets.token_hex(4)}"
     with psycopg.connect(BASE_URL, autocommit=True) as admin:
@@ -263,6 +301,9 @@ def synthetic_run(
                 results.append((n, result.seconds, result.timings.sql_s, result.timings.python_s))
                 print(f"  {n:>6} users: {result.seconds:6.1f}s", flush=True)
             backfilled = None
+            if args.workers:
+                counts = [int(w) for w in args.workers.split(",")]
+                args.dask_figures = dask_runs(conn, url, users, counts, args.chunk_size)
             if args.backfill_days:
                 backfilled = run_backfill(url, users[: steps[-1]], args.backfill_days,
                                           args.chunk_size, args.backfill_processes)  # fmt: skip
@@ -318,7 +359,11 @@ def main() -> int:
     parser.add_argument("--backfill-days", type=int, default=0,
                         help="also backfill this many daily as_ofs of the largest user count "
                         "(its ratio to the single-date run is the backfill target)")  # fmt: skip
+    parser.add_argument(
+        "--workers", help="also materialise the largest N on local Dask clusters, e.g. 1,2"
+    )
     args = parser.parse_args()
+    args.dask_figures = {}
     fleet = None if args.no_fleet else ensure_fleet(args.fleet_households, args.fleet_days)
     targets = Targets()  # building a fleet is not measured
     results, late_ratio, backfilled = synthetic_run(args)
@@ -370,6 +415,7 @@ def main() -> int:
         late_ratio=f"{late_ratio:.2f}",
         peak_rss_mb=f"{rss:.0f}",
         **extra,
+        **args.dask_figures,
     )
     return 0
 

@@ -73,6 +73,14 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
     )
 
 
+def check_dask_scheduler(address: str) -> str:
+    """A Dask scheduler address, ``tcp://host:port`` or ``tls://host:port``."""
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname:
+        raise ValueError(f"must be tcp://host:port or tls://host:port, got {address!r}")
+    return address
+
+
 def parse_api_tokens(raw: str | dict[str, Any]) -> dict[str, frozenset[str]]:
     """Tokens → scopes, from JSON (``{"tok": ["admin"]}``) or ``tok=scope+scope,tok2=scope``.
 
@@ -122,6 +130,16 @@ class Settings(BaseSettings):
 
     # repr=False: URLs may carry passwords and tokens are secrets; a logged Settings shows none.
     database_url: str = Field(default=DEFAULT_DATABASE_URL, repr=False)
+    # A streaming replica of database_url that the engine, the feature service and the report
+    # read from (hearth.replica); every write and the collector use database_url. Unset: reads
+    # go to database_url too.
+    database_read_url: str | None = Field(default=None, repr=False)
+    # How long a read waits for the replica to replay up to the primary's position before it
+    # refuses (hearth.replica.ReplicaBehind); 0 refuses at once when it is behind.
+    replica_max_wait_s: float = Field(default=30.0, ge=0)
+    # A Dask scheduler (tcp://host:8786) that `materialize` and `report` run their user chunks
+    # on (features.distributed); unset: they run in this process.
+    dask_scheduler: str | None = None
     mqtt_url: str = Field(default=DEFAULT_MQTT_URL, repr=False)
     pseudonym_key: SecretStr | None = None
     api_tokens: Annotated[dict[str, frozenset[str]], NoDecode] = Field(
@@ -189,6 +207,16 @@ class Settings(BaseSettings):
                 raise ValueError("needs the admin's user:password@ (see `broker init`)")
         return value or None
 
+    @field_validator("database_read_url")
+    @classmethod
+    def _check_database_read_url(cls, value: str | None) -> str | None:
+        return cls._check_database_url(value) if value else None
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _check_dask_scheduler(cls, value: str | None) -> str | None:
+        return check_dask_scheduler(value) if value else None
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
@@ -221,6 +249,11 @@ class Settings(BaseSettings):
                 "the raw retention would rebuild history from partial data"
             )
         return self
+
+    @property
+    def read_url(self) -> str:
+        """Where reads for computation go: the replica when one is set, else the primary."""
+        return self.database_read_url or self.database_url
 
     @property
     def mqtt(self) -> MqttEndpoint:

@@ -8,12 +8,19 @@ point-in-time features at each user's application date and writes ``DIR/report.h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from features.cli.engine import add_cluster_arguments, wants_cluster
+from hearth.db import connect
 from hearth.errors import Invalid
 from hearth.settings import get_settings
+
+if TYPE_CHECKING:  # the report package is imported when the command runs (below)
+    from features.report.data import BatchComputer
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,6 +80,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=0.3,
         help="share of the latest applications held out as the test set (default 0.3)",
     )
+    add_cluster_arguments(parser)
     parser.set_defaults(func=run_report)
 
 
@@ -81,6 +89,24 @@ def _progress(label: str) -> Callable[[int, int], None]:
         print(f"[report] {label}: {done}/{total} users", file=sys.stderr, flush=True)
 
     return show
+
+
+@contextlib.contextmanager
+def _engine_computer(args: argparse.Namespace) -> Iterator[BatchComputer | None]:
+    """Where the engine's batches run: a Dask cluster when asked for, else None (here)."""
+    if not wants_cluster(args):
+        yield None
+        return
+    # Imported when a cluster is asked for: Dask's import costs about a second (features.cli).
+    from features import distributed
+
+    settings = get_settings()
+    options = distributed.ClusterOptions.resolve(args.scheduler, args.workers, settings)
+    assert options is not None
+    with connect(settings.database_url, autocommit=True) as conn:
+        expect = distributed.DatabaseIdentity.of(conn)
+    with distributed.dask_client(options, distributed.local_worker_env(settings)) as client:
+        yield distributed.historical_runner(client, expect)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -102,16 +128,30 @@ def run_report(args: argparse.Namespace) -> int:
         if args.leaky_features_file is not None:
             leaky = data.features_from_csv(args.leaky_features_file, truth.user_ids)
     else:
-        url = get_settings().database_url
-        if args.features_source == "engine":
-            honest = data.features_from_engine(
-                url, rows, _progress("features at application"), args.knowledge
-            )
-        else:
-            honest = data.features_from_snapshots(url, rows)
-        if leaky_rows:
-            label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
-            leaky = data.features_from_engine(url, leaky_rows, _progress(label), args.knowledge)
+        with _engine_computer(args) as compute:
+            settings = get_settings()
+            url, read_url = settings.database_url, settings.database_read_url
+            if args.features_source == "engine":
+                honest = data.features_from_engine(
+                    url,
+                    rows,
+                    _progress("features at application"),
+                    args.knowledge,
+                    read_url=read_url,
+                    compute=compute,
+                )
+            else:
+                honest = data.features_from_snapshots(url, rows, read_url=read_url)
+            if leaky_rows:
+                label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
+                leaky = data.features_from_engine(
+                    url,
+                    leaky_rows,
+                    _progress(label),
+                    args.knowledge,
+                    read_url=read_url,
+                    compute=compute,
+                )
     if not honest.scored.any():
         raise Invalid(
             f"no user in {args.ground_truth} has features from {honest.source} "

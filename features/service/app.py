@@ -31,6 +31,7 @@ from features.service.metrics import ServiceMetrics
 from features.service.openapi import build_openapi
 from features.service.resolve.bulk import BulkResolver
 from features.service.resolve.engine_gateway import EngineGateway, feature_set_version
+from features.service.resolve.replica import ReplicaGate
 from features.service.resolve.store import (
     SnapshotStore,
     configure_connection,
@@ -82,9 +83,10 @@ def _service_state(
     settings: Settings, cache_entries: int, cache_ttl_s: float, pool_size: int
 ) -> ServiceState:
     async_pool, sync_pool, admin_pool = _pools(settings, pool_size)
+    primary_pool, gate = _replica_gate(settings)
     cache: VectorCache[Outcome] = VectorCache(cache_entries, cache_ttl_s)
-    store = SnapshotStore(async_pool, max_clock_skew_s=settings.max_clock_skew_s)
-    engine = EngineGateway(sync_pool)
+    store = SnapshotStore(async_pool, max_clock_skew_s=settings.max_clock_skew_s, gate=gate)
+    engine = EngineGateway(sync_pool, gate)
     metrics = ServiceMetrics()
     metrics.watch_cache(lambda: (cache.hits, cache.misses))
     listener = ConsentListener(settings.database_url, cache) if cache_entries > 0 else None
@@ -101,16 +103,29 @@ def _service_state(
         resolver=VectorResolver(
             store, engine, cache, timedelta(seconds=settings.snapshot_stale_after_s)
         ),
-        bulk=BulkResolver(async_pool, engine, settings.max_clock_skew_s),
+        bulk=BulkResolver(async_pool, engine, settings.max_clock_skew_s, gate),
         metrics=metrics,
         openapi_json=json.dumps(build_openapi(ENDPOINTS)),
+        primary_pool=primary_pool,
     )
+
+
+def _replica_gate(settings: Settings) -> tuple[AsyncConnectionPool | None, ReplicaGate | None]:
+    """With a read URL: a small pool on the primary for WAL positions, and the gate that makes
+    replica reads wait for them (features.service.resolve.replica)."""
+    if settings.database_read_url is None:
+        return None, None
+    pool = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+    )
+    return pool, ReplicaGate(pool, settings.replica_max_wait_s)
 
 
 def _pools(
     settings: Settings, pool_size: int
 ) -> tuple[AsyncConnectionPool, ConnectionPool, ConnectionPool]:
-    """(snapshot reads, engine computations, admin operations); none open yet."""
+    """(snapshot reads, engine computations, admin operations); none open yet. Reads go to
+    the replica when there is one (``HEARTH_DATABASE_READ_URL``); admin operations write."""
     timeout_sql = statement_timeout_sql(settings.service_statement_timeout_ms)
 
     async def configure_reads(conn: AsyncConn) -> None:
@@ -123,7 +138,7 @@ def _pools(
     # Autocommit: reads need no BEGIN/COMMIT round trips, and hearth.admin manages its own
     # transactions (it commits between purge passes).
     async_pool = AsyncConnectionPool(
-        settings.database_url,
+        settings.read_url,
         min_size=2,
         max_size=pool_size,
         open=False,
@@ -131,7 +146,7 @@ def _pools(
         configure=configure_reads,
     )
     sync_pool = ConnectionPool(
-        settings.database_url,
+        settings.read_url,
         min_size=1,
         max_size=4,
         open=False,
@@ -151,6 +166,8 @@ def _pools(
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
+    if state.primary_pool is not None:
+        await state.primary_pool.open(wait=False)
     await asyncio.to_thread(warm_up)  # the Arrow path's one-time imports, before serving
     await state.async_pool.open(wait=False)
     state.sync_pool.open(wait=False)
@@ -161,6 +178,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if state.listener is not None:
         await state.listener.stop()
     await state.async_pool.close()
+    if state.primary_pool is not None:
+        await state.primary_pool.close()
     state.sync_pool.close()
     state.admin_executor.shutdown(wait=False, cancel_futures=True)
     state.admin_pool.close()

@@ -32,6 +32,9 @@ class ServiceState:
     bulk: BulkResolver  # historical requests, in columns
     metrics: ServiceMetrics
     openapi_json: str  # /openapi.json, rendered once from the route table
+    # With HEARTH_DATABASE_READ_URL: primary connections for WAL positions (resolve.replica);
+    # the snapshot and engine pools then read the replica.
+    primary_pool: AsyncConnectionPool | None = None
 
 
 STATE = web.AppKey("state", ServiceState)
