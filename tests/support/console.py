@@ -31,7 +31,7 @@ from tests.support.service import seed_snapshot
 Numbers = dict[str, object]
 # A stored snapshot's cells as JSON ({name: {"value", "coverage"[, "reason"]}}): the one place
 # these expectations read how feature_snapshots stores a vector.
-VECTOR_SQL = "vector"
+VECTOR_SQL = "hearth_snapshot_vector(feature_set_version, vals, covs, withheld)"
 RELATIVE_TO_NOW = ("seen_ago_s", "rollup_behind_s", "summary_behind_s")  # move while we look
 
 
@@ -699,7 +699,8 @@ def person(conn: Conn, user_id: str) -> Numbers:
             for c in vector.values()  # type: ignore[union-attr]
         ) / len(vector)  # type: ignore[arg-type]
         for name, c in vector.items():  # type: ignore[union-attr]
-            out[f"person.vector.{key_part(name)}.value"] = c["value"]
+            value = c["value"]  # JSONB gives 7 for the float64 7.0
+            out[f"person.vector.{key_part(name)}.value"] = None if value is None else float(value)
             out[f"person.vector.{key_part(name)}.coverage"] = float(c["coverage"])
     for audit_id, at, details in conn.execute(
         "SELECT id, at, details FROM audit_log WHERE subject_ref = %s",

@@ -1,6 +1,6 @@
 """The console's summary tables (migration 0065), refreshed by ``python -m features rollup``.
 
-Two aggregates are too slow to compute from the raw tables while a page renders (the
+Three aggregates are too slow to compute from the raw tables while a page renders (the
 2,000-household demo holds 17.5 M raw rows; a page has 300 ms):
 
 - ``console_ingest_minutes``: rows and messages stored per minute of ingest time, with the
@@ -8,10 +8,12 @@ Two aggregates are too slow to compute from the raw tables while a page renders 
 - ``console_device_signals``: per device and signal, the latest reading and the readings of
   the 7 days up to it (the Fleet page's "last seen", usual interval and silent devices);
 - ``console_feature_stats`` (migration 0066): per snapshot date and feature, the cells, non-null
-  cells, coverage and sorted values the Features page's coverage and PSI come from. A date's
-  stats are deleted by any write to its snapshots (triggers) and computed again here.
+  cells, coverage and sorted values the Features page's coverage and PSI come from, read from
+  the snapshots' packed columns (:func:`snapshot_cells`). A date's stats are deleted by any
+  write to its snapshots (statement triggers, 0066-0067) and computed again here, newest
+  dates first, ``FEATURE_DATES_PER_REFRESH`` per refresh.
 
-Both are recomputed like the rollups (features/rollups.py), never incremented: the raw rows
+The first two are recomputed like the rollups (features/rollups.py), never incremented: the raw rows
 ingested in each minute since the watermark are aggregated again as a whole, and every (device,
 signal) they touch gets its latest reading and 7-day count recounted from the raw rows (the
 ``(device_id, signal, time)`` key index), so a refresh run twice, or interrupted and run again,
@@ -42,6 +44,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from features.catalogue import FEATURE_SET_VERSION
+from features.snapshots.store import date_matrices
 from hearth.db import Conn
 from hearth.ledger import GATE_DERIVED, gate_sql
 
@@ -58,6 +61,10 @@ _RAW_TABLES = ("numeric_readings", "categorical_readings")
 
 
 FEATURE_DATES = 120  # snapshot dates with stats (the Features page offers as many)
+# Dates whose stats one refresh computes, newest first: after a backfill of many dates the rest
+# follow in the next runs (shown from the snapshots meanwhile), and a backfill still writing
+# (which discards its dates' stats chunk after chunk) costs a refresh at most this many.
+FEATURE_DATES_PER_REFRESH = 12
 
 
 @dataclass(frozen=True)
@@ -240,18 +247,7 @@ SELECT d.as_of
  WHERE NOT EXISTS (SELECT 1 FROM console_feature_stats c
                     WHERE c.feature_set_version = %(version)s AND c.as_of = d.as_of)
  ORDER BY d.as_of DESC
-"""
-
-# The cells of every snapshot of a date, per feature. The one statement of the console that
-# reads how feature_snapshots stores a vector (here the JSONB of hearth/vectors.py): the stats
-# below and the Features page's reading of a date without stats both go through it.
-_DATE_CELLS_SQL = """
-SELECT c.key AS feature, array_agg((c.value ->> 'value')::float8) AS "values",
-       array_agg((c.value ->> 'coverage')::float8) AS coverages
-  FROM feature_snapshots s
- CROSS JOIN LATERAL jsonb_each(s.vector) c
- WHERE s.feature_set_version = %(version)s AND s.as_of = %(as_of)s
- GROUP BY c.key
+ LIMIT %(limit)s
 """
 
 
@@ -268,20 +264,26 @@ class DateCells:
 
 
 def snapshot_cells(conn: Conn, version: str, as_of: datetime) -> dict[str, DateCells]:
-    """Feature → its cells in every snapshot of ``version`` on ``as_of``, in one statement."""
-    out = {}
-    for feature, values, coverages in conn.execute(
-        _DATE_CELLS_SQL, {"version": version, "as_of": as_of}
-    ).fetchall():
-        assert isinstance(values, list) and isinstance(coverages, list)
-        out[str(feature)] = DateCells(
-            np.array([np.nan if v is None else v for v in values], dtype=np.float64),
-            np.array([0.0 if c is None else c for c in coverages], dtype=np.float64),
-        )
-    return out
+    """Feature → its cells in every snapshot of ``version`` on ``as_of``, in one statement.
+
+    The console's one reading of how ``feature_snapshots`` stores a vector (packed, migration
+    0055), through the snapshot store's reader (:func:`features.snapshots.store.date_matrices`):
+    the stats below and the Features page's reading of a date without stats both go through
+    it. Every feature of the version's layout; none on a date without snapshots."""
+    layout, values, coverage = date_matrices(conn, as_of, version)
+    if not values.shape[0]:
+        return {}
+    by_feature, coverage_by_feature = (
+        np.ascontiguousarray(values.T),
+        np.ascontiguousarray(coverage.T),
+    )
+    return {
+        name: DateCells(by_feature[j], coverage_by_feature[j])
+        for j, name in enumerate(layout.names)
+    }
 
 
-def pack_values(values: Sequence[float]) -> bytes:
+def pack_values(values: Sequence[float] | np.ndarray) -> bytes:
     """Sorted non-null values as ``console_feature_stats.sorted_values`` stores them."""
     return np.asarray(values, dtype="<f8").tobytes()
 
@@ -290,16 +292,19 @@ def unpack_values(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f8")
 
 
-def refresh_feature_stats(conn: Conn, version: str = FEATURE_SET_VERSION) -> int:
-    """Compute the stats of each recent snapshot date of ``version`` that has none (new, or
-    changed since: the triggers of migration 0066 delete a date's stats on any write).
+def refresh_feature_stats(
+    conn: Conn, version: str = FEATURE_SET_VERSION, limit: int = FEATURE_DATES_PER_REFRESH
+) -> int:
+    """Compute the stats of the newest ``limit`` of the recent snapshot dates of ``version``
+    that have none (new, or changed since: the triggers of migrations 0066-0067 delete a date's
+    stats on any write).
 
     Each date in its own transaction, holding ``feature_snapshots`` in SHARE mode: writes to it
     wait the few hundred milliseconds this takes, so the stats are exactly the snapshots of
     the date, and any write after them deletes them again."""
     dates: list[datetime] = [
         r[0]  # type: ignore[misc]
-        for r in conn.execute(_MISSING_DATES_SQL, {"version": version}).fetchall()
+        for r in conn.execute(_MISSING_DATES_SQL, {"version": version, "limit": limit}).fetchall()
     ]
     for as_of in dates:
         with conn.transaction():
@@ -314,7 +319,7 @@ def refresh_feature_stats(conn: Conn, version: str = FEATURE_SET_VERSION) -> int
                     int(c.values.size),
                     c.non_null,
                     float(c.coverages.sum()),
-                    pack_values(np.sort(c.values[~np.isnan(c.values)]).tolist()),
+                    pack_values(np.sort(c.values[~np.isnan(c.values)])),
                 )
                 for feature, c in snapshot_cells(conn, version, as_of).items()
             ]
