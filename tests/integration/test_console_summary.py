@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -17,6 +18,8 @@ from features.service.console.summary import (
     refresh_console_summaries,
     unpack_values,
 )
+from features.snapshots.codec import LAYOUT
+from features.snapshots.store import SnapshotBatch, write_snapshots
 from hearth import admin
 from hearth.db import Conn
 from hearth.signals import Category
@@ -256,3 +259,50 @@ def test_feature_stats_are_the_snapshots_and_go_with_any_change_to_them(conn: Co
     assert {k[0] for k in _stats(conn)} == {day2}
     admin.erase_user(conn, "fs-v")
     assert _stats(conn) == {}
+
+
+def test_a_backfill_write_of_many_dates_discards_exactly_their_stats(conn: Conn) -> None:
+    """A backfill writes users x as_ofs in one upsert (features.snapshots.store): the
+    statement-level triggers of 0066 discard the stats of every date it wrote, once, and of no
+    other; the next refresh computes them again from the packed cells."""
+    users = [f"bf-{k}" for k in range(4)]
+    for uid in users:
+        admin.add_user(conn, uid, "UTC")
+        admin.grant_consent(
+            conn, user_id=uid, category=Category.ENERGY, at=NOW - timedelta(days=30)
+        )
+    sync_definitions(conn)
+    kept = NOW - timedelta(days=10)
+    seed_snapshot(conn, users[0], kept, FEATURE_SET_VERSION, {})
+    dates = [NOW - timedelta(days=d) for d in (3, 2, 1)]
+
+    def write(shift: float) -> None:
+        u, t = np.meshgrid(np.arange(len(users)), np.arange(len(dates)), indexing="ij")
+        n = u.size
+        values = np.full((n, LAYOUT.width), np.nan)
+        values[:, 0] = np.arange(n) + shift
+        coverage = np.zeros((n, LAYOUT.width))
+        coverage[:, 0] = 1.0
+        batch = SnapshotBatch(
+            users, dates, u.ravel().astype(np.int32), t.ravel().astype(np.int32),
+            values, coverage, ["{}"] * n,
+        )  # fmt: skip
+        write_snapshots(conn, batch)
+
+    write(0.0)
+    assert _refresh_until(conn, NOW - timedelta(minutes=1)).feature_dates == 4
+    first = LAYOUT.names[0]
+    for i, as_of in enumerate(dates):
+        got = unpack_values(_stats(conn)[(as_of, first)][3])  # type: ignore[arg-type]
+        assert got.tolist() == [float(k * len(dates) + i) for k in range(len(users))]
+    write(100.0)  # the backfill again, other values: one statement over the three dates
+    assert {k[0] for k in _stats(conn)} == {kept}
+    assert _refresh_until(conn, NOW - timedelta(minutes=1)).feature_dates == 3
+    got = unpack_values(_stats(conn)[(dates[0], first)][3])  # type: ignore[arg-type]
+    assert got.tolist() == [100.0 + k * len(dates) for k in range(len(users))]
+    # An UPDATE that moves a snapshot to another date discards the stats of both dates.
+    conn.execute(
+        "UPDATE feature_snapshots SET as_of = %s WHERE as_of = %s AND user_id = %s",
+        (kept, dates[0], users[1]),
+    )
+    assert {k[0] for k in _stats(conn)} == {dates[1], dates[2]}
