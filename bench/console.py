@@ -50,6 +50,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import BASE_URL, Bench, scratch_database, with_db  # noqa: E402
 from features.rollups import refresh_rollups  # noqa: E402
 from features.service.console.summary import refresh_console_summaries  # noqa: E402
 from features.snapshots.materialize import materialize  # noqa: E402
@@ -59,10 +60,8 @@ from hearth.migrate import migrate  # noqa: E402
 from hearth.settings import get_settings  # noqa: E402
 from hearth.signals import Category  # noqa: E402
 
-BASE_URL = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
 TOKEN = "bench-console-" + secrets.token_hex(12)
 TARGET_MS = 300.0
-CONTENDED_LOAD = 1.5
 
 # (device suffix, kind, format, share of households that have one)
 DEVICES = [
@@ -98,29 +97,6 @@ REASONS = [
     ("no_consent", 10),
     ("unknown_device", 5),
 ]
-
-
-def load_1m() -> float:
-    return os.getloadavg()[0]
-
-
-def _with_db(url: str, name: str) -> str:
-    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
-
-
-@contextmanager
-def scratch_database(keep: bool) -> Iterator[str]:
-    name = f"hearth_bench_console_{secrets.token_hex(4)}"
-    with psycopg.connect(BASE_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
-    try:
-        yield _with_db(BASE_URL, name)
-    finally:
-        if keep:
-            print(f"kept database {name}", file=sys.stderr)
-        else:
-            with psycopg.connect(BASE_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _step(what: str, started: float) -> None:
@@ -197,7 +173,8 @@ def synthesise(conn: psycopg.Connection, households: int, days: int) -> dict[str
 
     t = time.perf_counter()
     conn.execute("VACUUM ANALYZE")
-    refresh_rollups(conn)  # the rollup job itself, whatever its tables
+    url = with_db(BASE_URL, conn.info.dbname)
+    refresh_rollups(conn, database_url=url)  # the rollup job itself: week slices, --jobs 2
     _step("hourly rollups (features rollup)", t)
 
     t = time.perf_counter()
@@ -209,7 +186,7 @@ def synthesise(conn: psycopg.Connection, households: int, days: int) -> dict[str
             as_of,
             refresh=False,
             progress=False,
-            database_url=_with_db(BASE_URL, conn.info.dbname),
+            database_url=url,
         )
     _step(f"snapshots on {reference.date()} and {latest.date()}", t)
 
@@ -363,21 +340,6 @@ def run_pages(
     return rows, worst_p95, rss
 
 
-def _table(headers: list[str], rows: list[list[object]]) -> None:
-    cells = [[f"{v:.1f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-
-    def fmt(r: list[str]) -> str:
-        return " ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-
-    print(fmt(headers))
-    for r in cells:
-        print(fmt(r))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--households", type=int, default=2000)
@@ -392,7 +354,7 @@ def main() -> int:
         help="only build the database and keep it (then measure it with --url)",
     )
     args = parser.parse_args()
-    load_start = load_1m()
+    bench = Bench()
     os.environ.setdefault("HEARTH_PSEUDONYM_KEY", "bench-pseudonym-key-" + secrets.token_hex(8))
     get_settings.cache_clear()
 
@@ -401,7 +363,8 @@ def main() -> int:
         if args.url:
             yield args.url
             return
-        with scratch_database(args.keep or args.prepare) as url:
+        keep = args.keep or args.prepare
+        with scratch_database(prefix="hearth_bench_console", keep=keep) as url:
             yield url
 
     with database() as url, psycopg.connect(url, autocommit=True) as conn:
@@ -413,7 +376,7 @@ def main() -> int:
             print(f"synthesising {args.households:,} households x {args.days} days", flush=True)
             facts = synthesise(conn, args.households, args.days)
             if args.prepare:
-                print(f"prepared: --url {_with_db(BASE_URL, conn.info.dbname)}", flush=True)
+                print(f"prepared: --url {url}", flush=True)
                 return 0
         raw = conn.execute(
             "SELECT (SELECT count(*) FROM numeric_readings) "
@@ -444,27 +407,22 @@ def main() -> int:
 
     print(f"\n{args.households:,} households, {raw:,} raw readings, {devices:,} devices; "
           f"{args.repeat} fetches per page after 2 warm-ups (ms)")  # fmt: skip
-    _table(["page", "median", "p95", "max", "queries", "template", "KB"], rows)
+    bench.table(["page", "median", "p95", "max", "queries", "template", "KB"], rows)
     print(f"service peak RSS after the run: {rss:.0f} MB")
-    print("targets:")
     for name, _, p95, *_ in rows:
-        verdict = "PASS" if float(p95) < TARGET_MS else "FAIL"  # type: ignore[arg-type]
-        print(f"  {verdict}  {name}: p95 {float(p95):.0f} ms (target < {TARGET_MS:.0f} ms)")  # type: ignore[arg-type]
-    load_end = load_1m()
-    print(f"load average (1 min): {load_start:.2f} at start, {load_end:.2f} at end")
-    pairs = [f"households={args.households}", f"raw_rows={raw}", f"worst_p95_ms={worst:.0f}"]
-    pairs += [f"{str(r[0]).replace(' ', '_')}_p95_ms={float(r[2]):.0f}" for r in rows]  # type: ignore[arg-type]
-    pairs += [f"summary_first_s={first.seconds:.1f}", f"summary_incremental_s={second.seconds:.2f}"]
-    pairs += [
-        f"service_rss_mb={rss:.0f}",
-        f"load_start={load_start:.2f}",
-        f"load_end={load_end:.2f}",
-    ]
-    if load_start > CONTENDED_LOAD:
-        print(f"WARNING: load at start {load_start:.2f} > {CONTENDED_LOAD}: these figures measure "
-              "contention; rerun through /work/shared/tools/measure", file=sys.stderr)  # fmt: skip
-        pairs.append("warning=load_start_above_1.5:figures_measure_contention")
-    print(" ".join(pairs), flush=True)
+        bench.target(f"{name} p95", float(p95), "<=", TARGET_MS, "ms")  # type: ignore[arg-type]
+    figures: dict[str, object] = {
+        "households": args.households,
+        "raw_rows": raw,
+        "worst_p95_ms": f"{worst:.0f}",
+    }
+    figures.update({f"{str(r[0]).replace(' ', '_')}_p95_ms": f"{float(r[2]):.0f}" for r in rows})  # type: ignore[arg-type]
+    figures.update(
+        summary_first_s=f"{first.seconds:.1f}",
+        summary_incremental_s=f"{second.seconds:.2f}",
+        service_rss_mb=f"{rss:.0f}",
+    )
+    bench.finish(**figures)
     return 0 if worst < TARGET_MS else 1
 
 
