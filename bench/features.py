@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
-import resource
 import secrets
 import sys
 import time
@@ -43,15 +41,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet import (
-    DEFAULT_DAYS,
-    DEFAULT_HOUSEHOLDS,
-    Targets,
-    clone_fleet,
-    drop_database,
-    ensure_fleet,
-    with_db,
-)
+from bench._common import BASE_URL, Bench, drop_database, peak_rss_mb, with_db
+from bench.fleet import DEFAULT_DAYS, DEFAULT_HOUSEHOLDS, clone_fleet, ensure_fleet
 from features import distributed
 from features.engine import DEFAULT_CHUNK_USERS, Knowledge, compute_vectors, iter_chunk_results
 from features.rollups import refresh_rollups
@@ -59,7 +50,6 @@ from features.snapshots.materialize import materialize
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.migrate import migrate
 
-BASE_URL = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
 AS_OF = datetime(2026, 9, 1, tzinfo=UTC)
 DAYS = 90
 ZONES = ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "UTC"]
@@ -173,10 +163,6 @@ def synthesise(
     refresh_rollups(conn, full=True, database_url=url, jobs=2)
     conn.execute("VACUUM ANALYZE")  # visibility map and statistics (autovacuum in production)
     return rows
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def engine_pass(url: str, users: Sequence[str], as_of: datetime, knowledge: Knowledge) -> float:
@@ -365,7 +351,7 @@ def main() -> int:
     args = parser.parse_args()
     args.dask_figures = {}
     fleet = None if args.no_fleet else ensure_fleet(args.fleet_households, args.fleet_days)
-    targets = Targets()  # building a fleet is not measured
+    targets = Bench()  # building a fleet is not measured
     results, late_ratio, backfilled = synthetic_run(args)
     real = fleet_run(args) if fleet is not None else {}
     rss = peak_rss_mb()
@@ -391,11 +377,11 @@ def main() -> int:
             f"{real['raw_rows']:,.0f} raw readings (bench/fleet.py)"
         )
     print(f"peak RSS {rss:.0f} MB")
-    targets.check("synthetic users/s", synthetic_rate, ">=", 500, "users/s")
+    targets.target("synthetic users/s", synthetic_rate, ">=", 500, "users/s")
     if real:
-        targets.check("fleet users/s at as_of now", fleet_rate, ">=", 500, "users/s")
-        targets.check("fleet online batch", online_rate, ">=", 500, "users/s")
-    targets.check("late buckets recomputed / none late", late_ratio, "<=", 3.0, "x")
+        targets.target("fleet users/s at as_of now", fleet_rate, ">=", 500, "users/s")
+        targets.target("fleet online batch", online_rate, ">=", 500, "users/s")
+    targets.target("late buckets recomputed / none late", late_ratio, "<=", 3.0, "x")
     extra: dict[str, object] = {}
     if backfilled is not None:
         backfill_s, backfill_rss = backfilled
@@ -403,8 +389,8 @@ def main() -> int:
         print(f"backfill {n} users x {args.backfill_days} as_ofs "
               f"({args.backfill_processes} processes): {backfill_s:.1f}s, "
               f"{n * args.backfill_days / backfill_s:,.0f} snapshots/s")  # fmt: skip
-        targets.check("backfill / one as_of", ratio, "<=", BACKFILL_TARGET_RATIO, "x")
-        targets.check("backfill peak RSS", backfill_rss, "<=", BACKFILL_TARGET_RSS_MB, "MB")
+        targets.target("backfill / one as_of", ratio, "<=", BACKFILL_TARGET_RATIO, "x")
+        targets.target("backfill peak RSS", backfill_rss, "<=", BACKFILL_TARGET_RSS_MB, "MB")
         extra = {"backfill_s": f"{backfill_s:.1f}", "backfill_ratio": f"{ratio:.1f}"}
     targets.finish(
         users=n,

@@ -40,7 +40,7 @@ DEFAULT_DATABASE_URL = "postgresql://hearth:hearth@127.0.0.1:5432/hearth"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 
 DEFAULT_CONFIG_FILE = Path(".hearth/hearth.toml")
-API_SCOPES = frozenset({"features:read", "admin"})
+API_SCOPES = frozenset({"features:read", "scores:read", "admin"})
 
 
 class MqttEndpoint(BaseModel):
@@ -187,6 +187,8 @@ class Settings(BaseSettings):
     online_max_users: int = Field(default=1_000, ge=1)
     historical_max_rows: int = Field(default=100_000, ge=1)
     service_statement_timeout_ms: int = Field(default=30_000, ge=0)  # per SQL statement; 0 = off
+    # The model POST /v1/scores scores with (a `python -m features train` directory); unset: 503.
+    score_model: Path | None = None
     http_header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers
 
     retention_days: int = Field(default=90, ge=1)

@@ -19,8 +19,8 @@ from hearth.db import connect
 from hearth.errors import Invalid
 from hearth.settings import get_settings
 
-if TYPE_CHECKING:  # the report package is imported when the command runs (below)
-    from features.report.data import BatchComputer
+if TYPE_CHECKING:  # the report package is imported when a command runs (features.cli)
+    from features.report.data import BatchComputer, FeatureTable, GroundTruth
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,16 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("out/report"), help="output directory (created)"
     )
-    parser.add_argument(
-        "--features-source",
-        choices=("engine", "snapshots", "csv"),
-        default="engine",
-        help="engine: compute point-in-time now (default); snapshots: stored snapshots at the "
-        "application dates; csv: --features-file",
-    )
-    parser.add_argument(
-        "--features-file", type=Path, help="CSV of user_id + feature columns (csv source)"
-    )
+    add_source_arguments(parser)
     parser.add_argument(
         "--leaky-features-file",
         type=Path,
@@ -67,14 +58,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--model", choices=("logistic", "hgb"), default="logistic")
     parser.add_argument(
-        "--knowledge",
-        choices=("ingested", "event"),
-        default="ingested",
-        help="engine source: when a row counts as known at T. 'ingested' (default): ingested by "
-        "T, for live data; 'event': at its event time, for history replayed after the fact "
-        "(the simulator's fleet) — event time < T still holds, so nothing after T leaks",
-    )
-    parser.add_argument(
         "--test-share",
         type=float,
         default=0.3,
@@ -82,6 +65,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_cluster_arguments(parser)
     parser.set_defaults(func=run_report)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the features of a labelled set come from (``report`` and ``train``)."""
+    parser.add_argument(
+        "--features-source",
+        choices=("engine", "snapshots", "csv"),
+        default="engine",
+        help="engine: compute point-in-time now (default); snapshots: stored snapshots at the "
+        "application dates; csv: --features-file",
+    )
+    parser.add_argument(
+        "--features-file", type=Path, help="CSV of user_id + feature columns (csv source)"
+    )
+    parser.add_argument(
+        "--knowledge",
+        choices=("ingested", "event"),
+        default="ingested",
+        help="engine source: when a row counts as known at T. 'ingested' (default): ingested by "
+        "T, for live data; 'event': at its event time, for history replayed after the fact "
+        "(the simulator's fleet) — event time < T still holds, so nothing after T leaks",
+    )
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -94,7 +99,7 @@ def _progress(label: str) -> Callable[[int, int], None]:
 @contextlib.contextmanager
 def _engine_computer(args: argparse.Namespace) -> Iterator[BatchComputer | None]:
     """Where the engine's batches run: a Dask cluster when asked for, else None (here)."""
-    if not wants_cluster(args):
+    if args.features_source == "csv" or not wants_cluster(args):
         yield None
         return
     # Imported when a cluster is asked for: Dask's import costs about a second (features.cli).
@@ -109,6 +114,43 @@ def _engine_computer(args: argparse.Namespace) -> Iterator[BatchComputer | None]
         yield distributed.historical_runner(client, expect)
 
 
+def check_source_arguments(args: argparse.Namespace) -> None:
+    """Refuse a source without what it needs, before any work."""
+    if args.features_source == "csv" and args.features_file is None:
+        raise Invalid("--features-source csv needs --features-file FILE")
+
+
+def honest_features(
+    args: argparse.Namespace, truth: GroundTruth, compute: BatchComputer | None = None
+) -> FeatureTable:
+    """The features of the labelled set at each application date, from the chosen source
+    (``compute``: where the engine's batches run, default here)."""
+    # Imported when the command runs: scikit-learn takes seconds (features.cli).
+    from features.report import data
+
+    settings = get_settings()
+    url, read_url = settings.database_url, settings.database_read_url
+    if args.features_source == "csv":
+        honest = data.features_from_csv(args.features_file, truth.user_ids)
+    elif args.features_source == "engine":
+        honest = data.features_from_engine(
+            url,
+            data.application_rows(truth),
+            _progress("features at application"),
+            args.knowledge,
+            read_url=read_url,
+            compute=compute,
+        )
+    else:
+        honest = data.features_from_snapshots(url, data.application_rows(truth), read_url=read_url)
+    if not honest.scored.any():
+        raise Invalid(
+            f"no user in {args.ground_truth} has features from {honest.source} "
+            "(did the collector store their data, with consent?)"
+        )
+    return honest
+
+
 def run_report(args: argparse.Namespace) -> int:
     # Imported when the command runs: scikit-learn and matplotlib take seconds (features.cli).
     from features.report import data
@@ -117,46 +159,26 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not 0 < args.test_share < 1:
         raise Invalid("--test-share must be between 0 and 1")
-    if args.features_source == "csv" and args.features_file is None:
-        raise Invalid("--features-source csv needs --features-file FILE")
+    check_source_arguments(args)
     truth = data.load_ground_truth(args.ground_truth)
-    rows = data.application_rows(truth)
     leaky_rows = data.shifted_rows(truth, args.leaky_shift_days) if args.leaky_shift_days else []
     leaky: data.FeatureTable | None = None
-    if args.features_source == "csv":
-        honest = data.features_from_csv(args.features_file, truth.user_ids)
-        if args.leaky_features_file is not None:
-            leaky = data.features_from_csv(args.leaky_features_file, truth.user_ids)
-    else:
-        with _engine_computer(args) as compute:
+    with _engine_computer(args) as compute:
+        honest = honest_features(args, truth, compute)
+        if args.features_source == "csv":
+            if args.leaky_features_file is not None:
+                leaky = data.features_from_csv(args.leaky_features_file, truth.user_ids)
+        elif leaky_rows:
             settings = get_settings()
-            url, read_url = settings.database_url, settings.database_read_url
-            if args.features_source == "engine":
-                honest = data.features_from_engine(
-                    url,
-                    rows,
-                    _progress("features at application"),
-                    args.knowledge,
-                    read_url=read_url,
-                    compute=compute,
-                )
-            else:
-                honest = data.features_from_snapshots(url, rows, read_url=read_url)
-            if leaky_rows:
-                label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
-                leaky = data.features_from_engine(
-                    url,
-                    leaky_rows,
-                    _progress(label),
-                    args.knowledge,
-                    read_url=read_url,
-                    compute=compute,
-                )
-    if not honest.scored.any():
-        raise Invalid(
-            f"no user in {args.ground_truth} has features from {honest.source} "
-            "(did the collector store their data, with consent?)"
-        )
+            label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
+            leaky = data.features_from_engine(
+                settings.database_url,
+                leaky_rows,
+                _progress(label),
+                args.knowledge,
+                read_url=settings.database_read_url,
+                compute=compute,
+            )
     try:
         report, fitted, plots = build_report(
             truth,

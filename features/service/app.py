@@ -21,6 +21,7 @@ from datetime import timedelta
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from features.book.scoring import ScoringModel
 from features.service.auth import TokenAuthenticator, auth_middleware
 from features.service.cache import ConsentListener, VectorCache
 from features.service.console.app import setup_console
@@ -42,7 +43,7 @@ from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
 from features.service.tabular import warm_up
 from hearth.db import AsyncConn, Conn
-from hearth.errors import Unavailable
+from hearth.errors import ConfigError, Unavailable
 from hearth.settings import Settings
 
 log = logging.getLogger("features.service")
@@ -107,6 +108,7 @@ def _service_state(
         metrics=metrics,
         openapi_json=json.dumps(build_openapi(ENDPOINTS)),
         primary_pool=primary_pool,
+        book_model=_book_model(settings),
     )
 
 
@@ -119,6 +121,27 @@ def _replica_gate(settings: Settings) -> tuple[AsyncConnectionPool | None, Repli
         settings.database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
     )
     return pool, ReplicaGate(pool, settings.replica_max_wait_s)
+
+
+def _book_model(settings: Settings) -> ScoringModel | None:
+    """The model of ``HEARTH_SCORE_MODEL``; one that may not be loaded stops the service
+    (exit 78) rather than serve without it."""
+    if settings.score_model is None:
+        return None
+    # Imported only when a model is configured: scikit-learn and skops take seconds to import,
+    # which every service start would otherwise pay.
+    from features.book.model import ModelRefused, load_model
+
+    try:
+        model = load_model(settings.score_model)
+    except ModelRefused as exc:
+        raise ConfigError(f"HEARTH_SCORE_MODEL: {exc.message}") from None
+    log.info(
+        "event=score_model_loaded model_version=%s feature_set_version=%s",
+        model.model_version,
+        model.feature_set_version,
+    )
+    return model
 
 
 def _pools(

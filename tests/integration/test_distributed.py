@@ -57,12 +57,12 @@ def client(population: tuple[str, list[str]]) -> Iterator[Client]:
         yield c
 
 
-def _snapshots(conn: psycopg.Connection) -> list[tuple[str, str]]:
+def _snapshots(conn: psycopg.Connection) -> list[tuple[object, ...]]:
     rows = conn.execute(
-        "SELECT user_id, vector::text FROM feature_snapshots WHERE as_of = %s ORDER BY user_id",
+        "SELECT user_id, vals, covs, withheld FROM feature_snapshots WHERE as_of = %s ORDER BY 1",
         (AS_OF,),
     ).fetchall()
-    return [(str(u), str(v)) for u, v in rows]
+    return [tuple(r) for r in rows]  # packed bytes: equal only if bit for bit
 
 
 def _on_cluster(client: Client, url: str, users: list[str]) -> MaterializeResult:

@@ -86,12 +86,12 @@ def paused(urls: tuple[str, str, list[str]]) -> Iterator[psycopg.Connection]:
             replica.execute("SELECT pg_wal_replay_resume()")
 
 
-def _snapshots(conn: psycopg.Connection, as_of: datetime) -> list[tuple[str, str]]:
+def _snapshots(conn: psycopg.Connection, as_of: datetime) -> list[tuple[object, ...]]:
     rows = conn.execute(
-        "SELECT user_id, vector::text FROM feature_snapshots WHERE as_of = %s ORDER BY 1",
+        "SELECT user_id, vals, covs, withheld FROM feature_snapshots WHERE as_of = %s ORDER BY 1",
         (as_of,),
     ).fetchall()
-    return [(str(u), str(v)) for u, v in rows]
+    return [tuple(r) for r in rows]  # packed bytes: equal only if bit for bit
 
 
 def _materialize(primary_url: str, users: list[str], as_of: datetime, read_url: str | None) -> None:
