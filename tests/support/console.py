@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from features.book import score_log
+from features.book.score_log import LogRow
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
 from features.report.stats import psi
 from features.service.console.render import exact, key_part
@@ -220,6 +222,20 @@ def seed(conn: Conn) -> Seeded:
         for as_of, shifted in ((reference, False), (latest, True)):
             seed_snapshot(conn, user, as_of, FEATURE_SET_VERSION, _vector(i, shifted))
     seed_snapshot(conn, s.population[0], reference, "fs-old000000", {})  # another feature set
+
+    # Scores in the log (the book, migration 0075): alice scored twice, dave once (erased below).
+    score_log.append(
+        conn,
+        [
+            LogRow(user, latest, "model-1", FEATURE_SET_VERSION, points, probability,
+                   [{"feature": DEFINITIONS[0].name, "text": "why", "points": -7}],
+                   "cli:test", channel)
+            for user, points, probability, channel in (
+                (s.alice, 612, 0.0375, "batch"), (s.alice, 640, 0.021, "online"),
+                (s.dave, 580, 0.08, "batch"),
+            )
+        ],
+    )  # fmt: skip
 
     # Consent changes that purge: bob withdraws energy; dave is erased; alice's router retires.
     admin.withdraw_consent(conn, user_id=s.bob, category=Category.ENERGY)
@@ -702,6 +718,15 @@ def person(conn: Conn, user_id: str) -> Numbers:
             value = c["value"]  # JSONB gives 7 for the float64 7.0
             out[f"person.vector.{key_part(name)}.value"] = None if value is None else float(value)
             out[f"person.vector.{key_part(name)}.coverage"] = float(c["coverage"])
+    scored = conn.execute(
+        "SELECT scored_at, points, probability FROM score_log WHERE user_id = %s "
+        "ORDER BY scored_at DESC",
+        (user_id,),
+    ).fetchall()
+    for i, (scored_at, points, probability) in enumerate(scored, start=1):
+        out[f"person.scores.{i}.scored_at"] = scored_at
+        out[f"person.scores.{i}.score"] = points
+        out[f"person.scores.{i}.probability"] = probability
     for audit_id, at, details in conn.execute(
         "SELECT id, at, details FROM audit_log WHERE subject_ref = %s",
         (admin.audit_subject(user_id),),

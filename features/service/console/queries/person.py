@@ -12,6 +12,7 @@ from datetime import datetime
 
 from psycopg import sql
 
+from features.book.score_log import read_scores
 from features.catalogue import DEFINITIONS
 from features.engine import FeatureVector
 from features.service.console.queries.common import Row, rows
@@ -22,6 +23,7 @@ from hearth.admin.purge import table_ident, user_tables
 from hearth.db import Conn
 from hearth.errors import ConfigError
 from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
+from hearth.times import parse_rfc3339
 
 SEARCH_LIMIT = 20
 _REGISTRY = ("users", "devices", "consent_events", "consent_state")  # shown as such above
@@ -200,13 +202,26 @@ def latest_vector(conn: Conn, user_id: str, version: str, latest: datetime) -> V
     )
 
 
+SCORES_SHOWN = 20  # the newest of a user's scores on the page
+
+
 def scores(conn: Conn, user_id: str) -> list[Row]:
-    """The user's scores from the score log, newest first: none yet. The score log (batch and
-    online scores with reason codes and model versions, docs/invariants.md#10) arrives with a
-    later issue; its query goes here, returning rows with ``scored_at``, ``score``,
-    ``model_version``, ``feature_set_version`` and ``reasons``, and the page lists them."""
-    del conn, user_id
-    return []
+    """The user's newest scores, as the score log keeps them (migration 0075, read by
+    :func:`features.book.score_log.read_scores`, as ``GET /v1/users/{id}/scores`` does): when,
+    the points and probability, model and feature set, and the reason codes (feature, text,
+    points: never the applicant's values)."""
+    return [
+        {
+            "scored_at": parse_rfc3339(str(e["scored_at"])),
+            "score": int(e["points"]),
+            "probability": float(e["probability"]),
+            "model_version": str(e["model_version"]),
+            "feature_set_version": str(e["feature_set_version"]),
+            "channel": str(e["channel"]),
+            "reasons": [f"{r['text']} ({int(r['points']):+d})" for r in e["reasons"]],
+        }
+        for e in read_scores(conn, user_id, limit=SCORES_SHOWN)
+    ]
 
 
 def audit(conn: Conn, user_id: str) -> list[Row] | None:
