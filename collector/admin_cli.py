@@ -32,7 +32,7 @@ from collector.retention import run_retention
 from hearth import admin
 from hearth.admin import PurgeReport
 from hearth.db import Conn, connect
-from hearth.errors import ConfigError, Invalid, NotFound
+from hearth.errors import ConfigError, Invalid
 from hearth.formats import FORMATS
 from hearth.ledger import PURPOSES
 from hearth.settings import get_settings
@@ -105,25 +105,13 @@ def _report_even_if_incomplete() -> Iterator[None]:
 # --- users -----------------------------------------------------------------------------------
 
 
-def _export(conn: Conn, user_id: str) -> dict[str, object]:
-    """Everything held about a user; for an erased one, "nothing held" and the erasure's audit
-    reference (how an operator verifies an erasure without the log naming anybody)."""
-    try:
-        return admin.export_user(conn, user_id)
-    except NotFound:
-        erased = admin.erasure_record(conn, user_id)
-        if erased is None:
-            raise
-        return erased
-
-
 def cmd_users(args: argparse.Namespace) -> int:
     with _connect() as conn:
         if args.action == "add":
             admin.add_user(conn, args.user_id, args.tz or "UTC")
             _emit({"user_id": args.user_id, "tz": args.tz or "UTC"})
         elif args.action == "export":
-            print(json.dumps(_export(conn, args.user_id), indent=2, default=str))
+            print(admin.export_text(conn, args.user_id))
         else:
             with _report_even_if_incomplete():
                 _emit(admin.erase_user(conn, args.user_id).to_json())

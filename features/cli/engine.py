@@ -16,6 +16,7 @@ from typing import TypedDict
 
 from features.engine import DEFAULT_CHUNK_USERS, as_of_problem, latest_as_of
 from features.rollups import DEFAULT_JOBS, refresh_rollups, rollup_progress
+from features.service.console.summary import refresh_console_summaries
 from features.snapshots.materialize import MaterializeResult, as_of_range, backfill, materialize
 from hearth.db import Conn, connect
 from hearth.errors import Invalid
@@ -60,7 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser(
         "rollup",
         help="refresh hourly rollups from newly ingested rows",
-        description="Recompute the hourly buckets touched by rows ingested since the watermark.",
+        description="Recompute the hourly buckets touched by rows ingested since the watermark, "
+        "then the operator console's summary tables (ingest per minute, devices' last readings).",
     )
     r.add_argument("--loop", type=float, metavar="SECONDS", help="run every SECONDS until SIGTERM")
     r.add_argument(
@@ -249,13 +251,15 @@ def _rollup(args: argparse.Namespace) -> int:
                 result = refresh_rollups(
                     conn, full=full, database_url=url, jobs=args.jobs, progress=progress
                 )
+            console = refresh_console_summaries(conn, full=full)  # the console's summaries
             full = False  # a rebuild once, then incremental
             print(
                 f"numeric_buckets={result.numeric_buckets} "
                 f"categorical_buckets={result.categorical_buckets} "
                 f"rows={result.rows} readings={result.readings} "
                 f"readings_per_s={result.readings_per_s:.0f} "
-                f"watermark={result.watermark.isoformat()} seconds={result.seconds:.2f}",
+                f"watermark={result.watermark.isoformat()} seconds={result.seconds:.2f} "
+                f"console_minutes={console.minutes} console_seconds={console.seconds:.2f}",
                 flush=True,
             )
             if args.loop is None or stop.wait(args.loop):

@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from features.book.scoring import ScoringModel
 from features.service.auth import TokenAuthenticator, auth_middleware
 from features.service.cache import ConsentListener, VectorCache
+from features.service.console.app import setup_console
 from features.service.errors import error_middleware
 from features.service.handlers.features import historical_max_body
 from features.service.header_timeout import HeaderTimeoutRunner
@@ -75,6 +76,7 @@ def create_app(
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, ep.handler, name=ep.operation_id)
     app.cleanup_ctx.append(_lifecycle)
+    setup_console(app, settings)  # /console/: the operator's console, its own cookie login
     return app
 
 

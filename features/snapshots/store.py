@@ -20,7 +20,15 @@ import numpy.typing as npt
 
 from features.catalogue import FEATURE_SET_VERSION
 from features.engine import FeatureVector
-from features.snapshots.codec import LAYOUT, STORED, Layout, PackedVector, decode_vector
+from features.snapshots.codec import (
+    F64,
+    LAYOUT,
+    STORED,
+    Layout,
+    PackedVector,
+    decode_vector,
+    unpack,
+)
 from hearth.db import Conn
 from hearth.ledger import GATE_DERIVED, gate_sql, withdrawn_categories_sql
 
@@ -195,3 +203,23 @@ def _from_row(user_id: str, version: str, row: Sequence[object], layout: Layout)
     assert isinstance(as_of, datetime) and isinstance(computed_at, datetime)
     packed = PackedVector(bytes(vals), bytes(covs), str(withheld))  # type: ignore[call-overload]
     return decode_vector(user_id, as_of, version, computed_at, packed, layout)
+
+
+def date_matrices(
+    conn: Conn, as_of: datetime, version: str = FEATURE_SET_VERSION
+) -> tuple[Layout, F64, F64]:
+    """Every snapshot of ``version`` on ``as_of`` as ``version``'s layout and the values and
+    coverage matrices [snapshots, features] (NaN = null; rows in no particular order), in one
+    statement: a date's distributions (the console's coverage and PSI)."""
+    rows = conn.execute(
+        "SELECT vals, covs FROM feature_snapshots WHERE feature_set_version = %s AND as_of = %s",
+        (version, as_of),
+        binary=True,
+    ).fetchall()
+    layout = layout_for(conn, version)
+    packed = [PackedVector(bytes(v), bytes(c)) for v, c in rows]  # type: ignore[call-overload]
+    if not packed:
+        empty = np.empty((0, layout.width))
+        return layout, empty, empty.copy()
+    values, coverage = unpack(packed, layout)
+    return layout, values, coverage

@@ -34,7 +34,7 @@ from hearth.admin.devices import (
     retire_device,
     revoke_broker_accounts,
 )
-from hearth.admin.privacy import erase_user, export_user
+from hearth.admin.privacy import erase_user, export_document, export_text, export_user
 from hearth.admin.purge import PurgeIncomplete, PurgeReport, purge_category_rows
 from hearth.admin.users import add_user
 from hearth.ledger import ConsentEvent
@@ -51,6 +51,8 @@ __all__ = [
     "erase_user",
     "erasure_record",
     "evidence_hash",
+    "export_document",
+    "export_text",
     "export_user",
     "grant_consent",
     "list_devices",

@@ -10,6 +10,7 @@ INGEST gate, the second deletes and verifies under the DERIVED gate.
 from __future__ import annotations
 
 import base64
+import json
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,13 +20,14 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from hearth import ledger
-from hearth.admin.audit import audit_subject
+from hearth.admin.audit import audit_subject, erasure_record
 from hearth.admin.common import atomic
 from hearth.admin.devices import DeviceInfo, list_devices, revoke_broker_accounts
 from hearth.admin.purge import PurgeReport, count_rows, table_ident, user_row_filters
 from hearth.admin.users import require_user, unknown_user
 from hearth.broker import BrokerAccounts
 from hearth.db import Conn
+from hearth.errors import NotFound
 from hearth.ledger import GATE_DERIVED, GATE_INGEST, gate_sql, notify_consent
 
 
@@ -95,6 +97,24 @@ def export_user(conn: Conn, user_id: str) -> dict[str, object]:
         "audit": audit,
         "exported_at": datetime.now().astimezone().isoformat(),
     }
+
+
+def export_document(conn: Conn, user_id: str) -> dict[str, object]:
+    """What data-subject access hands out (``collector users export``, the console's
+    download): :func:`export_user`, or for an erased user "nothing held" and the erasure's
+    audit reference (how an operator verifies an erasure without the log naming anybody)."""
+    try:
+        return export_user(conn, user_id)
+    except NotFound:
+        erased = erasure_record(conn, user_id)
+        if erased is None:
+            raise
+        return erased
+
+
+def export_text(conn: Conn, user_id: str) -> str:
+    """:func:`export_document` as the JSON text ``collector users export`` prints."""
+    return json.dumps(export_document(conn, user_id), indent=2, default=str)
 
 
 def _erase_rows(conn: Conn, user_id: str, device_ids: list[str]) -> dict[str, int]:

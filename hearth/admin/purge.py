@@ -116,18 +116,21 @@ def user_tables(conn: Conn) -> dict[str, set[str]]:
     """Every base table of the database (schema-qualified) → its column names.
 
     Hypertable chunks (in TimescaleDB's internal schemas) are left out: deleting from the
-    hypertable reaches them.
+    hypertable reaches them. Read from the catalogue itself (``pg_class``, ``pg_attribute``:
+    ordinary and partitioned tables, live columns), not ``information_schema``, whose views
+    take tens of milliseconds to answer the same.
     """
     rows = conn.execute(
         """
-        SELECT c.table_schema, c.table_name, c.column_name
-          FROM information_schema.columns c
-          JOIN information_schema.tables t USING (table_schema, table_name)
-         WHERE t.table_type = 'BASE TABLE'
-           AND c.table_schema <> ALL (%s)
-           AND c.table_schema NOT LIKE '\\_timescaledb%%'
-           AND c.table_schema NOT LIKE 'timescaledb%%'
-           AND c.table_schema NOT LIKE 'pg\\_%%'
+        SELECT n.nspname, c.relname, a.attname
+          FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE c.relkind IN ('r', 'p')
+           AND n.nspname <> ALL (%s)
+           AND n.nspname NOT LIKE '\\_timescaledb%%'
+           AND n.nspname NOT LIKE 'timescaledb%%'
+           AND n.nspname NOT LIKE 'pg\\_%%'
         """,
         (list(_SKIP_SCHEMAS),),
     ).fetchall()

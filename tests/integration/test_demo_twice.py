@@ -69,6 +69,11 @@ def test_small_demo_runs_twice_with_the_same_seed(database_url: str, tmp_path: P
                 or "users" in (report["model_skipped_reason"])
             )
             assert "Model: not trained" in (out / "report" / "report.html").read_text()
+        # Each run ends with the operator console's URL and an admin token of its own.
+        tokens = [re.search(r"HEARTH_API_TOKENS='([^=']+)=admin'", p.stdout) for _, p in runs]
+        assert all(t is not None and len(t.group(1)) >= 16 for t in tokens)
+        assert tokens[0].group(1) != tokens[1].group(1)  # type: ignore[union-attr]
+        assert all(re.search(r"open http://[^ ]+:\d+/console/", p.stdout) for _, p in runs)
         first, second = (
             [json.loads(line) for line in (out / "sim" / "registered_devices.jsonl").open()]
             for out, _ in runs
