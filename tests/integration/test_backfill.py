@@ -240,3 +240,9 @@ def test_materialize_command_backfills_a_range(fleet: str) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "before --from" in bad.stderr
+    on_dask = subprocess.run(
+        [sys.executable, "-m", "features", "materialize", "--from", "2026-06-01",
+         "--to", "2026-06-04", "--workers", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert on_dask.returncode == 2 and "--processes" in on_dask.stderr
