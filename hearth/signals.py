@@ -18,7 +18,9 @@ from typing import Literal
 
 class Category(StrEnum):
     """Consent scopes (docs/invariants.md, data categories). Location needs its own toggle
-    (PIPL Art. 28)."""
+    (PIPL Art. 28). ``relationships`` holds no signal of its own: it gates links between users
+    derived from the networks and homes they share (docs/invariants.md#9), its own toggle
+    because one person's data then shapes another person's features."""
 
     LOCATION = "location"
     CONNECTIVITY = "connectivity"
@@ -27,6 +29,7 @@ class Category(StrEnum):
     PRESENCE = "presence"
     CLIMATE = "climate"
     USAGE = "usage"
+    RELATIONSHIPS = "relationships"
 
 
 PURPOSE_CREDIT_SCORING = "credit_scoring"
@@ -196,7 +199,8 @@ def signal(name: str) -> Signal:
 
 
 def stored_signals(category: Category) -> list[str]:
-    """Names of the signals written to disk for a category (what a purge deletes)."""
+    """Names of the signals written to disk for a category (what a purge deletes); none for
+    ``relationships``, which only gates links derived from other categories."""
     return [s.name for s in SIGNALS.values() if s.category is category and s.kind != "raw"]
 
 
