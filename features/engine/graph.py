@@ -1,0 +1,386 @@
+"""The household graph of a chunk of users as of T: who saw the networks they saw, and when.
+
+A chunk needs its users' neighbours' network sightings, never their features: for every home or
+daytime network (:mod:`features.catalogue.library.sightings`) a chunk user saw, the other
+people whose devices saw it too, on which of the user's local nights and weekdays. Point in time
+exactly as the engine (docs/invariants.md#8), and both ends consented (#9):
+
+* the chunk users' own sightings come from the chunk's loaded bins (event time < T, ingested
+  ≤ T, their categories consented at T and not withdrawn since);
+* the other people's come from the categorical rollups through the index on (signal, value,
+  bucket) (migration 0071): a rollup row is used as is when its bucket ended by T and every raw
+  row in it was ingested by T; any other bucket, and any with raw rows newer than the rollup
+  watermark, is recomputed from raw rows with time < T and ingested_at ≤ T with the rollup
+  job's own aggregate (features.rollups), exactly as the chunk's own bins are;
+* a person counts only if consented at T to ``relationships`` and to the key's category
+  (connectivity for a Wi-Fi access point, location for a geohash) and has not withdrawn either
+  since (hearth.ledger: the engine's rule for every category).
+
+Cost: one index range per network a chunk user saw, so the work grows with the chunk's users
+and their neighbours, not with the fleet. A network with more than :data:`ROW_CAP` hourly
+sightings in the 90-day grid is not read further and links nobody (a public network; the guard
+counts sightings, never who made them, and can only remove links).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+
+from features.catalogue.library.base import Chunk
+from features.catalogue.library.sightings import (
+    MAX_HOME_PEOPLE,
+    MAX_WORK_PEOPLE,
+    NETWORK_SIGNALS,
+    NIGHT_HOURS,
+    WIFI_SIGNAL,
+    WORK_HOURS,
+    WORK_WEEKDAYS,
+    Sightings,
+)
+from features.engine.as_of import Knowledge, known_by
+from features.engine.grid import grid_bounds
+from features.rollups import CATEGORICAL_AGGREGATE_FROM
+from hearth import ledger
+from hearth.db import Conn
+from hearth.signals import Category
+
+ROW_CAP = 20_000  # hourly sightings of one network in the 90-day grid beyond which it is public
+
+_SIGNALS_SQL = ", ".join(f"'{s}'" for s in NETWORK_SIGNALS)
+_NIGHT_SQL = ", ".join(str(h) for h in NIGHT_HOURS)
+_WORK_SQL = ", ".join(str(h) for h in WORK_HOURS)
+_WEEKDAYS_SQL = ", ".join(str(d + 1) for d in WORK_WEEKDAYS)  # isodow: Monday = 1
+
+# Other people's rollup rows of the chunk's keys. ``k``: one row per (key, zone of its owners);
+# nights and days come back as offsets from ``base``, the owners' first local grid day. Rows not
+# usable as is (``stale``) come back as (device, bucket) to recompute from raw.
+_NEIGHBOURS_SQL = f"""
+    WITH k AS MATERIALIZED (
+        SELECT * FROM unnest(%(k_idx)s::int4[], %(k_signal)s::text[], %(k_value)s::text[],
+                             %(k_tz)s::text[], %(k_base)s::date[])
+                      AS k(idx, signal, value, tz, base)),
+    x AS MATERIALIZED (
+        SELECT * FROM unnest(%(x_device)s::text[], %(x_signal)s::text[],
+                             %(x_bucket)s::timestamptz[]) AS x(device_id, signal, bucket)),
+    r AS MATERIALIZED (
+        SELECT k.idx, k.base, s.user_id, s.device_id, s.bucket,
+               s.bucket AT TIME ZONE k.tz AS local,
+               s.stale OR EXISTS (SELECT 1 FROM x WHERE x.device_id = s.device_id
+                                     AND x.signal = k.signal AND x.bucket = s.bucket) AS stale
+          FROM k CROSS JOIN LATERAL (
+               SELECT b.user_id, b.device_id, b.bucket,
+                      (b.max_ingested_at > %(known_by)s
+                       OR b.bucket + INTERVAL '1 hour' > %(as_of)s) AS stale
+                 FROM rollup_categorical_hourly b
+                WHERE b.signal IN ({_SIGNALS_SQL}) AND b.signal = k.signal
+                  AND b.value = k.value AND b.bucket >= %(start)s AND b.bucket < %(as_of)s
+                  AND b.user_id <> ALL(%(users)s::text[])
+                LIMIT %(cap)s) s)
+    SELECT idx, user_id, count(*)::int8,
+           array_agg(DISTINCT ((local - INTERVAL '12 hours')::date - base))
+               FILTER (WHERE NOT stale AND extract(hour FROM local) IN ({_NIGHT_SQL})),
+           array_agg(DISTINCT (local::date - base))
+               FILTER (WHERE NOT stale AND extract(hour FROM local) IN ({_WORK_SQL})
+                       AND extract(isodow FROM local) IN ({_WEEKDAYS_SQL})),
+           array_agg(device_id) FILTER (WHERE stale),
+           array_agg(bucket) FILTER (WHERE stale)
+      FROM r GROUP BY idx, user_id
+"""
+
+# Buckets of other people's raw rows the rollups have not seen yet (ingested after the
+# watermark) but known at T, holding one of the keys. Only needed when the watermark is before T.
+_NEW_RAW_SQL = f"""
+    SELECT DISTINCT r.device_id, r.signal, time_bucket(INTERVAL '1 hour', r.time)
+      FROM categorical_readings r
+      JOIN unnest(%(k_signal)s::text[], %(k_value)s::text[]) AS k(signal, value)
+        ON r.signal = k.signal AND r.value = k.value
+     WHERE r.ingested_at > %(watermark)s AND r.ingested_at <= %(known_by)s
+       AND r.signal IN ({_SIGNALS_SQL})
+       AND r.time >= %(start)s AND r.time < %(as_of)s
+       AND r.user_id <> ALL(%(users)s::text[])
+"""
+
+# Those buckets "as they were at T": the rollup job's dominant value over raw rows with time < T
+# and ingested_at ≤ T.
+_RECOMPUTE_SQL = f"""
+    WITH s AS (SELECT * FROM unnest(%(s_device)s::text[], %(s_signal)s::text[],
+                                    %(s_bucket)s::timestamptz[]) AS s(device_id, signal, bucket))
+    SELECT b.user_id, b.signal, b.bucket, b.value
+      FROM s CROSS JOIN LATERAL ({
+    CATEGORICAL_AGGREGATE_FROM.format(
+        source="categorical_readings r",
+        where='''WHERE r.device_id = s.device_id AND r.signal = s.signal
+                   AND r.time >= s.bucket AND r.time < s.bucket + INTERVAL '1 hour'
+                   AND r.time < %(as_of)s AND r.ingested_at <= %(known_by)s''',
+    )
+}) b
+"""
+
+
+def _zone(tz: str) -> ZoneInfo:
+    """The user's zone; an unknown one is UTC (as the engine's local grid does)."""
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+class _Rows:
+    """Sighting rows being collected: (owner, person, key, slot, night)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, ...]] = []
+
+    def add(self, owner: object, person: object, key: object, slot: object, night: object) -> None:
+        arrays = [np.atleast_1d(np.asarray(a)) for a in (owner, person, key, slot)]
+        n = 0 if min(a.size for a in arrays) == 0 else max(a.size for a in arrays)
+        arrays = [np.broadcast_to(a, (n,)).astype(np.int64) for a in arrays]
+        flags = np.broadcast_to(np.atleast_1d(np.asarray(night, dtype=bool)), (n,))
+        self.parts.append((*arrays, flags.copy()))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        if not self.parts:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, z, z, np.zeros(0, dtype=bool)
+        cols = [np.concatenate([p[i] for p in self.parts]) for i in range(5)]
+        # One row per (owner, person, key, slot, kind).
+        code = np.stack([*cols[:4], cols[4].astype(np.int64)], axis=1)
+        unique = np.unique(code, axis=0)
+        return (*(unique[:, i] for i in range(4)), unique[:, 4].astype(bool))
+
+
+def _own_sightings(
+    chunk: Chunk, eligible: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The chunk users' own sightings from the loaded bins: (owner, signal index, value code,
+    slot, night) of the eligible users' night and weekday working-hours network bins."""
+    cat, grid = chunk.categorical, chunk.grid
+    sid = {chunk.signal_index[name]: name for name in NETWORK_SIGNALS}
+    wifi = chunk.signal_index[WIFI_SIGNAL]
+    m = np.isin(cat.s, list(sid))
+    if eligible.size:
+        m &= eligible[cat.u]
+    u, h, s, code = cat.u[m], cat.h[m], cat.s[m], cat.code[m]
+    hod = np.floor(grid.tod[u, h]).astype(np.int64) % 24
+    day = grid.day[u, h].astype(np.int64)
+    night = np.isin(hod, NIGHT_HOURS)
+    work = np.isin(hod, WORK_HOURS) & np.isin(grid.weekday[u, h], WORK_WEEKDAYS) & (s == wifi)
+    keep = night | work
+    slot = np.where(night, day - (hod < 12), day)
+    return u[keep], s[keep], code[keep], slot[keep], night[keep]
+
+
+def load_sightings(
+    conn: Conn,
+    users: Sequence[str],
+    tzs: Sequence[str],
+    chunk: Chunk,
+    as_of: datetime,
+    watermark: datetime | None,
+    knowledge: Knowledge = Knowledge.INGESTED,
+) -> Sightings:
+    """The shared-network sightings of ``users`` (the chunk's, in order) as of ``as_of``."""
+    U = len(users)
+    eligible = chunk.consented.get(Category.RELATIONSHIPS, np.zeros(U, dtype=bool))
+    if U == 0 or not eligible.any():
+        return Sightings.empty(U, tuple(users))
+    start, _, _ = grid_bounds(as_of)
+    zones = [_zone(tz) for tz in tzs]
+    base = [start.astimezone(z).date() for z in zones]
+    base_ord = np.array([b.toordinal() for b in base], dtype=np.int64)
+
+    owner, sig, code, slot, night = _own_sightings(chunk, eligible)
+    sig_names = {chunk.signal_index[name]: name for name in NETWORK_SIGNALS}
+    key_code, key_of_row = np.unique(sig * (len(chunk.categorical_values) + 1) + code,
+                                     return_inverse=True)  # fmt: skip
+    key_of_row = key_of_row.ravel()
+    n_values = len(chunk.categorical_values) + 1
+    keys = [
+        (sig_names[int(kc // n_values)], chunk.categorical_values[int(kc % n_values)])
+        for kc in key_code
+    ]
+    K = len(keys)
+    rows = _Rows()
+    rows.add(owner, owner, key_of_row, slot, night)
+    _chunk_pairs(rows, owner, key_of_row, slot, night, base_ord)
+
+    # Other people: one query entry per (key, zone of an owner that saw it).
+    entries: dict[tuple[int, str], date] = {}
+    owners_of: dict[tuple[int, str], list[int]] = {}
+    for k, u in sorted(set(zip(key_of_row.tolist(), owner.tolist(), strict=True))):
+        tz = zones[u].key
+        entries.setdefault((k, tz), base[u])
+        owners_of.setdefault((k, tz), []).append(u)
+    entry_list = sorted(entries)
+    params: dict[str, object] = {
+        "k_idx": list(range(len(entry_list))),
+        "k_signal": [keys[k][0] for k, _ in entry_list],
+        "k_value": [keys[k][1] for k, _ in entry_list],
+        "k_tz": [tz for _, tz in entry_list],
+        "k_base": [entries[e] for e in entry_list],
+        "users": list(users),
+        "start": start,
+        "as_of": as_of,
+        "known_by": known_by(as_of, knowledge),
+        "watermark": watermark or "-infinity",
+        "cap": ROW_CAP,
+    }
+    fresh: list[tuple[object, ...]] = []
+    if watermark is None or watermark < as_of or knowledge is Knowledge.EVENT:
+        fresh = conn.execute(_NEW_RAW_SQL, params).fetchall()
+    params.update(
+        x_device=[str(r[0]) for r in fresh],
+        x_signal=[str(r[1]) for r in fresh],
+        x_bucket=[r[2] for r in fresh],
+    )
+    found = conn.execute(_NEIGHBOURS_SQL, params).fetchall()
+
+    sightings: dict[tuple[int, str], list[tuple[int, bool]]] = {}  # (entry, user) → slots
+    sightings_rows = np.zeros(len(entry_list), dtype=np.int64)
+    stale: set[tuple[str, str, datetime]] = set()
+    for device, signal_name, bucket in fresh:
+        assert isinstance(bucket, datetime)
+        stale.add((str(device), str(signal_name), bucket))
+    for idx, user, n, nights, days, stale_devices, stale_buckets in found:
+        assert isinstance(idx, int) and isinstance(n, int)
+        assert isinstance(nights, list | None) and isinstance(days, list | None)
+        assert isinstance(stale_devices, list | None) and isinstance(stale_buckets, list | None)
+        sightings_rows[idx] += n
+        slots = sightings.setdefault((idx, str(user)), [])
+        slots.extend((int(t), True) for t in nights or ())
+        slots.extend((int(t), False) for t in days or ())
+        signal = params["k_signal"][idx]  # type: ignore[index]
+        for device, bucket in zip(stale_devices or (), stale_buckets or (), strict=True):
+            assert isinstance(bucket, datetime)
+            stale.add((str(device), str(signal), bucket))
+    _recomputed(conn, params, stale, entry_list, keys, zones, owners_of, base, sightings)
+
+    capped = {entry_list[i][0] for i in np.flatnonzero(sightings_rows >= ROW_CAP)}
+    others = sorted({user for (_, user) in sightings})
+    consent = _linkable(conn, others, as_of)
+    people = list(users) + [u for u in others if consent.get(u)]
+    person_of = {u: i for i, u in enumerate(people)}
+    for (idx, user), slots in sorted(sightings.items()):
+        k, tz = entry_list[idx]
+        if k in capped or user not in person_of or NETWORK_SIGNALS[keys[k][0]] not in consent[user]:
+            continue
+        ts = np.array([t for t, _ in slots], dtype=np.int64)
+        flags = np.array([f for _, f in slots], dtype=bool)
+        for u in owners_of[(k, tz)]:
+            rows.add(u, person_of[user], k, ts, flags)
+
+    o, p, k_, t, nt = rows.arrays()
+    key_wifi = np.array([name == WIFI_SIGNAL for name, _ in keys], dtype=bool)
+    key_home, key_work = _uncrowded(K, k_, p, nt, capped)
+    return Sightings(
+        n_users=U,
+        owner=o,
+        person=p,
+        key=k_,
+        slot=t,
+        night=nt,
+        key_wifi=key_wifi,
+        key_home=key_home,
+        key_work=key_work,
+        people=tuple(people),
+    )
+
+
+def _chunk_pairs(
+    rows: _Rows,
+    owner: np.ndarray,
+    key: np.ndarray,
+    slot: np.ndarray,
+    night: np.ndarray,
+    base_ord: np.ndarray,
+) -> None:
+    """Chunk users who saw a common key: each one's sightings in the other's calendar."""
+    pairs = np.unique(np.stack([key, owner], axis=1), axis=0) if key.size else np.zeros((0, 2))
+    keys, counts = np.unique(pairs[:, 0], return_counts=True) if pairs.size else ((), ())
+    for k in (int(k) for k, c in zip(keys, counts, strict=True) if c > 1):
+        on_key = key == k
+        who = np.unique(owner[on_key])
+        for v in who.tolist():
+            mine = on_key & (owner == v)
+            for u in who.tolist():
+                if u != v:
+                    rows.add(u, v, k, slot[mine] + base_ord[v] - base_ord[u], night[mine])
+
+
+def _recomputed(
+    conn: Conn,
+    params: dict[str, object],
+    stale: set[tuple[str, str, datetime]],
+    entry_list: list[tuple[int, str]],
+    keys: list[tuple[str, str]],
+    zones: list[ZoneInfo],
+    owners_of: dict[tuple[int, str], list[int]],
+    base: list[date],
+    sightings: dict[tuple[int, str], list[tuple[int, bool]]],
+) -> None:
+    """Buckets not usable as they are in the rollups, as they were at T: the slots of those
+    whose dominant value is one of the keys, added to ``sightings``."""
+    if not stale:
+        return
+    ordered = sorted(stale, key=lambda x: (x[0], x[1], x[2]))
+    rows = conn.execute(
+        _RECOMPUTE_SQL,
+        {
+            "s_device": [d for d, _, _ in ordered],
+            "s_signal": [s for _, s, _ in ordered],
+            "s_bucket": [b for _, _, b in ordered],
+            "as_of": params["as_of"],
+            "known_by": params["known_by"],
+        },
+    ).fetchall()
+    entries_of: dict[tuple[str, str], list[int]] = {}
+    for i, (k, _) in enumerate(entry_list):
+        entries_of.setdefault(keys[k], []).append(i)
+    for user, signal, bucket, value in rows:
+        assert isinstance(bucket, datetime)
+        for i in entries_of.get((str(signal), str(value)), ()):
+            u = owners_of[entry_list[i]][0]
+            local = bucket.astimezone(zones[u])
+            day = (local.date() - base[u]).days
+            slots = sightings.setdefault((i, str(user)), [])
+            if local.hour in NIGHT_HOURS:
+                slots.append(((local - timedelta(hours=12)).date().toordinal()
+                              - base[u].toordinal(), True))  # fmt: skip
+            if local.hour in WORK_HOURS and local.weekday() in WORK_WEEKDAYS:
+                slots.append((day, False))
+
+
+def _linkable(conn: Conn, people: Sequence[str], as_of: datetime) -> dict[str, set[Category]]:
+    """For each person consented at T to ``relationships`` (and not withdrawn since): the
+    network categories they consented to as well (the same rule as the chunk's own consent)."""
+    if not people:
+        return {}
+    consent = ledger.consented_categories_many(conn, people, as_of)
+    since = ledger.categories_withdrawn_after(conn, people, as_of)
+    out: dict[str, set[Category]] = {}
+    for person in people:
+        cats = consent.get(person, set()) - since.get(person, set())
+        if Category.RELATIONSHIPS in cats:
+            out[person] = cats & set(NETWORK_SIGNALS.values())
+    return out
+
+
+def _uncrowded(
+    n_keys: int, key: np.ndarray, person: np.ndarray, night: np.ndarray, capped: set[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per key: whether at most MAX_HOME_PEOPLE people saw it at night, and at most
+    MAX_WORK_PEOPLE during working hours (and it was not capped)."""
+    out = []
+    for flag, limit in ((True, MAX_HOME_PEOPLE), (False, MAX_WORK_PEOPLE)):
+        rows = night == flag
+        pk = np.unique(key[rows] * (int(person.max(initial=0)) + 1) + person[rows])
+        width = int(person.max(initial=0)) + 1
+        count = np.bincount(pk // width, minlength=n_keys)
+        ok = count <= limit
+        ok[list(capped)] = False
+        out.append(ok)
+    return out[0], out[1]
