@@ -34,6 +34,10 @@ class Category(StrEnum):
 
 PURPOSE_CREDIT_SCORING = "credit_scoring"
 
+# The categories a relationship link can be derived from (a shared Wi-Fi access point, a shared
+# geohash): a link needs one of them and ``relationships`` on both ends (docs/invariants.md#9).
+LINK_CATEGORIES = (Category.CONNECTIVITY, Category.LOCATION)
+
 Kind = Literal["numeric", "categorical", "raw"]
 
 

@@ -162,7 +162,7 @@ def _compute_and_write(
             if before_write is not None:
                 before_write(known)
             t0 = time.perf_counter()
-            write_snapshots(conn, known, as_of, docs)
+            write_snapshots(conn, known, as_of, docs, results.links)
             timings.add(sql_s=time.perf_counter() - t0)
             written += len(known)
             if p is not None and task is not None:

@@ -16,7 +16,7 @@ the evenings of days 59 .. 89: 31 nights, weeks of 7 nights from the evening of 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -24,37 +24,17 @@ import pytest
 from features.engine import FeatureVector, Knowledge, compute_vectors
 from features.rollups import refresh_rollups
 from hearth.signals import Category
-from tests.support.builders import add_device, add_user, insert_categorical
-
-T = datetime(2026, 5, 6, tzinfo=UTC)
-DAY0 = T - timedelta(days=90)
-HISTORY = range(-10, 90)  # days of readings, relative to DAY0
-ING = timedelta(minutes=1)
-NETWORK = (Category.CONNECTIVITY, Category.LOCATION)
-OTHERS = tuple(c for c in Category if c not in (*NETWORK, Category.RELATIONSHIPS))
-
-
-def at(day: int, hour: int) -> datetime:
-    return DAY0 + timedelta(days=day, hours=hour)
-
-
-def home(device: str, user: str, day: int, bssid: str, cell: str) -> list[tuple[object, ...]]:
-    """A night at home: the phone's Wi-Fi access point and geohash at 23:00."""
-    t = at(day, 23)
-    return [
-        (t, device, user, "wifi_bssid_hash", bssid, t + ING),
-        (t, device, user, "geohash", cell, t + ING),
-    ]
-
-
-def office(device: str, user: str, day: int, bssid: str) -> list[tuple[object, ...]]:
-    t = at(day, 10)
-    return [(t, device, user, "wifi_bssid_hash", bssid, t + ING)]
-
-
-def weekday(day: int) -> bool:
-    return at(day, 0).weekday() < 5
-
+from tests.support.builders import CategoricalRow, add_device, add_user, insert_categorical
+from tests.support.households import (
+    HISTORY,
+    NETWORK,
+    OTHERS,
+    T,
+    at,
+    home,
+    office,
+    weekday,
+)
 
 WINDOW_30 = range(60, 90)  # the 30-day window's days; its nights: evenings of 59 .. 89
 WEEKDAYS_30 = [d for d in WINDOW_30 if weekday(d)]
@@ -70,11 +50,11 @@ def _people(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> None:
         add_device(conn, f"{prefix}{name}-phone", f"{prefix}{name}", "phone")
 
 
-def _readings(prefix: str) -> list[tuple[object, ...]]:
+def _readings(prefix: str) -> list[CategoricalRow]:
     def dev(name: str) -> tuple[str, str]:
         return f"{prefix}{name}-phone", f"{prefix}{name}"
 
-    rows: list[tuple[object, ...]] = []
+    rows: list[CategoricalRow] = []
     for day in HISTORY:
         rows += home(*dev("A"), day, "net-h1", "cellh1a")
         rows += home(*dev("B"), day, "net-h1", "cellh1a")
@@ -109,7 +89,7 @@ def db(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
 @pytest.fixture(scope="module")
 def vectors(db: psycopg.Connection[tuple[object, ...]]) -> dict[str, FeatureVector]:
     _people(db, "hh-")
-    insert_categorical(db, _readings("hh-"))  # type: ignore[arg-type]
+    insert_categorical(db, _readings("hh-"))
     refresh_rollups(db, full=True)  # back-dated ingest times: below any earlier watermark
     users = [f"hh-{n}" for n in "ABCDEFGH"]
     return {v.user_id.removeprefix("hh-"): v for v in compute_vectors(db, users, T)}
@@ -179,7 +159,7 @@ def test_a_link_formed_after_t_does_not_count_at_t(
     db: psycopg.Connection[tuple[object, ...]],
 ) -> None:
     _people(db, "pit-")
-    rows = []
+    rows: list[CategoricalRow] = []
     for day in HISTORY:
         rows += home("pit-A-phone", "pit-A", day, "net-pit", "cellpit")
         # B moves in with A two days after T; before that B lives elsewhere.
@@ -193,7 +173,7 @@ def test_a_link_formed_after_t_does_not_count_at_t(
         for day in range(60, 90)
         for (t, _, _, signal, value, _) in home("pit-C-phone", "pit-C", day, "net-pit", "cellpit")
     ]
-    insert_categorical(db, rows + late)  # type: ignore[arg-type]
+    insert_categorical(db, rows + late)
     refresh_rollups(db, full=True)  # back-dated ingest times: below the watermark
     at_t = {v.user_id: v for v in compute_vectors(db, ["pit-A"], T)}
     assert at_t["pit-A"].values["household_size_30d"].value == 1
