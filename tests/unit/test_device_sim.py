@@ -12,10 +12,12 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from device_sim.config import FaultRates, SimConfig
 from device_sim.generate import FleetPlan, PartResult, generate
+from device_sim.persona import draw_fleet
 from device_sim.run import registration_batches
 
 END = 1_790_000_000 // 3600 * 3600
@@ -280,3 +282,66 @@ def test_registration_batches_grow() -> None:
     batches = registration_batches(21)
     assert [len(b) for b in batches] == [1, 4, 16]
     assert [p for b in batches for p in b] == list(range(21))
+
+
+def _bssids_by_user(out: Path) -> dict[str, set[str]]:
+    """Every Wi-Fi access point each user's devices reported, from the stream files."""
+    owner = {d["key"]: d["user_id"] for d in map(json.loads, (out / "devices.jsonl").open())}
+    seen: dict[str, set[str]] = {}
+    for key, _tags, _topic, payload in _lines(out):
+        body = json.loads(payload) if payload.startswith("{") else {}
+        bssid = body.get("BSSID") or body.get("Wifi", {}).get("BSSId")
+        if bssid:
+            seen.setdefault(owner[key], set()).add(bssid)
+    return seen
+
+
+def test_household_members_share_the_home_network_and_coworkers_the_office(
+    tmp_path: Path,
+) -> None:
+    gen = generate(_cfg(households=40, days=40, seed=5), tmp_path)
+    rows = list(csv.DictReader((tmp_path / "ground_truth.csv").open()))
+    bssids = _bssids_by_user(tmp_path)
+    households: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        households.setdefault(r["household_id"], []).append(r)
+    assert gen.users == len(rows) > 40
+    shared = 0
+    for members in households.values():
+        first = members[0]
+        assert first["member"] == "0" and first["moved_in_day"] == first["moved_out_day"] == ""
+        for m in members[1:]:
+            assert bssids.get(m["user_id"], set()) & bssids.get(first["user_id"], set())
+            shared += 1
+            if m["moved_in_day"] or m["moved_out_day"]:  # a home of their own too
+                assert bssids[m["user_id"]] - bssids[first["user_id"]]
+        changes = sum(bool(m["moved_in_day"] or m["moved_out_day"]) for m in members)
+        assert all(int(m["household_changes"]) == changes for m in members)
+    assert shared > 20
+    # Coworkers at one shared workplace from different households (whose homes' networks differ)
+    # see one office network.
+    household_of = {r["user_id"]: r["household_id"] for r in rows}
+    by_workplace: dict[str, list[str]] = {}
+    for r in rows:
+        if r["workplace"]:
+            by_workplace.setdefault(r["workplace"], []).append(r["user_id"])
+    pairs = [
+        (a, b)
+        for users in by_workplace.values()
+        for a in users
+        for b in users
+        if a < b and household_of[a] != household_of[b]
+    ]
+    office = [bssids.get(a, set()) & bssids.get(b, set()) for a, b in pairs]
+    assert pairs and sum(bool(o) for o in office) >= 0.8 * len(pairs)
+
+
+def test_membership_changes_carry_part_of_the_risk() -> None:
+    fleet = draw_fleet(_cfg(households=20_000, days=90, seed=3))
+    household = np.repeat(np.arange(20_000), np.diff(fleet.first_user))
+    changed = fleet.household_changes[household] > 0
+    assert changed.sum() > 2000
+    assert fleet.default[changed].mean() > fleet.default[~changed].mean() + 0.02
+    # The latent score the oracle sees carries that part: c/b per change below stability.
+    gap = fleet.stability - fleet.latent
+    np.testing.assert_allclose(gap, fleet.household_changes[household] * 0.4 / 1.2)
