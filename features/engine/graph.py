@@ -57,7 +57,9 @@ _WEEKDAYS_SQL = ", ".join(str(d + 1) for d in WORK_WEEKDAYS)  # isodow: Monday =
 
 # Other people's rollup rows of the chunk's keys. ``k``: one row per (key, zone of its owners);
 # nights and days come back as offsets from ``base``, the owners' first local grid day. Rows not
-# usable as is (``stale``) come back as (device, bucket) to recompute from raw.
+# usable as is (``stale``) come back as (device, bucket) to recompute from raw. The last rows
+# (``user_id`` NULL) count each key's rows in the grid, everyone's, up to the cap: whether a
+# network is public does not depend on who is in the chunk.
 _NEIGHBOURS_SQL = f"""
     WITH k AS MATERIALIZED (
         SELECT * FROM unnest(%(k_idx)s::int4[], %(k_signal)s::text[], %(k_value)s::text[],
@@ -78,9 +80,8 @@ _NEIGHBOURS_SQL = f"""
                  FROM rollup_categorical_hourly b
                 WHERE b.signal IN ({_SIGNALS_SQL}) AND b.signal = k.signal
                   AND b.value = k.value AND b.bucket >= %(start)s AND b.bucket < %(as_of)s
-                  AND b.user_id <> ALL(%(users)s::text[])
                 LIMIT %(cap)s) s)
-    SELECT idx, user_id, count(*)::int8,
+    SELECT idx, user_id, NULL::int8,
            array_agg(DISTINCT ((local - INTERVAL '12 hours')::date - base))
                FILTER (WHERE NOT stale AND extract(hour FROM local) IN ({_NIGHT_SQL})),
            array_agg(DISTINCT (local::date - base))
@@ -88,7 +89,9 @@ _NEIGHBOURS_SQL = f"""
                        AND extract(isodow FROM local) IN ({_WEEKDAYS_SQL})),
            array_agg(device_id) FILTER (WHERE stale),
            array_agg(bucket) FILTER (WHERE stale)
-      FROM r GROUP BY idx, user_id
+      FROM r WHERE user_id <> ALL(%(users)s::text[]) GROUP BY idx, user_id
+    UNION ALL
+    SELECT idx, NULL, count(*), NULL, NULL, NULL, NULL FROM r GROUP BY idx
 """
 
 # Buckets of other people's raw rows the rollups have not seen yet (ingested after the
@@ -130,27 +133,85 @@ def _zone(tz: str) -> ZoneInfo:
 
 
 class _Rows:
-    """Sighting rows being collected: (owner, person, key, slot, night)."""
+    """Sighting rows being collected: (owner, person, key, slot, night), deduplicated at the
+    end through one int64 code per row."""
+
+    _SLOT_SPAN = 1 << 12  # slots are days around the 90-day grid: -1 .. ~95, offset by 2048
 
     def __init__(self) -> None:
         self.parts: list[tuple[np.ndarray, ...]] = []
 
-    def add(self, owner: object, person: object, key: object, slot: object, night: object) -> None:
-        arrays = [np.atleast_1d(np.asarray(a)) for a in (owner, person, key, slot)]
-        n = 0 if min(a.size for a in arrays) == 0 else max(a.size for a in arrays)
-        arrays = [np.broadcast_to(a, (n,)).astype(np.int64) for a in arrays]
-        flags = np.broadcast_to(np.atleast_1d(np.asarray(night, dtype=bool)), (n,))
-        self.parts.append((*arrays, flags.copy()))
+    def add(
+        self,
+        owner: np.ndarray,
+        person: np.ndarray,
+        key: np.ndarray,
+        slot: np.ndarray,
+        night: np.ndarray,
+    ) -> None:
+        """Rows from equal-length int64 arrays (``night`` bool)."""
+        if slot.size:
+            self.parts.append((owner, person, key, slot, night))
 
-    def arrays(self) -> tuple[np.ndarray, ...]:
+    def arrays(self, n_people: int, n_keys: int) -> tuple[np.ndarray, ...]:
         if not self.parts:
             z = np.zeros(0, dtype=np.int64)
             return z, z, z, z, np.zeros(0, dtype=bool)
-        cols = [np.concatenate([p[i] for p in self.parts]) for i in range(5)]
-        # One row per (owner, person, key, slot, kind).
-        code = np.stack([*cols[:4], cols[4].astype(np.int64)], axis=1)
-        unique = np.unique(code, axis=0)
-        return (*(unique[:, i] for i in range(4)), unique[:, 4].astype(bool))
+        o, p, k, t, n = (np.concatenate([part[i] for part in self.parts]) for i in range(5))
+        span = self._SLOT_SPAN
+        code = (((o * n_people + p) * n_keys + k) * span + (t + span // 2)) * 2 + n
+        code = np.unique(code)
+        night = (code % 2).astype(bool)
+        code //= 2
+        slot = code % span - span // 2
+        code //= span
+        key = code % n_keys
+        code //= n_keys
+        return code // n_people, code % n_people, key, slot, night
+
+
+def _chunk_pairs(
+    rows: _Rows,
+    owner: np.ndarray,
+    key: np.ndarray,
+    slot: np.ndarray,
+    night: np.ndarray,
+    base_ord: np.ndarray,
+    n_users: int,
+) -> None:
+    """Chunk users who saw a common key: each one's sightings in the other's calendar."""
+    if not key.size:
+        return
+    # Distinct (key, user) with each key's users; keys of one user share nothing.
+    ku = np.unique(key * n_users + owner)
+    k_of, u_of = ku // n_users, ku % n_users
+    keys, start, count = np.unique(k_of, return_index=True, return_counts=True)
+    shared = count > 1
+    if not shared.any():
+        return
+    # (u, v, k) for every ordered pair of distinct users of a shared key.
+    pu, pv, pk = [], [], []
+    for s, c, k in zip(start[shared].tolist(), count[shared].tolist(), keys[shared].tolist(),
+                       strict=True):  # fmt: skip
+        members = u_of[s : s + c]
+        u = np.repeat(members, c)
+        v = np.tile(members, c)
+        other = u != v
+        pu.append(u[other])
+        pv.append(v[other])
+        pk.append(np.full(int(other.sum()), k, dtype=np.int64))
+    u, v, k = np.concatenate(pu), np.concatenate(pv), np.concatenate(pk)
+    # Each pair takes v's rows of key k, in u's calendar.
+    order = np.lexsort((owner, key))
+    row_code = (key * n_users + owner)[order]
+    lo = np.searchsorted(row_code, k * n_users + v, side="left")
+    hi = np.searchsorted(row_code, k * n_users + v, side="right")
+    n = hi - lo
+    pair = np.repeat(np.arange(u.size), n)
+    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    taken = order[np.repeat(lo, n) + within]
+    shift = base_ord[v[pair]] - base_ord[u[pair]]
+    rows.add(u[pair], v[pair], key[taken], slot[taken] + shift, night[taken])
 
 
 def _own_sightings(
@@ -182,8 +243,14 @@ def load_sightings(
     as_of: datetime,
     watermark: datetime | None,
     knowledge: Knowledge = Knowledge.INGESTED,
+    public: set[tuple[str, str]] | None = None,
 ) -> Sightings:
-    """The shared-network sightings of ``users`` (the chunk's, in order) as of ``as_of``."""
+    """The shared-network sightings of ``users`` (the chunk's, in order) as of ``as_of``.
+
+    ``public``: (signal, value) of networks found to have :data:`ROW_CAP` sightings or more at
+    this as_of, shared by the chunks of one run (the finding does not depend on the chunk): they
+    are not read again, and the ones this chunk finds are added."""
+    public = set() if public is None else public
     U = len(users)
     eligible = chunk.consented.get(Category.RELATIONSHIPS, np.zeros(U, dtype=bool))
     if U == 0 or not eligible.any():
@@ -206,12 +273,15 @@ def load_sightings(
     K = len(keys)
     rows = _Rows()
     rows.add(owner, owner, key_of_row, slot, night)
-    _chunk_pairs(rows, owner, key_of_row, slot, night, base_ord)
+    _chunk_pairs(rows, owner, key_of_row, slot, night, base_ord, U)
 
     # Other people: one query entry per (key, zone of an owner that saw it).
     entries: dict[tuple[int, str], date] = {}
     owners_of: dict[tuple[int, str], list[int]] = {}
+    known_public = {k for k, key in enumerate(keys) if key in public}
     for k, u in sorted(set(zip(key_of_row.tolist(), owner.tolist(), strict=True))):
+        if k in known_public:
+            continue
         tz = zones[u].key
         entries.setdefault((k, tz), base[u])
         owners_of.setdefault((k, tz), []).append(u)
@@ -246,10 +316,13 @@ def load_sightings(
         assert isinstance(bucket, datetime)
         stale.add((str(device), str(signal_name), bucket))
     for idx, user, n, nights, days, stale_devices, stale_buckets in found:
-        assert isinstance(idx, int) and isinstance(n, int)
+        assert isinstance(idx, int)
         assert isinstance(nights, list | None) and isinstance(days, list | None)
         assert isinstance(stale_devices, list | None) and isinstance(stale_buckets, list | None)
-        sightings_rows[idx] += n
+        if user is None:  # the key's rows in the grid, up to the cap
+            assert isinstance(n, int)
+            sightings_rows[idx] = n
+            continue
         slots = sightings.setdefault((idx, str(user)), [])
         slots.extend((int(t), True) for t in nights or ())
         slots.extend((int(t), False) for t in days or ())
@@ -260,6 +333,8 @@ def load_sightings(
     _recomputed(conn, params, stale, entry_list, keys, zones, owners_of, base, sightings)
 
     capped = {entry_list[i][0] for i in np.flatnonzero(sightings_rows >= ROW_CAP)}
+    public.update(keys[k] for k in capped)
+    capped |= known_public
     others = sorted({user for (_, user) in sightings})
     consent = _linkable(conn, others, as_of)
     people = list(users) + [u for u in others if consent.get(u)]
@@ -270,10 +345,11 @@ def load_sightings(
             continue
         ts = np.array([t for t, _ in slots], dtype=np.int64)
         flags = np.array([f for _, f in slots], dtype=bool)
+        same = np.ones(ts.size, dtype=np.int64)
         for u in owners_of[(k, tz)]:
-            rows.add(u, person_of[user], k, ts, flags)
+            rows.add(same * u, same * person_of[user], same * k, ts, flags)
 
-    o, p, k_, t, nt = rows.arrays()
+    o, p, k_, t, nt = rows.arrays(len(people), max(K, 1))
     key_wifi = np.array([name == WIFI_SIGNAL for name, _ in keys], dtype=bool)
     key_home, key_work = _uncrowded(K, k_, p, nt, capped)
     return Sightings(
@@ -288,27 +364,6 @@ def load_sightings(
         key_work=key_work,
         people=tuple(people),
     )
-
-
-def _chunk_pairs(
-    rows: _Rows,
-    owner: np.ndarray,
-    key: np.ndarray,
-    slot: np.ndarray,
-    night: np.ndarray,
-    base_ord: np.ndarray,
-) -> None:
-    """Chunk users who saw a common key: each one's sightings in the other's calendar."""
-    pairs = np.unique(np.stack([key, owner], axis=1), axis=0) if key.size else np.zeros((0, 2))
-    keys, counts = np.unique(pairs[:, 0], return_counts=True) if pairs.size else ((), ())
-    for k in (int(k) for k, c in zip(keys, counts, strict=True) if c > 1):
-        on_key = key == k
-        who = np.unique(owner[on_key])
-        for v in who.tolist():
-            mine = on_key & (owner == v)
-            for u in who.tolist():
-                if u != v:
-                    rows.add(u, v, k, slot[mine] + base_ord[v] - base_ord[u], night[mine])
 
 
 def _recomputed(

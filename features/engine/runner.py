@@ -47,6 +47,7 @@ class _ChunkLoader:
         self._watermark = watermark
         self._timings = timings
         self._knowledge = knowledge
+        self._public: set[tuple[str, str]] = set()  # networks too public to link (graph)
         self._idle: queue.SimpleQueue[Conn] = queue.SimpleQueue()
         for c in loaders:
             self._idle.put(c)
@@ -64,7 +65,7 @@ class _ChunkLoader:
         )
         t0 = time.perf_counter()
         chunk.sightings = load_sightings(
-            db, known, tzs, chunk, self._as_of, self._watermark, self._knowledge
+            db, known, tzs, chunk, self._as_of, self._watermark, self._knowledge, self._public
         )
         if self._timings is not None:
             self._timings.add(graph_s=time.perf_counter() - t0)

@@ -21,6 +21,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
+from features.catalogue.library.sightings import MAX_HOME_PEOPLE
 from features.engine import FeatureVector, Knowledge, compute_vectors
 from features.rollups import refresh_rollups
 from hearth.signals import Category
@@ -48,6 +49,12 @@ def _people(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> None:
     add_user(conn, f"{prefix}H", categories=(*NETWORK, *OTHERS), granted_at=granted)
     for name in "ABCDEFGH":
         add_device(conn, f"{prefix}{name}-phone", f"{prefix}{name}", "phone")
+
+
+def _people_in(conn: psycopg.Connection[tuple[object, ...]], users: list[str]) -> None:
+    for user in users:
+        add_user(conn, user, granted_at=at(-20, 0))
+        add_device(conn, f"{user}-phone", user, "phone")
 
 
 def _readings(prefix: str) -> list[CategoricalRow]:
@@ -183,3 +190,27 @@ def test_a_link_formed_after_t_does_not_count_at_t(
     # Known at its event time (replayed history): C's late readings count as of T.
     replay = compute_vectors(db, ["pit-A"], T, knowledge=Knowledge.EVENT)
     assert replay[0].values["household_size_30d"].value == 2
+
+
+def test_a_network_too_many_people_share_links_nobody(
+    db: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    # Ten consenting people sleep under one access point and in one geohash (a dormitory);
+    # two of them also share a second access point of their own.
+    users = [f"dorm-{i}" for i in range(10)]
+    _people_in(db, users)
+    rows: list[CategoricalRow] = []
+    for day in HISTORY:
+        for u in users:
+            rows += home(f"{u}-phone", u, day, "net-dorm", "celldor")
+        t = at(day, 2)
+        rows += [(t, f"{u}-phone", u, "wifi_bssid_hash", "net-pair", t + timedelta(minutes=1))
+                 for u in users[:2]]  # fmt: skip
+    insert_categorical(db, rows)
+    refresh_rollups(db, full=True)
+    got = {v.user_id: v.values for v in compute_vectors(db, users, T)}
+    assert len(users) > MAX_HOME_PEOPLE
+    assert got["dorm-0"]["household_size_30d"].value == 2
+    assert got["dorm-1"]["household_size_30d"].value == 2
+    assert got["dorm-5"]["household_size_30d"].value == 1
+    assert got["dorm-5"]["linkable_night_share_30d"].value == 1.0  # data, but no household
