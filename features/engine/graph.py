@@ -16,10 +16,11 @@ exactly as the engine (docs/invariants.md#8), and both ends consented (#9):
   (connectivity for a Wi-Fi access point, location for a geohash) and has not withdrawn either
   since (hearth.ledger: the engine's rule for every category).
 
-Cost: one index range per network a chunk user saw, so the work grows with the chunk's users
-and their neighbours, not with the fleet. A network with more than :data:`ROW_CAP` hourly
-sightings in the 90-day grid is not read further and links nobody (a public network; the guard
-counts sightings, never who made them, and can only remove links).
+Cost: per network a chunk user saw, one index probe per person who saw it and one index range
+per other person (migration 0071), so the work grows with the chunk's users and their
+neighbours, not with the fleet. A network more than :data:`PEOPLE_CAP` people saw in the 90-day
+grid is not read further and links nobody (a public network; the guard counts people, never
+looks at who they are, and can only remove links).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import numpy as np
 
 from features.catalogue.library.base import Chunk
 from features.catalogue.library.sightings import (
+    LINK_DAYS,
+    LINK_NIGHTS,
     MAX_HOME_PEOPLE,
     MAX_WORK_PEOPLE,
     NETWORK_SIGNALS,
@@ -48,39 +51,61 @@ from hearth import ledger
 from hearth.db import Conn
 from hearth.signals import Category
 
-ROW_CAP = 20_000  # hourly sightings of one network in the 90-day grid beyond which it is public
+PEOPLE_CAP = 64  # people (whoever they are) seeing one network in the 90-day grid: beyond, public
 
 _SIGNALS_SQL = ", ".join(f"'{s}'" for s in NETWORK_SIGNALS)
 _NIGHT_SQL = ", ".join(str(h) for h in NIGHT_HOURS)
 _WORK_SQL = ", ".join(str(h) for h in WORK_HOURS)
 _WEEKDAYS_SQL = ", ".join(str(d + 1) for d in WORK_WEEKDAYS)  # isodow: Monday = 1
 
-# Other people's rollup rows of the chunk's keys. ``k``: one row per (key, zone of its owners);
-# nights and days come back as offsets from ``base``, the owners' first local grid day. Rows not
-# usable as is (``stale``) come back as (device, bucket) to recompute from raw. The last rows
-# (``user_id`` NULL) count each key's rows in the grid, everyone's, up to the cap: whether a
-# network is public does not depend on who is in the chunk.
+# Other people's rollup rows of the chunk's keys. ``k``: one row per (key, zone of its owners).
+# ``walk`` steps through the people who saw a key, one index probe each (by user id, up to
+# PEOPLE_CAP + 1 of them, whoever is in the chunk); a key with more is public and not read
+# further. For the others (not the chunk's users), their rows of the window: nights and days as
+# offsets from ``base``, the owners' first local grid day, and the rows not usable as they are
+# (``stale``) as (device, bucket) to recompute from raw. The last rows (``user_id`` NULL) give
+# each key's count of people.
+_ROLLUP_KEY = f"""b.signal IN ({_SIGNALS_SQL}) AND b.signal = k.signal AND b.value = k.value
+                  AND b.bucket >= %(start)s AND b.bucket < %(as_of)s"""
 _NEIGHBOURS_SQL = f"""
-    WITH k AS MATERIALIZED (
+    WITH RECURSIVE
+    k AS MATERIALIZED (
         SELECT * FROM unnest(%(k_idx)s::int4[], %(k_signal)s::text[], %(k_value)s::text[],
                              %(k_tz)s::text[], %(k_base)s::date[])
                       AS k(idx, signal, value, tz, base)),
+    walk(idx, user_id, n) AS (
+        SELECT k.idx, (SELECT b.user_id FROM rollup_categorical_hourly b WHERE {_ROLLUP_KEY}
+                        ORDER BY b.user_id LIMIT 1), 1
+          FROM k
+        UNION ALL
+        SELECT w.idx, (SELECT b.user_id FROM rollup_categorical_hourly b
+                        WHERE {_ROLLUP_KEY} AND b.user_id > w.user_id
+                        ORDER BY b.user_id LIMIT 1), w.n + 1
+          FROM walk w JOIN k ON k.idx = w.idx
+         WHERE w.user_id IS NOT NULL AND w.n <= %(cap)s),
+    people AS MATERIALIZED (SELECT idx, user_id FROM walk WHERE user_id IS NOT NULL),
+    counted AS MATERIALIZED (SELECT idx, count(*) AS n FROM people GROUP BY idx),
+    chunk AS MATERIALIZED (SELECT DISTINCT unnest(%(users)s::text[]) AS user_id),
     x AS MATERIALIZED (
         SELECT * FROM unnest(%(x_device)s::text[], %(x_signal)s::text[],
                              %(x_bucket)s::timestamptz[]) AS x(device_id, signal, bucket)),
-    r AS MATERIALIZED (
-        SELECT k.idx, k.base, s.user_id, s.device_id, s.bucket,
-               s.bucket AT TIME ZONE k.tz AS local,
-               s.stale OR EXISTS (SELECT 1 FROM x WHERE x.device_id = s.device_id
-                                     AND x.signal = k.signal AND x.bucket = s.bucket) AS stale
-          FROM k CROSS JOIN LATERAL (
-               SELECT b.user_id, b.device_id, b.bucket,
-                      (b.max_ingested_at > %(known_by)s
-                       OR b.bucket + INTERVAL '1 hour' > %(as_of)s) AS stale
+    others AS MATERIALIZED (
+        SELECT p.idx, p.user_id FROM people p JOIN counted c USING (idx)
+         WHERE c.n <= %(cap)s
+           AND NOT EXISTS (SELECT 1 FROM chunk WHERE chunk.user_id = p.user_id)),
+    o AS (
+        SELECT q.idx, q.user_id, b.device_id, b.bucket, k.base,
+               b.bucket AT TIME ZONE k.tz AS local,
+               b.max_ingested_at > %(known_by)s OR b.bucket + INTERVAL '1 hour' > %(as_of)s
+                   OR x.device_id IS NOT NULL AS stale
+          FROM others q JOIN k USING (idx)
+         CROSS JOIN LATERAL (
+               SELECT b.signal, b.device_id, b.bucket, b.max_ingested_at
                  FROM rollup_categorical_hourly b
-                WHERE b.signal IN ({_SIGNALS_SQL}) AND b.signal = k.signal
-                  AND b.value = k.value AND b.bucket >= %(start)s AND b.bucket < %(as_of)s
-                LIMIT %(cap)s) s)
+                WHERE {_ROLLUP_KEY} AND b.user_id = q.user_id
+               OFFSET 0) b  -- one index range per (key, person): never flattened into a join
+          LEFT JOIN x ON x.device_id = b.device_id AND x.signal = b.signal
+                     AND x.bucket = b.bucket)
     SELECT idx, user_id, NULL::int8,
            array_agg(DISTINCT ((local - INTERVAL '12 hours')::date - base))
                FILTER (WHERE NOT stale AND extract(hour FROM local) IN ({_NIGHT_SQL})),
@@ -89,9 +114,9 @@ _NEIGHBOURS_SQL = f"""
                        AND extract(isodow FROM local) IN ({_WEEKDAYS_SQL})),
            array_agg(device_id) FILTER (WHERE stale),
            array_agg(bucket) FILTER (WHERE stale)
-      FROM r WHERE user_id <> ALL(%(users)s::text[]) GROUP BY idx, user_id
+      FROM o GROUP BY idx, user_id
     UNION ALL
-    SELECT idx, NULL, count(*), NULL, NULL, NULL, NULL FROM r GROUP BY idx
+    SELECT idx, NULL, n, NULL, NULL, NULL, NULL FROM counted
 """
 
 # Buckets of other people's raw rows the rollups have not seen yet (ingested after the
@@ -132,11 +157,12 @@ def _zone(tz: str) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+_SLOT_SPAN = 1 << 12  # slots are days around the 90-day grid (-1 .. ~95), coded offset by half
+
+
 class _Rows:
     """Sighting rows being collected: (owner, person, key, slot, night), deduplicated at the
     end through one int64 code per row."""
-
-    _SLOT_SPAN = 1 << 12  # slots are days around the 90-day grid: -1 .. ~95, offset by 2048
 
     def __init__(self) -> None:
         self.parts: list[tuple[np.ndarray, ...]] = []
@@ -158,7 +184,7 @@ class _Rows:
             z = np.zeros(0, dtype=np.int64)
             return z, z, z, z, np.zeros(0, dtype=bool)
         o, p, k, t, n = (np.concatenate([part[i] for part in self.parts]) for i in range(5))
-        span = self._SLOT_SPAN
+        span = _SLOT_SPAN
         code = (((o * n_people + p) * n_keys + k) * span + (t + span // 2)) * 2 + n
         code = np.unique(code)
         night = (code % 2).astype(bool)
@@ -170,6 +196,21 @@ class _Rows:
         return code // n_people, code % n_people, key, slot, night
 
 
+def _networks(
+    owner: np.ndarray, key: np.ndarray, slot: np.ndarray, night: np.ndarray, U: int, K: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """[U, K] each chunk user's home networks (seen on ≥ LINK_NIGHTS nights of the grid) and
+    daytime networks (seen on ≥ LINK_DAYS weekdays): the only ones that can link them."""
+    out = []
+    for flag, least in ((True, LINK_NIGHTS), (False, LINK_DAYS)):
+        m = night == flag
+        span = _SLOT_SPAN
+        distinct = np.unique((owner[m] * K + key[m]) * span + slot[m] + span // 2)
+        count = np.bincount(distinct // span, minlength=U * K)
+        out.append((count >= least).reshape(U, K))
+    return out[0], out[1]
+
+
 def _chunk_pairs(
     rows: _Rows,
     owner: np.ndarray,
@@ -178,8 +219,11 @@ def _chunk_pairs(
     night: np.ndarray,
     base_ord: np.ndarray,
     n_users: int,
+    home: np.ndarray,
+    daytime: np.ndarray,
 ) -> None:
-    """Chunk users who saw a common key: each one's sightings in the other's calendar."""
+    """Chunk users who saw a common key: each one's sightings of the other's home and daytime
+    networks, in the other's calendar."""
     if not key.size:
         return
     # Distinct (key, user) with each key's users; keys of one user share nothing.
@@ -211,7 +255,10 @@ def _chunk_pairs(
     within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
     taken = order[np.repeat(lo, n) + within]
     shift = base_ord[v[pair]] - base_ord[u[pair]]
-    rows.add(u[pair], v[pair], key[taken], slot[taken] + shift, night[taken])
+    up = u[pair]
+    keep = np.where(night[taken], home[up, key[taken]], daytime[up, key[taken]])
+    rows.add(up[keep], v[pair][keep], key[taken][keep], (slot[taken] + shift)[keep],
+             night[taken][keep])  # fmt: skip
 
 
 def _own_sightings(
@@ -247,7 +294,7 @@ def load_sightings(
 ) -> Sightings:
     """The shared-network sightings of ``users`` (the chunk's, in order) as of ``as_of``.
 
-    ``public``: (signal, value) of networks found to have :data:`ROW_CAP` sightings or more at
+    ``public``: (signal, value) of networks found to be seen by more than :data:`PEOPLE_CAP` at
     this as_of, shared by the chunks of one run (the finding does not depend on the chunk): they
     are not read again, and the ones this chunk finds are added."""
     public = set() if public is None else public
@@ -273,13 +320,15 @@ def load_sightings(
     K = len(keys)
     rows = _Rows()
     rows.add(owner, owner, key_of_row, slot, night)
-    _chunk_pairs(rows, owner, key_of_row, slot, night, base_ord, U)
+    home, daytime = _networks(owner, key_of_row, slot, night, U, K)
+    _chunk_pairs(rows, owner, key_of_row, slot, night, base_ord, U, home, daytime)
 
-    # Other people: one query entry per (key, zone of an owner that saw it).
+    # Other people: one query entry per (home or daytime network, zone of an owner of it).
     entries: dict[tuple[int, str], date] = {}
     owners_of: dict[tuple[int, str], list[int]] = {}
     known_public = {k for k, key in enumerate(keys) if key in public}
-    for k, u in sorted(set(zip(key_of_row.tolist(), owner.tolist(), strict=True))):
+    for u, k in zip(*np.nonzero(home | daytime), strict=True):
+        u, k = int(u), int(k)
         if k in known_public:
             continue
         tz = zones[u].key
@@ -297,7 +346,7 @@ def load_sightings(
         "as_of": as_of,
         "known_by": known_by(as_of, knowledge),
         "watermark": watermark or "-infinity",
-        "cap": ROW_CAP,
+        "cap": PEOPLE_CAP,
     }
     fresh: list[tuple[object, ...]] = []
     if watermark is None or watermark < as_of or knowledge is Knowledge.EVENT:
@@ -307,10 +356,14 @@ def load_sightings(
         x_signal=[str(r[1]) for r in fresh],
         x_bucket=[r[2] for r in fresh],
     )
-    found = conn.execute(_NEIGHBOURS_SQL, params).fetchall()
+    with conn.transaction():
+        # Planned as costly enough to JIT-compile (~1 s), which saves nothing here: index
+        # probes and small aggregates (the engine's loaders turn it off for their reads too).
+        conn.execute("SET LOCAL jit = off")
+        found = conn.execute(_NEIGHBOURS_SQL, params).fetchall()
 
     sightings: dict[tuple[int, str], list[tuple[int, bool]]] = {}  # (entry, user) → slots
-    sightings_rows = np.zeros(len(entry_list), dtype=np.int64)
+    people_on_key = np.zeros(len(entry_list), dtype=np.int64)
     stale: set[tuple[str, str, datetime]] = set()
     for device, signal_name, bucket in fresh:
         assert isinstance(bucket, datetime)
@@ -319,9 +372,9 @@ def load_sightings(
         assert isinstance(idx, int)
         assert isinstance(nights, list | None) and isinstance(days, list | None)
         assert isinstance(stale_devices, list | None) and isinstance(stale_buckets, list | None)
-        if user is None:  # the key's rows in the grid, up to the cap
+        if user is None:  # how many people saw the key in the grid, up to the cap + 1
             assert isinstance(n, int)
-            sightings_rows[idx] = n
+            people_on_key[idx] = n
             continue
         slots = sightings.setdefault((idx, str(user)), [])
         slots.extend((int(t), True) for t in nights or ())
@@ -332,7 +385,7 @@ def load_sightings(
             stale.add((str(device), str(signal), bucket))
     _recomputed(conn, params, stale, entry_list, keys, zones, owners_of, base, sightings)
 
-    capped = {entry_list[i][0] for i in np.flatnonzero(sightings_rows >= ROW_CAP)}
+    capped = {entry_list[i][0] for i in np.flatnonzero(people_on_key > PEOPLE_CAP)}
     public.update(keys[k] for k in capped)
     capped |= known_public
     others = sorted({user for (_, user) in sightings})
@@ -345,9 +398,10 @@ def load_sightings(
             continue
         ts = np.array([t for t, _ in slots], dtype=np.int64)
         flags = np.array([f for _, f in slots], dtype=bool)
-        same = np.ones(ts.size, dtype=np.int64)
         for u in owners_of[(k, tz)]:
-            rows.add(same * u, same * person_of[user], same * k, ts, flags)
+            keep = np.where(flags, home[u, k], daytime[u, k])
+            same = np.ones(int(keep.sum()), dtype=np.int64)
+            rows.add(same * u, same * person_of[user], same * k, ts[keep], flags[keep])
 
     o, p, k_, t, nt = rows.arrays(len(people), max(K, 1))
     key_wifi = np.array([name == WIFI_SIGNAL for name, _ in keys], dtype=bool)
@@ -427,8 +481,8 @@ def _linkable(conn: Conn, people: Sequence[str], as_of: datetime) -> dict[str, s
 def _uncrowded(
     n_keys: int, key: np.ndarray, person: np.ndarray, night: np.ndarray, capped: set[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per key: whether at most MAX_HOME_PEOPLE people saw it at night, and at most
-    MAX_WORK_PEOPLE during working hours (and it was not capped)."""
+    """Per key: whether at most MAX_HOME_PEOPLE consenting people saw it at night, and at most
+    MAX_WORK_PEOPLE during working hours (and it is not public)."""
     out = []
     for flag, limit in ((True, MAX_HOME_PEOPLE), (False, MAX_WORK_PEOPLE)):
         rows = night == flag

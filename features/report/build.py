@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -374,19 +374,18 @@ def _family_auc(
     kind: ModelKind,
     fitted: FittedVariant,
 ) -> dict[str, Any] | None:
-    """Whether :data:`ABLATED_FAMILY` adds AUC: the same pipeline trained without its
-    features (None when the table has none of them)."""
-    keep = [j for j, n in enumerate(table.names) if table.families.get(n) != ABLATED_FAMILY]
-    if len(keep) == len(table.names) or not keep:
-        return None
-    without = replace(
-        table,
-        names=[table.names[j] for j in keep],
-        values=table.values[:, keep],
-        coverage=table.coverage[:, keep],
-    )
-    auc_without = _fit_variant(without, rows, y, train, test, kind).auc
+    """Whether :data:`ABLATED_FAMILY` adds AUC: the honest model's features (its window set,
+    as chosen) without the family's, trained and tested the same way (None when the model has
+    none of them, or nothing else)."""
     in_model = [n for n in fitted.feature_names if table.families.get(n) == ABLATED_FAMILY]
+    rest = [n for n in fitted.feature_names if table.families.get(n) != ABLATED_FAMILY]
+    if not in_model or not rest:
+        return None
+    columns = [table.names.index(n) for n in rest]
+    x = table.values[rows][:, columns]
+    model = ReferenceModel(rest, kind=kind, feature_set_version=table.feature_set_version)
+    model.fit(x[train], y[train])
+    auc_without = v.auc(y[test], model.predict_proba(x[test]))
     return {
         "family": ABLATED_FAMILY,
         "auc_with": fitted.auc,

@@ -456,7 +456,7 @@ def _family_section(report: dict[str, Any]) -> str:
         note = (
             f"<p>The <b>{html.escape(ablation['family'])}</b> family {verdict} AUC: "
             f"{_fmt(ablation['auc_with'])} with it, {_fmt(ablation['auc_without'])} when the "
-            f"same pipeline is trained without it (gain {gain:+.4f}; in the model: "
+            f"model's other features are trained alone (gain {gain:+.4f}; in the model: "
             f"{html.escape(', '.join(ablation['features_in_model']) or 'none')}).</p>"
         )
     return f"<h3>By family</h3>{table}{note}"

@@ -6,7 +6,8 @@ working hours) on which local night or weekday. Nothing here reads another user'
 scores, defaults or feature values — only the structure of the graph (docs/invariants.md#9);
 there is no label propagation.
 
-* Two people are **co-resident** on a night when they saw a common home network that night.
+* Two people are **co-resident** on a night when they saw one of the owner's home networks
+  that night (a network the owner saw on at least :data:`LINK_NIGHTS` nights of the 90 days).
   The chunk user (the owner) is **linked** to another person over the window when they were
   co-resident on at least :data:`LINK_NIGHTS` nights of it.
 * Weekly co-resident set ``S_w`` = the owner and every linked person co-resident with the owner
@@ -25,12 +26,15 @@ from __future__ import annotations
 import numpy as np
 
 from features.catalogue.library.base import F64, I64, Bool, Result, Window, feature
-from features.catalogue.library.sightings import WORK_WEEKDAYS, Sightings
+from features.catalogue.library.sightings import (
+    LINK_DAYS,
+    LINK_NIGHTS,
+    WORK_WEEKDAYS,
+    Sightings,
+)
 from hearth.signals import Category
 
 FAMILY = "relationships"
-LINK_NIGHTS = 4  # co-resident nights in the window that make a household link
-LINK_DAYS = 3  # common weekdays on one daytime network that make a daytime link
 CITATION = (
     "No published credit-scoring result: a hypothesis to be measured (docs/features.md). "
     "Co-location from shared Wi-Fi: Sapiezynski et al. 2015; graph features in credit "

@@ -10,6 +10,10 @@ the chunk user's (the **owner**'s) local night or weekday ``t``.
   local 09:00-17:00, Monday to Friday (Wi-Fi only: a daytime network is an access point). Both
   count from the owner's first local day of the engine's 90-day grid (``LocalGrid.day == 0``),
   so the evening before it is night ``-1``.
+* A chunk user's **home networks** are the keys they saw on at least :data:`LINK_NIGHTS` nights
+  of the grid, their **daytime networks** the Wi-Fi access points they saw on at least
+  :data:`LINK_DAYS` weekdays: only those can link them to anyone, so other people's sightings
+  are rows for those keys alone (the user's own sightings are all there).
 * People are the chunk's users (``people[:n_users]``, a user's own sightings have
   ``person == owner``) and then the others who saw one of their keys, every one of them
   consented at T to ``relationships`` and to the key's category, and not withdrawn since.
@@ -43,6 +47,11 @@ NETWORK_SIGNALS: dict[str, Category] = {
     "geohash": Category.LOCATION,
 }
 WIFI_SIGNAL = "wifi_bssid_hash"
+# A link: co-resident on LINK_NIGHTS nights of the window on one of the user's home networks
+# (a network the user saw on at least LINK_NIGHTS nights of the 90-day grid); a daytime link:
+# LINK_DAYS common weekdays on one of the user's daytime networks (seen on LINK_DAYS weekdays).
+LINK_NIGHTS = 4
+LINK_DAYS = 3
 MAX_HOME_PEOPLE = 8  # consenting people seeing a network at night beyond which it is no home
 MAX_WORK_PEOPLE = 32  # ... during working hours beyond which it is a public network
 
