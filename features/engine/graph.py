@@ -26,6 +26,7 @@ looks at who they are, and can only remove links).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -58,54 +59,59 @@ _NIGHT_SQL = ", ".join(str(h) for h in NIGHT_HOURS)
 _WORK_SQL = ", ".join(str(h) for h in WORK_HOURS)
 _WEEKDAYS_SQL = ", ".join(str(d + 1) for d in WORK_WEEKDAYS)  # isodow: Monday = 1
 
-# Other people's rollup rows of the chunk's keys. ``k``: one row per (key, zone of its owners).
-# ``walk`` steps through the people who saw a key, one index probe each (by user id, up to
-# PEOPLE_CAP + 1 of them, whoever is in the chunk); a key with more is public and not read
-# further. For the others (not the chunk's users), their rows of the window: nights and days as
-# offsets from ``base``, the owners' first local grid day, and the rows not usable as they are
-# (``stale``) as (device, bucket) to recompute from raw. The last rows (``user_id`` NULL) give
-# each key's count of people.
-_ROLLUP_KEY = f"""b.signal IN ({_SIGNALS_SQL}) AND b.signal = k.signal AND b.value = k.value
+# Other people's rollup rows of the chunk's keys. ``n``: the keys (networks); ``k``: one row per
+# (key, zone of its owners). ``walk`` steps through the people who saw a key, one index probe
+# each (by user id, up to PEOPLE_CAP + 1 of them, whoever is in the chunk); a key with more is
+# public and not read further. For the others (not the chunk's users), their rows of the
+# window: nights and days as offsets from ``base``, the owners' first local grid day, and the
+# rows not usable as they are (``stale``) as (device, bucket) to recompute from raw. The last
+# rows (``user_id`` NULL) give each key's count of people.
+_ROLLUP_KEY = f"""b.signal IN ({_SIGNALS_SQL}) AND b.signal = n.signal AND b.value = n.value
                   AND b.bucket >= %(start)s AND b.bucket < %(as_of)s"""
 _NEIGHBOURS_SQL = f"""
     WITH RECURSIVE
+    n AS MATERIALIZED (
+        SELECT * FROM unnest(%(n_key)s::int4[], %(n_signal)s::text[], %(n_value)s::text[])
+                      AS n(key, signal, value)),
     k AS MATERIALIZED (
-        SELECT * FROM unnest(%(k_idx)s::int4[], %(k_signal)s::text[], %(k_value)s::text[],
-                             %(k_tz)s::text[], %(k_base)s::date[])
-                      AS k(idx, signal, value, tz, base)),
-    walk(idx, user_id, n) AS (
-        SELECT k.idx, (SELECT b.user_id FROM rollup_categorical_hourly b WHERE {_ROLLUP_KEY}
+        SELECT * FROM unnest(%(k_idx)s::int4[], %(k_key)s::int4[], %(k_tz)s::text[],
+                             %(k_base)s::date[]) AS k(idx, key, tz, base)),
+    walk(key, user_id, n) AS (
+        SELECT n.key, (SELECT b.user_id FROM rollup_categorical_hourly b WHERE {_ROLLUP_KEY}
                         ORDER BY b.user_id LIMIT 1), 1
-          FROM k
+          FROM n
         UNION ALL
-        SELECT w.idx, (SELECT b.user_id FROM rollup_categorical_hourly b
+        SELECT w.key, (SELECT b.user_id FROM rollup_categorical_hourly b
                         WHERE {_ROLLUP_KEY} AND b.user_id > w.user_id
                         ORDER BY b.user_id LIMIT 1), w.n + 1
-          FROM walk w JOIN k ON k.idx = w.idx
+          FROM walk w JOIN n ON n.key = w.key
          WHERE w.user_id IS NOT NULL AND w.n <= %(cap)s),
-    people AS MATERIALIZED (SELECT idx, user_id FROM walk WHERE user_id IS NOT NULL),
-    counted AS MATERIALIZED (SELECT idx, count(*) AS n FROM people GROUP BY idx),
+    people AS MATERIALIZED (SELECT key, user_id FROM walk WHERE user_id IS NOT NULL),
+    counted AS MATERIALIZED (SELECT key, count(*) AS n FROM people GROUP BY key),
     chunk AS MATERIALIZED (SELECT DISTINCT unnest(%(users)s::text[]) AS user_id),
     x AS MATERIALIZED (
         SELECT * FROM unnest(%(x_device)s::text[], %(x_signal)s::text[],
                              %(x_bucket)s::timestamptz[]) AS x(device_id, signal, bucket)),
     others AS MATERIALIZED (
-        SELECT p.idx, p.user_id FROM people p JOIN counted c USING (idx)
+        SELECT p.key, p.user_id FROM people p JOIN counted c USING (key)
          WHERE c.n <= %(cap)s
            AND NOT EXISTS (SELECT 1 FROM chunk WHERE chunk.user_id = p.user_id)),
-    o AS (
-        SELECT q.idx, q.user_id, b.device_id, b.bucket, k.base,
-               b.bucket AT TIME ZONE k.tz AS local,
+    seen AS MATERIALIZED (
+        SELECT q.key, q.user_id, b.device_id, b.bucket,
                b.max_ingested_at > %(known_by)s OR b.bucket + INTERVAL '1 hour' > %(as_of)s
                    OR x.device_id IS NOT NULL AS stale
-          FROM others q JOIN k USING (idx)
+          FROM others q JOIN n USING (key)
          CROSS JOIN LATERAL (
                SELECT b.signal, b.device_id, b.bucket, b.max_ingested_at
                  FROM rollup_categorical_hourly b
                 WHERE {_ROLLUP_KEY} AND b.user_id = q.user_id
                OFFSET 0) b  -- one index range per (key, person): never flattened into a join
           LEFT JOIN x ON x.device_id = b.device_id AND x.signal = b.signal
-                     AND x.bucket = b.bucket)
+                     AND x.bucket = b.bucket),
+    o AS (
+        SELECT k.idx, s.user_id, s.device_id, s.bucket, s.stale, k.base,
+               s.bucket AT TIME ZONE k.tz AS local
+          FROM seen s JOIN k USING (key))
     SELECT idx, user_id, NULL::int8,
            array_agg(DISTINCT ((local - INTERVAL '12 hours')::date - base))
                FILTER (WHERE NOT stale AND extract(hour FROM local) IN ({_NIGHT_SQL})),
@@ -116,7 +122,7 @@ _NEIGHBOURS_SQL = f"""
            array_agg(bucket) FILTER (WHERE stale)
       FROM o GROUP BY idx, user_id
     UNION ALL
-    SELECT idx, NULL, n, NULL, NULL, NULL, NULL FROM counted
+    SELECT k.idx, NULL, c.n, NULL, NULL, NULL, NULL FROM counted c JOIN k USING (key)
 """
 
 # Buckets of other people's raw rows the rollups have not seen yet (ingested after the
@@ -222,30 +228,33 @@ def _chunk_pairs(
     home: np.ndarray,
     daytime: np.ndarray,
 ) -> None:
-    """Chunk users who saw a common key: each one's sightings of the other's home and daytime
-    networks, in the other's calendar."""
-    if not key.size:
+    """Chunk users who saw a common key: each one's sightings of the other's (usable) home and
+    daytime networks, in the other's calendar."""
+    receives = home | daytime  # [U, K]
+    if not key.size or not receives.any():
         return
-    # Distinct (key, user) with each key's users; keys of one user share nothing.
+    # Distinct (key, user) seen, and per key who may receive others' sightings of it.
     ku = np.unique(key * n_users + owner)
     k_of, u_of = ku // n_users, ku % n_users
     keys, start, count = np.unique(k_of, return_index=True, return_counts=True)
-    shared = count > 1
-    if not shared.any():
-        return
-    # (u, v, k) for every ordered pair of distinct users of a shared key.
     pu, pv, pk = [], [], []
-    for s, c, k in zip(start[shared].tolist(), count[shared].tolist(), keys[shared].tolist(),
-                       strict=True):  # fmt: skip
-        members = u_of[s : s + c]
-        u = np.repeat(members, c)
-        v = np.tile(members, c)
+    for s, c, k in zip(start.tolist(), count.tolist(), keys.tolist(), strict=True):
+        if c < 2:
+            continue
+        seen = u_of[s : s + c]
+        takers = seen[receives[seen, k]]
+        if not takers.size:
+            continue
+        u = np.repeat(takers, c)
+        v = np.tile(seen, takers.size)
         other = u != v
         pu.append(u[other])
         pv.append(v[other])
         pk.append(np.full(int(other.sum()), k, dtype=np.int64))
+    if not pu:
+        return
     u, v, k = np.concatenate(pu), np.concatenate(pv), np.concatenate(pk)
-    # Each pair takes v's rows of key k, in u's calendar.
+    # Each pair takes v's rows of key k, in u's calendar, of the kinds u may receive.
     order = np.lexsort((owner, key))
     row_code = (key * n_users + owner)[order]
     lo = np.searchsorted(row_code, k * n_users + v, side="left")
@@ -254,11 +263,10 @@ def _chunk_pairs(
     pair = np.repeat(np.arange(u.size), n)
     within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
     taken = order[np.repeat(lo, n) + within]
-    shift = base_ord[v[pair]] - base_ord[u[pair]]
-    up = u[pair]
-    keep = np.where(night[taken], home[up, key[taken]], daytime[up, key[taken]])
-    rows.add(up[keep], v[pair][keep], key[taken][keep], (slot[taken] + shift)[keep],
-             night[taken][keep])  # fmt: skip
+    up, kt = u[pair], key[taken]
+    keep = np.where(night[taken], home[up, kt], daytime[up, kt])
+    shift = (base_ord[v[pair]] - base_ord[up])[keep]
+    rows.add(up[keep], v[pair][keep], kt[keep], slot[taken][keep] + shift, night[taken][keep])
 
 
 def _own_sightings(
@@ -309,25 +317,89 @@ def load_sightings(
 
     owner, sig, code, slot, night = _own_sightings(chunk, eligible)
     sig_names = {chunk.signal_index[name]: name for name in NETWORK_SIGNALS}
-    key_code, key_of_row = np.unique(sig * (len(chunk.categorical_values) + 1) + code,
-                                     return_inverse=True)  # fmt: skip
-    key_of_row = key_of_row.ravel()
     n_values = len(chunk.categorical_values) + 1
+    key_code, key_of_row = np.unique(sig * n_values + code, return_inverse=True)
+    key_of_row = key_of_row.ravel()
     keys = [
         (sig_names[int(kc // n_values)], chunk.categorical_values[int(kc % n_values)])
         for kc in key_code
     ]
     K = len(keys)
+    home, daytime = _networks(owner, key_of_row, slot, night, U, K)
+    found = _neighbours(conn, users, keys, zones, base, home | daytime, public,
+                        _Params(start, as_of, watermark, knowledge))  # fmt: skip
+    others = sorted({user for (_, user, _) in found.sightings})
+    consent = _linkable(conn, others, as_of)
+    people = list(users) + [u for u in others if u in consent]
+    person_of = {u: i for i, u in enumerate(people)}
+    theirs: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []  # owner, person, key, ...
+    for (k, user, tz), (ts, flags) in sorted(found.sightings.items()):
+        if k in found.capped or user not in person_of:
+            continue
+        if NETWORK_SIGNALS[keys[k][0]] not in consent[user]:
+            continue
+        for u in found.owners[(k, tz)]:
+            keep = np.where(flags, home[u, k], daytime[u, k])
+            theirs.append((u, person_of[user], k, ts[keep], flags[keep]))
+    key_home, key_work = _uncrowded(K, key_of_row, owner, night, theirs, found.capped)
+
     rows = _Rows()
     rows.add(owner, owner, key_of_row, slot, night)
-    home, daytime = _networks(owner, key_of_row, slot, night, U, K)
-    _chunk_pairs(rows, owner, key_of_row, slot, night, base_ord, U, home, daytime)
+    usable = (home & key_home[None, :], daytime & key_work[None, :])
+    _chunk_pairs(rows, owner, key_of_row, slot, night, base_ord, U, *usable)
+    for u, p, k, ts, flags in theirs:
+        keep = np.where(flags, usable[0][u, k], usable[1][u, k])
+        same = np.ones(int(keep.sum()), dtype=np.int64)
+        rows.add(same * u, same * p, same * k, ts[keep], flags[keep])
+    o, p_, k_, t, nt = rows.arrays(len(people), max(K, 1))
+    return Sightings(
+        n_users=U,
+        owner=o,
+        person=p_,
+        key=k_,
+        slot=t,
+        night=nt,
+        key_wifi=np.array([name == WIFI_SIGNAL for name, _ in keys], dtype=bool),
+        key_home=key_home,
+        key_work=key_work,
+        people=tuple(people),
+    )
 
-    # Other people: one query entry per (home or daytime network, zone of an owner of it).
+
+@dataclass(frozen=True)
+class _Params:
+    start: datetime
+    as_of: datetime
+    watermark: datetime | None
+    knowledge: Knowledge
+
+
+@dataclass
+class _Found:
+    """Other people's sightings of the chunk's keys: (key, user, zone) → (slots, night flags),
+    the owners of each (key, zone), and the keys that are public (too many people)."""
+
+    sightings: dict[tuple[int, str, str], tuple[np.ndarray, np.ndarray]]
+    owners: dict[tuple[int, str], list[int]]
+    capped: set[int]
+
+
+def _neighbours(
+    conn: Conn,
+    users: Sequence[str],
+    keys: list[tuple[str, str]],
+    zones: list[ZoneInfo],
+    base: list[date],
+    wanted: np.ndarray,
+    public: set[tuple[str, str]],
+    at: _Params,
+) -> _Found:
+    """The other people who saw the networks in ``wanted`` [U, K] (each owner's home and
+    daytime networks), with point-in-time corrections from raw rows."""
     entries: dict[tuple[int, str], date] = {}
     owners_of: dict[tuple[int, str], list[int]] = {}
     known_public = {k for k, key in enumerate(keys) if key in public}
-    for u, k in zip(*np.nonzero(home | daytime), strict=True):
+    for u, k in zip(*np.nonzero(wanted), strict=True):
         u, k = int(u), int(k)
         if k in known_public:
             continue
@@ -335,34 +407,43 @@ def load_sightings(
         entries.setdefault((k, tz), base[u])
         owners_of.setdefault((k, tz), []).append(u)
     entry_list = sorted(entries)
+    queried = sorted({k for k, _ in entry_list})
     params: dict[str, object] = {
+        "n_key": queried,
+        "n_signal": [keys[k][0] for k in queried],
+        "n_value": [keys[k][1] for k in queried],
         "k_idx": list(range(len(entry_list))),
+        "k_key": [k for k, _ in entry_list],
         "k_signal": [keys[k][0] for k, _ in entry_list],
         "k_value": [keys[k][1] for k, _ in entry_list],
         "k_tz": [tz for _, tz in entry_list],
         "k_base": [entries[e] for e in entry_list],
         "users": list(users),
-        "start": start,
-        "as_of": as_of,
-        "known_by": known_by(as_of, knowledge),
-        "watermark": watermark or "-infinity",
+        "start": at.start,
+        "as_of": at.as_of,
+        "known_by": known_by(at.as_of, at.knowledge),
+        "watermark": at.watermark or "-infinity",
         "cap": PEOPLE_CAP,
     }
     fresh: list[tuple[object, ...]] = []
-    if watermark is None or watermark < as_of or knowledge is Knowledge.EVENT:
+    if entry_list and (
+        at.watermark is None or at.watermark < at.as_of or at.knowledge is Knowledge.EVENT
+    ):
         fresh = conn.execute(_NEW_RAW_SQL, params).fetchall()
     params.update(
         x_device=[str(r[0]) for r in fresh],
         x_signal=[str(r[1]) for r in fresh],
         x_bucket=[r[2] for r in fresh],
     )
-    with conn.transaction():
-        # Planned as costly enough to JIT-compile (~1 s), which saves nothing here: index
-        # probes and small aggregates (the engine's loaders turn it off for their reads too).
-        conn.execute("SET LOCAL jit = off")
-        found = conn.execute(_NEIGHBOURS_SQL, params).fetchall()
+    found: list[tuple[object, ...]] = []
+    if entry_list:
+        with conn.transaction():
+            # Planned as costly enough to JIT-compile (~1 s), which saves nothing here: index
+            # probes and small aggregates (the engine's loaders turn it off for their reads).
+            conn.execute("SET LOCAL jit = off")
+            found = conn.execute(_NEIGHBOURS_SQL, params).fetchall()
 
-    sightings: dict[tuple[int, str], list[tuple[int, bool]]] = {}  # (entry, user) → slots
+    slots: dict[tuple[int, str], list[tuple[int, bool]]] = {}  # (entry, user) → slots
     people_on_key = np.zeros(len(entry_list), dtype=np.int64)
     stale: set[tuple[str, str, datetime]] = set()
     for device, signal_name, bucket in fresh:
@@ -376,48 +457,26 @@ def load_sightings(
             assert isinstance(n, int)
             people_on_key[idx] = n
             continue
-        slots = sightings.setdefault((idx, str(user)), [])
-        slots.extend((int(t), True) for t in nights or ())
-        slots.extend((int(t), False) for t in days or ())
-        signal = params["k_signal"][idx]  # type: ignore[index]
+        got = slots.setdefault((idx, str(user)), [])
+        got.extend((int(t), True) for t in nights or ())
+        got.extend((int(t), False) for t in days or ())
+        signal = keys[entry_list[idx][0]][0]
         for device, bucket in zip(stale_devices or (), stale_buckets or (), strict=True):
             assert isinstance(bucket, datetime)
-            stale.add((str(device), str(signal), bucket))
-    _recomputed(conn, params, stale, entry_list, keys, zones, owners_of, base, sightings)
+            stale.add((str(device), signal, bucket))
+    _recomputed(conn, params, stale, entry_list, keys, zones, owners_of, base, slots)
 
     capped = {entry_list[i][0] for i in np.flatnonzero(people_on_key > PEOPLE_CAP)}
     public.update(keys[k] for k in capped)
-    capped |= known_public
-    others = sorted({user for (_, user) in sightings})
-    consent = _linkable(conn, others, as_of)
-    people = list(users) + [u for u in others if consent.get(u)]
-    person_of = {u: i for i, u in enumerate(people)}
-    for (idx, user), slots in sorted(sightings.items()):
-        k, tz = entry_list[idx]
-        if k in capped or user not in person_of or NETWORK_SIGNALS[keys[k][0]] not in consent[user]:
-            continue
-        ts = np.array([t for t, _ in slots], dtype=np.int64)
-        flags = np.array([f for _, f in slots], dtype=bool)
-        for u in owners_of[(k, tz)]:
-            keep = np.where(flags, home[u, k], daytime[u, k])
-            same = np.ones(int(keep.sum()), dtype=np.int64)
-            rows.add(same * u, same * person_of[user], same * k, ts[keep], flags[keep])
-
-    o, p, k_, t, nt = rows.arrays(len(people), max(K, 1))
-    key_wifi = np.array([name == WIFI_SIGNAL for name, _ in keys], dtype=bool)
-    key_home, key_work = _uncrowded(K, k_, p, nt, capped)
-    return Sightings(
-        n_users=U,
-        owner=o,
-        person=p,
-        key=k_,
-        slot=t,
-        night=nt,
-        key_wifi=key_wifi,
-        key_home=key_home,
-        key_work=key_work,
-        people=tuple(people),
-    )
+    sightings = {
+        (entry_list[idx][0], user, entry_list[idx][1]): (
+            np.array([t for t, _ in got], dtype=np.int64),
+            np.array([f for _, f in got], dtype=bool),
+        )
+        for (idx, user), got in slots.items()
+        if got
+    }
+    return _Found(sightings, owners_of, capped | known_public)
 
 
 def _recomputed(
@@ -479,16 +538,28 @@ def _linkable(conn: Conn, people: Sequence[str], as_of: datetime) -> dict[str, s
 
 
 def _uncrowded(
-    n_keys: int, key: np.ndarray, person: np.ndarray, night: np.ndarray, capped: set[int]
+    n_keys: int,
+    key: np.ndarray,
+    owner: np.ndarray,
+    night: np.ndarray,
+    theirs: list[tuple[int, int, int, np.ndarray, np.ndarray]],
+    capped: set[int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per key: whether at most MAX_HOME_PEOPLE consenting people saw it at night, and at most
-    MAX_WORK_PEOPLE during working hours (and it is not public)."""
+    MAX_WORK_PEOPLE during working hours (the chunk's users and the others; a public key
+    neither)."""
     out = []
+    span = 1 << 32  # people are chunk users (-1 - owner) or others (person index)
     for flag, limit in ((True, MAX_HOME_PEOPLE), (False, MAX_WORK_PEOPLE)):
-        rows = night == flag
-        pk = np.unique(key[rows] * (int(person.max(initial=0)) + 1) + person[rows])
-        width = int(person.max(initial=0)) + 1
-        count = np.bincount(pk // width, minlength=n_keys)
+        mine = night == flag
+        codes = [key[mine] * span + (span // 2 - 1 - owner[mine])]
+        codes += [
+            np.array([k * span + span // 2 + p], dtype=np.int64)
+            for _, p, k, _, flags in theirs
+            if (flags == flag).any()
+        ]
+        people = np.unique(np.concatenate(codes))
+        count = np.bincount(people // span, minlength=n_keys)
         ok = count <= limit
         ok[list(capped)] = False
         out.append(ok)
