@@ -1,34 +1,55 @@
-"""Benchmark: materialise every feature for N users x 90 days of hourly rollups.
+"""Benchmark: materialise every feature for N users x 90 days, on synthetic data and on a
+simulated fleet ingested through the collector, side by side (issue 15 §1, §4).
 
-Creates a throwaway database from ``hearth_template`` (like tests/conftest.py), migrates it,
-synthesises users, devices, consent and ~30 rollup rows per user per day server-side (one
-INSERT … SELECT over generate_series per table: the database writes the rows itself, nothing
-crosses the wire), then times ``features.snapshots.materialize`` for growing user counts and
-drops the database.
+Synthetic: a throwaway database from ``hearth_template``, with users, devices, consent and
+~40 raw readings per user per day written server-side (one INSERT … SELECT over
+generate_series per signal: nothing crosses the wire), 1-3 readings per hourly bucket and a
+share of readings (``--late-share``) ingested after T; the rollup job then builds the rollups,
+so buckets hold n > 1 readings and the late ones are recomputed from raw at T. Times
+``features.snapshots.materialize`` for growing user counts, and the engine alone at T counting
+ingest times (late buckets recomputed) against counting event times (none late).
 
-    .venv/bin/python bench/features.py                 # 2,500 / 5,000 / 10,000 users
-    .venv/bin/python bench/features.py --users 500     # quick run while developing
+Real fleet: bench/fleet.py's fleet (built once through ``device_sim run`` and a collector,
+then reused; ``--fleet-households`` x 90 days), its rollups rebuilt on a copy; materialise
+every user at ``as_of = now``, and one on-demand batch (``compute_vectors``, one engine pass).
 
-Last line: ``users=N seconds=… users_per_s=… peak_rss_mb=…`` for the largest N.
+    .venv/bin/python bench/features.py                 # 2,500 / 5,000 / 10,000 users + fleet
+    .venv/bin/python bench/features.py --users 500 --no-fleet   # quick run while developing
+    .venv/bin/python bench/features.py --backfill-days 90   # and a 90-day backfill
+
+Last line: ``users=N seconds=… users_per_s=… fleet_users_per_s=… online_users_per_s=…
+late_ratio=… peak_rss_mb=… load_start=… load_end=…`` (N: the largest synthetic count); with
+``--backfill-days`` also ``backfill_s=… backfill_ratio=…`` (see :func:`run_backfill`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from features.engine import DEFAULT_CHUNK_USERS
+from bench.fleet import (
+    DEFAULT_DAYS,
+    DEFAULT_HOUSEHOLDS,
+    Targets,
+    clone_fleet,
+    drop_database,
+    ensure_fleet,
+    with_db,
+)
+from features.engine import DEFAULT_CHUNK_USERS, Knowledge, compute_vectors, iter_chunk_results
+from features.rollups import refresh_rollups
 from features.snapshots.materialize import materialize
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.migrate import migrate
@@ -65,13 +86,12 @@ DEVICES = {"phone": "phone", "router": "router", "plug": "plug", "door": "contac
            "motion": "motion", "thermo": "thermostat"}  # fmt: skip
 
 
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def synthesise(conn: psycopg.Connection, n_users: int) -> int:
-    """Users, devices, consent and hourly rollups; returns rollup rows written."""
-    start = AS_OF - timedelta(days=DAYS)
+def synthesise(
+    conn: psycopg.Connection, url: str, n_users: int, late_share: float, days: int = DAYS
+) -> int:
+    """Users, devices, consent and ``days`` of raw readings, then the rollups; returns readings
+    written."""
+    start = AS_OF - timedelta(days=days)
     conn.execute(
         """CREATE TEMP TABLE bench_users AS
            SELECT format('u%%s', lpad(i::text, 6, '0')) AS user_id, i,
@@ -95,108 +115,145 @@ def synthesise(conn: psycopg.Connection, n_users: int) -> int:
                                             'presence','climate','usage']) c""",
         (CURRENT_NOTICE_VERSION, start - timedelta(days=1)),
     )
+    # Bulk load without the natural keys, then build them once (much faster than per row).
+    for table in ("numeric_readings", "categorical_readings"):
+        conn.execute(f"DROP INDEX {table}_key")
+    # Per (user, day, hour of a signal): 1 reading, 2 (25 %) or 3 (8 %), minutes apart; each
+    # ingested two minutes after it happened, or (``late``) a day after T.
+    readings = """
+        SELECT u.*, b, b + off + k * INTERVAL '6 minutes' AS t,
+               CASE WHEN random() < %(late)s THEN %(as_of)s::timestamptz + INTERVAL '1 day'
+                    ELSE b + off + k * INTERVAL '6 minutes' + INTERVAL '2 minutes' END AS ing
+          FROM (SELECT u.user_id, u.i, u.s, d, h,
+                       %(start)s::timestamptz + d * INTERVAL '1 day'
+                       + (h + (random() * (1 - u.s))::int) * INTERVAL '1 hour' AS b,
+                       (random() * 2400)::int * INTERVAL '1 second' AS off,
+                       1 + (random() < 0.25)::int + (random() < 0.08)::int AS cnt
+                  FROM bench_users u, generate_series(0, %(days)s - 1) d,
+                       unnest(%(hours)s::int[]) h) u,
+               generate_series(0, u.cnt - 1) k
+    """
     rows = 0
-    # Bulk load without the primary keys, then build them once (much faster than per row).
-    for table in ("rollup_numeric_hourly", "rollup_categorical_hourly"):
-        conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
     for signal, dev, hours, expr in NUMERIC:
-        params = {"dev": dev, "sig": signal, "start": start, "days": DAYS, "hours": hours}
-        params["as_of"] = AS_OF
+        params = {"dev": dev, "sig": signal, "start": start, "days": days, "hours": hours,
+                  "as_of": AS_OF, "late": late_share}  # fmt: skip
         cur = conn.execute(
-            f"""INSERT INTO rollup_numeric_hourly
-                SELECT b, user_id || '-' || %(dev)s, user_id, %(sig)s, 1, v, v * v, v, v, v, v,
-                       b + off, b + off, b + off + INTERVAL '2 minutes'
-                  FROM (SELECT u.user_id, %(start)s::timestamptz + d * INTERVAL '1 day'
-                               + (h + (random() * (1 - u.s))::int) * INTERVAL '1 hour'
-                               AS b,
-                               ({expr})::float8 AS v,
-                               (random() * 3000)::int * INTERVAL '1 second' AS off
-                          FROM bench_users u, generate_series(0, %(days)s - 1) d,
-                               unnest(%(hours)s::int[]) h) x
-                 WHERE b < %(as_of)s""",
-            {
-                "dev": dev,
-                "sig": signal,
-                "start": start,
-                "days": DAYS,
-                "hours": hours,
-                "as_of": AS_OF,
-            },
+            f"""INSERT INTO numeric_readings (time, device_id, user_id, signal, value,
+                                              ingested_at)
+                SELECT t, user_id || '-' || %(dev)s, user_id, %(sig)s, ({expr})::float8, ing
+                  FROM ({readings}) x WHERE t < %(as_of)s""",
+            params,
         )
         rows += cur.rowcount
     for signal, dev, hours in CATEGORICAL:
         value = (
             f"(ARRAY[{', '.join(repr(c) for c in CELLS)}])"
-            f"[1 + CASE WHEN h IN (1, 20) OR random() < u.s THEN u.i %% {len(CELLS)}"
+            f"[1 + CASE WHEN h IN (1, 20) OR random() < x.s THEN x.i %% {len(CELLS)}"
             f" ELSE (random() * {len(CELLS) - 1})::int END]"
             if signal == "geohash"
             else "CASE WHEN h = 22 THEN 'wifi' ELSE 'mobile' END"
         )
         cur = conn.execute(
-            f"""INSERT INTO rollup_categorical_hourly
-                SELECT %(start)s::timestamptz + d * INTERVAL '1 day' + h * INTERVAL '1 hour',
-                       u.user_id || '-' || %(dev)s, u.user_id, %(sig)s, {value}, 1.0, 1,
-                       %(start)s::timestamptz + d * INTERVAL '1 day' + h * INTERVAL '1 hour'
-                         + INTERVAL '5 minutes'
-                  FROM bench_users u, generate_series(0, %(days)s - 1) d,
-                       unnest(%(hours)s::int[]) h""",
-            {"dev": dev, "sig": signal, "start": start, "days": DAYS, "hours": hours},
-        )
+            f"""INSERT INTO categorical_readings (time, device_id, user_id, signal, value,
+                                                  ingested_at)
+                SELECT t, user_id || '-' || %(dev)s, user_id, %(sig)s, {value}, ing
+                  FROM ({readings}) x WHERE t < %(as_of)s""",
+            {"dev": dev, "sig": signal, "start": start, "days": days, "hours": hours,
+             "as_of": AS_OF, "late": late_share},
+        )  # fmt: skip
         rows += cur.rowcount
-    for table, include in (
-        ("rollup_numeric_hourly", "n, sum, min, max, first, last, first_time, last_time"),
-        ("rollup_categorical_hourly", "value, share, n"),
-    ):  # the same keys as migrations 0030 + 0031
-        conn.execute(
-            f"ALTER TABLE {table} ADD PRIMARY KEY (device_id, signal, bucket, user_id)"
-            f" INCLUDE ({include}, max_ingested_at)"
-        )
-    conn.execute(
-        "INSERT INTO rollup_watermarks (name, watermark) VALUES ('hourly', now())"
-        " ON CONFLICT (name) DO UPDATE SET watermark = excluded.watermark"
-    )
-    conn.execute("VACUUM ANALYZE")  # visibility map: index-only scans (autovacuum in production)
+    for table in ("numeric_readings", "categorical_readings"):  # as in migration 0001
+        conn.execute(f"CREATE UNIQUE INDEX {table}_key ON {table} (device_id, signal, time)")
+    conn.execute("VACUUM ANALYZE")
+    refresh_rollups(conn, full=True, database_url=url, jobs=2)
+    conn.execute("VACUUM ANALYZE")  # visibility map and statistics (autovacuum in production)
     return rows
-
-
-def drop_database(name: str) -> None:
-    """Drop the throwaway database; an autovacuum worker may hold it for a moment."""
-    deadline = time.monotonic() + 30
-    with psycopg.connect(BASE_URL, autocommit=True) as admin:
-        while True:
-            try:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                return
-            except psycopg.errors.InsufficientPrivilege:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=10_000, help="largest user count")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_USERS)
-    parser.add_argument("--keep", action="store_true", help="do not drop the database")
-    args = parser.parse_args()
-    steps = sorted({max(1, args.users // 4), max(1, args.users // 2), args.users})
+def engine_pass(url: str, users: Sequence[str], as_of: datetime, knowledge: Knowledge) -> float:
+    """Seconds to compute (not store) every feature of ``users`` at ``as_of``, with loader
+    connections as materialise uses them."""
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(psycopg.connect(url, autocommit=True))
+        loaders = [stack.enter_context(psycopg.connect(url, autocommit=True)) for _ in range(2)]
+        for c in (conn, *loaders):
+            c.execute("SET jit = off")
+        t0 = time.perf_counter()
+        for _ in iter_chunk_results(conn, users, as_of, loaders=loaders, knowledge=knowledge):
+            pass
+        return time.perf_counter() - t0
 
+
+BACKFILL_TARGET_RATIO = 10.0  # issue 15 §2: 90 daily as_ofs in at most 10x one as_of
+BACKFILL_TARGET_RSS_MB = 1024.0
+
+
+def run_backfill(
+    url: str, users: list[str], days: int, chunk_size: int, processes: int
+) -> tuple[float, float]:
+    """Backfill ``days`` daily snapshots (ending at AS_OF) of ``users`` on a fresh table with
+    ``processes`` worker processes: (seconds, peak RSS in MB of this process and its workers
+    while it ran, sampled every 50 ms)."""
+    import contextlib
+    import threading
+
+    import psutil
+
+    from features.snapshots.materialize import as_of_range, backfill
+
+    as_ofs = as_of_range(AS_OF - timedelta(days=days - 1), AS_OF, timedelta(days=1))
+    proc = psutil.Process()
+    peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.05):
+            rss = proc.memory_info().rss
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    rss += child.memory_info().rss
+            peak = max(peak, rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE feature_snapshots")
+        sampler.start()
+        try:
+            result = backfill(conn, as_ofs, users=users, chunk_size=chunk_size, force=True,
+                              progress=False, database_url=url, processes=processes)  # fmt: skip
+        finally:
+            done.set()
+            sampler.join()
+    assert result.written == len(users) * days, "the backfill wrote a different number of rows"
+    return result.seconds, peak / 2**20
+
+
+def synthetic_run(
+    args: argparse.Namespace,
+) -> tuple[list[tuple[int, float, float, float]], float, tuple[float, float] | None]:
+    """Materialise growing user counts of synthetic data; (n, seconds, sql_s, python_s) each,
+    the late ratio (engine at T counting ingest times / counting event times), and with
+    ``--backfill-days`` the backfill's (seconds, peak RSS MB)."""
+    steps = sorted({max(1, args.users // 4), max(1, args.users // 2), args.users})
     name = f"hearth_bench_{secrets.token_hex(4)}"
     with psycopg.connect(BASE_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
-    url = _with_db(BASE_URL, name)
+    url = with_db(BASE_URL, name)
     results = []
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
             t0 = time.perf_counter()
-            rows = synthesise(conn, args.users)
-            print(f"synthesised {rows:,} rollup rows for {args.users:,} users x {DAYS} days "
-                  f"in {time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
+            days = DAYS + max(args.backfill_days - 1, 0)  # every backfilled as_of: 90 days
+            rows = synthesise(conn, url, args.users, args.late_share, days)
+            took = time.perf_counter() - t0
+            print(f"synthesised {rows:,} raw readings and their rollups for {args.users:,} "
+                  f"users x {days} days in {took:.1f}s", flush=True)  # fmt: skip
             users = [str(r[0]) for r in conn.execute("SELECT user_id FROM users ORDER BY 1")]
             for n in steps:
                 result = materialize(
@@ -205,17 +262,115 @@ def main() -> int:
                 )  # fmt: skip
                 results.append((n, result.seconds, result.timings.sql_s, result.timings.python_s))
                 print(f"  {n:>6} users: {result.seconds:6.1f}s", flush=True)
+            backfilled = None
+            if args.backfill_days:
+                backfilled = run_backfill(url, users[: steps[-1]], args.backfill_days,
+                                          args.chunk_size, args.backfill_processes)  # fmt: skip
+        some = users[: min(len(users), 2_500)]
+        event_s = engine_pass(url, some, AS_OF, Knowledge.EVENT)
+        ingested_s = engine_pass(url, some, AS_OF, Knowledge.INGESTED)
+        print(
+            f"  engine, {len(some)} users: {event_s:.1f}s none late (event times), "
+            f"{ingested_s:.1f}s with late buckets recomputed (ingest times)",
+            flush=True,
+        )
     finally:
         if not args.keep:
             drop_database(name)
+    return results, ingested_s / event_s, backfilled
+
+
+def fleet_run(args: argparse.Namespace) -> dict[str, float]:
+    """The collector-ingested fleet: materialise every user at now, and one online batch."""
+    fleet = ensure_fleet(args.fleet_households, args.fleet_days)
+    out: dict[str, float] = {"households": fleet.households, "raw_rows": fleet.raw_rows}
+    with clone_fleet(fleet) as url, psycopg.connect(url, autocommit=True) as conn:
+        refresh_rollups(conn, full=True, database_url=url, jobs=2)
+        conn.execute("VACUUM ANALYZE")
+        users = [str(r[0]) for r in conn.execute("SELECT user_id FROM users ORDER BY 1")]
+        now = datetime.now(UTC)
+        result = materialize(conn, now, users=users, force=True, progress=False,
+                             database_url=url)  # fmt: skip
+        out["users"] = len(users)
+        out["materialize_s"] = result.seconds
+        batch = users[: min(len(users), 500)]
+        t0 = time.perf_counter()
+        vectors = compute_vectors(conn, batch, now)
+        out["online_users"] = len(vectors)
+        out["online_s"] = time.perf_counter() - t0
+        past = fleet.end - timedelta(days=10)  # replayed: every bucket ingested after it
+        out["replayed_s"] = engine_pass(url, users, past, Knowledge.INGESTED)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=10_000, help="largest synthetic user count")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_USERS)
+    parser.add_argument("--late-share", type=float, default=0.05,
+                        help="share of synthetic readings ingested after T")  # fmt: skip
+    parser.add_argument("--fleet-households", type=int, default=DEFAULT_HOUSEHOLDS)
+    parser.add_argument("--fleet-days", type=int, default=DEFAULT_DAYS)
+    parser.add_argument("--no-fleet", action="store_true", help="synthetic data only")
+    parser.add_argument("--keep", action="store_true", help="do not drop the database")
+    parser.add_argument("--backfill-processes", type=int, default=2,
+                        help="the backfill's worker processes (a core each)")  # fmt: skip
+    parser.add_argument("--backfill-days", type=int, default=0,
+                        help="also backfill this many daily as_ofs of the largest user count "
+                        "(its ratio to the single-date run is the backfill target)")  # fmt: skip
+    args = parser.parse_args()
+    fleet = None if args.no_fleet else ensure_fleet(args.fleet_households, args.fleet_days)
+    targets = Targets()  # building a fleet is not measured
+    results, late_ratio, backfilled = synthetic_run(args)
+    real = fleet_run(args) if fleet is not None else {}
     rss = peak_rss_mb()
     print()
-    print(f"{'users':>8} {'seconds':>8} {'users/s':>9} {'sql_s':>7} {'python_s':>9}")
+    print(f"{'data':24} {'users':>8} {'seconds':>8} {'users/s':>9} {'sql_s':>7} {'python_s':>9}")
     for n, secs, sql_s, py_s in results:
-        print(f"{n:>8} {secs:>8.1f} {n / secs:>9.0f} {sql_s:>7.1f} {py_s:>9.1f}")
-    print(f"peak RSS {rss:.0f} MB")
+        print(f"{'synthetic (rollups+raw)':24} {n:>8} {secs:>8.1f} {n / secs:>9.0f} "
+              f"{sql_s:>7.1f} {py_s:>9.1f}")  # fmt: skip
     n, secs, _, _ = results[-1]
-    print(f"users={n} seconds={secs:.1f} users_per_s={n / secs:.0f} peak_rss_mb={rss:.0f}")
+    synthetic_rate = n / secs
+    fleet_rate = online_rate = float("nan")
+    if real:
+        fleet_rate = real["users"] / real["materialize_s"]
+        online_rate = real["online_users"] / real["online_s"]
+        print(f"{'fleet, as_of now':24} {real['users']:>8.0f} {real['materialize_s']:>8.1f} "
+              f"{fleet_rate:>9.0f}")  # fmt: skip
+        print(f"{'fleet, online batch':24} {real['online_users']:>8.0f} {real['online_s']:>8.1f} "
+              f"{online_rate:>9.0f}")  # fmt: skip
+        print(f"{'fleet, replayed past T':24} {real['users']:>8.0f} {real['replayed_s']:>8.1f} "
+              f"{real['users'] / real['replayed_s']:>9.0f}")  # fmt: skip
+        print(
+            f"fleet: {real['households']:.0f} households x {args.fleet_days} days, "
+            f"{real['raw_rows']:,.0f} raw readings (bench/fleet.py)"
+        )
+    print(f"peak RSS {rss:.0f} MB")
+    targets.check("synthetic users/s", synthetic_rate, ">=", 500, "users/s")
+    if real:
+        targets.check("fleet users/s at as_of now", fleet_rate, ">=", 500, "users/s")
+        targets.check("fleet online batch", online_rate, ">=", 500, "users/s")
+    targets.check("late buckets recomputed / none late", late_ratio, "<=", 3.0, "x")
+    extra: dict[str, object] = {}
+    if backfilled is not None:
+        backfill_s, backfill_rss = backfilled
+        ratio = backfill_s / secs
+        print(f"backfill {n} users x {args.backfill_days} as_ofs "
+              f"({args.backfill_processes} processes): {backfill_s:.1f}s, "
+              f"{n * args.backfill_days / backfill_s:,.0f} snapshots/s")  # fmt: skip
+        targets.check("backfill / one as_of", ratio, "<=", BACKFILL_TARGET_RATIO, "x")
+        targets.check("backfill peak RSS", backfill_rss, "<=", BACKFILL_TARGET_RSS_MB, "MB")
+        extra = {"backfill_s": f"{backfill_s:.1f}", "backfill_ratio": f"{ratio:.1f}"}
+    targets.finish(
+        users=n,
+        seconds=f"{secs:.1f}",
+        users_per_s=f"{synthetic_rate:.0f}",
+        fleet_users_per_s=f"{fleet_rate:.0f}",
+        online_users_per_s=f"{online_rate:.0f}",
+        late_ratio=f"{late_ratio:.2f}",
+        peak_rss_mb=f"{rss:.0f}",
+        **extra,
+    )
     return 0
 
 

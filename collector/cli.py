@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from collector import admin_cli
-from hearth.cli import configure_logging
+from hearth.cli import dispatch
 from hearth.db import connect
 from hearth.migrate import MigrationError, migrate
 from hearth.settings import get_settings
@@ -57,7 +57,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(get_settings().log_level)
-    code: int = args.func(args)
-    return code
+    return dispatch(build_parser(), argv)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from hearth.errors import EXIT_BROKEN_PIPE, HearthError
+from hearth.settings import get_settings
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
@@ -43,3 +45,12 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+
+
+def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` with a command tree whose leaves set ``func``, configure logging from the
+    settings (a bad setting fails here, as one line) and run the command."""
+    args = parser.parse_args(argv)
+    configure_logging(get_settings().log_level)
+    code: int = args.func(args)
+    return code

@@ -16,7 +16,6 @@ from hearth.db import AsyncConn, Conn
 from hearth.pseudonym import DOMAIN_LINK_END, keyed_hash
 from hearth.settings import get_settings
 from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
-from hearth.vectors import withdrawn_cell
 
 REGISTRY_CHANNEL = "hearth_registry"  # NOTIFY on any change to users/devices (migration 0002)
 CONSENT_CHANNEL = "hearth_consent"  # NOTIFY on any change to consent_events
@@ -74,6 +73,24 @@ def any_active_consent_sql(user_expr: str, at_expr: str) -> str:
         ) latest
          WHERE latest.action = 'grant' AND latest.notice_version = %(notice)s
     )"""
+
+
+# For many (user, T) rows at once (a training set): per known user among %(users)s, whether
+# some category is actively consented after each of their consent event times — the rule of
+# any_active_consent_sql evaluated once per (user, event time) instead of once per row. The
+# answer at T is that of the last event time at or before T (none: no consent); a user without
+# events has one row with NULL time. Rows ordered by user, then time.
+ANY_CONSENT_STEPS_SQL = f"""
+    WITH known AS (SELECT DISTINCT u.user_id
+                     FROM unnest(%(users)s::text[]) AS r(user_id)
+                     JOIN users u ON u.user_id = r.user_id),
+         times AS (SELECT DISTINCT e.user_id, e.at FROM consent_events e
+                     JOIN known k ON k.user_id = e.user_id
+                    WHERE e.purpose = %(purpose)s)
+    SELECT k.user_id, t.at, t.at IS NOT NULL AND {any_active_consent_sql("t.user_id", "t.at")}
+      FROM known k LEFT JOIN times t ON t.user_id = k.user_id
+     ORDER BY k.user_id, t.at
+"""
 
 
 def consent_rule_params() -> dict[str, object]:
@@ -226,28 +243,23 @@ def withdrawn_categories_sql(user_expr: str) -> str:
                    AND ws.action = 'withdraw')"""
 
 
-# What a snapshot holds of a category it may not show. These two expressions change together:
-# the purge writes with the first and verifies with the second.
-def _withdrawn_cells_sql(version_expr: str, categories_expr: str) -> str:
-    """SQL jsonb: ``{name: withdrawn cell}`` for every feature of ``categories_expr``."""
-    withdrawn = json.dumps(withdrawn_cell())
-    return f"""coalesce(
-        (SELECT jsonb_object_agg(fd.name, '{withdrawn}'::jsonb) FROM feature_definitions fd
-          WHERE fd.feature_set_version = {version_expr}
-            AND fd.category = ANY({categories_expr})), '{{}}'::jsonb)"""
+# What a snapshot holds of a category it may not show (packed vectors, migration 0055). These
+# two change together: the purge writes with the first and verifies with the second.
+def withhold_snapshot_sql(row: str, categories_expr: str) -> str:
+    """SQL assignment for ``UPDATE feature_snapshots {row} SET ...``: the features of the
+    categories in text[] ``categories_expr`` (by ``feature_definitions``) made withdrawn
+    cells — null, coverage 0, the reason in ``withheld`` (hearth.vectors: one schema)."""
+    return f"""(vals, covs, withheld) = (
+        SELECT w.vals, w.covs, w.withheld FROM hearth_snapshot_withhold(
+            {row}.feature_set_version, {row}.vals, {row}.covs, {row}.withheld,
+            {categories_expr}) w)"""
 
 
-def withhold_features_sql(vector_expr: str, version_expr: str, categories_expr: str) -> str:
-    """SQL jsonb: snapshot ``vector_expr`` (feature-set version ``version_expr``) with the
-    features of the categories in text[] ``categories_expr`` (by ``feature_definitions``) made
-    withdrawn cells — null with a reason, the key kept (hearth.vectors: one schema)."""
-    return f"({vector_expr} || {_withdrawn_cells_sql(version_expr, categories_expr)})"
-
-
-def shows_features_sql(vector_expr: str, version_expr: str, categories_expr: str) -> str:
-    """SQL boolean: the snapshot still shows a feature of one of ``categories_expr`` (a cell
-    that is not the withdrawn cell)."""
-    return f"(NOT {vector_expr} @> {_withdrawn_cells_sql(version_expr, categories_expr)})"
+def shows_snapshot_sql(row: str, categories_expr: str) -> str:
+    """SQL boolean: snapshot ``row`` still shows a feature of one of ``categories_expr`` (a
+    cell that is not the withdrawn cell)."""
+    return f"""hearth_snapshot_shows({row}.feature_set_version, {row}.vals, {row}.covs,
+                                  {row}.withheld, {categories_expr})"""
 
 
 def consent_kept_sql(user_expr: str, category_expr: str, at_expr: str) -> str:
@@ -446,3 +458,19 @@ def categories_withdrawn_after(
     for u, c in rows:
         out.setdefault(str(u), set()).add(Category(str(c)))
     return out
+
+
+def consent_change_times(
+    conn: Conn, user_ids: Iterable[str], after: datetime, until: datetime
+) -> list[datetime]:
+    """The times in (``after``, ``until``] of the users' credit-scoring consent events,
+    ascending: between two of them, what :func:`consented_categories_many` and
+    :func:`categories_withdrawn_after` say of these users cannot change (a backfill asks them
+    once per stretch instead of once per as_of)."""
+    rows = conn.execute(
+        """SELECT DISTINCT at FROM consent_events
+            WHERE purpose = %s AND at > %s AND at <= %s AND user_id = ANY(%s)
+            ORDER BY at""",
+        (PURPOSE_CREDIT_SCORING, after, until, list(user_ids)),
+    ).fetchall()
+    return [r[0] for r in rows if isinstance(r[0], datetime)]

@@ -37,6 +37,9 @@ PURPOSE_CREDIT_SCORING = "credit_scoring"
 # The categories a relationship link can be derived from (a shared Wi-Fi access point, a shared
 # geohash): a link needs one of them and ``relationships`` on both ends (docs/invariants.md#9).
 LINK_CATEGORIES = (Category.CONNECTIVITY, Category.LOCATION)
+# The signals links are derived from, one per link category: the rollup job keeps their
+# sightings by value (network_sightings, features.rollups) for the household graph.
+LINK_SIGNALS = ("wifi_bssid_hash", "geohash")
 
 Kind = Literal["numeric", "categorical", "raw"]
 

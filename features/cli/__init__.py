@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 
 from features.cli import engine, report, service
-from hearth.cli import configure_logging
-from hearth.settings import get_settings
+from hearth.cli import dispatch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +27,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(get_settings().log_level)
-    code: int = args.func(args)
-    return code
+    return dispatch(build_parser(), argv)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import TypedDict
 
 from features.engine import DEFAULT_CHUNK_USERS, as_of_problem, latest_as_of
-from features.rollups import refresh_rollups
-from features.snapshots.materialize import materialize
+from features.rollups import DEFAULT_JOBS, refresh_rollups, rollup_progress
+from features.snapshots.materialize import as_of_range, backfill, materialize
 from hearth.db import connect
 from hearth.errors import Invalid
 from hearth.settings import get_settings
@@ -22,16 +24,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this family's sub-commands."""
     m = sub.add_parser(
         "materialize",
-        help="compute and store feature snapshots as of a date",
+        help="compute and store feature snapshots as of a date, or of every date of a range",
         description="Refresh rollups, sync definitions, then write one snapshot per user "
-        "for (as_of, feature-set version). Resumable: users already done are skipped.",
+        "for (as_of, feature-set version). With --from/--to (a backfill) every as_of of the "
+        "range is computed from one read of each chunk of users. Resumable: snapshots already "
+        "stored are skipped.",
     )
-    m.add_argument("--as-of", required=True, help="YYYY-MM-DD (midnight UTC) or RFC 3339 timestamp")
+    when = m.add_mutually_exclusive_group(required=True)
+    when.add_argument("--as-of", help="YYYY-MM-DD (midnight UTC) or RFC 3339 timestamp")
+    when.add_argument("--from", dest="start", metavar="D1", help="first as_of of a backfill")
+    m.add_argument("--to", dest="end", metavar="D2", help="last as_of of a backfill (included)")
+    m.add_argument(
+        "--every", default="1d", help="step between as_ofs: <n>d, <n>h or <n>m (default 1d)"
+    )
     who = m.add_mutually_exclusive_group()
     who.add_argument("--users", help="comma-separated user ids (default: every user)")
     who.add_argument("--users-file", type=Path, help="file with one user id per line")
     m.add_argument("--chunk-size", type=int, help="users per chunk (memory bound; default 250)")
     m.add_argument("--force", action="store_true", help="recompute users already materialised")
+    m.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="backfill: worker processes computing chunks at once (one per core; default 1)",
+    )
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=_materialize)
 
@@ -44,19 +60,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument(
         "--full", action="store_true", help="rebuild every bucket (ignores the watermark)"
     )
+    r.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help=f"database connections recomputing week slices side by side (default {DEFAULT_JOBS})",
+    )
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_rollup)
 
 
-def parse_as_of(text: str, max_clock_skew_s: float | None = None) -> datetime:
+def parse_as_of(
+    text: str, max_clock_skew_s: float | None = None, *, what: str = "--as-of"
+) -> datetime:
     """YYYY-MM-DD means midnight UTC; otherwise RFC 3339 with an explicit offset. Within
     the as_of rule's bounds (features.engine.as_of): not before 2000, not after now plus the
     clock-skew allowance (default: HEARTH_MAX_CLOCK_SKEW_S)."""
-    value = parse_rfc3339(text, what="--as-of", date_is_midnight=True)
+    value = parse_rfc3339(text, what=what, date_is_midnight=True)
     if max_clock_skew_s is None:
         max_clock_skew_s = get_settings().max_clock_skew_s
     problem = as_of_problem(value, latest_as_of(max_clock_skew_s))
     if problem is not None:
-        raise Invalid(f"--as-of {text.strip()}: {problem}")
+        raise Invalid(f"{what} {text.strip()}: {problem}")
     return value
 
 
@@ -72,26 +97,78 @@ def _users(args: argparse.Namespace) -> list[str] | None:
     return None
 
 
+_STEP = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
+_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
+
+
+def parse_every(text: str) -> timedelta:
+    """``<n>d``, ``<n>h`` or ``<n>m`` (n ≥ 1) as a step between as_ofs."""
+    match = _STEP.match(text)
+    if match is None or int(match[1]) < 1:
+        raise Invalid(f"--every {text.strip()}: use <n>d, <n>h or <n>m with n at least 1")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def backfill_as_ofs(start: str, end: str | None, every: str) -> list[datetime]:
+    """The as_ofs of ``--from D1 --to D2 --every STEP``: D1, D1 + STEP, … up to D2."""
+    if end is None:
+        raise Invalid("--from needs --to (the last as_of of the range)")
+    first, last = parse_as_of(start, what="--from"), parse_as_of(end, what="--to")
+    if last < first:
+        raise Invalid(f"--to {end.strip()} is before --from {start.strip()}")
+    return as_of_range(first, last, parse_every(every))
+
+
 def _materialize(args: argparse.Namespace) -> int:
+    if args.as_of is None:
+        return _backfill(args)
+    if args.end is not None:
+        raise Invalid("--to goes with --from (a backfill), not with --as-of")
     as_of = parse_as_of(args.as_of)
-    chunk_size = DEFAULT_CHUNK_USERS if args.chunk_size is None else args.chunk_size
-    if chunk_size < 1:
-        raise Invalid("--chunk-size must be at least 1")
-    users = _users(args)
-    url = get_settings().database_url
-    with connect(url, autocommit=True) as conn:
-        result = materialize(
-            conn,
-            as_of,
-            users=users,
-            chunk_size=chunk_size,
-            force=args.force,
-            progress=not args.no_progress,
-            database_url=url,
-        )
+    options = _run_options(args)
+    with connect(options["database_url"], autocommit=True) as conn:
+        result = materialize(conn, as_of, **options)
     print(
         f"as_of={result.as_of.isoformat()} version={result.feature_set_version} "
         f"requested={result.requested} skipped={result.skipped} written={result.written} "
+        f"seconds={result.seconds:.1f}"
+    )
+    return 0
+
+
+class _RunOptions(TypedDict):
+    users: list[str] | None
+    chunk_size: int
+    force: bool
+    progress: bool
+    database_url: str
+
+
+def _run_options(args: argparse.Namespace) -> _RunOptions:
+    """What a single-date run and a backfill both take from the command line."""
+    chunk_size = DEFAULT_CHUNK_USERS if args.chunk_size is None else int(args.chunk_size)
+    if chunk_size < 1:
+        raise Invalid("--chunk-size must be at least 1")
+    return _RunOptions(
+        users=_users(args),
+        chunk_size=chunk_size,
+        force=bool(args.force),
+        progress=not args.no_progress,
+        database_url=get_settings().database_url,
+    )
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    as_ofs = backfill_as_ofs(args.start, args.end, args.every)
+    if args.processes < 1:
+        raise Invalid("--processes must be at least 1")
+    options = _run_options(args)
+    with connect(options["database_url"], autocommit=True) as conn:
+        result = backfill(conn, as_ofs, processes=args.processes, **options)
+    print(
+        f"from={result.as_ofs[0].isoformat()} to={result.as_ofs[-1].isoformat()} "
+        f"as_ofs={len(result.as_ofs)} version={result.feature_set_version} "
+        f"users={result.users} skipped={result.skipped} written={result.written} "
         f"seconds={result.seconds:.1f}"
     )
     return 0
@@ -109,13 +186,21 @@ def _rollup(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
     full = bool(args.full)
-    with connect(get_settings().database_url, autocommit=True) as conn:
+    if args.jobs < 1:
+        raise Invalid("--jobs must be at least 1")
+    url = get_settings().database_url
+    with connect(url, autocommit=True) as conn:
         while True:
-            result = refresh_rollups(conn, full=full)
+            with rollup_progress(enabled=not args.no_progress) as progress:
+                result = refresh_rollups(
+                    conn, full=full, database_url=url, jobs=args.jobs, progress=progress
+                )
             full = False  # a rebuild once, then incremental
             print(
                 f"numeric_buckets={result.numeric_buckets} "
                 f"categorical_buckets={result.categorical_buckets} "
+                f"rows={result.rows} readings={result.readings} "
+                f"readings_per_s={result.readings_per_s:.0f} "
                 f"watermark={result.watermark.isoformat()} seconds={result.seconds:.2f}",
                 flush=True,
             )

@@ -13,8 +13,8 @@ import json
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, NoReturn
+from datetime import datetime, timedelta
+from typing import Any, Literal, NoReturn
 from urllib.parse import quote, urlencode
 
 from features.client.results import HearthError, parse_error
@@ -97,10 +97,12 @@ class ClientBase:
         return Attempts(self.retry, self.base_url)
 
     @staticmethod
-    def _headers(accept: str, body: bytes | None) -> dict[str, str]:
+    def _headers(
+        accept: str, body: bytes | None, content_type: str = "application/json"
+    ) -> dict[str, str]:
         headers = {"Accept": accept}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         return headers
 
 
@@ -115,24 +117,50 @@ def features_path(user_id: str, as_of: datetime | None) -> str:
     return path + ("?" + urlencode({"as_of": _iso(as_of)}) if as_of is not None else "")
 
 
-def online_body(user_ids: Sequence[str], as_of: datetime | None) -> bytes:
+def online_body(
+    user_ids: Sequence[str], as_of: datetime | None, features: Sequence[str] | None = None
+) -> bytes:
     body: dict[str, Any] = {"user_ids": list(user_ids)}
     if as_of is not None:
         body["as_of"] = _iso(as_of)
+    if features is not None:
+        body["features"] = list(features)
     return json.dumps(body).encode()
 
 
-def historical_batches(rows: Iterable[tuple[str, datetime]]) -> list[bytes]:
-    """Request bodies of at most HISTORICAL_BATCH_ROWS rows each."""
+Mode = Literal["exact", "snapshot"]
+
+
+def historical_options(
+    mode: Mode, max_age: timedelta, features: Sequence[str] | None, include_coverage: bool
+) -> dict[str, Any]:
+    """The fields of a historical request besides its rows (``HistoricalOptions``)."""
+    seconds = max_age.total_seconds()
+    if seconds < 1 or seconds != int(seconds):
+        raise ValueError(f"max_age must be a positive whole number of seconds, got {max_age}")
+    options: dict[str, Any] = {
+        "mode": mode,
+        "max_age_s": int(seconds),
+        "include_coverage": include_coverage,
+    }
+    if features is not None:
+        options["features"] = list(features)
+    return options
+
+
+def historical_batches(
+    rows: Iterable[tuple[str, datetime]], options: dict[str, Any] | None = None
+) -> list[bytes]:
+    """JSON request bodies of at most HISTORICAL_BATCH_ROWS rows each."""
     batch: list[dict[str, str]] = []
     bodies = []
     for user_id, as_of in rows:
         batch.append({"user_id": user_id, "as_of": _iso(as_of)})
         if len(batch) == HISTORICAL_BATCH_ROWS:
-            bodies.append(json.dumps({"rows": batch}).encode())
+            bodies.append(json.dumps({**(options or {}), "rows": batch}).encode())
             batch = []
     if batch:
-        bodies.append(json.dumps({"rows": batch}).encode())
+        bodies.append(json.dumps({**(options or {}), "rows": batch}).encode())
     return bodies
 
 

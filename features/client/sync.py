@@ -1,7 +1,7 @@
 """The blocking client, on the standard library's ``urllib`` (one connection per request).
 
 with HearthClient("http://127.0.0.1:8080", token) as client:
-    frame = client.historical([("u1", datetime(2026, 1, 1, tzinfo=UTC))]).to_frame()
+    frame = client.historical([("u1", datetime(2026, 1, 1, tzinfo=UTC))], mode="snapshot")
 """
 
 from __future__ import annotations
@@ -12,17 +12,20 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.client import HTTPResponse
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from features.client.arrow import ARROW_STREAM, read_table, request_bodies, to_frame
 from features.client.base import (
     NOT_READY,
     READY_PATH,
     ClientBase,
+    Mode,
     definitions_of,
     features_path,
     historical_batches,
+    historical_options,
     online_body,
 )
 from features.client.results import (
@@ -35,6 +38,9 @@ from features.client.results import (
     parse_vector,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 T = TypeVar("T")
 
 STREAM_READ_BYTES = 256 * 1024
@@ -42,6 +48,10 @@ STREAM_READ_BYTES = 256 * 1024
 
 def _read_all(response: HTTPResponse) -> bytes:
     return response.read()
+
+
+def _read_table(response: HTTPResponse, rows: int) -> Any:
+    return read_table(response, rows)  # record batches decoded as they arrive
 
 
 def _parse_stream(response: HTTPResponse, offset: int) -> list[HistoricalRow]:
@@ -81,10 +91,14 @@ class HearthClient(ClientBase):
         body: bytes | None,
         accept: str,
         consume: Callable[[HTTPResponse], T],
+        content_type: str = "application/json",
     ) -> T:
         """Send with retries; ``consume`` reads a successful response (a failure while reading
         retries the whole request, as a failure before the response would)."""
-        headers = {"Authorization": f"Bearer {self._token}", **self._headers(accept, body)}
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            **self._headers(accept, body, content_type),
+        }
         attempts = self._attempts()
         for delay in attempts:
             if delay:
@@ -105,14 +119,58 @@ class HearthClient(ClientBase):
     def get_features(self, user_id: str, as_of: datetime | None = None) -> ServedVector:
         return parse_vector(json.loads(self._request("GET", features_path(user_id, as_of))))
 
-    def online(self, user_ids: Sequence[str], as_of: datetime | None = None) -> OnlineResult:
-        body = online_body(user_ids, as_of)
+    def online(
+        self,
+        user_ids: Sequence[str],
+        as_of: datetime | None = None,
+        features: Sequence[str] | None = None,
+    ) -> OnlineResult:
+        """Vectors of ``user_ids`` (the latest snapshot, or as of ``as_of``); ``features``
+        selects which (default all)."""
+        body = online_body(user_ids, as_of, features)
         return parse_online(json.loads(self._request("POST", "/v1/features/online", body)))
 
-    def historical(self, rows: Iterable[tuple[str, datetime]]) -> HistoricalResult:
-        """Point-in-time rows, one per input row in order (batched past 100,000 rows)."""
+    def historical(
+        self,
+        rows: Iterable[tuple[str, datetime]] | pd.DataFrame,
+        *,
+        mode: Mode = "exact",
+        max_age: timedelta = timedelta(days=1),
+        features: Sequence[str] | None = None,
+        include_coverage: bool = False,
+    ) -> pd.DataFrame:
+        """Point-in-time features of (user_id, as_of) rows — tuples, or a DataFrame with those
+        columns — as a DataFrame: one row per input row, in order, built from Arrow record
+        batches (no Python object per row or cell). ``mode="snapshot"``: the latest snapshot
+        at most ``max_age`` older than as_of (reason ``no_snapshot`` when none);
+        ``"exact"``: the vector as of as_of. ``features`` selects columns (default all);
+        ``include_coverage`` adds ``<name>__coverage`` columns. Batched past 100,000 rows."""
+        options = historical_options(mode, max_age, features, include_coverage)
+        tables = [
+            self._exchange(
+                "POST",
+                "/v1/features/historical",
+                body,
+                ARROW_STREAM,
+                functools.partial(_read_table, rows=count),
+                content_type=ARROW_STREAM,
+            )
+            for body, count in request_bodies(rows, options)
+        ]
+        return to_frame(tables)
+
+    def historical_rows(
+        self,
+        rows: Iterable[tuple[str, datetime]],
+        *,
+        mode: Mode = "exact",
+        max_age: timedelta = timedelta(days=1),
+        features: Sequence[str] | None = None,
+    ) -> HistoricalResult:
+        """The same rows as typed results parsed from NDJSON (cells with their reasons)."""
+        options = historical_options(mode, max_age, features, True)
         out: list[HistoricalRow] = []
-        for body in historical_batches(rows):
+        for body in historical_batches(rows, options):
             offset = len(out)
             out.extend(
                 self._exchange(

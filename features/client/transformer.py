@@ -4,11 +4,12 @@
                      ("model", LogisticRegression())])
     pipe.fit(frame[["user_id", "as_of"]], labels)
 
-``transform`` sends the frame's (user_id, as_of) rows to ``POST /v1/features/historical`` and
-returns a float matrix, one row per input row in order, NaN where a value is null or the row
-came back with a reason (unknown user, no consent). ``fit`` only fixes the output columns (the
-service's feature catalogue unless ``features`` is given), so a fitted pipeline always produces
-the same columns. Naive ``as_of`` values are taken as UTC.
+``transform`` sends the frame's (user_id, as_of) rows to ``POST /v1/features/historical`` (as
+Arrow, in ``mode`` "exact" or "snapshot" with ``max_age``) and returns a float matrix, one row
+per input row in order, NaN where a value is null or the row came back with a reason (unknown
+user, no consent, no snapshot). ``fit`` only fixes the output columns (the service's feature
+catalogue unless ``features`` is given), so a fitted pipeline always produces the same columns.
+Naive ``as_of`` values are taken as UTC.
 
 The token is a constructor parameter (sklearn needs all parameters in ``__init__``), so a
 pickled pipeline contains it: prefer a read-only ``features:read`` token.
@@ -17,6 +18,7 @@ pickled pipeline contains it: prefer a read-only ``features:read`` token.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, Self
 
 import numpy as np
@@ -25,6 +27,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
+from features.client.base import Mode
 from features.client.results import output_columns
 from features.client.sync import HearthClient
 
@@ -39,12 +42,16 @@ class HearthFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         features: Sequence[str] | None = None,
         include_coverage: bool = False,
         timeout_s: float = 120.0,
+        mode: Mode = "exact",
+        max_age: timedelta = timedelta(days=1),
     ) -> None:
         self.base_url = base_url
         self.token = token
         self.features = features
         self.include_coverage = include_coverage
         self.timeout_s = timeout_s
+        self.mode = mode
+        self.max_age = max_age
 
     def _client(self) -> HearthClient:
         return HearthClient(self.base_url, self.token, timeout_s=self.timeout_s)
@@ -66,10 +73,16 @@ class HearthFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         if not hasattr(self, "features_"):
             raise NotFittedError("HearthFeatures is not fitted yet; call fit first")
         _check_frame(X)
-        as_of = pd.to_datetime(X["as_of"], utc=True)
-        rows = list(zip(X["user_id"].astype(str), as_of.dt.to_pydatetime(), strict=True))
-        result = self._client().historical(rows)
-        frame = result.to_frame(features=self.features_, include_coverage=self.include_coverage)
+        rows = pd.DataFrame(
+            {"user_id": X["user_id"].astype(str), "as_of": pd.to_datetime(X["as_of"], utc=True)}
+        )
+        frame = self._client().historical(
+            rows,
+            mode=self.mode,
+            max_age=self.max_age,
+            features=self.features_,
+            include_coverage=self.include_coverage,
+        )
         matrix: npt.NDArray[np.float64] = frame[self._columns()].to_numpy(dtype=np.float64)
         return matrix
 

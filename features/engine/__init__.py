@@ -5,11 +5,13 @@ Modules, in the order a chunk of users passes through them: :mod:`.as_of` (which
 known at T), :mod:`.grid` (the hourly grid, local clocks), :mod:`.sql` (every read-path
 statement), :mod:`.wire` (libpq binary decoding), :mod:`.bins` (decoded arrays as bins),
 :mod:`.load` (one chunk's read), :mod:`.compute` (feature functions, consent nulls, vectors),
-:mod:`.runner` (chunks in order, loader threads). :mod:`.types` holds what comes out.
+:mod:`.runner` (chunks in order, loader threads); :mod:`.backfill` reads a chunk once for
+many as-of times and builds each one's chunk. :mod:`.types` holds what comes out.
 This module is the public API.
 """
 
 from features.engine.as_of import Knowledge, as_of_problem, latest_as_of
+from features.engine.backfill import Span, compute_span, load_span
 from features.engine.compute import REASON_CODES, ChunkResults
 from features.engine.runner import (
     DEFAULT_CHUNK_USERS,
@@ -26,10 +28,13 @@ __all__ = [
     "FeatureCell",
     "FeatureVector",
     "Knowledge",
+    "Span",
     "Timings",
     "as_of_problem",
     "compute_historical",
+    "compute_span",
     "compute_vectors",
     "iter_chunk_results",
     "latest_as_of",
+    "load_span",
 ]

@@ -34,57 +34,79 @@ def rollup_rows(
     start: datetime,
     as_of: datetime,
     hours: int,
+    known_by_us: int,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The per-row columns of parsed rollup arrays for known signals (unknown ones dropped)
-    with ``s`` (signal index) and ``h`` (grid hour), and whether each row is usable as is:
-    its bucket ended by T and it is not listed as ingested after T."""
+    """The buckets of fetched packed rollup rows (:data:`features.engine.sql.ARRAY_COLUMNS`,
+    single-reading columns filled in) inside the grid [start, T), for known signals, as
+    per-bucket columns with ``bucket``, ``s`` (signal index) and ``h`` (grid hour); and whether
+    each is usable as is: it ended by T and its newest reading was ingested by ``known_by_us``
+    (binary timestamptz). Buckets of rows whose every reading was ingested after that are left
+    out: nothing of them is known at T, so there is nothing to recompute either. Per-row
+    columns (``sig``, ``day``, ``k``, ``first_ingested``) and ``ingested`` are consumed."""
     hashes = np.array(sorted(sig_hash), dtype=np.int64)
     index = np.array([sig_hash[h] for h in sorted(sig_hash)], dtype=np.int64)
-
-    def lookup(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sig = sig.astype(np.int64)
-        pos = np.clip(np.searchsorted(hashes, sig), 0, max(len(hashes) - 1, 0))
-        known = hashes[pos] == sig if len(hashes) else np.zeros(sig.size, dtype=bool)
-        return known, index[pos[known]] if len(hashes) else pos[known]
-
-    def hour(bucket: np.ndarray) -> np.ndarray:
-        return np.rint((bucket - pg_us(start)) / HOUR_US).astype(np.int64)
-
-    late_known, late_s = lookup(cols.pop("late_sig"))
-    late_d = cols.pop("late_d")[late_known]
-    late_h = hour(cols.pop("late_bucket")[late_known])
-    known, s = lookup(cols.pop("sig"))
-    rows = cols if known.all() else {k: v[known] for k, v in cols.items()}
-    rows["s"] = s
-    rows["h"] = hour(rows["bucket"])
-    usable = rows["bucket"] + HOUR_US <= pg_us(as_of)
-    if late_d.size:
-        late = bin_key(late_d, late_s, late_h, hours)
-        usable &= ~np.isin(bin_key(rows["d"], rows["s"], rows["h"], hours), late)
+    k = cols.pop("k")
+    sig = np.repeat(cols.pop("sig").astype(np.int64), k)
+    bucket = np.repeat(cols.pop("day"), k) + cols.pop("hours").astype(np.int64) * HOUR_US
+    ingested = cols.pop("ingested")
+    seen = np.repeat(cols.pop("first_ingested"), k) <= known_by_us
+    s = np.full(sig.size, -1, dtype=np.int64)
+    if hashes.size:
+        pos = np.clip(np.searchsorted(hashes, sig), 0, hashes.size - 1)
+        found = hashes[pos] == sig
+        s[found] = index[pos[found]]
+    start_us, as_of_us = pg_us(start), pg_us(as_of)
+    inside = (s >= 0) & (bucket >= start_us) & (bucket < as_of_us) & seen
+    rows = {name: v[inside] for name, v in cols.items()}
+    rows["bucket"] = bucket[inside]
+    rows["s"] = s[inside]
+    rows["h"] = (rows["bucket"] - start_us) // HOUR_US
+    usable = (rows["bucket"] + HOUR_US <= as_of_us) & (ingested[inside] <= known_by_us)
     return rows, usable
 
 
-_SINGLE_READING = (
-    ("min", "sum"),
-    ("max", "sum"),
-    ("first", "sum"),
-    ("last", "sum"),
-    ("last_time", "first_time"),
-)
+# Columns holding the buckets with n <> 1 only, and what a single reading makes them.
+_SINGLE_READING: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "numeric": (
+        ("min", "sum"),
+        ("max", "sum"),
+        ("first", "sum"),
+        ("last", "sum"),
+        ("last_time", "first_time"),
+    ),
+    "categorical": (("share", None),),  # one reading: its value has all of them
+}
 
 
-def fill_single_readings(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Parsed numeric arrays with the columns sent for n <> 1 buckets only (see
+def fill_single_readings(cols: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
+    """Fetched packed columns with those holding n <> 1 buckets only (see
     :mod:`features.engine.sql`) filled in for the single-reading buckets."""
     multi = cols["n"] != 1
     count = int(multi.sum())
-    for name, same_as in _SINGLE_READING:
+    for name, same_as in _SINGLE_READING[kind]:
         if cols[name].size != count:
             raise ValueError(f"{name}: {cols[name].size} values for {count} buckets")
-        full = cols[same_as].copy()
+        full = cols[same_as].copy() if same_as else np.ones(multi.size, dtype=cols[name].dtype)
         full[multi] = cols[name]
         cols[name] = full
     return cols
+
+
+def earliest_known(
+    cols: dict[str, np.ndarray], start: datetime, known_by_us: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, device, binary timestamptz) of each device's earliest bucket before ``start``
+    known by ``known_by_us``, from :data:`features.engine.sql.FIRST_SEEN_SQL` rows: the first
+    reading for numeric buckets, the bucket's start for categorical ones (their only time)."""
+    bucket = np.repeat(cols["day"], cols["k"]) + cols["hours"].astype(np.int64) * HOUR_US
+    t = cols.get("first_time", bucket)
+    ok = (bucket < pg_us(start)) & (cols["ingested"] <= known_by_us)
+    u, d, t = cols["u"][ok], cols["d"][ok], t[ok]
+    order = np.lexsort((t, d))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = d[order][1:] != d[order][:-1]
+    pick = order[first]
+    return u[pick], d[pick], t[pick]
 
 
 def numeric_from_arrays(rows: dict[str, np.ndarray]) -> NumericBins:
@@ -122,12 +144,13 @@ def _categorical_from_rows(rows: Sequence[Sequence[object]]) -> tuple[Categorica
 
 
 def categorical_from_arrays(
-    rows: dict[str, np.ndarray], encoding: str
+    rows: dict[str, np.ndarray], dictionary: Sequence[bytes]
 ) -> tuple[CategoricalBins, list[str]]:
-    """Categorical bins from :func:`rollup_rows` and the value dictionary, sorted (codes as
-    ``np.unique`` of the decoded strings gives them)."""
-    raw, code = np.unique(rows["value"], return_inverse=True)
-    decoded = [bytes(v).decode(encoding) for v in raw]
+    """Categorical bins from :func:`rollup_rows` (``value``: codes into ``dictionary``, UTF-8)
+    and the value dictionary, sorted (codes as ``np.unique`` of the decoded strings gives
+    them)."""
+    used, code = np.unique(rows["value"], return_inverse=True)  # only the values still in use
+    decoded = [dictionary[i].decode("utf-8") for i in used.tolist()]
     order = sorted(range(len(decoded)), key=decoded.__getitem__)
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))

@@ -7,17 +7,20 @@ exactly as the engine (docs/invariants.md#8), and both ends consented (#9):
 
 * the chunk users' own sightings come from the chunk's loaded bins (event time < T, ingested
   ≤ T, their categories consented at T and not withdrawn since);
-* the other people's come from the categorical rollups through the index on (signal, value,
-  bucket) (migration 0071): a rollup row is used as is when its bucket ended by T and every raw
-  row in it was ingested by T; any other bucket, and any with raw rows newer than the rollup
-  watermark, is recomputed from raw rows with time < T and ingested_at ≤ T with the rollup
+* the other people's come from ``network_sightings`` (migration 0071), which the rollup job
+  keeps beside the packed categorical rollups from the same per-bucket aggregate: one row per
+  (device, signal, UTC day, dominant value) with the value's hours as a bit mask, found by
+  (signal, value, user_id, day). A row's buckets are used as they are when each ended by T and
+  every raw row in the row was ingested by T; a row with nothing ingested by T is skipped (it
+  was unknown at T); the buckets of any other row, and any with raw rows newer than the rollup
+  watermark, are recomputed from raw rows with time < T and ingested_at ≤ T with the rollup
   job's own aggregate (features.rollups), exactly as the chunk's own bins are;
 * a person counts only if consented at T to ``relationships`` and to the key's category
   (connectivity for a Wi-Fi access point, location for a geohash) and has not withdrawn either
   since (hearth.ledger: the engine's rule for every category).
 
 Cost: per network a chunk user saw, one index probe per person who saw it and one index range
-per other person (migration 0071), so the work grows with the chunk's users and their
+per other person (a row per device-day), so the work grows with the chunk's users and their
 neighbours, not with the fleet. A network more than :data:`PEOPLE_CAP` people saw in the 90-day
 grid is not read further and links nobody (a public network; the guard counts people, never
 looks at who they are, and can only remove links).
@@ -59,15 +62,16 @@ _NIGHT_SQL = ", ".join(str(h) for h in NIGHT_HOURS)
 _WORK_SQL = ", ".join(str(h) for h in WORK_HOURS)
 _WEEKDAYS_SQL = ", ".join(str(d + 1) for d in WORK_WEEKDAYS)  # isodow: Monday = 1
 
-# Other people's rollup rows of the chunk's keys. ``n``: the keys (networks); ``k``: one row per
+# Other people's sightings of the chunk's keys. ``n``: the keys (networks); ``k``: one row per
 # (key, zone of its owners). ``walk`` steps through the people who saw a key, one index probe
 # each (by user id, up to PEOPLE_CAP + 1 of them, whoever is in the chunk); a key with more is
 # public and not read further. For the others (not the chunk's users), their rows of the
 # window: nights and days as offsets from ``base``, the owners' first local grid day, and the
 # rows not usable as they are (``stale``) as (device, bucket) to recompute from raw. The last
 # rows (``user_id`` NULL) give each key's count of people.
-_ROLLUP_KEY = f"""b.signal IN ({_SIGNALS_SQL}) AND b.signal = n.signal AND b.value = n.value
-                  AND b.bucket >= %(start)s AND b.bucket < %(as_of)s"""
+_SIGHTING_KEY = """b.signal = n.signal AND b.value = n.value
+                  AND b.day >= %(start_day)s AND b.day < %(as_of)s
+                  AND b.first_ingested_at <= %(known_by)s"""  # else nothing in it known at T
 _NEIGHBOURS_SQL = f"""
     WITH RECURSIVE
     n AS MATERIALIZED (
@@ -77,12 +81,12 @@ _NEIGHBOURS_SQL = f"""
         SELECT * FROM unnest(%(k_idx)s::int4[], %(k_key)s::int4[], %(k_tz)s::text[],
                              %(k_base)s::date[]) AS k(idx, key, tz, base)),
     walk(key, user_id, n) AS (
-        SELECT n.key, (SELECT b.user_id FROM rollup_categorical_hourly b WHERE {_ROLLUP_KEY}
+        SELECT n.key, (SELECT b.user_id FROM network_sightings b WHERE {_SIGHTING_KEY}
                         ORDER BY b.user_id LIMIT 1), 1
           FROM n
         UNION ALL
-        SELECT w.key, (SELECT b.user_id FROM rollup_categorical_hourly b
-                        WHERE {_ROLLUP_KEY} AND b.user_id > w.user_id
+        SELECT w.key, (SELECT b.user_id FROM network_sightings b
+                        WHERE {_SIGHTING_KEY} AND b.user_id > w.user_id
                         ORDER BY b.user_id LIMIT 1), w.n + 1
           FROM walk w JOIN n ON n.key = w.key
          WHERE w.user_id IS NOT NULL AND w.n <= %(cap)s),
@@ -102,12 +106,17 @@ _NEIGHBOURS_SQL = f"""
                    OR x.device_id IS NOT NULL AS stale
           FROM others q JOIN n USING (key)
          CROSS JOIN LATERAL (
-               SELECT b.signal, b.device_id, b.bucket, b.max_ingested_at
-                 FROM rollup_categorical_hourly b
-                WHERE {_ROLLUP_KEY} AND b.user_id = q.user_id
-               OFFSET 0) b  -- one index range per (key, person): never flattened into a join
+               SELECT b.signal, b.device_id, b.day, b.hours, b.max_ingested_at
+                 FROM network_sightings b
+                WHERE {_SIGHTING_KEY} AND b.user_id = q.user_id
+               OFFSET 0) r  -- one index range per (key, person): never flattened into a join
+         CROSS JOIN LATERAL (
+               SELECT r.signal, r.device_id, r.day + h * INTERVAL '1 hour' AS bucket,
+                      r.max_ingested_at
+                 FROM generate_series(0, 23) AS h WHERE r.hours & (1 << h) <> 0) b
           LEFT JOIN x ON x.device_id = b.device_id AND x.signal = b.signal
-                     AND x.bucket = b.bucket),
+                     AND x.bucket = b.bucket
+         WHERE b.bucket >= %(start)s AND b.bucket < %(as_of)s),
     o AS (
         SELECT k.idx, s.user_id, s.device_id, s.bucket, s.stale, k.base,
                s.bucket AT TIME ZONE k.tz AS local
@@ -420,6 +429,7 @@ def _neighbours(
         "k_base": [entries[e] for e in entry_list],
         "users": list(users),
         "start": at.start,
+        "start_day": at.start.replace(hour=0),  # UTC: network_sightings rows are UTC days
         "as_of": at.as_of,
         "known_by": known_by(at.as_of, at.knowledge),
         "watermark": at.watermark or "-infinity",

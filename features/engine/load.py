@@ -5,13 +5,13 @@ Read path, per chunk of users and one as-of time T (one SQL round trip per kind 
 
 * the user's devices and the signals of the categories consented at T give (device, signal)
   pairs; only those are read (a withdrawn category contributes nothing);
-* an hourly rollup row is used as is when its bucket ended by T and every raw row in it was
-  ingested by T (``max_ingested_at ≤ T``);
+* an hourly rollup bucket is used as is when it ended by T and every raw row in it was
+  ingested by T (its ``ingested`` ≤ T; migration 0050 packs a day's buckets in one row);
 * every other bucket — late rows ingested after T, the bucket containing T, rows newer than the
   rollup watermark — is recomputed from raw rows filtered by ``time < T AND ingested_at ≤ T``
   with the same aggregate expressions the rollup job uses (features.rollups);
-* bins arrive as one binary-format row per device holding column arrays, decoded by
-  ``np.frombuffer`` (no Python object per bin; see :mod:`features.engine.sql`).
+* bins arrive as one binary-format row per device holding its packed rollup rows end to end,
+  decoded by ``np.frombuffer`` (no Python object per bin; see :mod:`features.engine.sql`).
 
 The feature functions (features.catalogue.library) then run vectorised over the chunk.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -35,6 +35,7 @@ from features.engine.bins import (
     add_numeric_rows,
     bin_key,
     categorical_from_arrays,
+    earliest_known,
     fill_single_readings,
     numeric_from_arrays,
     rollup_rows,
@@ -43,6 +44,7 @@ from features.engine.bins import (
 from features.engine.grid import grid_bounds, local_grid
 from features.engine.sql import (
     ARRAY_COLUMNS,
+    FIRST_SEEN_COLUMNS,
     FIRST_SEEN_SQL,
     NEW_RAW_SQL,
     RECOMPUTE_SQL,
@@ -50,12 +52,13 @@ from features.engine.sql import (
     SIGNAL_HASHES_SQL,
 )
 from features.engine.types import Timings
-from features.engine.wire import array_literal, fetch_arrays
+from features.engine.wire import array_literal, fetch_arrays, pg_us, text_codes
 from hearth import ledger
 from hearth.db import Conn
 from hearth.signals import Category, stored_signals
 
 Cursor = psycopg.Cursor[tuple[object, ...]]
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,12 @@ class _Read:
     knowledge: Knowledge
     check_new_raw: bool
 
+    @property
+    def known_by_us(self) -> int:
+        """The latest ``ingested_at`` known at T as binary timestamptz (bins compare it)."""
+        at = known_by(self.as_of, self.knowledge)
+        return pg_us(at) if isinstance(at, datetime) else np.iinfo(np.int64).max
+
 
 def _plan(
     conn: Conn,
@@ -162,13 +171,12 @@ def load_chunk(
     t0 = time.perf_counter()
     read = _plan(conn, users, as_of, watermark, knowledge)
     with conn.cursor() as cur:
-        sig_hash, arrays, first_rows = _read_rollups(cur, read.params)
+        sig_hash, arrays, first_arrays = _read_rollups(cur, read.params)
     sql_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    numeric, usable, categorical, cat_usable, values = _decode_rollups(
-        arrays, sig_hash, read, conn.info.encoding
-    )
+    numeric, usable, categorical, cat_usable, values = _decode_rollups(arrays, sig_hash, read)
+    first_rows = _first_known(first_arrays, read)
     py_s = time.perf_counter() - t1
 
     # Pass 2: corrections from raw rows (usually nothing to do).
@@ -192,35 +200,55 @@ def load_chunk(
     return chunk
 
 
+_Arrays = dict[str, dict[str, np.ndarray]]  # per kind, fetched columns
+
+
 def _read_rollups(
     cur: Cursor, params: dict[str, object]
-) -> tuple[dict[int, int], dict[str, dict[str, np.ndarray]], list[tuple[object, ...]]]:
-    """Pass 1: each signal's hash, the rollup arrays of each kind, and each device's first
-    reading before the grid."""
+) -> tuple[dict[int, int], _Arrays, _Arrays]:
+    """Pass 1: each signal's hash, the packed rollups of each kind in the grid, and the rows
+    telling each device's first reading before it."""
     sig_hash = {
         int(str(h)): int(str(i)) for h, i in cur.execute(SIGNAL_HASHES_SQL, params).fetchall()
     }
     arrays = {
-        kind: fetch_arrays(cur, sql, params, ARRAY_COLUMNS[kind])
+        kind: fetch_arrays(cur, sql, params, ARRAY_COLUMNS[kind], per="hours")
         for kind, sql in ROLLUP_ARRAYS_SQL.items()
     }
-    first_rows = cur.execute(FIRST_SEEN_SQL, params).fetchall()
-    return sig_hash, arrays, first_rows
+    first = {
+        kind: fetch_arrays(cur, sql, params, FIRST_SEEN_COLUMNS[kind], per="hours")
+        for kind, sql in FIRST_SEEN_SQL.items()
+    }
+    return sig_hash, arrays, first
 
 
 def _decode_rollups(
-    arrays: dict[str, dict[str, np.ndarray]], sig_hash: dict[int, int], read: _Read, encoding: str
+    arrays: _Arrays, sig_hash: dict[int, int], read: _Read
 ) -> tuple[NumericBins, np.ndarray, CategoricalBins, np.ndarray, list[str]]:
     """Pass 1's arrays (consumed) as bins, each kind with whether each bin is usable as it is
     (:func:`features.engine.bins.rollup_rows`), and the categorical value dictionary."""
-    cols = fill_single_readings(arrays.pop("numeric"))
-    cols, usable = rollup_rows(cols, sig_hash, read.start, read.as_of, read.hours)
+    known_by_us = read.known_by_us
+    cols = fill_single_readings(arrays.pop("numeric"), "numeric")
+    cols, usable = rollup_rows(cols, sig_hash, read.start, read.as_of, read.hours, known_by_us)
     numeric = numeric_from_arrays(cols)
-    cols, cat_usable = rollup_rows(
-        arrays.pop("categorical"), sig_hash, read.start, read.as_of, read.hours
-    )
-    categorical, values = categorical_from_arrays(cols, encoding)
+    cols = fill_single_readings(arrays.pop("categorical"), "categorical")
+    cols["value"], dictionary = text_codes(cols["value"], cols.pop("value_len"))
+    cols, cat_usable = rollup_rows(cols, sig_hash, read.start, read.as_of, read.hours, known_by_us)
+    categorical, values = categorical_from_arrays(cols, dictionary)
     return numeric, usable, categorical, cat_usable, values
+
+
+def _first_known(first: _Arrays, read: _Read) -> list[tuple[int, int, datetime]]:
+    """(user, device, time) of each device's earliest reading before the grid known at T."""
+    parts = [earliest_known(cols, read.start, read.known_by_us) for cols in first.values()]
+    u = np.concatenate([p[0] for p in parts])
+    d = np.concatenate([p[1] for p in parts])
+    t = np.concatenate([p[2] for p in parts])
+    best: dict[int, tuple[int, int]] = {}
+    for ui, di, ti in zip(u.tolist(), d.tolist(), t.tolist(), strict=True):
+        if di not in best or ti < best[di][1]:
+            best[di] = (ui, ti)
+    return [(ui, di, _PG_EPOCH + timedelta(microseconds=ti)) for di, (ui, ti) in best.items()]
 
 
 def _recomputed(
@@ -284,7 +312,7 @@ def _chunk(
     numeric: NumericBins,
     categorical: CategoricalBins,
     values: list[str],
-    first_rows: Sequence[tuple[object, ...]],
+    first_rows: Sequence[tuple[int, int, datetime]],
 ) -> Chunk:
     end_hours = (read.as_of - read.start).total_seconds() / 3600.0
     first_seen, dev_first_seen = _first_seen(read, numeric, categorical, first_rows, end_hours)
@@ -320,7 +348,7 @@ def _first_seen(
     read: _Read,
     numeric: NumericBins,
     categorical: CategoricalBins,
-    first_rows: Sequence[tuple[object, ...]],
+    first_rows: Sequence[tuple[int, int, datetime]],
     end_hours: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tenure, per user and per device (hours before T): the first bin in the grid, or earlier
@@ -334,7 +362,6 @@ def _first_seen(
     first_seen = np.where(np.isinf(first_h), np.nan, end_hours - first_h)
     dev_first_seen = np.where(np.isinf(dev_first_h), np.nan, end_hours - dev_first_h)
     for ui, di, t in first_rows:
-        assert isinstance(ui, int) and isinstance(di, int) and isinstance(t, datetime)
         before = (read.as_of - t).total_seconds() / 3600.0
         first_seen[ui] = np.fmax(first_seen[ui], before)
         dev_first_seen[di] = before

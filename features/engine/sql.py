@@ -8,7 +8,7 @@ consented for each (``'*'``: all), ``s_*`` the signal index, ``k_*`` the buckets
 
 from __future__ import annotations
 
-from features.engine.wire import TEXT, TIMESTAMP
+from features.engine.wire import BLOB, BYTES, TIMESTAMP
 from features.rollups import CATEGORICAL_AGGREGATE_FROM, NUMERIC_AGGREGATE
 
 _KINDS = ("numeric", "categorical")  # of bins: rollup_numeric_hourly, rollup_categorical_hourly
@@ -28,75 +28,77 @@ _NUMERIC_OUT = f"""{_HOUR}, b.n, b.sum, b.min, b.max, b.first, b.last,
 _CATEGORICAL_OUT = f"{_HOUR}, b.value, b.share, b.n"
 
 
-# Pass 1 as one row per device holding column arrays (binary format; wire.fetch_arrays):
-# ~400 bins per device in one row cut the client's per-row overhead ~400-fold. What
-# the server spends goes mostly into sending array elements (a call and an allocation each)
-# and into expressions per row, so it only gathers stored columns, and each value once:
-# * buckets and reading times arrive as timestamps and become grid hours and offsets in numpy
-#   (bins.rollup_rows); instead of a "usable as is" flag per row only the rare rows
-#   ingested after T are listed again (``late_*``);
-# * a bucket with a single reading (n = 1: most signals report a few times a day) has
-#   min = max = first = last = sum and last_time = first_time, so those columns only hold the
-#   other buckets (``FILTER (WHERE n <> 1)``) and bins.fill_single_readings fills them in.
+# Pass 1 as one row per device holding its packed rollup rows laid end to end (binary
+# format; wire.fetch_arrays). The rollup tables store one row per (device, signal, UTC day),
+# each statistic a bytea of fixed-width values in hour order (migration 0050,
+# features.rollups), so the server only concatenates stored bytes (string_agg of bytea: a
+# memcpy per row, nothing per bucket) and numpy reads them with np.frombuffer. Per rollup row
+# come its signal's hash, its day and its bucket count; everything else per bucket:
+# * buckets become grid hours in numpy (bins.rollup_rows), which also drops the buckets of the
+#   edge days outside [start, T) and those of rows with nothing known at T (every reading
+#   ingested after T: replayed history), and marks a bucket usable only if it ended by T and
+#   its ``ingested`` (max ingested_at) is known at T;
+# * columns a single-reading bucket would repeat hold the other buckets only
+#   (bins.fill_single_readings fills them in).
 # ``dv.sigs`` NULL means every signal is consented.
-_LATE = "FILTER (WHERE b.max_ingested_at > %(known_by)s)"
-_MULTI = "FILTER (WHERE b.n <> 1)"
+_DAY_RANGE = "b.day >= time_bucket(INTERVAL '1 day', %(start)s::timestamptz) AND b.day < %(as_of)s"
+
+
+def _blobs(names: tuple[str, ...]) -> str:
+    return ", ".join(f"string_agg(b.{n}, ''::bytea) AS {n}" for n in names)
+
+
+_PACKED = {
+    "numeric": ("hours", "n", "sum", "first_time", "ingested", "min", "max", "first", "last",
+                "last_time"),
+    "categorical": ("hours", "n", "value_len", "value", "ingested", "share"),
+}  # fmt: skip
 
 
 def _rollup_arrays_sql(kind: str) -> str:
-    if kind == "numeric":
-        columns = f"""array_agg(b.n) AS n, array_agg(b.sum) AS sum,
-                  array_agg(b.first_time) AS first_time, array_agg(b.min) {_MULTI} AS min,
-                  array_agg(b.max) {_MULTI} AS max, array_agg(b.first) {_MULTI} AS first,
-                  array_agg(b.last) {_MULTI} AS last,
-                  array_agg(b.last_time) {_MULTI} AS last_time"""
-    else:
-        columns = """array_agg(b.value) AS value, array_agg(octet_length(b.value)) AS value_len,
-                  array_agg(b.share) AS share, array_agg(b.n) AS n"""
     return f"""
     WITH {_DEVICES_CTE}
     SELECT dv.uidx, dv.didx, x.*
       FROM dv CROSS JOIN LATERAL (
-           SELECT array_agg(hashtext(b.signal)) AS sig, array_agg(b.bucket) AS bucket,
-                  {columns},
-                  array_agg(hashtext(b.signal)) {_LATE} AS late_sig,
-                  array_agg(b.bucket) {_LATE} AS late_bucket
+           SELECT array_agg(hashtext(b.signal)) AS sig, array_agg(b.day) AS day,
+                  array_agg(octet_length(b.hours)) AS k,
+                  array_agg(b.first_ingested_at) AS first_ingested, {_blobs(_PACKED[kind])}
              FROM rollup_{kind}_hourly b
             WHERE b.device_id = dv.device_id
               AND (dv.sigs IS NULL OR b.signal = ANY(dv.sigs))
-              AND b.bucket >= %(start)s AND b.bucket < %(as_of)s
+              AND {_DAY_RANGE}
               AND b.user_id = dv.user_id) x
-     WHERE x.bucket IS NOT NULL
+     WHERE x.sig IS NOT NULL
     """
 
 
 ROLLUP_ARRAYS_SQL = {kind: _rollup_arrays_sql(kind) for kind in _KINDS}
 # The columns of each kind's rollup arrays after ``uidx, didx``, in order, with their binary
-# element types (:func:`features.engine.wire.fetch_arrays`).
+# types (:func:`features.engine.wire.fetch_arrays`): arrays (one element per rollup row) and
+# blobs (``blob:`` fixed-width values per bucket, or the text bytes of ``value``).
+_ROW_COLUMNS = (("sig", ">i4"), ("day", TIMESTAMP), ("k", ">i4"), ("first_ingested", TIMESTAMP))
 ARRAY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "numeric": (
-        ("sig", ">i4"),
-        ("bucket", TIMESTAMP),
-        ("n", ">i4"),
-        ("sum", ">f8"),
-        ("first_time", TIMESTAMP),
-        ("min", ">f8"),  # these five: buckets with n <> 1 only
-        ("max", ">f8"),
-        ("first", ">f8"),
-        ("last", ">f8"),
-        ("last_time", TIMESTAMP),
-        ("late_sig", ">i4"),
-        ("late_bucket", TIMESTAMP),
+        *_ROW_COLUMNS,
+        ("hours", BLOB + "u1"),
+        ("n", BLOB + ">i4"),
+        ("sum", BLOB + ">f8"),
+        ("first_time", BLOB + TIMESTAMP),
+        ("ingested", BLOB + TIMESTAMP),
+        ("min", BLOB + ">f8"),  # these five: buckets with n <> 1 only
+        ("max", BLOB + ">f8"),
+        ("first", BLOB + ">f8"),
+        ("last", BLOB + ">f8"),
+        ("last_time", BLOB + TIMESTAMP),
     ),
     "categorical": (
-        ("sig", ">i4"),
-        ("bucket", TIMESTAMP),
-        ("value", TEXT),
-        ("value_len", ">i4"),
-        ("share", ">f8"),
-        ("n", ">i4"),
-        ("late_sig", ">i4"),
-        ("late_bucket", TIMESTAMP),
+        *_ROW_COLUMNS,
+        ("hours", BLOB + "u1"),
+        ("n", BLOB + ">i4"),
+        ("value_len", BLOB + ">i4"),
+        ("value", BYTES),
+        ("ingested", BLOB + TIMESTAMP),
+        ("share", BLOB + ">f8"),  # buckets with n <> 1 only
     ),
 }
 
@@ -148,20 +150,44 @@ def _recompute_sql(kind: str) -> str:
 NEW_RAW_SQL = {kind: _new_raw_sql(kind) for kind in _KINDS}
 RECOMPUTE_SQL = {kind: _recompute_sql(kind) for kind in _KINDS}
 
-# Earliest reading of each device before the grid (tenure), from rollups fully ingested by T.
-FIRST_SEEN_SQL = f"""
+
+# Tenure: each device's earliest reading before the grid, from buckets fully ingested by T.
+# Per device and kind, the rows of the earliest day before the grid's start with a bucket
+# known at T (``known_at``: its earliest ``ingested``); numpy takes the earliest of their
+# buckets before the start that are known at T (bins.first_seen).
+def _first_seen_sql(kind: str) -> str:
+    times = ("first_time", "ingested") if kind == "numeric" else ("ingested",)
+    blobs = ", ".join(f"string_agg(c.{n}, ''::bytea) AS {n}" for n in ("hours", *times))
+    same = """c.device_id = dv.device_id AND (dv.sigs IS NULL OR c.signal = ANY(dv.sigs))
+               AND c.user_id = dv.user_id"""
+    return f"""
     WITH {_DEVICES_CTE}
-    SELECT dv.uidx, dv.didx, min(f.first) FROM dv CROSS JOIN LATERAL (
-        SELECT min(r.first_time) AS first FROM rollup_numeric_hourly r
-         WHERE r.device_id = dv.device_id AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
-           AND r.bucket < %(start)s AND r.max_ingested_at <= %(known_by)s
-           AND r.user_id = dv.user_id
-        UNION ALL
-        SELECT min(r.bucket) FROM rollup_categorical_hourly r
-         WHERE r.device_id = dv.device_id AND (dv.sigs IS NULL OR r.signal = ANY(dv.sigs))
-           AND r.bucket < %(start)s AND r.max_ingested_at <= %(known_by)s
-           AND r.user_id = dv.user_id
-    ) f
-    WHERE f.first IS NOT NULL
-    GROUP BY dv.uidx, dv.didx
-"""
+    SELECT dv.uidx, dv.didx, x.*
+      FROM dv CROSS JOIN LATERAL (
+           SELECT array_agg(c.day) AS day, array_agg(octet_length(c.hours)) AS k,
+                  {blobs}
+             FROM rollup_{kind}_hourly c
+            WHERE {same}
+              AND c.day = (SELECT min(c.day) FROM rollup_{kind}_hourly c
+                            WHERE {same} AND c.day < %(start)s
+                              AND c.known_at <= %(known_by)s)) x
+     WHERE x.day IS NOT NULL
+    """
+
+
+FIRST_SEEN_SQL = {kind: _first_seen_sql(kind) for kind in _KINDS}
+FIRST_SEEN_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "numeric": (
+        ("day", TIMESTAMP),
+        ("k", ">i4"),
+        ("hours", BLOB + "u1"),
+        ("first_time", BLOB + TIMESTAMP),
+        ("ingested", BLOB + TIMESTAMP),
+    ),
+    "categorical": (
+        ("day", TIMESTAMP),
+        ("k", ">i4"),
+        ("hours", BLOB + "u1"),
+        ("ingested", BLOB + TIMESTAMP),
+    ),
+}

@@ -1,5 +1,6 @@
 """libpq's binary wire format, both ways: parameters as PostgreSQL literals and timestamps, and
-result arrays decoded straight into numpy (no Python object per element)."""
+result arrays and packed bytea columns decoded straight into numpy (no Python object per
+element)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import psycopg
 
 TIMESTAMP = ">i8"  # binary timestamptz: microseconds since 2000-01-01 UTC
-TEXT = "text"
+BLOB = "blob:"  # prefix of a column type: a bytea of fixed-width values (fetch_arrays)
+BYTES = "bytes"  # a bytea column kept as raw bytes
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000
 
@@ -37,14 +39,16 @@ def fetch_arrays(
     sql: str,
     params: Mapping[str, object],
     columns: Sequence[tuple[str, str]],
+    per: str,
 ) -> dict[str, np.ndarray]:
-    """Run ``sql`` (rows: uidx int4, didx int4, then one 1-D array per column of ``columns``;
-    an empty or NULL array has no elements) with binary results and decode the arrays into
-    native numpy arrays: one ``np.frombuffer`` per column over its elements laid end to end,
-    a few Python operations per value and none per element. libpq receives the result in
-    one go (a COPY would cost a Python round trip per row). Returns the columns plus ``u``/
-    ``d`` per element of the first column and ``late_d`` per element of ``late_sig``; a text
-    column as ``np.bytes_`` values (see :func:`_text_values`)."""
+    """Run ``sql`` (rows: uidx int4, didx int4, then one value per column of ``columns``)
+    with binary results and decode every column across rows into one native numpy array: a
+    1-D array column (type a numpy dtype such as ``>i4`` or :data:`TIMESTAMP`; an empty or
+    NULL array has no elements), a :data:`BLOB` column (a bytea of fixed-width values end to
+    end, e.g. ``blob:>f8``) or a :data:`BYTES` column (a bytea kept as raw ``uint8``). One
+    ``np.frombuffer`` per column, a few Python operations per row and none per element; libpq
+    receives the result in one go (a COPY would cost a Python round trip per row). Returns the
+    columns plus ``u``/``d`` (user and device index) per element of column ``per``."""
     cur.execute(sql, params, binary=True)
     res = cur.pgresult
     assert res is not None and res.nfields == 2 + len(columns)
@@ -57,50 +61,49 @@ def fetch_arrays(
     devices = np.frombuffer(b"".join(field(1)), dtype=">i4").astype(np.int64)
     out: dict[str, np.ndarray] = {}
     sizes: dict[str, list[int]] = {}
-    text: dict[str, bytes] = {}
     for col, (name, typ) in enumerate(columns, start=2):
-        # 1-D array: ndim, has-null, element oid, [size, lower bound], then (len, value)*.
         values = field(col)
+        if typ == BYTES:
+            sizes[name] = [len(v) for v in values]
+            out[name] = np.frombuffer(b"".join(values), dtype=np.uint8)
+            continue
+        if typ.startswith(BLOB):
+            dtype = np.dtype(typ[len(BLOB) :])
+            sizes[name] = [len(v) // dtype.itemsize for v in values]
+            out[name] = np.frombuffer(b"".join(values), dtype=dtype).astype(dtype.newbyteorder("="))
+            continue
+        # 1-D array: ndim, has-null, element oid, [size, lower bound], then (len, value)*.
         sizes[name] = [int.from_bytes(v[12:16], "big") if len(v) > 12 else 0 for v in values]
         elements = b"".join([v[20:] for v in values if len(v) > 12])
         del values
-        if typ == TEXT:
-            text[name] = elements
-            continue
         rec = np.frombuffer(elements, dtype=[("len", ">i4"), ("v", typ)])
         out[name] = rec["v"].astype(typ.replace(">", "="))
-    first = columns[0][0]
-    out["u"] = np.repeat(users, sizes[first])
-    out["d"] = np.repeat(devices, sizes[first])
-    if "late_sig" in sizes:
-        out["late_d"] = np.repeat(devices, sizes["late_sig"])
-    for name, elements in text.items():
-        out[name] = _text_values(elements, out[f"{name}_len"])
+    out["u"] = np.repeat(users, sizes[per])
+    out["d"] = np.repeat(devices, sizes[per])
     return out
 
 
-def _text_values(blob: bytes, lengths: np.ndarray) -> np.ndarray:
-    """The elements of binary text arrays laid end to end in ``blob`` ((len, bytes)*) as a
-    ``np.bytes_`` array, given each element's ``octet_length`` (all numpy, no Python object
-    per element). Should the client encoding differ from the server's (lengths then do not
-    match the prefixes), the elements are walked one by one instead."""
+def text_codes(blob: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+    """Values laid end to end in ``blob`` (``uint8``), given each one's octet length, as codes
+    into a dictionary of their distinct values. All numpy: values of one length at a time
+    (categorical signals have a few: cells, hashes, network types) are gathered into a
+    fixed-width ``S<n>`` array and ``np.unique``'d; no Python object per value. (Text never
+    holds a NUL byte, so the fixed-width strings lose nothing.)"""
     lengths = lengths.astype(np.int64)
-    buf = np.frombuffer(blob, dtype=np.uint8)
-    starts = np.cumsum(lengths + 4) - lengths  # first byte of each element's value
-    ok = starts.size == 0 or (int(starts[-1] + lengths[-1]) == buf.size)
-    if ok and starts.size:
-        prefix = buf[(starts - 4)[:, None] + np.arange(4)].astype(np.int64)
-        ok = bool(np.all(prefix @ np.array([1 << 24, 1 << 16, 1 << 8, 1]) == lengths))
-    if not ok:  # pragma: no cover - client and server encodings differ
-        values, pos = [], 0
-        while pos < len(blob):
-            size = int.from_bytes(blob[pos : pos + 4], "big")
-            values.append(blob[pos + 4 : pos + 4 + size])
-            pos += 4 + size
-        return np.array(values, dtype=np.bytes_)
-    width = max(int(lengths.max()), 1) if lengths.size else 1
-    cols = np.arange(width)
-    inside = cols < lengths[:, None]
-    mat = np.zeros((lengths.size, width), dtype=np.uint8)
-    mat[inside] = buf[(starts[:, None] + cols)[inside]]
-    return mat.view(f"S{width}").ravel()
+    ends = np.cumsum(lengths)
+    if (int(ends[-1]) if ends.size else 0) != blob.size:
+        raise ValueError(f"{blob.size} bytes of text for lengths adding up to {ends[-1:]}")
+    starts = ends - lengths
+    codes = np.empty(lengths.size, dtype=np.int64)
+    dictionary: list[bytes] = []
+    for width in np.unique(lengths).tolist():
+        pick = np.flatnonzero(lengths == width)
+        if width == 0:
+            codes[pick] = len(dictionary)
+            dictionary.append(b"")
+            continue
+        values = blob[starts[pick][:, None] + np.arange(width)].view(f"S{width}").ravel()
+        distinct, inverse = np.unique(values, return_inverse=True)
+        codes[pick] = inverse.ravel() + len(dictionary)
+        dictionary.extend(bytes(v) for v in distinct)
+    return codes, dictionary

@@ -222,11 +222,12 @@ def features_from_engine(
 
 
 SNAPSHOT_SQL = """
-SELECT r.ord, s.feature_set_version, s.vector
+SELECT r.ord, s.feature_set_version,
+       hearth_snapshot_vector(s.feature_set_version, s.vals, s.covs, s.withheld)
   FROM unnest(%(users)s::text[], %(as_ofs)s::timestamptz[]) WITH ORDINALITY
        AS r(user_id, as_of, ord)
   JOIN LATERAL (
-        SELECT f.feature_set_version, f.vector
+        SELECT f.feature_set_version, f.vals, f.covs, f.withheld
           FROM feature_snapshots f
          WHERE f.user_id = r.user_id AND f.as_of = r.as_of
            AND (%(version)s::text IS NULL OR f.feature_set_version = %(version)s)

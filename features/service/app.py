@@ -28,6 +28,7 @@ from features.service.handlers.features import historical_max_body
 from features.service.header_timeout import HeaderTimeoutRunner
 from features.service.metrics import ServiceMetrics
 from features.service.openapi import build_openapi
+from features.service.resolve.bulk import BulkResolver
 from features.service.resolve.engine_gateway import EngineGateway, feature_set_version
 from features.service.resolve.store import (
     SnapshotStore,
@@ -37,6 +38,7 @@ from features.service.resolve.store import (
 from features.service.resolve.vectors import Outcome, VectorResolver
 from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
+from features.service.tabular import warm_up
 from hearth.db import AsyncConn, Conn
 from hearth.errors import Unavailable
 from hearth.settings import Settings
@@ -97,6 +99,7 @@ def _service_state(
         resolver=VectorResolver(
             store, engine, cache, timedelta(seconds=settings.snapshot_stale_after_s)
         ),
+        bulk=BulkResolver(async_pool, engine, settings.max_clock_skew_s),
         metrics=metrics,
         openapi_json=json.dumps(build_openapi(ENDPOINTS)),
     )
@@ -146,6 +149,7 @@ def _pools(
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
+    await asyncio.to_thread(warm_up)  # the Arrow path's one-time imports, before serving
     await state.async_pool.open(wait=False)
     state.sync_pool.open(wait=False)
     state.admin_pool.open(wait=False)

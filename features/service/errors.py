@@ -95,6 +95,16 @@ def validation_details(exc: ValidationError) -> list[tuple[str, str]]:
 INLINE_PARSE_BYTES = 64 * 1024
 
 
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The request body; 413 past ``max_bytes``."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
+    body = await request.read()
+    if len(body) > max_bytes:
+        raise ApiError(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
+    return body
+
+
 async def read_model(
     request: web.Request,
     model: type[M],
@@ -102,11 +112,7 @@ async def read_model(
     context: dict[str, object] | None = None,
 ) -> M:
     """The request body validated against ``model``; 413 past ``max_bytes``, 400 when invalid."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise ApiError(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
-    body = await request.read()
-    if len(body) > max_bytes:
-        raise ApiError(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
+    body = await read_body(request, max_bytes)
     try:
         if len(body) > INLINE_PARSE_BYTES:
             return await asyncio.to_thread(model.model_validate_json, body, context=context)

@@ -67,7 +67,12 @@ Reason = Literal[
     "no_active_consent",  # the user has no active credit-scoring consent now (e.g. withdrawn)
     "no_consent_at_as_of",  # the user had no active consent at the requested as_of
     "not_computed",  # no snapshot and the engine produced no vector
+    "no_snapshot",  # mode snapshot: no snapshot with as_of in [t - max_age, t]
 ]
+Mode = Literal["exact", "snapshot"]
+DEFAULT_MAX_AGE_S = 86_400  # mode snapshot: a snapshot at most a day older than t
+MAX_MAX_AGE_S = 366 * 86_400
+MAX_SELECTED_FEATURES = 1_000
 
 
 class _Input(BaseModel):
@@ -111,6 +116,13 @@ _AS_OF_DESCRIPTION = (
 )
 
 
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+_FEATURES_DESCRIPTION = (
+    "feature names to return, in this order (GET /v1/feature-definitions lists them); "
+    "omitted = every feature of the set. An unknown name is a 400"
+)
+
+
 class OnlineRequest(_Input):
     user_ids: list[UserId] = Field(
         min_length=1,
@@ -119,6 +131,10 @@ class OnlineRequest(_Input):
     as_of: AsOf | None = Field(
         default=None, description=_AS_OF_DESCRIPTION + "; omitted = latest snapshot"
     )
+    features: list[FeatureName] | None = Field(
+        default=None, min_length=1, max_length=MAX_SELECTED_FEATURES,
+        description=_FEATURES_DESCRIPTION,
+    )  # fmt: skip
 
 
 class MissingUser(_Output):
@@ -137,7 +153,34 @@ class HistoricalRowIn(_Input):
     as_of: AsOf = Field(description=_AS_OF_DESCRIPTION)
 
 
-class HistoricalRequest(_Input):
+class HistoricalOptions(_Input):
+    """How the rows of a historical request are answered: the JSON body's fields beside
+    ``rows``, and the ``hearth`` metadata (JSON) of an Arrow request body's schema."""
+
+    mode: Mode = Field(
+        default="exact",
+        description="exact: the vector as of t (a snapshot stored for exactly t, else computed "
+        "from the rollups); snapshot: the latest stored snapshot with as_of in "
+        "[t - max_age_s, t], never later than t and never computed (none: reason no_snapshot)",
+    )
+    max_age_s: int = Field(
+        default=DEFAULT_MAX_AGE_S,
+        ge=1,
+        le=MAX_MAX_AGE_S,
+        description="mode snapshot: how much older than t a snapshot may be (seconds)",
+    )
+    features: list[FeatureName] | None = Field(
+        default=None, min_length=1, max_length=MAX_SELECTED_FEATURES,
+        description=_FEATURES_DESCRIPTION,
+    )  # fmt: skip
+    include_coverage: bool = Field(
+        default=True,
+        description="CSV and Arrow: a <name>__coverage column after each feature's column "
+        "(NDJSON cells always carry their coverage)",
+    )
+
+
+class HistoricalRequest(HistoricalOptions):
     rows: list[HistoricalRowIn] = Field(
         min_length=1,
         description=f"at most HEARTH_HISTORICAL_MAX_ROWS (default {MAX_HISTORICAL_ROWS:,}); "
@@ -150,11 +193,14 @@ class HistoricalRowOut(_Output):
 
     row: int = Field(ge=0)
     user_id: str
-    as_of: datetime
+    as_of: datetime = Field(description="the row's t, as requested")
     feature_set_version: str
     reason: Reason | None = None
     source: Literal["snapshot", "computed"] | None = None
     computed_at: datetime | None = None
+    snapshot_as_of: datetime | None = Field(
+        default=None, description="the as_of of the snapshot served (source snapshot)"
+    )
     features: dict[str, FeatureCell] | None = None
 
 

@@ -40,7 +40,7 @@ Authentication: `Authorization: Bearer <token>`; each token has scopes (`feature
 "reason"}]}}`, including 404 for unknown paths and 405 for unsupported methods.
 
 Rows of users without a vector are never dropped: they carry a `reason` (`unknown_user`,
-`no_active_consent`, `no_consent_at_as_of`, `not_computed`).
+`no_active_consent`, `no_consent_at_as_of`, `not_computed`, `no_snapshot`).
 """
 
 
@@ -97,10 +97,10 @@ def _operation(ep: Endpoint, refs: Refs) -> Any:
             for p in ep.params
         ]
     if ep.request is not None:
-        op["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": refs[(ep.request, "validation")]}},
-        }
+        content = {"application/json": {"schema": refs[(ep.request, "validation")]}}
+        for media_type, schema in ep.request_alternatives:
+            content[media_type] = {"schema": schema}
+        op["requestBody"] = {"required": True, "content": content}
     return op
 
 

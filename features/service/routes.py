@@ -28,6 +28,7 @@ from features.service.models import (
     Readiness,
     RegisterDeviceRequest,
 )
+from features.service.tabular import ARROW_STREAM
 from hearth.ids import ID_PATTERN
 
 Scope = Literal["features:read", "admin"]
@@ -64,6 +65,8 @@ class Endpoint:
     scope: Scope | None
     ok: dict[int, Body]
     request: type[BaseModel] | None = None
+    # Other request media types the endpoint reads besides JSON: (media type, schema).
+    request_alternatives: tuple[tuple[str, dict[str, object]], ...] = ()
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = field(default=())
 
@@ -113,10 +116,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/v1/features/historical",
         feats.post_historical,
         "getHistoricalFeatures",
-        "Point-in-time vectors: exactly one output row per input row, in order, streamed "
-        "(NDJSON, one HistoricalRow per line; CSV with Accept: text/csv). An error after the "
-        "stream started ends it with one error record instead (NDJSON: a HistoricalErrorLine; "
-        "CSV: a row '#error,<code>,<message>')",
+        "Point-in-time vectors: exactly one output row per input row, in order, streamed. "
+        "mode exact: as of t (a snapshot stored for t, else computed); mode snapshot: the "
+        "latest snapshot in [t - max_age_s, t] (else reason no_snapshot). features selects "
+        "columns. Response by Accept: NDJSON (one HistoricalRow per line), CSV (text/csv) or "
+        "an Apache Arrow IPC stream (application/vnd.apache.arrow.stream). The request may be "
+        "an Arrow IPC stream too: columns user_id and as_of (timestamp with a zone), the other "
+        "fields as JSON under the schema metadata key 'hearth'. An error after the stream "
+        "started ends it with one error record instead (NDJSON: a HistoricalErrorLine; CSV: a "
+        "row '#error,<code>,<message>'; Arrow: the stream is cut off before its end marker)",
         "features",
         "features:read",
         {
@@ -124,10 +132,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 "one line per input row",
                 HistoricalRowOut,
                 media_type="application/x-ndjson",
-                alternatives=(("text/csv", {"type": "string"}),),
+                alternatives=(
+                    ("text/csv", {"type": "string"}),
+                    (ARROW_STREAM, {"type": "string", "format": "binary"}),
+                ),
             )
         },
         request=HistoricalRequest,
+        request_alternatives=((ARROW_STREAM, {"type": "string", "format": "binary"}),),
         errors=(400, 413, 503),
     ),
     Endpoint(

@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from features.service.cache import ConsentListener, VectorCache
 from features.service.metrics import ServiceMetrics
+from features.service.resolve.bulk import BulkResolver
 from features.service.resolve.engine_gateway import EngineGateway
 from features.service.resolve.store import SnapshotStore
 from features.service.resolve.vectors import Outcome, VectorResolver
@@ -28,6 +29,7 @@ class ServiceState:
     cache: VectorCache[Outcome]
     listener: ConsentListener | None
     resolver: VectorResolver
+    bulk: BulkResolver  # historical requests, in columns
     metrics: ServiceMetrics
     openapi_json: str  # /openapi.json, rendered once from the route table
 

@@ -49,6 +49,15 @@ def _jsonable(value: object) -> object:
     return value
 
 
+# Stored snapshots are packed (migration 0055): exported as named cells, not as bytes.
+_EXPORT_COLUMNS = {
+    "feature_snapshots": sql.SQL(
+        "user_id, as_of, feature_set_version, computed_at, "
+        "hearth_snapshot_vector(feature_set_version, vals, covs, withheld) AS vector"
+    ),
+}
+
+
 def _rows(conn: Conn, query: sql.Composed | sql.SQL, params: Any) -> list[dict[str, object]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
@@ -72,7 +81,9 @@ def export_user(conn: Conn, user_id: str) -> dict[str, object]:
         for table, where in user_row_filters(conn):
             rows = _rows(
                 conn,
-                sql.SQL("SELECT * FROM {} WHERE {}").format(table_ident(table), where),
+                sql.SQL("SELECT {} FROM {} WHERE {}").format(
+                    _EXPORT_COLUMNS.get(table, sql.SQL("*")), table_ident(table), where
+                ),
                 {"user": user_id, "devices": device_ids},
             )
             if rows:

@@ -21,7 +21,7 @@ from psycopg import sql
 from hearth.admin.audit import write_audit
 from hearth.db import Conn
 from hearth.errors import Incomplete
-from hearth.ledger import ConsentEvent, link_end_ref, shows_features_sql, withhold_features_sql
+from hearth.ledger import ConsentEvent, link_end_ref, shows_snapshot_sql, withhold_snapshot_sql
 from hearth.signals import LINK_CATEGORIES, Category, stored_signals
 
 
@@ -212,11 +212,10 @@ def purge_category_rows(conn: Conn, user_id: str, category: Category) -> dict[st
     counts["dead_letters"] = cur.rowcount
     # Snapshots keep every feature (one schema for clients): the category's cells become null
     # with a reason (hearth.vectors), instead of losing their keys.
-    withheld = withhold_features_sql("s.vector", "s.feature_set_version", _SNAPSHOT_CATEGORY)
-    shows = shows_features_sql("s.vector", "s.feature_set_version", _SNAPSHOT_CATEGORY)
+    withheld = withhold_snapshot_sql("s", _SNAPSHOT_CATEGORY)
+    shows = shows_snapshot_sql("s", _SNAPSHOT_CATEGORY)
     cur = conn.execute(
-        f"UPDATE feature_snapshots s SET vector = {withheld} "
-        f"WHERE s.user_id = %(user)s AND {shows}",
+        f"UPDATE feature_snapshots s SET {withheld} WHERE s.user_id = %(user)s AND {shows}",
         params,
     )
     counts["feature_snapshots.features"] = cur.rowcount
@@ -245,11 +244,11 @@ def purge_links(conn: Conn, user_id: str, categories: list[Category]) -> dict[st
         "ref": link_end_ref(user_id),
         "link_categories": [c.value for c in categories],
     }
-    withheld = withhold_features_sql("s.vector", "s.feature_set_version", _RELATIONSHIP_FEATURES)
-    shows = shows_features_sql("s.vector", "s.feature_set_version", _RELATIONSHIP_FEATURES)
+    withheld = withhold_snapshot_sql("s", _RELATIONSHIP_FEATURES)
+    shows = shows_snapshot_sql("s", _RELATIONSHIP_FEATURES)
     counts: dict[str, int] = {}
     cur = conn.execute(
-        f"UPDATE feature_snapshots s SET vector = {withheld} FROM ({_LINKED_SNAPSHOTS}) l "
+        f"UPDATE feature_snapshots s SET {withheld} FROM ({_LINKED_SNAPSHOTS}) l "
         f"WHERE {_SAME_SNAPSHOT.format(t='s')} AND {shows}",
         params,
     )
@@ -288,7 +287,7 @@ def category_rows_left(conn: Conn, user_id: str, category: Category) -> dict[str
         table: count_rows(conn, sql.SQL("SELECT count(*) FROM {} WHERE {}"), table, where, params)
         for table, where in _category_row_filters(conn)
     }
-    shows = shows_features_sql("s.vector", "s.feature_set_version", _SNAPSHOT_CATEGORY)
+    shows = shows_snapshot_sql("s", _SNAPSHOT_CATEGORY)
     row = conn.execute(
         f"SELECT count(*) FROM feature_snapshots s WHERE s.user_id = %(user)s AND {shows}",
         params,

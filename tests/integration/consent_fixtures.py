@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from features.rollups import write_buckets
 from hearth import admin
 from hearth.db import Conn
 from hearth.signals import SIGNALS, Category
+from tests.support.service import VECTOR_SQL, seed_snapshot
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 FEATURE_SET = "test-fs-1"
@@ -82,25 +83,27 @@ def seed_user(
             for device, signal, value in categorical:
                 for i in range(rows_per_signal):
                     cp.write_row((T0 + timedelta(hours=i), device, user_id, signal, value))
-    for device, signal in numeric:
-        conn.execute(
-            "INSERT INTO rollup_numeric_hourly (bucket, device_id, user_id, signal, n, sum, sumsq,"
-            " min, max, first, last, first_time, last_time, max_ingested_at) "
-            "VALUES (%s, %s, %s, %s, 1, 1, 1, 1, 1, 1, 1, %s, %s, now())",
-            (T0, device, user_id, signal, T0, T0),
-        )
-    conn.execute(
-        "INSERT INTO rollup_categorical_hourly (bucket, device_id, user_id, signal, value, share, "
-        "n, max_ingested_at) VALUES (%s, %s, %s, 'geohash', 'u33dc0c', 1, 1, now())",
-        (T0, phone.device_id, user_id),
-    )
+    now = datetime.now(UTC)
+    write_buckets(
+        conn,
+        "rollup_numeric_hourly",
+        [
+            {"bucket": T0, "device_id": device, "user_id": user_id, "signal": signal, "n": 1,
+             "sum": 1.0, "first_time": T0, "max_ingested_at": now}
+            for device, signal in numeric
+        ],
+    )  # fmt: skip
+    write_buckets(
+        conn,
+        "rollup_categorical_hourly",
+        [
+            {"bucket": T0, "device_id": phone.device_id, "user_id": user_id,
+             "signal": "geohash", "value": "u33dc0c", "n": 1, "max_ingested_at": now}
+        ],
+    )  # fmt: skip
     ensure_feature_definitions(conn)
     vector = {name: {"value": 0.5, "coverage": 1.0} for name in FEATURES}
-    conn.execute(
-        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
-        "VALUES (%s, %s, %s, %s)",
-        (user_id, T0 + timedelta(days=2), FEATURE_SET, json.dumps(vector)),
-    )
+    seed_snapshot(conn, user_id, T0 + timedelta(days=2), FEATURE_SET, vector)
     add_dead_letter(conn, user_id, phone.device_id)
     return SeededUser(user_id, [phone.device_id, plug.device_id], rows_per_signal)
 
@@ -137,7 +140,8 @@ def snapshot_features(conn: Conn, user_id: str) -> set[str]:
     """Features the user's snapshot holds data for: a withdrawn feature keeps its key, as a
     null cell with a reason (hearth.vectors), and is not listed."""
     row = conn.execute(
-        "SELECT vector FROM feature_snapshots WHERE user_id = %s", (user_id,)
+        f"SELECT {VECTOR_SQL} FROM feature_snapshots WHERE user_id = %s",
+        (user_id,),
     ).fetchone()
     assert row is not None
     return {name for name, cell in row[0].items() if "reason" not in cell}

@@ -21,6 +21,7 @@ from tests.integration.consent_fixtures import (
     unique,
 )
 from tests.integration.privacy_scan import find_references
+from tests.support.service import VECTOR_SQL
 
 
 def test_add_user_is_idempotent_and_validates_zone(db: psycopg.Connection) -> None:
@@ -125,7 +126,10 @@ def test_withdraw_purges_category_everywhere_and_audits(db: psycopg.Connection) 
     assert "test_home_nights_share" not in features
     assert {"test_plug_energy_cv", "test_battery_low_share"} <= features
     # The withdrawn feature keeps its key (one schema), as null with a reason.
-    (vector,) = db.execute("SELECT vector FROM feature_snapshots WHERE user_id = %s", (user,))
+    (vector,) = db.execute(
+        f"SELECT {VECTOR_SQL} FROM feature_snapshots WHERE user_id = %s",
+        (user,),
+    )
     assert set(vector[0]) == set(FEATURES)
     assert vector[0]["test_home_nights_share"] == withdrawn_cell()
     assert report.counts["numeric_readings"] == seeded.rows_per_signal  # region_event

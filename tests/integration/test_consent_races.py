@@ -43,6 +43,7 @@ from tests.integration.fleet import add_device as fleet_device
 from tests.integration.fleet import add_user as fleet_user
 from tests.integration.privacy_scan import find_references
 from tests.support.builders import add_device, add_user, insert_categorical, insert_numeric
+from tests.support.service import VECTOR_SQL
 
 AS_OF = datetime(2026, 5, 1, tzinfo=UTC)
 LOCATION_FEATURES = {d.name for d in DEFINITIONS if d.category == Category.LOCATION}
@@ -66,7 +67,7 @@ def _user_with_location_history(conn: Conn, user: str) -> None:
 
 def _vector(conn: Conn, user: str) -> dict[str, Any]:
     row = conn.execute(
-        "SELECT vector FROM feature_snapshots WHERE user_id = %s AND as_of = %s "
+        f"SELECT {VECTOR_SQL} FROM feature_snapshots WHERE user_id = %s AND as_of = %s "
         "AND feature_set_version = %s",
         (user, AS_OF, FEATURE_SET_VERSION),
     ).fetchone()

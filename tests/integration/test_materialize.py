@@ -19,6 +19,7 @@ from features.snapshots.materialize import materialize
 from features.snapshots.store import latest_snapshot, read_snapshots
 from hearth.errors import Invalid
 from tests.support.builders import add_device, add_user, insert_numeric
+from tests.support.service import VECTOR_SQL
 
 AS_OF = datetime(2026, 5, 1, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +58,8 @@ def test_materialize_command_is_idempotent_and_resumable(
     assert proc.returncode == 0, proc.stderr
     assert "skipped=1" in proc.stdout and "written=2" in proc.stdout
     rows = db.execute(
-        "SELECT user_id, vector FROM feature_snapshots WHERE as_of = %s AND user_id LIKE 'mat-%%'"
-        " AND feature_set_version = %s",
+        f"SELECT user_id, {VECTOR_SQL} FROM feature_snapshots"
+        " WHERE as_of = %s AND user_id LIKE 'mat-%%' AND feature_set_version = %s",
         (AS_OF, FEATURE_SET_VERSION),
     ).fetchall()
     assert sorted(r[0] for r in rows) == users

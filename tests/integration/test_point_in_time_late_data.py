@@ -13,6 +13,7 @@ from features.snapshots.materialize import materialize
 from hearth.signals import Category
 from hearth.vectors import CellReason
 from tests.support.builders import add_device, add_user, consent, insert_categorical, insert_numeric
+from tests.support.service import VECTOR_SQL
 
 T1 = datetime(2026, 6, 1, tzinfo=UTC)
 ING = timedelta(minutes=2)
@@ -33,7 +34,8 @@ def test_late_row_changes_only_as_of_after_its_arrival(db: psycopg.Connection) -
     refresh_rollups(db, full=True)
     materialize(db, T1, users=["late-1"], progress=False)
     stored = db.execute(
-        "SELECT vector FROM feature_snapshots WHERE user_id = 'late-1' AND as_of = %s", (T1,)
+        f"SELECT {VECTOR_SQL} FROM feature_snapshots WHERE user_id = 'late-1' AND as_of = %s",
+        (T1,),
     ).fetchone()
     assert stored is not None
     before = compute_vectors(db, ["late-1"], T1)[0]

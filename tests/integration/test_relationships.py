@@ -28,6 +28,7 @@ from hearth.signals import Category
 from tests.support.builders import CategoricalRow, add_device, add_user, insert_categorical
 from tests.support.households import (
     HISTORY,
+    ING,
     NETWORK,
     OTHERS,
     T,
@@ -190,6 +191,39 @@ def test_a_link_formed_after_t_does_not_count_at_t(
     # Known at its event time (replayed history): C's late readings count as of T.
     replay = compute_vectors(db, ["pit-A"], T, knowledge=Knowledge.EVENT)
     assert replay[0].values["household_size_30d"].value == 2
+
+
+def test_a_device_day_partly_known_at_t_counts_its_known_hours(
+    db: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    # network_sightings keeps one row per device-day: a day whose readings reached Hearth
+    # partly before and partly after T is recomputed from raw rows as of T, hour by hour.
+    _people_in(db, ["mix-A", "mix-Q", "mix-R"])
+
+    def reading(user: str, day: int, hour: int, late: bool = False) -> CategoricalRow:
+        t = at(day, hour)
+        ingested = T + timedelta(hours=5) if late else t + ING
+        return (t, f"{user}-phone", user, "wifi_bssid_hash", "net-mix", ingested)
+
+    rows = [r for day in HISTORY for r in home("mix-A-phone", "mix-A", day, "net-mix", "cellmx")]
+    for day in range(60, 64):  # Q: 23:00 known at T, 22:00 of the same day not: 4 nights
+        rows += [reading("mix-Q", day, 23), reading("mix-Q", day, 22, late=True)]
+    for day in range(60, 63):  # R: 3 nights known at T ...
+        rows.append(reading("mix-R", day, 23))
+    for day in range(63, 66):  # ... and 3 days known at noon only, their nights after T
+        rows += [reading("mix-R", day, 12), reading("mix-R", day, 22, late=True)]
+    insert_categorical(db, rows)
+    refresh_rollups(db, full=True)
+    mixed = db.execute(
+        """SELECT count(*) FROM network_sightings WHERE user_id IN ('mix-Q', 'mix-R')
+              AND first_ingested_at <= %(t)s AND max_ingested_at > %(t)s""",
+        {"t": T},
+    ).fetchone()
+    assert mixed == (7,)  # the rows this test is about
+    at_t = compute_vectors(db, ["mix-A"], T)[0].values
+    assert at_t["household_size_30d"].value == 2  # A and Q; R's 3 known nights are too few
+    later = compute_vectors(db, ["mix-A"], T + timedelta(days=1))[0].values
+    assert later["household_size_30d"].value == 3  # R's 6 nights known by then
 
 
 def test_a_network_too_many_people_share_links_nobody(

@@ -64,6 +64,14 @@ def _links(db: Db, user: str) -> dict[str, int]:
     return {"own": int(str(row[0])), "named": int(str(row[1]))}
 
 
+def _sightings(db: Db, user: str) -> dict[str, int]:
+    """The user's network_sightings rows by signal."""
+    rows = db.execute(
+        "SELECT signal, count(*) FROM network_sightings WHERE user_id = %s GROUP BY 1", (user,)
+    ).fetchall()
+    return {str(s): int(str(n)) for s, n in rows}
+
+
 def _stored(db: Db, user: str) -> dict[str, object]:
     vec = read_snapshots(db, [user], T)[user]
     return {n: (vec.values[n].value, vec.values[n].reason) for n in REL}
@@ -96,9 +104,16 @@ def test_withdrawing_the_links_category_removes_the_links_of_that_kind(db: Db) -
     materialize(db, T, users=["bc-p", "bc-q"], progress=False)
     assert _stored(db, "bc-q")["household_size_30d"] == (2.0, None)
     assert _links(db, "bc-q") == {"own": 2, "named": 2}
+    held = _sightings(db, "bc-p")
+    assert held["wifi_bssid_hash"] > 0
 
     report = admin.withdraw_consent(db, user_id="bc-p", category="connectivity")
     assert report.status == "complete"
+    # The rollup job's network sightings of the category go with the raw rows and rollups.
+    assert report.counts["network_sightings"] == held["wifi_bssid_hash"]
+    assert "wifi_bssid_hash" not in _sightings(db, "bc-p")
+    assert _sightings(db, "bc-p").get("geohash") == held.get("geohash")  # another category
+    assert _sightings(db, "bc-q")["wifi_bssid_hash"] > 0
     # p's own relationship features came from p's connectivity data: withheld with it.
     assert _stored(db, "bc-p")["household_size_30d"] == (None, "consent_withdrawn")
     assert _stored(db, "bc-q")["household_size_30d"] == (None, "consent_withdrawn")
@@ -126,8 +141,10 @@ def test_erasing_one_end_removes_the_link(db: Db) -> None:
     materialize(db, T, users=["be-r", "be-s"], progress=False)
     exported = json.dumps(admin.export_user(db, "be-r"))
     assert '"snapshot_links"' in exported and "be-s" not in exported  # a keyed hash, not an id
+    assert _sightings(db, "be-s")
     report = admin.erase_user(db, "be-s")
     assert report.status == "complete"
+    assert _sightings(db, "be-s") == {}
     assert _stored(db, "be-r")["household_size_30d"] == (None, "consent_withdrawn")
     assert _links(db, "be-r") == {"own": 0, "named": 0}
     assert db.execute("SELECT count(*) FROM snapshot_links WHERE link_ref = %s",
@@ -143,10 +160,13 @@ def test_relationship_features_never_read_other_users_feature_values(db: Db) -> 
     # The other members' stored feature values (what a label-propagating or neighbour-averaging
     # feature would read) changed beyond recognition, as if their risk had changed.
     db.execute(
-        """UPDATE feature_snapshots SET vector = (SELECT jsonb_object_agg(key,
-                  jsonb_build_object('value', 999.0, 'coverage', 1.0)) FROM jsonb_each(vector))
+        """UPDATE feature_snapshots
+              SET vals = hearth_pack_float8(array_fill(999.0::float8, ARRAY[length(vals) / 8])),
+                  covs = hearth_pack_float8(array_fill(1.0::float8, ARRAY[length(covs) / 8]))
             WHERE user_id IN ('bv-y', 'bv-z')"""
     )
+    changed = read_snapshots(db, ["bv-y"], T)["bv-y"].values["household_size_30d"]
+    assert changed.value == 999.0
     after = compute_vectors(db, ["bv-x"], T)[0].values
     for name, cell in before.items():
         if name.startswith(("household_", "linkable_", "daytime_")):

@@ -38,9 +38,9 @@ def test_retention_drops_old_raw_chunks_only(db: psycopg.Connection) -> None:
             (t, f"dev-{user}", user),
         )
     db.execute(
-        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
-        "VALUES (%s, %s, 'ret-fs', %s)",
-        (user, OLD + timedelta(days=1), json.dumps({"f": {"value": 1, "coverage": 1}})),
+        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vals, covs) "
+        "VALUES (%s, %s, 'ret-fs', hearth_pack_float8('{1}'), hearth_pack_float8('{1}'))",
+        (user, OLD + timedelta(days=1)),
     )
     assert {"numeric_readings", "categorical_readings"} <= set(raw_hypertables(db))
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from features.rollups import read_watermark, refresh_rollups
+from features.rollups import bucket_rows, read_watermark, refresh_rollups, write_buckets
 from tests.support.builders import add_device, add_user
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
@@ -34,17 +34,19 @@ def _insert(conn: psycopg.Connection, rows: list[tuple[datetime, str, str, str, 
             )
 
 
+_NUMERIC = ("bucket", "signal", "n", "sum", "sumsq", "min", "max", "first", "last",
+            "first_time", "last_time")  # fmt: skip
+_CATEGORICAL = ("bucket", "signal", "value", "share", "n")
+
+
 def _rollups(conn: psycopg.Connection, device: str) -> list[tuple[object, ...]]:
-    numeric = conn.execute(
-        """SELECT bucket, signal, n, sum, sumsq, min, max, first, last, first_time, last_time
-             FROM rollup_numeric_hourly WHERE device_id = %s ORDER BY bucket, signal""",
-        (device,),
-    ).fetchall()
-    categorical = conn.execute(
-        """SELECT bucket, signal, value, share, n FROM rollup_categorical_hourly
-            WHERE device_id = %s ORDER BY bucket, signal""",
-        (device,),
-    ).fetchall()
+    numeric = [
+        tuple(b[k] for k in _NUMERIC) for b in bucket_rows(conn, "rollup_numeric_hourly", device)
+    ]
+    categorical = [
+        tuple(b[k] for k in _CATEGORICAL)
+        for b in bucket_rows(conn, "rollup_categorical_hourly", device)
+    ]
     return numeric + categorical
 
 
@@ -96,11 +98,56 @@ def test_rollup_values_match_raw(db: psycopg.Connection) -> None:
     ]
     _insert(db, rows)
     refresh_rollups(db, grace=timedelta(0))
-    row = db.execute(
-        """SELECT n, sum, sumsq, min, max, first, last FROM rollup_numeric_hourly
-            WHERE device_id = 'roll-raw-plug'"""
-    ).fetchall()
+    row = [
+        tuple(b[k] for k in ("n", "sum", "sumsq", "min", "max", "first", "last"))
+        for b in bucket_rows(db, "rollup_numeric_hourly", "roll-raw-plug")
+    ]
     assert row == [(3, 60.0, 1400.0, 10.0, 30.0, 10.0, 30.0)]
+
+
+def test_packed_rows_match_per_bucket_aggregates(db: psycopg.Connection) -> None:
+    # Many buckets of one device-day, single and multi readings mixed, delivered shuffled: the
+    # packed row holds every bucket in hour order, multi-only columns aligned with n <> 1.
+    add_user(db, "roll-pack", granted_at=BASE)
+    add_device(db, "roll-pack-plug", "roll-pack", "plug")
+    day = BASE + timedelta(days=20)
+    rows = []
+    for h in range(24):
+        for m in range(1 + (h % 3 == 0) * 2):
+            rows.append((day + timedelta(hours=h, minutes=10 * m + 1), "roll-pack-plug",
+                         "roll-pack", "power_w", float(h * 10 + m)))  # fmt: skip
+            rows.append((day + timedelta(hours=h, minutes=10 * m + 1), "roll-pack-plug",
+                         "roll-pack", "geohash", ["u33dc0c", "u33dc1b"][(h + m) % 2]))  # fmt: skip
+    random.Random(5).shuffle(rows)
+    _insert(db, rows)
+    refresh_rollups(db, grace=timedelta(0))
+    packed = bucket_rows(db, "rollup_numeric_hourly", "roll-pack-plug")
+    assert [b["bucket"] for b in packed] == [day + timedelta(hours=h) for h in range(24)]
+    expected = db.execute(
+        """SELECT n, sum, sumsq, min, max, first, last, first_time, last_time
+             FROM (SELECT time_bucket(INTERVAL '1 hour', time) AS bucket, count(*) AS n,
+                          sum(value) AS sum, sum(value * value) AS sumsq, min(value) AS min,
+                          max(value) AS max, first(value, time) AS first,
+                          last(value, time) AS last, min(time) AS first_time,
+                          max(time) AS last_time
+                     FROM numeric_readings WHERE device_id = 'roll-pack-plug'
+                    GROUP BY 1 ORDER BY 1) x"""
+    ).fetchall()
+    fields = ("n", "sum", "sumsq", "min", "max", "first", "last", "first_time", "last_time")
+    assert [tuple(b[k] for k in fields) for b in packed] == expected
+    shares = [(b["value"], b["share"], b["n"])
+              for b in bucket_rows(db, "rollup_categorical_hourly", "roll-pack-plug")]  # fmt: skip
+    assert shares[0] == ("u33dc0c", 2 / 3, 3)  # hour 0: two of three readings
+    assert shares[1] == ("u33dc1b", 1.0, 1)
+    # A parallel full rebuild (its own connections) writes the same bytes.
+    before = db.execute("SELECT * FROM rollup_numeric_hourly ORDER BY 1, 2, 4").fetchall()
+    url = db.info.dsn
+    password = db.info.password
+    result = refresh_rollups(
+        db, full=True, database_url=f"{url} password={password}" if password else url, jobs=2
+    )
+    assert result.jobs == 2 and result.readings >= len(rows) // 2
+    assert db.execute("SELECT * FROM rollup_numeric_hourly ORDER BY 1, 2, 4").fetchall() == before
 
 
 # -- late data never destroys history (issue 11 §6) ------------------------------------------
@@ -111,14 +158,16 @@ RETENTION_NOW = datetime(2002, 7, 1, tzinfo=UTC)  # 90-day cutoff: 2002-04-02
 
 
 def _bucket(conn: psycopg.Connection, device: str, hour: datetime) -> list[tuple[object, ...]]:
-    numeric = conn.execute(
-        "SELECT n, sum, min, max FROM rollup_numeric_hourly WHERE device_id = %s AND bucket = %s",
-        (device, hour),
-    ).fetchall()
-    categorical = conn.execute(
-        "SELECT value, n FROM rollup_categorical_hourly WHERE device_id = %s AND bucket = %s",
-        (device, hour),
-    ).fetchall()
+    numeric = [
+        (b["n"], b["sum"], b["min"], b["max"])
+        for b in bucket_rows(conn, "rollup_numeric_hourly", device)
+        if b["bucket"] == hour
+    ]
+    categorical = [
+        (b["value"], b["n"])
+        for b in bucket_rows(conn, "rollup_categorical_hourly", device)
+        if b["bucket"] == hour
+    ]
     return numeric + categorical
 
 
@@ -136,12 +185,15 @@ def test_full_rebuild_keeps_buckets_older_than_every_raw_row(db: psycopg.Connect
     assert db.execute(  # the horizon alone would not protect this bucket
         "SELECT count(*) FROM raw_retention_horizons WHERE horizon > %s", (ancient,)
     ).fetchone() == (0,)
-    db.execute(
-        """INSERT INTO rollup_numeric_hourly (bucket, device_id, user_id, signal, n, sum, sumsq,
-               min, max, first, last, first_time, last_time, max_ingested_at)
-           VALUES (%s, %s, %s, 'power_w', 2, 3, 5, 1, 2, 1, 2, %s, %s, now())""",
-        (ancient, plug, user, ancient, ancient),
-    )
+    write_buckets(
+        db,
+        "rollup_numeric_hourly",
+        [
+            {"bucket": ancient, "device_id": plug, "user_id": user, "signal": "power_w", "n": 2,
+             "sum": 3.0, "sumsq": 5.0, "min": 1.0, "max": 2.0, "first": 1.0, "last": 2.0,
+             "first_time": ancient, "last_time": ancient, "max_ingested_at": ancient}
+        ],
+    )  # fmt: skip
     refresh_rollups(db, full=True)
     assert _bucket(db, plug, ancient) == [(2, 3.0, 1.0, 2.0)]
 

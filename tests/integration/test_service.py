@@ -17,7 +17,7 @@ from features.service.app import create_app
 from features.service.resolve import engine_gateway
 from hearth.db import Conn
 from hearth.settings import load_settings
-from tests.support.service import seed_snapshot, seed_user
+from tests.support.service import full_vector, seed_snapshot, seed_user
 
 READ = "read-token-0123456789"
 ADMIN = "admin-token-0123456789"
@@ -29,8 +29,10 @@ H_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 AS_OF_1 = datetime(2026, 1, 1, tzinfo=UTC)
 AS_OF_2 = datetime(2026, 1, 2, tzinfo=UTC)
-V1 = {"f_a": {"value": 1.5, "coverage": 0.5}, "f_b": {"value": None, "coverage": 0.0}}
-V2 = {"f_a": {"value": 2.5, "coverage": 0.75}, "f_b": {"value": 3.0, "coverage": 1.0}}
+F_A, F_B = "active_day_ratio_30d", "longest_gap_days_30d"  # two features of the real set
+V1 = {F_A: {"value": 1.5, "coverage": 0.5}, F_B: {"value": None, "coverage": 0.0}}
+V2 = {F_A: {"value": 2.5, "coverage": 0.75}, F_B: {"value": 3.0, "coverage": 1.0}}
+FULL_1, FULL_2 = full_vector(V1), full_vector(V2)  # what is served: every feature
 
 # One app (and pool) for the whole module: the tests only read, except the admin lifecycle,
 # which uses its own user.
@@ -90,7 +92,7 @@ async def test_latest_snapshot(client: TestClient[object, object], version: str)
     assert body["feature_set_version"] == version
     assert body["source"] == "snapshot"
     assert body["stale"] is True  # as_of is months old
-    assert body["features"] == V2
+    assert body["features"] == FULL_2
     assert datetime.fromisoformat(body["computed_at"]).tzinfo is not None
 
 
@@ -105,12 +107,12 @@ async def test_exact_as_of_serves_that_snapshot(client: TestClient[object, objec
     )
     body = await resp.json()
     assert resp.status == 200
-    assert body["features"] == V1 and body["stale"] is False
+    assert body["features"] == FULL_1 and body["stale"] is False
     # An unencoded '+' arrives as a space; the service still understands the offset.
     resp = await client.get(
         "/v1/users/svc-u1/features?as_of=2026-01-01T01:00:00+01:00", headers=H_READ
     )
-    assert (await resp.json())["features"] == V1
+    assert (await resp.json())["features"] == FULL_1
 
 
 async def test_user_errors(client: TestClient[object, object]) -> None:
@@ -214,7 +216,7 @@ async def test_online_vectors_and_reasons(client: TestClient[object, object], ve
     body = await resp.json()
     assert body["feature_set_version"] == version
     assert [v["user_id"] for v in body["vectors"]] == ["svc-u1"]  # duplicates served once
-    assert body["vectors"][0]["features"] == V2
+    assert body["vectors"][0]["features"] == FULL_2
     assert body["missing"] == [
         {"user_id": "nobody", "reason": "unknown_user"},
         {"user_id": "svc-gone", "reason": "no_active_consent"},
@@ -224,7 +226,7 @@ async def test_online_vectors_and_reasons(client: TestClient[object, object], ve
         json={"user_ids": ["svc-u1"], "as_of": "2026-01-01T00:00:00+00:00"},
         headers=H_READ,
     )
-    assert (await resp.json())["vectors"][0]["features"] == V1
+    assert (await resp.json())["vectors"][0]["features"] == FULL_1
 
 
 @pytest.mark.parametrize(
@@ -275,7 +277,7 @@ async def test_historical_ndjson_one_row_per_row(client: TestClient[object, obje
         "no_consent_at_as_of",
         None,
     ]
-    assert lines[0]["features"] == V2 and lines[2]["features"] == V1
+    assert lines[0]["features"] == FULL_2 and lines[2]["features"] == FULL_1
     assert lines[5] == lines[0] | {"row": 5}
     assert lines[1]["features"] is None
 
@@ -292,8 +294,7 @@ async def test_historical_csv(client: TestClient[object, object]) -> None:
     assert header[:5] == ["row", "user_id", "as_of", "feature_set_version", "reason"]
     assert len(lines) == 4
     first = dict(zip(header, lines[1].split(","), strict=True))
-    if "f_a" in header:  # stand-in catalogue
-        assert first["f_a"] == "2.5" and first["f_b__coverage"] == "1.0"
+    assert float(first[F_A]) == 2.5 and float(first[f"{F_B}__coverage"]) == 1.0
     assert dict(zip(header, lines[2].split(","), strict=True))["reason"] == "unknown_user"
 
 

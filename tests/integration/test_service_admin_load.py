@@ -49,7 +49,7 @@ def _seed(conn: psycopg.Connection[Any]) -> None:
             f"load-reader-{i}",
             t0 + timedelta(days=30),
             version,
-            {"f": {"value": 1.0, "coverage": 1.0}},
+            {"active_day_ratio_30d": {"value": 1.0, "coverage": 1.0}},
         )
 
 

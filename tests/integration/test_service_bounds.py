@@ -8,10 +8,11 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 import pytest_asyncio
@@ -23,10 +24,10 @@ from features.client import HearthError, parse_historical_line
 from features.service.app import create_app
 from features.service.errors import INLINE_PARSE_BYTES, read_model
 from features.service.resolve import engine_gateway
-from features.service.resolve.vectors import Outcome, VectorResolver
+from features.service.resolve.bulk import BulkResolver, ResolvedRows
 from features.service.state import STATE
 from hearth.settings import Settings, load_settings
-from tests.support.service import seed_snapshot, seed_user
+from tests.support.service import full_vector, seed_snapshot, seed_user
 
 READ = "bounds-read-token-0123456789"
 ADMIN = "bounds-admin-token-0123456789"
@@ -35,7 +36,7 @@ H_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
 TOKENS = json.dumps({READ: ["features:read"], ADMIN: ["admin"]})
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
-V = {"f_a": {"value": 1.0, "coverage": 1.0}}
+V = {"active_day_ratio_30d": {"value": 1.0, "coverage": 1.0}}
 
 Client = TestClient[Any, Any]
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -158,11 +159,17 @@ async def test_a_future_snapshot_is_never_served_as_the_latest(client: Client, s
         seed_user(conn, "bd-future", consent_from=T0)
         seed_snapshot(conn, "bd-future", AS_OF, version, V)
         future = datetime.now(UTC) + timedelta(days=30)
-        seed_snapshot(conn, "bd-future", future, version, {"f_a": {"value": 9.0, "coverage": 1.0}})
+        seed_snapshot(
+            conn,
+            "bd-future",
+            future,
+            version,
+            {"active_day_ratio_30d": {"value": 9.0, "coverage": 1.0}},
+        )
     resp = await client.get("/v1/users/bd-future/features", headers=H_READ)
     body = await resp.json()
     assert resp.status == 200 and datetime.fromisoformat(body["as_of"]) == AS_OF
-    assert body["features"] == V
+    assert body["features"] == full_vector(V)
 
 
 # --- statement timeout --------------------------------------------------------------------------
@@ -231,26 +238,20 @@ async def test_large_bodies_are_parsed_off_the_event_loop() -> None:
 # --- an error after the stream started --------------------------------------------------------
 
 
-class _FailingResolver(VectorResolver):
-    """The real resolver, failing on its ``fail_on``-th call (fault injection)."""
+class _FailingResolver(BulkResolver):
+    """The real historical resolver, failing on its ``fail_on``-th chunk (fault injection)."""
 
-    def __init__(self, inner: VectorResolver, fail_on: int, error: Exception) -> None:
-        super().__init__(inner.store, inner.engine, inner.cache, inner.stale_after)
+    def __init__(self, inner: BulkResolver, fail_on: int, error: Exception) -> None:
+        self.__dict__.update(inner.__dict__)
         self.calls = 0
         self.fail_on = fail_on
         self.error = error
 
-    async def resolve(
-        self,
-        rows: Sequence[tuple[str, datetime | None]],
-        version: str,
-        *,
-        use_cache: bool = True,
-    ) -> list[Outcome]:
+    async def resolve(self, *args: Any, **kwargs: Any) -> ResolvedRows:
         self.calls += 1
         if self.calls == self.fail_on:
             raise self.error
-        return await super().resolve(rows, version, use_cache=use_cache)
+        return await super().resolve(*args, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -267,7 +268,7 @@ async def test_error_mid_stream_ends_it_with_one_error_record(
     rows = [{"user_id": f"nobody-{i}", "as_of": "2026-01-01T00:00:00Z"} for i in range(6_000)]
     async with _client(_settings(seeded)) as c:
         state = c.server.app[STATE]  # type: ignore[union-attr]
-        state.resolver = _FailingResolver(state.resolver, fail_on=2, error=error)
+        state.bulk = _FailingResolver(state.bulk, fail_on=2, error=error)
         resp = await c.post(
             "/v1/features/historical", json={"rows": rows}, headers={**H_READ, "Accept": accept}
         )
@@ -288,6 +289,24 @@ async def test_error_mid_stream_ends_it_with_one_error_record(
     with pytest.raises(HearthError) as raised:  # the Python client refuses the short result
         parse_historical_line(last)
     assert raised.value.code == code
+
+
+async def test_error_mid_arrow_stream_cuts_it_short(seeded: str) -> None:
+    """No error record fits an Arrow stream: it is cut off before its end marker, and a reader
+    (the client) refuses it."""
+    rows = [{"user_id": f"nobody-{i}", "as_of": "2026-01-01T00:00:00Z"} for i in range(6_000)]
+    async with _client(_settings(seeded)) as c:
+        state = c.server.app[STATE]  # type: ignore[union-attr]
+        state.bulk = _FailingResolver(state.bulk, fail_on=2, error=RuntimeError("boom"))
+        resp = await c.post(
+            "/v1/features/historical",
+            json={"rows": rows},
+            headers={**H_READ, "Accept": "application/vnd.apache.arrow.stream"},
+        )
+        assert resp.status == 200  # the status line went out with the first chunk
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+        assert (await c.get("/healthz")).status == 200  # a new connection serves
 
 
 # --- one code for an unknown user --------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_ten_thousand_rows_in_order_equal_to_the_engine(database_url: str) -> No
     rng.shuffle(rows)
 
     with serve_subprocess(database_url, {TOKEN: ["features:read"]}) as url:
-        result = HearthClient(url, TOKEN).historical(rows).rows
+        result = HearthClient(url, TOKEN).historical_rows(rows).rows
 
     assert len(result) == ROWS
     compared = 0

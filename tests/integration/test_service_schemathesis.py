@@ -42,7 +42,7 @@ def api_schema(database_url: str) -> Iterator[schemathesis.BaseSchema]:
             "st-u1",
             datetime(2026, 1, 1, tzinfo=UTC),
             version,
-            {"f_a": {"value": 1.0, "coverage": 1.0}},
+            {"active_day_ratio_30d": {"value": 1.0, "coverage": 1.0}},
         )
     settings_ = load_settings(
         database_url=database_url, api_tokens=json.dumps({TOKEN: ["features:read", "admin"]})

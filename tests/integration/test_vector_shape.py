@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,13 +28,12 @@ from features.rollups import refresh_rollups
 from features.snapshots.materialize import materialize
 from hearth import admin
 from hearth.db import Conn
-from hearth.migrate import available_migrations
 from hearth.settings import load_settings
 from hearth.signals import Category
 from hearth.vectors import CellReason, withdrawn_cell
-from tests.conftest import ROOT
+from tests.conftest import BASE_DATABASE_URL, ROOT, _with_dbname
 from tests.support.builders import add_device, add_user, insert_numeric
-from tests.support.service import serve_in_thread
+from tests.support.service import VECTOR_SQL, serve_in_thread
 
 TOKEN = "shape-read-token-0123456789"
 NAMES = {d.name for d in DEFINITIONS}
@@ -102,7 +102,7 @@ def test_computed_vector_after_withdrawal_is_null_with_reason(
 
 def test_stored_snapshot_keeps_every_key(withdrawn: dict[str, Any], db: Conn) -> None:
     row = db.execute(
-        "SELECT vector FROM feature_snapshots WHERE user_id = %s AND as_of = %s",
+        f"SELECT {VECTOR_SQL} FROM feature_snapshots WHERE user_id = %s AND as_of = %s",
         (withdrawn["user"], T),
     ).fetchone()
     assert row is not None
@@ -120,7 +120,7 @@ def test_rematerialised_snapshot_has_the_computed_shape(
 ) -> None:
     materialize(db, T, users=[withdrawn["user"]], force=True, progress=False)
     row = db.execute(
-        "SELECT vector::text FROM feature_snapshots WHERE user_id = %s AND as_of = %s",
+        f"SELECT {VECTOR_SQL}::text FROM feature_snapshots WHERE user_id = %s AND as_of = %s",
         (withdrawn["user"], T),
     ).fetchone()
     assert row is not None
@@ -140,7 +140,7 @@ def test_served_vectors_have_every_feature(withdrawn: dict[str, Any]) -> None:
         client = HearthClient(url, TOKEN)
         snapshot = client.get_features(withdrawn["user"], T)
         computed = client.get_features(withdrawn["user"], T - timedelta(days=1))
-        rows = client.historical([(withdrawn["user"], T), (withdrawn["user"], NOW)]).rows
+        rows = client.historical_rows([(withdrawn["user"], T), (withdrawn["user"], NOW)]).rows
     assert snapshot.source == "snapshot" and computed.source == "computed"
     for features in (snapshot.features, computed.features, rows[0].features, rows[1].features):
         assert features is not None and set(features) == NAMES
@@ -177,24 +177,61 @@ def test_materialize_refuses_a_future_as_of(database_url: str, db: Conn) -> None
     assert row == (0,)
 
 
-# --- migration 0044 -------------------------------------------------------------------------
+# --- migrations 0044 and 0055 ----------------------------------------------------------------
 
 
-def test_migration_restores_keys_an_earlier_purge_dropped(db: Conn) -> None:
-    """Snapshots stripped by the old purge (keys dropped) get null cells with the reason."""
-    sync_definitions(db)
-    add_user(db, "shape-old", categories=[Category.ENERGY], granted_at=NOW - timedelta(days=9))
-    kept = {n: {"value": 1.0, "coverage": 1.0} for n in sorted(NAMES - DEVICE_HEALTH)}
-    db.execute(
-        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
-        "VALUES ('shape-old', %s, %s, %s::jsonb)",
-        (T, FEATURE_SET_VERSION, json.dumps(kept)),
-    )
-    (migration,) = [m for m in available_migrations() if m.version == 44]
-    db.execute(migration.sql.encode())  # what migrate ran on databases holding such rows
-    row = db.execute("SELECT vector FROM feature_snapshots WHERE user_id = 'shape-old'").fetchone()
-    assert row is not None
-    vector: dict[str, Any] = row[0]  # type: ignore[assignment]
+def test_migrations_restore_dropped_keys_and_pack_vectors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database holding JSONB snapshots from before 0044 (an old purge dropped a category's
+    keys): 0044 puts the keys back as withdrawn cells, 0055 moves every cell into the packed
+    columns exactly (values, nulls, coverage, reasons); a version without definitions gets its
+    names from its vectors."""
+    import hearth.migrate as migrations
+
+    every = migrations.available_migrations()
+    name = f"hearth_test_mig_{secrets.token_hex(4)}"
+    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as server:
+        server.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
+    try:
+        _migrate_legacy(name, every, monkeypatch)
+    finally:
+        with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as server:
+            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _migrate_legacy(name: str, every: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import hearth.migrate as migrations
+
+    with psycopg.connect(_with_dbname(BASE_DATABASE_URL, name), autocommit=True) as conn:
+        monkeypatch.setattr(
+            migrations, "available_migrations", lambda: [m for m in every if m.version < 44]
+        )
+        if migrations.migrate(conn).current_version >= 44:
+            pytest.skip("the template database is already past 0043")
+        monkeypatch.undo()
+        sync_definitions(conn)  # as materialise did
+        conn.execute("INSERT INTO users (user_id) VALUES ('shape-old')")
+        kept = {
+            n: {"value": None if i % 4 == 0 else i / 7, "coverage": round(i / 71, 6)}
+            for i, n in enumerate(sorted(NAMES - DEVICE_HEALTH))
+        }
+        for n in sorted(USAGE):
+            kept[n] = {"value": None, "coverage": 0.0, "reason": "not_consented"}
+        old = {"zeta": {"value": 1e-310, "coverage": 1.0}, "alpha": {"value": -2.5, "coverage": 0}}
+        conn.execute(
+            "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
+            "VALUES ('shape-old', %s, %s, %s::jsonb), ('shape-old', %s, 'fs-old', %s::jsonb)",
+            (T, FEATURE_SET_VERSION, json.dumps(kept), T, json.dumps(old)),
+        )
+        migrations.migrate(conn)  # 0044, then 0055 and later
+        rows = dict(
+            conn.execute(
+                f"SELECT feature_set_version, {VECTOR_SQL} FROM feature_snapshots"
+            ).fetchall()
+        )
+    vector: dict[str, Any] = rows[FEATURE_SET_VERSION]  # type: ignore[assignment]
     assert set(vector) == NAMES
     assert all(vector[n] == withdrawn_cell() for n in DEVICE_HEALTH)
     assert all(vector[n] == kept[n] for n in kept)
+    assert rows["fs-old"] == old

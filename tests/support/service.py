@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, sync_definitions
 from features.service.app import create_app, make_runner
 from hearth.db import Conn
 from hearth.settings import Settings
@@ -123,15 +124,56 @@ def seed_user(
         consent(conn, user_id, category, "grant", consent_from)
 
 
+# A stored snapshot as {name: cell} (migration 0055), for SELECTs in tests.
+VECTOR_SQL = "hearth_snapshot_vector(feature_set_version, vals, covs, withheld)"
+
+# A {name: cell} vector into the packed columns (features.snapshots.codec): by the version's
+# definitions, as migration 0055 converted stored vectors; features not given are null.
+_PACK_SQL = """
+    INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vals, covs, withheld)
+    SELECT %(user)s, %(as_of)s, %(version)s,
+           hearth_pack_float8(array_agg((v.doc -> d.name ->> 'value')::float8
+                                        ORDER BY d.name COLLATE "C")),
+           hearth_pack_float8(array_agg(coalesce((v.doc -> d.name ->> 'coverage')::float8, 0)
+                                        ORDER BY d.name COLLATE "C")),
+           coalesce(jsonb_object_agg(d.category, v.doc -> d.name ->> 'reason')
+                        FILTER (WHERE v.doc -> d.name ? 'reason'), '{}'::jsonb)
+      FROM (SELECT %(doc)s::jsonb AS doc) v
+      JOIN feature_definitions d ON d.feature_set_version = %(version)s
+    ON CONFLICT DO NOTHING
+"""
+
+
 def seed_snapshot(
     conn: Conn,
     user_id: str,
     as_of: datetime,
     version: str,
-    vector: Mapping[str, Mapping[str, float | None]],
+    vector: Mapping[str, Mapping[str, object]],
 ) -> None:
+    """A stored snapshot holding ``vector``'s cells (features of ``version``; the others are
+    null with coverage 0). The current version's definitions are synced first."""
+    if version == FEATURE_SET_VERSION:
+        sync_definitions(conn)
+    known = {
+        str(r[0])
+        for r in conn.execute(
+            "SELECT name FROM feature_definitions WHERE feature_set_version = %s", (version,)
+        )
+    }
+    if not set(vector) <= known:
+        raise ValueError(f"not features of {version}: {sorted(set(vector) - known)}")
     conn.execute(
-        "INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vector) "
-        "VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
-        (user_id, as_of, version, json.dumps(vector)),
+        _PACK_SQL,
+        {"user": user_id, "as_of": as_of, "version": version, "doc": json.dumps(vector)},
     )
+
+
+def full_vector(cells: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
+    """What the service serves for a snapshot seeded with ``cells``: every feature of the
+    current set, those not given null with coverage 0."""
+    out: dict[str, dict[str, object]] = {
+        d.name: {"value": None, "coverage": 0.0} for d in DEFINITIONS
+    }
+    out.update({k: dict(v) for k, v in cells.items()})
+    return out

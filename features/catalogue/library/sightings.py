@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from hearth.signals import Category
+from hearth.signals import LINK_SIGNALS, Category, signal
 
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
@@ -42,10 +42,7 @@ NIGHT_HOURS = (22, 23, 0, 1, 2, 3, 4, 5)
 WORK_HOURS = (9, 10, 11, 12, 13, 14, 15, 16)
 WORK_WEEKDAYS = (0, 1, 2, 3, 4)  # Monday to Friday
 # The signals a key can be, and the category each needs consent to on both ends.
-NETWORK_SIGNALS: dict[str, Category] = {
-    "wifi_bssid_hash": Category.CONNECTIVITY,
-    "geohash": Category.LOCATION,
-}
+NETWORK_SIGNALS: dict[str, Category] = {name: signal(name).category for name in LINK_SIGNALS}
 WIFI_SIGNAL = "wifi_bssid_hash"
 # A link: co-resident on LINK_NIGHTS nights of the window on one of the user's home networks
 # (a network the user saw on at least LINK_NIGHTS nights of the 90-day grid); a daytime link:

@@ -17,13 +17,13 @@ from psycopg_pool import ConnectionPool
 
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.engine import FeatureVector, compute_historical
-from features.snapshots.codec import cells_json
+from features.snapshots.codec import PackedVector, pack_vector
 
 
 @dataclass(frozen=True, slots=True)
 class ComputedVector:
     computed_at: datetime
-    features_json: str  # {"name": hearth.vectors.cell}, ready to splice into output
+    vector: PackedVector  # the current feature set's layout (features.snapshots.codec)
 
 
 def feature_set_version() -> str:
@@ -41,7 +41,7 @@ def feature_names() -> list[str]:
 def _convert(vector: FeatureVector | None) -> ComputedVector | None:
     if vector is None:
         return None
-    return ComputedVector(computed_at=vector.computed_at, features_json=cells_json(vector))
+    return ComputedVector(computed_at=vector.computed_at, vector=pack_vector(vector))
 
 
 class EngineGateway:

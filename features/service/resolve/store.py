@@ -2,9 +2,10 @@
 
 For every requested row the statement returns, in request order, whether the user exists,
 whether they have active credit-scoring consent now and at ``as_of``, and the matching snapshot
-(the exact ``as_of`` when given, else the latest) with its vector as JSON *text*, so the hot path
-splices it into the response without parsing and re-serialising it. A snapshot dated after now
-plus the clock-skew allowance (``features.engine.as_of``) is never served, not even as the latest.
+(the exact ``as_of`` when given, else the latest) with its packed vector
+(:mod:`features.snapshots.codec`), rendered without a dict per cell. A snapshot dated after
+now plus the clock-skew allowance (``features.engine.as_of``) is never served, not even as the
+latest.
 
 "Active consent at T" follows ``hearth.ledger``: the latest event per category at or before T
 decides, and only a grant under the current notice version counts.
@@ -37,6 +38,7 @@ from typing import Final
 from psycopg_pool import AsyncConnectionPool
 
 from features.engine import latest_as_of
+from features.snapshots.codec import PackedVector
 from hearth.db import AsyncConn
 from hearth.ledger import any_active_consent_sql, consent_rule_params
 
@@ -46,12 +48,12 @@ LOOKUP_SQL: Final = f"""
 SELECT u.user_id IS NOT NULL,
        u.user_id IS NOT NULL AND {_CONSENTED_NOW},
        u.user_id IS NOT NULL AND (r.as_of IS NULL OR {_CONSENTED_AT_AS_OF}),
-       s.as_of, s.computed_at, s.vector::text
+       s.as_of, s.computed_at, s.vals, s.covs, s.withheld::text
   FROM unnest(%(users)s::text[], %(as_ofs)s::timestamptz[]) WITH ORDINALITY
        AS r(user_id, as_of, ord)
   LEFT JOIN users u ON u.user_id = r.user_id
   LEFT JOIN LATERAL (
-        SELECT f.as_of, f.computed_at, f.vector
+        SELECT f.as_of, f.computed_at, f.vals, f.covs, f.withheld
           FROM feature_snapshots f
          WHERE u.user_id IS NOT NULL
            AND f.user_id = r.user_id
@@ -72,10 +74,21 @@ class Lookup:
     consented_at_as_of: bool
     snapshot_as_of: datetime | None
     computed_at: datetime | None
-    vector_json: str | None
+    vector: PackedVector | None
 
 
 Row = tuple[str, datetime | None]
+
+
+def _lookup(rec: tuple[object, ...]) -> Lookup:
+    known, now, at_as_of, as_of, computed_at, vals, covs, withheld = rec
+    assert as_of is None or isinstance(as_of, datetime)
+    assert computed_at is None or isinstance(computed_at, datetime)
+    vector = None
+    if isinstance(vals, bytes) and isinstance(covs, bytes):
+        vector = PackedVector(vals, covs, str(withheld))
+    return Lookup(bool(known), bool(now), bool(at_as_of), as_of, computed_at, vector)
+
 
 COALESCE_MAX_ROWS = 64  # lookups this small may share a statement with others
 DEFAULT_MAX_INFLIGHT = 4  # coalesced statements running at once
@@ -139,7 +152,7 @@ class SnapshotStore:
             records = await cur.fetchall()
         if len(records) != len(rows):  # never misalign rows
             raise RuntimeError("snapshot lookup returned a different number of rows")
-        return [Lookup(*rec) for rec in records]
+        return [_lookup(rec) for rec in records]
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._flush_scheduled and self._inflight < self._max_inflight:

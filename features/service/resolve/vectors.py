@@ -12,17 +12,25 @@ Order of decisions for each row (first match wins):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from features.service.cache import VectorCache
 from features.service.errors import ApiError
 from features.service.resolve.engine_gateway import ComputedVector, EngineGateway
 from features.service.resolve.store import Lookup, SnapshotStore
-from features.snapshots.codec import decode_cells, document_json
+from features.snapshots.codec import (
+    CATALOGUE_COLUMNS,
+    PackedVector,
+    cells_json_rows,
+    document_json,
+    unpack,
+)
 
 Source = Literal["snapshot", "computed"]
 
@@ -35,7 +43,7 @@ class Outcome:
     reason: str | None = None
     source: Source | None = None
     computed_at: datetime | None = None
-    features_json: str | None = None
+    vector: PackedVector | None = None
 
 
 class VectorResolver:
@@ -114,7 +122,7 @@ def _decide(user_id: str, as_of: datetime | None, lookup: Lookup, now: datetime)
         return Outcome(user_id, at, latest, reason="no_active_consent")
     if not lookup.consented_at_as_of:
         return Outcome(user_id, at, latest, reason="no_consent_at_as_of")
-    if lookup.vector_json is not None:
+    if lookup.vector is not None:
         assert lookup.snapshot_as_of is not None
         return Outcome(
             user_id,
@@ -122,7 +130,7 @@ def _decide(user_id: str, as_of: datetime | None, lookup: Lookup, now: datetime)
             latest,
             source="snapshot",
             computed_at=lookup.computed_at,
-            features_json=lookup.vector_json,
+            vector=lookup.vector,
         )
     return None
 
@@ -138,7 +146,7 @@ def _from_engine(
         latest,
         source="computed",
         computed_at=vector.computed_at,
-        features_json=vector.features_json,
+        vector=vector.vector,
     )
 
 
@@ -149,8 +157,27 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
 
-def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
-    """A ``FeatureVectorOut`` document (the outcome must carry a vector)."""
+def features_json(
+    outcomes: Sequence[Outcome], columns: npt.NDArray[np.intp] = CATALOGUE_COLUMNS
+) -> list[str | None]:
+    """The cells of each outcome's vector (the features at ``columns``) as JSON text, rendered
+    together (:func:`features.snapshots.codec.cells_json_rows`); None without a vector."""
+    packed = [o.vector for o in outcomes if o.vector is not None]
+    if not packed:
+        return [None] * len(outcomes)
+    values, coverage = unpack(packed)
+    texts = iter(cells_json_rows(values, coverage, [p.withheld for p in packed], columns))
+    return [next(texts) if o.vector is not None else None for o in outcomes]
+
+
+def vector_json(
+    outcome: Outcome,
+    version: str,
+    stale: bool,
+    cells: str | None = None,
+) -> str:
+    """A ``FeatureVectorOut`` document (the outcome must carry a vector); ``cells``: its
+    features already rendered (:func:`features_json`), else all of them."""
     head = {
         "user_id": outcome.user_id,
         "as_of": _iso(outcome.as_of),
@@ -159,84 +186,4 @@ def vector_json(outcome: Outcome, version: str, stale: bool) -> str:
         "stale": stale,
         "source": outcome.source,
     }
-    return document_json(head, outcome.features_json)
-
-
-_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
-
-
-def _name(names: dict[str | None, str], value: str | None) -> str:
-    text = names[value] = "null" if value is None else _str(value)
-    return text
-
-
-def historical_lines(start: int, outcomes: Sequence[Outcome], version: str) -> str:
-    """NDJSON text of ``HistoricalRowOut`` documents numbered from ``start``, one per outcome,
-    each ending in a newline. Byte for byte what :func:`json.dumps` of the head plus the spliced
-    features gives, without a dict and an encoder pass per row (100,000-row requests): string
-    fields go through json's own C string encoder, timestamps are formatted once per value."""
-    version_json = _str(version)
-    # Keyed with the tzinfo: equal instants in different zones format differently.
-    iso: dict[tuple[datetime, object], str] = {}
-    names: dict[str | None, str] = {None: "null"}
-    parts: list[str] = []
-    append = parts.append
-    for row, o in enumerate(outcomes, start):
-        key = (o.as_of, o.as_of.tzinfo)
-        as_of = iso.get(key)
-        if as_of is None:
-            as_of = iso[key] = '"' + o.as_of.isoformat() + '"'
-        computed_at = "null"
-        if o.computed_at is not None:
-            key = (o.computed_at, o.computed_at.tzinfo)
-            cached = iso.get(key)
-            if cached is None:
-                cached = iso[key] = '"' + o.computed_at.isoformat() + '"'
-            computed_at = cached
-        reason = names.get(o.reason) or _name(names, o.reason)
-        source = names.get(o.source) or _name(names, o.source)
-        append(
-            f'{{"row": {row}, "user_id": {_str(o.user_id)}, "as_of": {as_of}, '
-            f'"feature_set_version": {version_json}, "reason": {reason}, "source": {source}, '
-            f'"computed_at": {computed_at},"features":{o.features_json or "null"}}}\n'
-        )
-    return "".join(parts)
-
-
-CSV_FIXED_COLUMNS = (
-    "row",
-    "user_id",
-    "as_of",
-    "feature_set_version",
-    "reason",
-    "source",
-    "computed_at",
-)
-
-
-def csv_header(feature_names: Sequence[str]) -> list[str]:
-    cols = list(CSV_FIXED_COLUMNS)
-    for name in feature_names:
-        cols += [name, f"{name}__coverage"]
-    return cols
-
-
-def csv_record(
-    row: int, outcome: Outcome, version: str, feature_names: Sequence[str]
-) -> list[object]:
-    record: list[object] = [
-        row,
-        outcome.user_id,
-        _iso(outcome.as_of),
-        version,
-        outcome.reason or "",
-        outcome.source or "",
-        _iso(outcome.computed_at) or "",
-    ]
-    cells = decode_cells(outcome.features_json) if outcome.features_json else {}
-    for name in feature_names:
-        cell = cells.get(name)
-        value = None if cell is None else cell.value
-        coverage = None if cell is None else cell.coverage
-        record += ["" if value is None else value, "" if coverage is None else coverage]
-    return record
+    return document_json(head, cells if cells is not None else features_json([outcome])[0])
