@@ -1,8 +1,9 @@
 """Per-format cost of the pure pipeline steps: adapt → check_readings → minimise.
 
 Runs every accepted sample of each format in a loop (GC on, as in production) and prints
-µs per message; the last line is ``key=value`` pairs for scripts. Short by default (the machine
-is shared); ``--seconds`` sets the time per format.
+µs per message; no issue sets a target for it. The last line is ``key=value`` pairs for scripts,
+with the load average at start and end (bench/_common.py). Short by default (the machine is
+shared); ``--seconds`` sets the time per format.
 
     .venv/bin/python bench/adapters.py [--seconds 0.5]
 """
@@ -13,6 +14,7 @@ import argparse
 import time
 from collections import defaultdict
 
+from bench._common import Bench
 from collector.adapters.registry import find_adapter
 from collector.adapters.samples import Sample, load_samples
 from collector.minimise import Minimiser
@@ -53,15 +55,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.6, help="time per format")
     args = parser.parse_args()
+    report = Bench()
     by_format: dict[str, list[Sample]] = defaultdict(list)
     for sample in load_samples():
         if sample.reject is None and sample.expected:
             by_format[sample.format].append(sample)
     results = {fmt: bench(samples, args.seconds) for fmt, samples in sorted(by_format.items())}
-    print(f"{'format':<14}{'samples':>8}{'µs/msg':>10}{'msg/s':>12}")
-    for fmt, us in results.items():
-        print(f"{fmt:<14}{len(by_format[fmt]):>8}{us:>10.2f}{1e6 / us:>12,.0f}")
-    print(" ".join(f"{fmt}_us_per_msg={us:.2f}" for fmt, us in results.items()))
+    report.table(
+        ["format", "samples", "µs/msg", "msg/s"],
+        [[f, len(by_format[f]), f"{us:.2f}", f"{1e6 / us:,.0f}"] for f, us in results.items()],
+    )
+    report.finish(**{f"{fmt}_us_per_msg": f"{us:.2f}" for fmt, us in results.items()})
 
 
 if __name__ == "__main__":

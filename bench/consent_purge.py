@@ -6,23 +6,24 @@ plus the same number for other users, then times ``withdraw_consent(location)`` 
 ``erase_user`` (each end to end: ledger change under the consent gate, delete, verification).
 
     .venv/bin/python bench/consent_purge.py [--rows 300000]
+
+Target (issue 5): a withdrawal purges within 60 s. Last line (bench/_common.py):
+``rows_per_user=… withdraw_rows=… withdraw_s=… erase_rows=… erase_s=… load_start=… load_end=…``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import time
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from bench._common import BASE_URL, Bench, scratch_database
 from hearth import admin
 from hearth.migrate import migrate
 
-BASE_URL = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
 os.environ.setdefault("HEARTH_PSEUDONYM_KEY", "bench-pseudonym-key-0123456789")
 
 
@@ -58,31 +59,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300_000)
     args = parser.parse_args()
-    name = f"bench_purge_{secrets.token_hex(3)}"
-    with psycopg.connect(BASE_URL, autocommit=True) as root:
-        root.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
-    url = urlunsplit(urlsplit(BASE_URL)._replace(path=f"/{name}"))
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            migrate(conn)
-            load(conn, "big-user", args.rows)
-            load(conn, "other-user", args.rows)
-            conn.execute("ANALYZE")
-            t = time.monotonic()
-            withdraw = admin.withdraw_consent(conn, user_id="big-user", category="location")
-            withdraw_s = time.monotonic() - t
-            t = time.monotonic()
-            erase = admin.erase_user(conn, "big-user")
-            erase_s = time.monotonic() - t
-    finally:
-        with psycopg.connect(BASE_URL, autocommit=True) as root:
-            root.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(f"{'operation':<22}{'rows deleted':>14}{'seconds':>10}")
-    print(f"{'withdraw location':<22}{withdraw.total:>14}{withdraw_s:>10.2f}")
-    print(f"{'erase user':<22}{erase.total:>14}{erase_s:>10.2f}")
-    print(
-        f"rows_per_user={args.rows} withdraw_rows={withdraw.total} withdraw_s={withdraw_s:.2f} "
-        f"erase_rows={erase.total} erase_s={erase_s:.2f}"
+    bench = Bench()
+    with (
+        scratch_database(BASE_URL, prefix="bench_purge") as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        migrate(conn)
+        load(conn, "big-user", args.rows)
+        load(conn, "other-user", args.rows)
+        conn.execute("ANALYZE")
+        t = time.monotonic()
+        withdraw = admin.withdraw_consent(conn, user_id="big-user", category="location")
+        withdraw_s = time.monotonic() - t
+        t = time.monotonic()
+        erase = admin.erase_user(conn, "big-user")
+        erase_s = time.monotonic() - t
+    bench.table(
+        ["operation", "rows deleted", "seconds"],
+        [
+            ["withdraw location", withdraw.total, f"{withdraw_s:.2f}"],
+            ["erase user", erase.total, f"{erase_s:.2f}"],
+        ],
+    )
+    bench.target("withdrawal purge", withdraw_s, "<=", 60, "s")
+    bench.finish(
+        rows_per_user=args.rows,
+        withdraw_rows=withdraw.total,
+        withdraw_s=f"{withdraw_s:.2f}",
+        erase_rows=erase.total,
+        erase_s=f"{erase_s:.2f}",
     )
 
 

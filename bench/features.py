@@ -16,18 +16,20 @@ every user at ``as_of = now``, and one on-demand batch (``compute_vectors``, one
     .venv/bin/python bench/features.py                 # 2,500 / 5,000 / 10,000 users + fleet
     .venv/bin/python bench/features.py --users 500 --no-fleet   # quick run while developing
     .venv/bin/python bench/features.py --backfill-days 90   # and a 90-day backfill
+    .venv/bin/python bench/features.py --workers 1,2   # and on local Dask clusters of 1 and 2
 
 Last line: ``users=N seconds=… users_per_s=… fleet_users_per_s=… online_users_per_s=…
 late_ratio=… peak_rss_mb=… load_start=… load_end=…`` (N: the largest synthetic count); with
-``--backfill-days`` also ``backfill_s=… backfill_ratio=…`` (see :func:`run_backfill`).
+``--backfill-days`` also ``backfill_s=… backfill_ratio=…`` (see :func:`run_backfill`); with
+``--workers`` also ``dask_users_per_s_<N>=…`` per worker count and ``dask_speedup_2=…`` (the
+2-worker rate over the 1-worker rate, :func:`dask_runs`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import resource
+import importlib
 import secrets
 import sys
 import time
@@ -39,22 +41,15 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet import (
-    DEFAULT_DAYS,
-    DEFAULT_HOUSEHOLDS,
-    Targets,
-    clone_fleet,
-    drop_database,
-    ensure_fleet,
-    with_db,
-)
+from bench._common import BASE_URL, Bench, drop_database, peak_rss_mb, with_db
+from bench.fleet import DEFAULT_DAYS, DEFAULT_HOUSEHOLDS, clone_fleet, ensure_fleet
+from features import distributed
 from features.engine import DEFAULT_CHUNK_USERS, Knowledge, compute_vectors, iter_chunk_results
 from features.rollups import refresh_rollups
 from features.snapshots.materialize import materialize
 from hearth.ledger import CURRENT_NOTICE_VERSION
 from hearth.migrate import migrate
 
-BASE_URL = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
 AS_OF = datetime(2026, 9, 1, tzinfo=UTC)
 DAYS = 90
 ZONES = ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "UTC"]
@@ -170,10 +165,6 @@ def synthesise(
     return rows
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def engine_pass(url: str, users: Sequence[str], as_of: datetime, knowledge: Knowledge) -> float:
     """Seconds to compute (not store) every feature of ``users`` at ``as_of``, with loader
     connections as materialise uses them."""
@@ -233,12 +224,45 @@ def run_backfill(
     return result.seconds, peak / 2**20
 
 
+def dask_runs(
+    conn: psycopg.Connection, url: str, users: list[str], counts: list[int], chunk_size: int
+) -> dict[str, str]:
+    """Materialise ``users`` on a local Dask cluster of each worker count (issue 16 §1): the
+    clock runs from planning to the last chunk written, not the cluster's start-up nor the
+    workers' imports. Prints
+    users/s overall and per worker; returns the last line's figures."""
+    env = {"HEARTH_DATABASE_URL": url}
+    rates: dict[int, float] = {}
+    print(f"{'dask workers':>12} {'seconds':>8} {'users/s':>9} {'per worker':>11}")
+    for n_workers in counts:
+        with distributed.dask_client(distributed.ClusterOptions(workers=n_workers), env) as c:
+            c.run(importlib.import_module, "features.distributed.tasks")  # imports: not timed
+            runner = distributed.chunk_runner(
+                c, distributed.DatabaseIdentity.of(conn), progress=False
+            )
+            result = materialize(conn, AS_OF, users=users, chunk_size=chunk_size, force=True,
+                                 progress=False, chunk_runner=runner)  # fmt: skip
+        rates[n_workers] = len(users) / result.seconds
+        print(
+            f"{n_workers:>12} {result.seconds:>8.1f} {rates[n_workers]:>9.0f} "
+            f"{rates[n_workers] / n_workers:>11.0f}",
+            flush=True,
+        )
+    figures = {f"dask_users_per_s_{n}": f"{r:.0f}" for n, r in rates.items()}
+    if 1 in rates and 2 in rates:
+        figures["dask_speedup_2"] = f"{rates[2] / rates[1]:.2f}"
+        print(f"2-worker speed-up over 1 worker: {rates[2] / rates[1]:.2f}x (on 2 cores with the "
+              "database beside them, expect well under 2x)")  # fmt: skip
+    return figures
+
+
 def synthetic_run(
     args: argparse.Namespace,
 ) -> tuple[list[tuple[int, float, float, float]], float, tuple[float, float] | None]:
     """Materialise growing user counts of synthetic data; (n, seconds, sql_s, python_s) each,
     the late ratio (engine at T counting ingest times / counting event times), and with
-    ``--backfill-days`` the backfill's (seconds, peak RSS MB)."""
+    ``--backfill-days`` the backfill's (seconds, peak RSS MB); with ``--workers`` the Dask
+    figures land in ``args.dask_figures``."""
     steps = sorted({max(1, args.users // 4), max(1, args.users // 2), args.users})
     name = f"hearth_bench_{secrets.token_hex(4)}"
     with psycopg.connect(BASE_URL, autocommit=True) as admin:
@@ -263,6 +287,9 @@ def synthetic_run(
                 results.append((n, result.seconds, result.timings.sql_s, result.timings.python_s))
                 print(f"  {n:>6} users: {result.seconds:6.1f}s", flush=True)
             backfilled = None
+            if args.workers:
+                counts = [int(w) for w in args.workers.split(",")]
+                args.dask_figures = dask_runs(conn, url, users, counts, args.chunk_size)
             if args.backfill_days:
                 backfilled = run_backfill(url, users[: steps[-1]], args.backfill_days,
                                           args.chunk_size, args.backfill_processes)  # fmt: skip
@@ -318,9 +345,13 @@ def main() -> int:
     parser.add_argument("--backfill-days", type=int, default=0,
                         help="also backfill this many daily as_ofs of the largest user count "
                         "(its ratio to the single-date run is the backfill target)")  # fmt: skip
+    parser.add_argument(
+        "--workers", help="also materialise the largest N on local Dask clusters, e.g. 1,2"
+    )
     args = parser.parse_args()
+    args.dask_figures = {}
     fleet = None if args.no_fleet else ensure_fleet(args.fleet_households, args.fleet_days)
-    targets = Targets()  # building a fleet is not measured
+    targets = Bench()  # building a fleet is not measured
     results, late_ratio, backfilled = synthetic_run(args)
     real = fleet_run(args) if fleet is not None else {}
     rss = peak_rss_mb()
@@ -346,11 +377,11 @@ def main() -> int:
             f"{real['raw_rows']:,.0f} raw readings (bench/fleet.py)"
         )
     print(f"peak RSS {rss:.0f} MB")
-    targets.check("synthetic users/s", synthetic_rate, ">=", 500, "users/s")
+    targets.target("synthetic users/s", synthetic_rate, ">=", 500, "users/s")
     if real:
-        targets.check("fleet users/s at as_of now", fleet_rate, ">=", 500, "users/s")
-        targets.check("fleet online batch", online_rate, ">=", 500, "users/s")
-    targets.check("late buckets recomputed / none late", late_ratio, "<=", 3.0, "x")
+        targets.target("fleet users/s at as_of now", fleet_rate, ">=", 500, "users/s")
+        targets.target("fleet online batch", online_rate, ">=", 500, "users/s")
+    targets.target("late buckets recomputed / none late", late_ratio, "<=", 3.0, "x")
     extra: dict[str, object] = {}
     if backfilled is not None:
         backfill_s, backfill_rss = backfilled
@@ -358,8 +389,8 @@ def main() -> int:
         print(f"backfill {n} users x {args.backfill_days} as_ofs "
               f"({args.backfill_processes} processes): {backfill_s:.1f}s, "
               f"{n * args.backfill_days / backfill_s:,.0f} snapshots/s")  # fmt: skip
-        targets.check("backfill / one as_of", ratio, "<=", BACKFILL_TARGET_RATIO, "x")
-        targets.check("backfill peak RSS", backfill_rss, "<=", BACKFILL_TARGET_RSS_MB, "MB")
+        targets.target("backfill / one as_of", ratio, "<=", BACKFILL_TARGET_RATIO, "x")
+        targets.target("backfill peak RSS", backfill_rss, "<=", BACKFILL_TARGET_RSS_MB, "MB")
         extra = {"backfill_s": f"{backfill_s:.1f}", "backfill_ratio": f"{ratio:.1f}"}
     targets.finish(
         users=n,
@@ -370,6 +401,7 @@ def main() -> int:
         late_ratio=f"{late_ratio:.2f}",
         peak_rss_mb=f"{rss:.0f}",
         **extra,
+        **args.dask_figures,
     )
     return 0
 

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,6 +40,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import BASE_URL, drop_database, with_db  # noqa: E402
 from collector.broker.local_setup import mqtt_url  # noqa: E402
 from hearth.broker import COLLECTOR_USERNAME  # noqa: E402
 from hearth.migrate import migrate  # noqa: E402
@@ -48,10 +49,6 @@ from tests.conftest import free_port  # noqa: E402
 from tests.integration.auth_broker import AuthBroker, start_auth_broker  # noqa: E402
 from tests.integration.fleet import CollectorProcess, wait_until  # noqa: E402
 
-BASE_URL = os.environ.get(
-    "HEARTH_BENCH_DATABASE_URL",
-    os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth"),
-)
 DEFAULT_HOUSEHOLDS = 400
 DEFAULT_DAYS = 90
 DEFAULT_SEED = 42
@@ -78,11 +75,6 @@ class Fleet:
             f"{self.end.date().isoformat()} (seed {self.seed}), {self.users} users, "
             f"{self.raw_rows:,} raw rows, {how}"
         )
-
-
-def with_db(url: str, name: str) -> str:
-    head, _, _ = url.rpartition("/")
-    return f"{head}/{name}"
 
 
 def fleet_name(households: int, days: int, seed: int, end: datetime) -> str:
@@ -135,20 +127,6 @@ def clone_fleet(fleet: Fleet, base_url: str = BASE_URL, keep: bool = False) -> I
             print(f"kept database {name}", file=sys.stderr)
         else:
             drop_database(name, base_url)
-
-
-def drop_database(name: str, base_url: str = BASE_URL) -> None:
-    """Drop a scratch database; an autovacuum worker may hold it for a moment."""
-    deadline = time.monotonic() + 30
-    with psycopg.connect(base_url, autocommit=True) as admin:
-        while True:
-            try:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                return
-            except psycopg.errors.InsufficientPrivilege:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
 
 
 def ensure_fleet(
@@ -268,48 +246,6 @@ def _build(url: str, households: int, days: int, seed: int, end: datetime) -> No
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
-
-
-# -- what every bench prints (issue 15 §4); bench/_common.py may take this over -------------
-
-CONTENDED_LOAD = 1.5
-
-
-def load_1m() -> float:
-    return os.getloadavg()[0]
-
-
-@dataclass
-class Targets:
-    """Targets next to their figures (PASS/FAIL), the load at start and end, a warning when the
-    load at start measured contention, and the ``key=value`` last line."""
-
-    load_start: float = field(default_factory=load_1m)
-    lines: list[str] = field(default_factory=list)
-
-    def check(self, name: str, value: float, op: str, bound: float, unit: str = "") -> bool:
-        ok = value >= bound if op == ">=" else value <= bound
-        verdict = "PASS" if ok else "FAIL"
-        target = f"(target {op} {bound:,} {unit})"
-        self.lines.append(f"  {verdict}  {name}: {value:,.3g} {unit} {target}")
-        return ok
-
-    def finish(self, **figures: object) -> None:
-        load_end = load_1m()
-        print("targets:")
-        for line in self.lines:
-            print(line)
-        print(f"load average (1 min): {self.load_start:.2f} at start, {load_end:.2f} at end")
-        pairs = [f"{k}={v}" for k, v in figures.items()]
-        pairs += [f"load_start={self.load_start:.2f}", f"load_end={load_end:.2f}"]
-        if self.load_start > CONTENDED_LOAD:
-            print(
-                f"WARNING: load at start {self.load_start:.2f} > {CONTENDED_LOAD}: on 2 cores "
-                "these figures measure contention; rerun through /work/shared/tools/measure",
-                file=sys.stderr,
-            )
-            pairs.append("warning=load_start_above_1.5:figures_measure_contention")
-        print(" ".join(pairs), flush=True)
 
 
 def main() -> int:

@@ -37,18 +37,17 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._common import BASE_URL, with_db
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.snapshots.materialize import as_of_range, materialize_chunk, prepare
 from hearth.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE_URL = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
 TOKEN = "bench-historical-token-0123456789"
 FEAST_S = (1.8, 2.1)  # the anchor: Feast 0.67, duckdb offline store, same workload
 TARGET_24_S = 1.0
@@ -67,10 +66,6 @@ def _bench_features() -> Any:
     return module
 
 
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 def _as_ofs(days: int) -> list[datetime]:
     last = _bench_features().AS_OF
     return as_of_range(last - timedelta(days=days - 1), last, timedelta(days=1))
@@ -85,7 +80,7 @@ def ensure_database(users: int, days: int, fresh: bool, workers: int, chunk: int
     """The database with ``users`` x ``days`` snapshots of the current feature set: built,
     resumed (the backfill skips what is stored) or reused as it is."""
     name = f"hearth_bench_hist_{users}x{days}"
-    url = _with_db(BASE_URL, name)
+    url = with_db(BASE_URL, name)
     with psycopg.connect(BASE_URL, autocommit=True) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if exists and fresh:

@@ -16,8 +16,9 @@ The database is a throwaway copy of ``hearth_template`` (dropped at the end) unl
 devices are registered into it). Load average is sampled every second: the box is shared.
 
     .venv/bin/python bench/simulate.py --households 1000 --days 90 --seed 42
-Last line: ``households=… messages=… generate_s=… publish_s=… publish_rate=… sim_s=…
-total_s=… stored_rows=… dead_letters=… load_avg=… consistent=1``
+Target (issue 4, at 1,000 households x 90 days): total_s <= 600. Last line (bench/_common.py):
+``households=… messages=… generate_s=… publish_s=… publish_rate=… sim_s=…
+total_s=… stored_rows=… dead_letters=… load_avg=… consistent=1 load_start=… load_end=…``
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import BASE_URL, Bench, with_db  # noqa: E402
 from collector.broker.local_setup import mqtt_url  # noqa: E402
 from hearth.broker import COLLECTOR_USERNAME  # noqa: E402
 from hearth.migrate import migrate  # noqa: E402
@@ -48,16 +50,8 @@ from tests.conftest import free_port  # noqa: E402
 from tests.integration.auth_broker import AuthBroker, start_auth_broker  # noqa: E402
 from tests.integration.fleet import CollectorProcess, wait_until  # noqa: E402
 
-BASE_URL = os.environ.get(
-    "HEARTH_BENCH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth"
-)
 PSEUDONYM_KEY = "bench-pseudonym-key-0123456789abcdef"
 TABLES = ("numeric_readings", "categorical_readings", "dead_letters")
-
-
-def with_db(url: str, name: str) -> str:
-    head, _, _ = url.rpartition("/")
-    return f"{head}/{name}"
 
 
 class Sampler(threading.Thread):
@@ -153,6 +147,7 @@ def main() -> None:
         "sim_args", nargs="*", help="more `device_sim run` arguments (after --), e.g. --window 400"
     )
     args = parser.parse_args()
+    bench = Bench()
 
     throwaway = args.database_url is None
     if throwaway:
@@ -273,8 +268,7 @@ def main() -> None:
     print(f"{'t (s)':>6} {'load 1m':>8} {'collector committed':>20}")
     for t, load, done in sampler.timeline(every):
         print(f"{t:>6.0f} {load:>8.2f} {done:>20,.0f}")
-    print(f"{'what':34} {'value':>14}")
-    for label, value in (
+    lines = [
         ("households x days", f"{args.households} x {args.days}"),
         ("collector replicas", str(args.collectors)),
         ("messages (simulator)", f"{int(kv['messages']):,}"),
@@ -301,15 +295,26 @@ def main() -> None:
         ("load avg before (1/5/15 min)", "/".join(f"{x:.2f}" for x in load_before)),
         ("load avg 1-min during (mean/max)", f"{load_mean:.2f}/{load_max:.2f}"),
         ("load avg after (1/5/15 min)", "/".join(f"{x:.2f}" for x in load_after)),
-    ):
-        print(f"{label:34} {value:>14}")
-    print(
-        f"households={args.households} days={args.days} messages={kv['messages']} "
-        f"published={published} collector_acked={acked:.0f} collectors={args.collectors} "
-        f"generate_s={gen_s:.1f} publish_s={pub_s:.1f} publish_rate={rate:.0f} sim_s={sim_s:.1f} "
-        f"total_s={total_s:.1f} stored_rows={stored} dead_letters={rows['dead_letters']} "
-        f"load_avg={load_mean:.2f} "
-        f"consistent={int(consistent)}"
+    ]
+    bench.table(["what", "value"], lines)
+    if (args.households, args.days) == (1000, 90):
+        bench.target("1,000 households x 90 days end to end", total_s, "<=", 600, "s")
+    bench.finish(
+        households=args.households,
+        days=args.days,
+        messages=kv["messages"],
+        published=published,
+        collector_acked=f"{acked:.0f}",
+        collectors=args.collectors,
+        generate_s=f"{gen_s:.1f}",
+        publish_s=f"{pub_s:.1f}",
+        publish_rate=f"{rate:.0f}",
+        sim_s=f"{sim_s:.1f}",
+        total_s=f"{total_s:.1f}",
+        stored_rows=stored,
+        dead_letters=rows["dead_letters"],
+        load_avg=f"{load_mean:.2f}",
+        consistent=int(consistent),
     )
 
 

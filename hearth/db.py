@@ -86,29 +86,39 @@ def redact_secrets(text: str, url: str) -> str:
     return text
 
 
-def describe_error(url: str, exc: BaseException) -> str:
+def describe_error(url: str, exc: BaseException, variable: str = "HEARTH_DATABASE_URL") -> str:
     # libpq quotes parts of a URL it cannot parse ("invalid percent-encoded token: ..."), so
     # the message is redacted as well as the URL.
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     detail = redact_secrets(first_line, url)
-    return f"HEARTH_DATABASE_URL: cannot use {redact_url(url)}: {detail}"
+    return f"{variable}: cannot use {redact_url(url)}: {detail}"
 
 
 def connect(
-    url: str, *, autocommit: bool = False, timeout_s: float = 5.0
+    url: str,
+    *,
+    autocommit: bool = False,
+    timeout_s: float = 5.0,
+    variable: str = "HEARTH_DATABASE_URL",
 ) -> psycopg.Connection[TupleRow]:
+    """A connection, or :class:`DatabaseUnavailable` naming ``variable`` (the setting the URL
+    came from, e.g. ``HEARTH_DATABASE_READ_URL``) and the redacted URL."""
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, int(timeout_s)))
     except psycopg.Error as exc:
-        raise DatabaseUnavailable(describe_error(url, exc)) from exc
+        raise DatabaseUnavailable(describe_error(url, exc, variable)) from exc
 
 
 async def connect_async(
-    url: str, *, autocommit: bool = False, timeout_s: float = 5.0
+    url: str,
+    *,
+    autocommit: bool = False,
+    timeout_s: float = 5.0,
+    variable: str = "HEARTH_DATABASE_URL",
 ) -> psycopg.AsyncConnection[TupleRow]:
     try:
         return await psycopg.AsyncConnection.connect(
             url, autocommit=autocommit, connect_timeout=max(1, int(timeout_s))
         )
     except psycopg.Error as exc:
-        raise DatabaseUnavailable(describe_error(url, exc)) from exc
+        raise DatabaseUnavailable(describe_error(url, exc, variable)) from exc

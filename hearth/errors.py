@@ -37,7 +37,9 @@ class HearthError(Exception):
     def within(self, where: str) -> Self:
         """The same error, located: ``<where>: <message>`` (a ``--batch`` line, a flag)."""
         located = copy.copy(self)
-        located.message = f"{where}: {self.message}"
+        # A fresh attribute dict: with tblib's pickling support installed (Dask's distributed
+        # does so on import) copy.copy hands the copy the original's own __dict__.
+        located.__dict__ = {**self.__dict__, "message": f"{where}: {self.message}"}
         located.args = (located.message,)
         return located
 

@@ -93,6 +93,37 @@ ANY_CONSENT_STEPS_SQL = f"""
 """
 
 
+def consented_categories_sql(user_expr: str, at_expr: str) -> str:
+    """SQL text[]: the categories user ``user_expr`` had active credit-scoring consent for at
+    ``at_expr`` (the rule of :data:`_ACTIVE_CONSENT_SQL`; empty: none). For queries over many
+    users at once (the bulk export); the caller binds :func:`consent_rule_params`."""
+    return f"""ARRAY(
+        SELECT latest.category FROM (
+            SELECT DISTINCT ON (c.category) c.category, c.action, c.notice_version
+              FROM consent_events c
+             WHERE c.user_id = {user_expr} AND c.purpose = %(purpose)s AND c.at <= {at_expr}
+             ORDER BY c.category, c.at DESC, c.event_id DESC
+        ) latest
+         WHERE latest.action = 'grant' AND latest.notice_version = %(notice)s)"""
+
+
+def consented_categories_by_user_sql(user_filter: str, at_expr: str) -> str:
+    """SQL relation ``(user_id, categories text[])``: for the users of ``user_filter`` (a
+    condition on ``c.user_id``) with active credit-scoring consent at ``at_expr`` for some
+    category, those categories — :func:`consented_categories_sql` for a range of users in one
+    index scan (the bulk export). The caller binds :func:`consent_rule_params`."""
+    return f"""(
+        SELECT latest.user_id, array_agg(latest.category) AS categories FROM (
+            SELECT DISTINCT ON (c.user_id, c.category)
+                   c.user_id, c.category, c.action, c.notice_version
+              FROM consent_events c
+             WHERE c.purpose = %(purpose)s AND c.at <= {at_expr} AND {user_filter}
+             ORDER BY c.user_id, c.category, c.at DESC, c.event_id DESC
+        ) latest
+         WHERE latest.action = 'grant' AND latest.notice_version = %(notice)s
+         GROUP BY latest.user_id)"""
+
+
 def consent_rule_params() -> dict[str, object]:
     """The parameters :func:`any_active_consent_sql` needs."""
     return {"purpose": PURPOSE_CREDIT_SCORING, "notice": CURRENT_NOTICE_VERSION}
@@ -241,6 +272,17 @@ def withdrawn_categories_sql(user_expr: str) -> str:
     return f"""ARRAY(SELECT ws.category FROM consent_state ws
                  WHERE ws.user_id = {user_expr} AND ws.purpose = '{PURPOSE_CREDIT_SCORING}'
                    AND ws.action = 'withdraw')"""
+
+
+def withdrawn_categories_by_user_sql(user_filter: str) -> str:
+    """SQL relation ``(user_id, categories text[])``: :func:`withdrawn_categories_sql` for the
+    users of ``user_filter`` (a condition on ``ws.user_id``) in one scan; users without a
+    withdrawal are absent."""
+    return f"""(
+        SELECT ws.user_id, array_agg(ws.category) AS categories FROM consent_state ws
+         WHERE ws.purpose = '{PURPOSE_CREDIT_SCORING}' AND ws.action = 'withdraw'
+           AND {user_filter}
+         GROUP BY ws.user_id)"""
 
 
 # What a snapshot holds of a category it may not show (packed vectors, migration 0055). These

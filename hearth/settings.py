@@ -40,7 +40,7 @@ DEFAULT_DATABASE_URL = "postgresql://hearth:hearth@127.0.0.1:5432/hearth"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 
 DEFAULT_CONFIG_FILE = Path(".hearth/hearth.toml")
-API_SCOPES = frozenset({"features:read", "admin"})
+API_SCOPES = frozenset({"features:read", "scores:read", "admin"})
 
 
 class MqttEndpoint(BaseModel):
@@ -71,6 +71,14 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
         username=unquote(parts.username) if parts.username else None,
         password=SecretStr(unquote(parts.password)) if parts.password else None,
     )
+
+
+def check_dask_scheduler(address: str) -> str:
+    """A Dask scheduler address, ``tcp://host:port`` or ``tls://host:port``."""
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname:
+        raise ValueError(f"must be tcp://host:port or tls://host:port, got {address!r}")
+    return address
 
 
 def parse_api_tokens(raw: str | dict[str, Any]) -> dict[str, frozenset[str]]:
@@ -122,6 +130,16 @@ class Settings(BaseSettings):
 
     # repr=False: URLs may carry passwords and tokens are secrets; a logged Settings shows none.
     database_url: str = Field(default=DEFAULT_DATABASE_URL, repr=False)
+    # A streaming replica of database_url that the engine, the feature service and the report
+    # read from (hearth.replica); every write and the collector use database_url. Unset: reads
+    # go to database_url too.
+    database_read_url: str | None = Field(default=None, repr=False)
+    # How long a read waits for the replica to replay up to the primary's position before it
+    # refuses (hearth.replica.ReplicaBehind); 0 refuses at once when it is behind.
+    replica_max_wait_s: float = Field(default=30.0, ge=0)
+    # A Dask scheduler (tcp://host:8786) that `materialize` and `report` run their user chunks
+    # on (features.distributed); unset: they run in this process.
+    dask_scheduler: str | None = None
     mqtt_url: str = Field(default=DEFAULT_MQTT_URL, repr=False)
     pseudonym_key: SecretStr | None = None
     api_tokens: Annotated[dict[str, frozenset[str]], NoDecode] = Field(
@@ -169,6 +187,8 @@ class Settings(BaseSettings):
     online_max_users: int = Field(default=1_000, ge=1)
     historical_max_rows: int = Field(default=100_000, ge=1)
     service_statement_timeout_ms: int = Field(default=30_000, ge=0)  # per SQL statement; 0 = off
+    # The model POST /v1/scores scores with (a `python -m features train` directory); unset: 503.
+    score_model: Path | None = None
     http_header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers
 
     retention_days: int = Field(default=90, ge=1)
@@ -188,6 +208,16 @@ class Settings(BaseSettings):
             if not endpoint.username or endpoint.password is None:
                 raise ValueError("needs the admin's user:password@ (see `broker init`)")
         return value or None
+
+    @field_validator("database_read_url")
+    @classmethod
+    def _check_database_read_url(cls, value: str | None) -> str | None:
+        return cls._check_database_url(value) if value else None
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _check_dask_scheduler(cls, value: str | None) -> str | None:
+        return check_dask_scheduler(value) if value else None
 
     @field_validator("database_url")
     @classmethod
@@ -221,6 +251,11 @@ class Settings(BaseSettings):
                 "the raw retention would rebuild history from partial data"
             )
         return self
+
+    @property
+    def read_url(self) -> str:
+        """Where reads for computation go: the replica when one is set, else the primary."""
+        return self.database_read_url or self.database_url
 
     @property
     def mqtt(self) -> MqttEndpoint:

@@ -4,7 +4,9 @@ Each library function (features/catalogue/library/*) carries its metadata in the
 decorator and its formula in its docstring; every window it supports becomes one definition
 named ``<name>_<window>d`` (:func:`feature_name`; tenure has no window).
 ``FEATURE_SET_VERSION`` is a content hash of all definitions, so any change of a formula,
-window or category yields a new version and old snapshots stay distinguishable.
+window or category yields a new version and old snapshots stay distinguishable. A definition's
+``reason`` (the text of its reason codes) is presentation, not computation: it is left out of
+the hash, and so is the decorator's source (everything else it says is hashed as a field).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class FeatureDefinition:
     null_semantics: str
     formula: str
     citation: str
+    reason: str  # what it measures, for an applicant: the text of its reason codes
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -59,11 +62,19 @@ def _docstring_parts(spec: FeatureSpec) -> tuple[str, str]:
     return description, " ".join(formula_lines)
 
 
+def _function_source(spec: FeatureSpec) -> str:
+    """The feature function's source from its ``def`` on: the decorator's arguments are
+    hashed as the definition's fields, and its ``reason`` text not at all."""
+    lines = inspect.getsource(spec.fn).splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("def "))
+    return "".join(lines[start:])
+
+
 def _definitions() -> tuple[FeatureDefinition, ...]:
     out = []
     for spec in SPECS:
         description, formula = _docstring_parts(spec)
-        source_hash = hashlib.sha256(inspect.getsource(spec.fn).encode()).hexdigest()[:12]
+        source_hash = hashlib.sha256(_function_source(spec).encode()).hexdigest()[:12]
         for window in spec.windows:
             body = {
                 "name": feature_name(spec.base_name, window),
@@ -79,7 +90,9 @@ def _definitions() -> tuple[FeatureDefinition, ...]:
             }
             version = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
             del body["source"]
-            out.append(FeatureDefinition(version=version, **body))  # type: ignore[arg-type]
+            out.append(
+                FeatureDefinition(version=version, reason=spec.reason, **body)  # type: ignore[arg-type]
+            )
     names = [d.name for d in out]
     if len(names) != len(set(names)):
         raise RuntimeError(f"duplicate feature names: {sorted(names)}")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import re
 import signal
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -13,11 +16,13 @@ from typing import TypedDict
 
 from features.engine import DEFAULT_CHUNK_USERS, as_of_problem, latest_as_of
 from features.rollups import DEFAULT_JOBS, refresh_rollups, rollup_progress
-from features.snapshots.materialize import as_of_range, backfill, materialize
-from hearth.db import connect
+from features.snapshots.materialize import MaterializeResult, as_of_range, backfill, materialize
+from hearth.db import Conn, connect
 from hearth.errors import Invalid
 from hearth.settings import get_settings
 from hearth.times import parse_rfc3339
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,6 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="backfill: worker processes computing chunks at once (one per core; default 1)",
     )
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cluster_arguments(m)
     m.set_defaults(func=_materialize)
 
     r = sub.add_parser(
@@ -68,6 +74,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_rollup)
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--scheduler`` / ``--workers``: where the user chunks run (features.distributed)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:8786",
+        help="run the user chunks as tasks on this Dask cluster (default: HEARTH_DASK_SCHEDULER; "
+        "neither: in this process)",
+    )
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run the user chunks on a local Dask cluster of N worker processes",
+    )
+
+
+def wants_cluster(args: argparse.Namespace) -> bool:
+    return bool(args.scheduler or args.workers is not None or get_settings().dask_scheduler)
 
 
 def parse_as_of(
@@ -127,7 +154,11 @@ def _materialize(args: argparse.Namespace) -> int:
     as_of = parse_as_of(args.as_of)
     options = _run_options(args)
     with connect(options["database_url"], autocommit=True) as conn:
-        result = materialize(conn, as_of, **options)
+        run = functools.partial(materialize, conn, as_of, **options)
+        if wants_cluster(args):
+            result = _materialize_on_cluster(args, conn, run)
+        else:
+            result = run(read_url=get_settings().database_read_url)
     print(
         f"as_of={result.as_of.isoformat()} version={result.feature_set_version} "
         f"requested={result.requested} skipped={result.skipped} written={result.written} "
@@ -159,6 +190,11 @@ def _run_options(args: argparse.Namespace) -> _RunOptions:
 
 
 def _backfill(args: argparse.Namespace) -> int:
+    if args.scheduler or args.workers is not None:  # HEARTH_DASK_SCHEDULER alone: ignored
+        raise Invalid(
+            "a backfill (--from/--to) runs its chunks in worker processes (--processes N), "
+            "not on a Dask cluster; leave out --workers/--scheduler"
+        )
     as_ofs = backfill_as_ofs(args.start, args.end, args.every)
     if args.processes < 1:
         raise Invalid("--processes must be at least 1")
@@ -172,6 +208,24 @@ def _backfill(args: argparse.Namespace) -> int:
         f"seconds={result.seconds:.1f}"
     )
     return 0
+
+
+def _materialize_on_cluster(
+    args: argparse.Namespace, conn: Conn, run: Callable[..., MaterializeResult]
+) -> MaterializeResult:
+    # Imported when a cluster is asked for: Dask's import costs about a second (features.cli).
+    from features import distributed
+
+    settings = get_settings()
+    options = distributed.ClusterOptions.resolve(args.scheduler, args.workers, settings)
+    assert options is not None
+    with distributed.dask_client(options, distributed.local_worker_env(settings)) as client:
+        log.info("materialising on %s", options.describe())
+        runner = distributed.chunk_runner(
+            client, distributed.DatabaseIdentity.of(conn), progress=not args.no_progress
+        )
+        result: MaterializeResult = run(chunk_runner=runner)
+    return result
 
 
 def _rollup(args: argparse.Namespace) -> int:

@@ -8,12 +8,19 @@ point-in-time features at each user's application date and writes ``DIR/report.h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from features.cli.engine import add_cluster_arguments, wants_cluster
+from hearth.db import connect
 from hearth.errors import Invalid
 from hearth.settings import get_settings
+
+if TYPE_CHECKING:  # the report package is imported when a command runs (features.cli)
+    from features.report.data import BatchComputer, FeatureTable, GroundTruth
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,16 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("out/report"), help="output directory (created)"
     )
-    parser.add_argument(
-        "--features-source",
-        choices=("engine", "snapshots", "csv"),
-        default="engine",
-        help="engine: compute point-in-time now (default); snapshots: stored snapshots at the "
-        "application dates; csv: --features-file",
-    )
-    parser.add_argument(
-        "--features-file", type=Path, help="CSV of user_id + feature columns (csv source)"
-    )
+    add_source_arguments(parser)
     parser.add_argument(
         "--leaky-features-file",
         type=Path,
@@ -60,6 +58,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--model", choices=("logistic", "hgb"), default="logistic")
     parser.add_argument(
+        "--test-share",
+        type=float,
+        default=0.3,
+        help="share of the latest applications held out as the test set (default 0.3)",
+    )
+    add_cluster_arguments(parser)
+    parser.set_defaults(func=run_report)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the features of a labelled set come from (``report`` and ``train``)."""
+    parser.add_argument(
+        "--features-source",
+        choices=("engine", "snapshots", "csv"),
+        default="engine",
+        help="engine: compute point-in-time now (default); snapshots: stored snapshots at the "
+        "application dates; csv: --features-file",
+    )
+    parser.add_argument(
+        "--features-file", type=Path, help="CSV of user_id + feature columns (csv source)"
+    )
+    parser.add_argument(
         "--knowledge",
         choices=("ingested", "event"),
         default="ingested",
@@ -67,13 +87,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "T, for live data; 'event': at its event time, for history replayed after the fact "
         "(the simulator's fleet) — event time < T still holds, so nothing after T leaks",
     )
-    parser.add_argument(
-        "--test-share",
-        type=float,
-        default=0.3,
-        help="share of the latest applications held out as the test set (default 0.3)",
-    )
-    parser.set_defaults(func=run_report)
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -81,6 +94,61 @@ def _progress(label: str) -> Callable[[int, int], None]:
         print(f"[report] {label}: {done}/{total} users", file=sys.stderr, flush=True)
 
     return show
+
+
+@contextlib.contextmanager
+def _engine_computer(args: argparse.Namespace) -> Iterator[BatchComputer | None]:
+    """Where the engine's batches run: a Dask cluster when asked for, else None (here)."""
+    if args.features_source == "csv" or not wants_cluster(args):
+        yield None
+        return
+    # Imported when a cluster is asked for: Dask's import costs about a second (features.cli).
+    from features import distributed
+
+    settings = get_settings()
+    options = distributed.ClusterOptions.resolve(args.scheduler, args.workers, settings)
+    assert options is not None
+    with connect(settings.database_url, autocommit=True) as conn:
+        expect = distributed.DatabaseIdentity.of(conn)
+    with distributed.dask_client(options, distributed.local_worker_env(settings)) as client:
+        yield distributed.historical_runner(client, expect)
+
+
+def check_source_arguments(args: argparse.Namespace) -> None:
+    """Refuse a source without what it needs, before any work."""
+    if args.features_source == "csv" and args.features_file is None:
+        raise Invalid("--features-source csv needs --features-file FILE")
+
+
+def honest_features(
+    args: argparse.Namespace, truth: GroundTruth, compute: BatchComputer | None = None
+) -> FeatureTable:
+    """The features of the labelled set at each application date, from the chosen source
+    (``compute``: where the engine's batches run, default here)."""
+    # Imported when the command runs: scikit-learn takes seconds (features.cli).
+    from features.report import data
+
+    settings = get_settings()
+    url, read_url = settings.database_url, settings.database_read_url
+    if args.features_source == "csv":
+        honest = data.features_from_csv(args.features_file, truth.user_ids)
+    elif args.features_source == "engine":
+        honest = data.features_from_engine(
+            url,
+            data.application_rows(truth),
+            _progress("features at application"),
+            args.knowledge,
+            read_url=read_url,
+            compute=compute,
+        )
+    else:
+        honest = data.features_from_snapshots(url, data.application_rows(truth), read_url=read_url)
+    if not honest.scored.any():
+        raise Invalid(
+            f"no user in {args.ground_truth} has features from {honest.source} "
+            "(did the collector store their data, with consent?)"
+        )
+    return honest
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -91,32 +159,26 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not 0 < args.test_share < 1:
         raise Invalid("--test-share must be between 0 and 1")
-    if args.features_source == "csv" and args.features_file is None:
-        raise Invalid("--features-source csv needs --features-file FILE")
+    check_source_arguments(args)
     truth = data.load_ground_truth(args.ground_truth)
-    rows = data.application_rows(truth)
     leaky_rows = data.shifted_rows(truth, args.leaky_shift_days) if args.leaky_shift_days else []
     leaky: data.FeatureTable | None = None
-    if args.features_source == "csv":
-        honest = data.features_from_csv(args.features_file, truth.user_ids)
-        if args.leaky_features_file is not None:
-            leaky = data.features_from_csv(args.leaky_features_file, truth.user_ids)
-    else:
-        url = get_settings().database_url
-        if args.features_source == "engine":
-            honest = data.features_from_engine(
-                url, rows, _progress("features at application"), args.knowledge
-            )
-        else:
-            honest = data.features_from_snapshots(url, rows)
-        if leaky_rows:
+    with _engine_computer(args) as compute:
+        honest = honest_features(args, truth, compute)
+        if args.features_source == "csv":
+            if args.leaky_features_file is not None:
+                leaky = data.features_from_csv(args.leaky_features_file, truth.user_ids)
+        elif leaky_rows:
+            settings = get_settings()
             label = f"features at application + {args.leaky_shift_days:g} days (leaky variant)"
-            leaky = data.features_from_engine(url, leaky_rows, _progress(label), args.knowledge)
-    if not honest.scored.any():
-        raise Invalid(
-            f"no user in {args.ground_truth} has features from {honest.source} "
-            "(did the collector store their data, with consent?)"
-        )
+            leaky = data.features_from_engine(
+                settings.database_url,
+                leaky_rows,
+                _progress(label),
+                args.knowledge,
+                read_url=settings.database_read_url,
+                compute=compute,
+            )
     try:
         report, fitted, plots = build_report(
             truth,

@@ -83,7 +83,7 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _fit_variant(
+def fit_variant(
     table: FeatureTable,
     rows: np.ndarray,
     y: np.ndarray,
@@ -129,7 +129,7 @@ def _sample(values: np.ndarray, limit: int = 200) -> list[float]:
     return [float(x) for x in values[idx]]
 
 
-def _too_small(truth: GroundTruth, rows: np.ndarray, test_share: float) -> str | None:
+def too_small(truth: GroundTruth, rows: np.ndarray, test_share: float) -> str | None:
     """Why these users cannot train and validate a model (None: they can)."""
     if rows.size < MIN_SCORED_USERS:
         return (
@@ -210,12 +210,12 @@ def build_report(
     if leaky is not None:
         scored &= leaky.scored  # both variants on exactly the same users
     rows = np.flatnonzero(scored)
-    reason = _too_small(truth, rows, test_share)
+    reason = too_small(truth, rows, test_share)
     if reason is not None:
         return features_only_report(truth, honest, rows, reason), None, {}
     y = truth.defaulted[rows]
     train, test, cutoff = time_split([truth.application_times[i] for i in rows], test_share)
-    fitted = _fit_variant(honest, rows, y, train, test, kind)
+    fitted = fit_variant(honest, rows, y, train, test, kind)
     y_test = y[test]
     latent = truth.latent_score[rows][test]
     oracle_auc = None if np.isnan(latent).any() else v.auc(y_test, -latent)
@@ -223,14 +223,14 @@ def build_report(
     stats = _feature_stats(honest, rows, y, train, test)
     leakage = _leakage_check(fitted, oracle_auc, stats.suspect, leaky_shift_days)
     if leaky is not None:
-        _add_leaky_variant(leakage, fitted, _fit_variant(leaky, rows, y, train, test, kind))
+        _add_leaky_variant(leakage, fitted, fit_variant(leaky, rows, y, train, test, kind))
     leakage["honest_passed"] = not stats.suspect and not leakage["honest_above_oracle"]
 
     report: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         **_ranking_power(fitted, oracle_auc, ks),
         **stats.strongest(),
-        **_population(truth, rows, y, train, test),
+        **population_summary(truth, rows, y, train, test),
         "split_cutoff": cutoff.isoformat(),
         "test_share": test_share,
         **_model_identity(fitted, honest, kind),
@@ -291,7 +291,7 @@ def _model_identity(fitted: FittedVariant, table: FeatureTable, kind: ModelKind)
     }
 
 
-def _population(
+def population_summary(
     truth: GroundTruth, rows: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
 ) -> dict[str, Any]:
     """Who was scored, and how the out-of-time split divided them."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,8 +32,10 @@ from numpy.typing import NDArray
 
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.engine import FeatureVector, Knowledge, compute_historical
-from hearth.db import connect
+from hearth.db import Conn, connect
 from hearth.errors import Invalid, Unavailable
+from hearth.replica import catch_up
+from hearth.settings import get_settings
 from hearth.times import parse_rfc3339
 
 COVERAGE_PREFIX = "coverage__"
@@ -189,36 +192,78 @@ def _vector_cells(vector: FeatureVector) -> dict[str, tuple[float | None, float 
     }
 
 
+# Computes the report's batches of (user, time) rows: one vector per row (None: unknown user),
+# batch by batch in order, calling progress(done, total) on the way. In process by default;
+# features.distributed runs the batches as tasks on a Dask cluster.
+BatchComputer = Callable[
+    [Sequence[Sequence[tuple[str, datetime]]], Knowledge, Callable[[int, int], None] | None],
+    Iterable[list[FeatureVector | None]],
+]
+
+
 def features_from_engine(
     database_url: str,
     rows: Sequence[tuple[str, datetime]],
     progress: Callable[[int, int], None] | None = None,
     knowledge: str = "ingested",
+    *,
+    read_url: str | None = None,
+    compute: BatchComputer | None = None,
 ) -> FeatureTable:
     """Point-in-time vectors from ``features.engine.compute_historical``, in batches.
 
     ``knowledge`` is :class:`features.engine.Knowledge`: "event" for history replayed through
-    the pipeline after the fact (the simulator), "ingested" for data collected live.
+    the pipeline after the fact (the simulator), "ingested" for data collected live. Reads go
+    to ``read_url`` (a replica, hearth.replica) when given; ``compute`` runs the batches
+    elsewhere (features.distributed).
     """
     vectors: list[dict[str, tuple[float | None, float | None]] | None] = [None] * len(rows)
     version = "unknown"
     # The engine computes one as-of time at a time: batches of time-sorted rows keep each
     # application hour in as few calls as possible.
     order = sorted(range(len(rows)), key=lambda i: rows[i][1])
-    with connect(database_url) as conn:
-        for start in range(0, len(order), ENGINE_BATCH_ROWS):
-            batch = order[start : start + ENGINE_BATCH_ROWS]
-            computed = compute_historical(
-                conn, [rows[i] for i in batch], knowledge=Knowledge(knowledge)
-            )
-            for i, vector in zip(batch, computed, strict=True):
-                if vector is not None:
-                    version = vector.feature_set_version
-                    vectors[i] = _vector_cells(vector)
-            conn.rollback()  # read-only work; end the snapshot between batches
-            if progress is not None:
-                progress(min(start + ENGINE_BATCH_ROWS, len(rows)), len(rows))
+    batches = [order[s : s + ENGINE_BATCH_ROWS] for s in range(0, len(order), ENGINE_BATCH_ROWS)]
+    run = compute or _in_process(database_url, read_url)
+    computed = run([[rows[i] for i in b] for b in batches], Knowledge(knowledge), progress)
+    for batch, batch_vectors in zip(batches, computed, strict=True):
+        for i, vector in zip(batch, batch_vectors, strict=True):
+            if vector is not None:
+                version = vector.feature_set_version
+                vectors[i] = _vector_cells(vector)
     return _table_from_vectors(vectors, version, "engine")
+
+
+def _in_process(database_url: str, read_url: str | None) -> BatchComputer:
+    """The batches computed here, one after the other, on a replica caught up before each."""
+
+    def run(
+        batches: Sequence[Sequence[tuple[str, datetime]]],
+        knowledge: Knowledge,
+        progress: Callable[[int, int], None] | None,
+    ) -> Iterator[list[FeatureVector | None]]:
+        total, done = sum(len(b) for b in batches), 0
+        with _reading(database_url, read_url) as (primary, conn):
+            for batch in batches:
+                if conn is not primary:
+                    catch_up(primary, conn, get_settings().replica_max_wait_s)
+                yield compute_historical(conn, batch, knowledge=knowledge)
+                conn.rollback()  # read-only work; end the snapshot between batches
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+
+    return run
+
+
+@contextmanager
+def _reading(database_url: str, read_url: str | None) -> Iterator[tuple[Conn, Conn]]:
+    """(primary, the connection to read from): the replica when ``read_url`` is given."""
+    with connect(database_url) as primary:
+        if read_url is None:
+            yield primary, primary
+            return
+        with connect(read_url, variable="HEARTH_DATABASE_READ_URL") as replica:
+            yield primary, replica
 
 
 SNAPSHOT_SQL = """
@@ -238,12 +283,19 @@ SELECT r.ord, s.feature_set_version,
 
 
 def features_from_snapshots(
-    database_url: str, rows: Sequence[tuple[str, datetime]], version: str | None = None
+    database_url: str,
+    rows: Sequence[tuple[str, datetime]],
+    version: str | None = None,
+    *,
+    read_url: str | None = None,
 ) -> FeatureTable:
-    """Stored snapshots at exactly each application date (``materialize`` them first)."""
+    """Stored snapshots at exactly each application date (``materialize`` them first); read
+    from ``read_url`` (a replica caught up with the primary) when given."""
     vectors: list[dict[str, tuple[float | None, float | None]] | None] = [None] * len(rows)
     seen_version = "unknown"
-    with connect(database_url) as conn:
+    with _reading(database_url, read_url) as (primary, conn):
+        if conn is not primary:
+            catch_up(primary, conn, get_settings().replica_max_wait_s)
         try:
             cur = conn.execute(
                 SNAPSHOT_SQL,
@@ -260,7 +312,8 @@ def features_from_snapshots(
         for ordinal, fs_version, vector in cur.fetchall():
             seen_version = str(fs_version)
             payload = json.loads(vector) if isinstance(vector, str) else vector
-            vectors[int(ordinal) - 1] = {
+            assert isinstance(payload, dict)
+            vectors[int(str(ordinal)) - 1] = {
                 str(name): (_as_float(cell.get("value")), _as_float(cell.get("coverage")))
                 for name, cell in payload.items()
             }

@@ -19,6 +19,10 @@ default most. For the boosting variant the contribution of ``j`` is the change i
 Versions: every score carries the feature-set version it was computed on and the model version,
 ``sha256(parameters + training-data fingerprint)``, so the same data and settings always give the
 same version and any retrain on other data gives another.
+
+Persistence: :meth:`ReferenceModel.save` writes a model directory (:mod:`features.book.model`):
+the pipeline in skops' secure format, which cannot run code on load, and ``model.json`` with
+the metadata and the file's sha256; :meth:`ReferenceModel.load` refuses a tampered file.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,13 +49,16 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from features.book.files import write_atomically
+from features.book.model import CARD_FILE, MODEL_FILE, load_pipeline, read_card, save_pipeline
+
 # Folds of every cross-validation here: the window-set choice and the ridge penalty's search
 # (nested in it). Each class needs members in every fold of both (features.report.build).
 CV_FOLDS = 5
 
 ModelKind = Literal["logistic", "hgb"]
-MODEL_FILE = "model.pkl"
-METADATA_FILE = "model.json"
+METADATA_FILE = CARD_FILE
+LEGACY_PICKLE = "model.pkl"  # what save wrote before skops; removed when a model is saved
 INDICATOR_PREFIX = "missingindicator_"
 
 FloatArray = NDArray[np.float64]
@@ -396,26 +402,24 @@ class ReferenceModel:
             meta["intercept"] = float(self.pipeline[-1].intercept_[0])
         return meta
 
-    def save(self, directory: Path) -> Path:
-        """Write ``model.pkl`` and ``model.json`` (metadata with the pickle's sha256)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        model_path = directory / MODEL_FILE
-        model_path.write_bytes(pickle.dumps(self.pipeline, protocol=pickle.HIGHEST_PROTOCOL))
-        meta = self.metadata()
-        meta["model_sha256"] = hashlib.sha256(model_path.read_bytes()).hexdigest()
-        (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    def save(self, directory: Path, card: dict[str, Any] | None = None) -> Path:
+        """Write ``model.skops`` and ``model.json`` (the metadata, ``card`` on top, and the
+        model file's sha256)."""
+        sha256 = save_pipeline(self.pipeline, directory)
+        (directory / LEGACY_PICKLE).unlink(missing_ok=True)
+        meta = {**self.metadata(), **(card or {})}
+        meta["model_file"] = MODEL_FILE
+        meta["model_sha256"] = sha256
+        text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        write_atomically(directory / METADATA_FILE, text.encode())
         return directory / METADATA_FILE
 
     @classmethod
     def load(cls, directory: Path) -> ReferenceModel:
-        """Load a saved model; refuses a pickle whose hash does not match its metadata.
-
-        Only load models you trust: the model file is a pickle and can run code.
-        """
-        meta = json.loads((directory / METADATA_FILE).read_text())
-        model_path = directory / MODEL_FILE
-        if hashlib.sha256(model_path.read_bytes()).hexdigest() != meta["model_sha256"]:
-            raise ValueError(f"{model_path} does not match the sha256 in {METADATA_FILE}")
+        """Load a saved model (:func:`features.book.model.load_pipeline`: a file whose sha256
+        differs from its metadata's, or that names an untrusted type, is refused)."""
+        meta = read_card(directory)
+        pipeline = load_pipeline(directory, str(meta["model_sha256"]))
         model = cls(
             meta["feature_names"],
             kind=meta["kind"],
@@ -423,7 +427,7 @@ class ReferenceModel:
             class_weight=meta["class_weight"],
             random_state=meta["random_state"],
         )
-        model.pipeline = pickle.loads(model_path.read_bytes())  # noqa: S301 - hash checked above
+        model.pipeline = pipeline
         model.model_version = meta["model_version"]
         model.training_fingerprint = meta["training_fingerprint"]
         model.trained_at = meta["trained_at"]

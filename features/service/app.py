@@ -21,6 +21,7 @@ from datetime import timedelta
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from features.book.scoring import ScoringModel
 from features.service.auth import TokenAuthenticator, auth_middleware
 from features.service.cache import ConsentListener, VectorCache
 from features.service.errors import error_middleware
@@ -30,6 +31,7 @@ from features.service.metrics import ServiceMetrics
 from features.service.openapi import build_openapi
 from features.service.resolve.bulk import BulkResolver
 from features.service.resolve.engine_gateway import EngineGateway, feature_set_version
+from features.service.resolve.replica import ReplicaGate
 from features.service.resolve.store import (
     SnapshotStore,
     configure_connection,
@@ -40,7 +42,7 @@ from features.service.routes import ENDPOINTS
 from features.service.state import STATE, ServiceState
 from features.service.tabular import warm_up
 from hearth.db import AsyncConn, Conn
-from hearth.errors import Unavailable
+from hearth.errors import ConfigError, Unavailable
 from hearth.settings import Settings
 
 log = logging.getLogger("features.service")
@@ -80,9 +82,10 @@ def _service_state(
     settings: Settings, cache_entries: int, cache_ttl_s: float, pool_size: int
 ) -> ServiceState:
     async_pool, sync_pool, admin_pool = _pools(settings, pool_size)
+    primary_pool, gate = _replica_gate(settings)
     cache: VectorCache[Outcome] = VectorCache(cache_entries, cache_ttl_s)
-    store = SnapshotStore(async_pool, max_clock_skew_s=settings.max_clock_skew_s)
-    engine = EngineGateway(sync_pool)
+    store = SnapshotStore(async_pool, max_clock_skew_s=settings.max_clock_skew_s, gate=gate)
+    engine = EngineGateway(sync_pool, gate)
     metrics = ServiceMetrics()
     metrics.watch_cache(lambda: (cache.hits, cache.misses))
     listener = ConsentListener(settings.database_url, cache) if cache_entries > 0 else None
@@ -99,16 +102,51 @@ def _service_state(
         resolver=VectorResolver(
             store, engine, cache, timedelta(seconds=settings.snapshot_stale_after_s)
         ),
-        bulk=BulkResolver(async_pool, engine, settings.max_clock_skew_s),
+        bulk=BulkResolver(async_pool, engine, settings.max_clock_skew_s, gate),
         metrics=metrics,
         openapi_json=json.dumps(build_openapi(ENDPOINTS)),
+        primary_pool=primary_pool,
+        book_model=_book_model(settings),
     )
+
+
+def _replica_gate(settings: Settings) -> tuple[AsyncConnectionPool | None, ReplicaGate | None]:
+    """With a read URL: a small pool on the primary for WAL positions, and the gate that makes
+    replica reads wait for them (features.service.resolve.replica)."""
+    if settings.database_read_url is None:
+        return None, None
+    pool = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+    )
+    return pool, ReplicaGate(pool, settings.replica_max_wait_s)
+
+
+def _book_model(settings: Settings) -> ScoringModel | None:
+    """The model of ``HEARTH_SCORE_MODEL``; one that may not be loaded stops the service
+    (exit 78) rather than serve without it."""
+    if settings.score_model is None:
+        return None
+    # Imported only when a model is configured: scikit-learn and skops take seconds to import,
+    # which every service start would otherwise pay.
+    from features.book.model import ModelRefused, load_model
+
+    try:
+        model = load_model(settings.score_model)
+    except ModelRefused as exc:
+        raise ConfigError(f"HEARTH_SCORE_MODEL: {exc.message}") from None
+    log.info(
+        "event=score_model_loaded model_version=%s feature_set_version=%s",
+        model.model_version,
+        model.feature_set_version,
+    )
+    return model
 
 
 def _pools(
     settings: Settings, pool_size: int
 ) -> tuple[AsyncConnectionPool, ConnectionPool, ConnectionPool]:
-    """(snapshot reads, engine computations, admin operations); none open yet."""
+    """(snapshot reads, engine computations, admin operations); none open yet. Reads go to
+    the replica when there is one (``HEARTH_DATABASE_READ_URL``); admin operations write."""
     timeout_sql = statement_timeout_sql(settings.service_statement_timeout_ms)
 
     async def configure_reads(conn: AsyncConn) -> None:
@@ -121,7 +159,7 @@ def _pools(
     # Autocommit: reads need no BEGIN/COMMIT round trips, and hearth.admin manages its own
     # transactions (it commits between purge passes).
     async_pool = AsyncConnectionPool(
-        settings.database_url,
+        settings.read_url,
         min_size=2,
         max_size=pool_size,
         open=False,
@@ -129,7 +167,7 @@ def _pools(
         configure=configure_reads,
     )
     sync_pool = ConnectionPool(
-        settings.database_url,
+        settings.read_url,
         min_size=1,
         max_size=4,
         open=False,
@@ -149,6 +187,8 @@ def _pools(
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
+    if state.primary_pool is not None:
+        await state.primary_pool.open(wait=False)
     await asyncio.to_thread(warm_up)  # the Arrow path's one-time imports, before serving
     await state.async_pool.open(wait=False)
     state.sync_pool.open(wait=False)
@@ -159,6 +199,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if state.listener is not None:
         await state.listener.stop()
     await state.async_pool.close()
+    if state.primary_pool is not None:
+        await state.primary_pool.close()
     state.sync_pool.close()
     state.admin_executor.shutdown(wait=False, cancel_futures=True)
     state.admin_pool.close()

@@ -1,9 +1,12 @@
-"""Bearer tokens with scopes (``features:read``, ``admin``) from ``HEARTH_API_TOKENS``.
+"""Bearer tokens with scopes (``features:read``, ``scores:read``, ``admin``) from
+``HEARTH_API_TOKENS``.
 
 The presented token is compared with *every* configured token through ``hmac.compare_digest``
 and without an early exit, so neither the match position nor a prefix leaks through timing.
 Each route declares the scope it needs (``routes.py``); routes with no scope are public
-(health, readiness, metrics, the OpenAPI document).
+(health, readiness, metrics, the OpenAPI document). An authorised request carries its caller,
+``token:<first 12 hex digits of the token's sha256>`` (:data:`CALLER`), which names the token
+in the score log without revealing it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from aiohttp.typedefs import Middleware
 from features.service.errors import ApiError, Handler
 
 _CHALLENGE = 'Bearer realm="hearth"'
+CALLER = web.RequestKey("caller", str)  # who asked (see the module docstring)
+
+
+def caller_label(digest: bytes) -> str:
+    return "token:" + digest.hex()[:12]
 
 
 class TokenAuthenticator:
@@ -37,8 +45,9 @@ class TokenAuthenticator:
                 found = scopes
         return found
 
-    def authorize(self, header: str | None, scope: str) -> None:
-        """Raise 401 without a valid token, 403 when the token lacks ``scope``."""
+    def authorize(self, header: str | None, scope: str) -> str:
+        """The caller's label; 401 without a valid token, 403 when the token lacks
+        ``scope``."""
         if not header:
             raise ApiError(
                 401,
@@ -62,6 +71,7 @@ class TokenAuthenticator:
                 f"token lacks scope {scope!r}",
                 headers={"WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope"'},
             )
+        return caller_label(hashlib.sha256(token.strip().encode()).digest())
 
 
 def auth_middleware(authenticator: TokenAuthenticator, scopes: Mapping[str, str]) -> Middleware:
@@ -72,7 +82,7 @@ def auth_middleware(authenticator: TokenAuthenticator, scopes: Mapping[str, str]
         name = request.match_info.route.name
         scope = scopes.get(name) if name is not None else None
         if scope is not None:
-            authenticator.authorize(request.headers.get("Authorization"), scope)
+            request[CALLER] = authenticator.authorize(request.headers.get("Authorization"), scope)
         return await handler(request)
 
     return middleware

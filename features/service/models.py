@@ -224,6 +224,95 @@ class DefinitionsResponse(_Output):
     definitions: list[FeatureDefinitionOut]
 
 
+# --- scores ---------------------------------------------------------------------------------
+
+# Why a requested row gets no score (features.book.vectors).
+ScoreMissingReason = Literal[
+    "unknown_user",  # no such user (never registered, or erased)
+    "no_consent",  # no active credit-scoring consent at as_of
+    "no_snapshot",  # no snapshot within HEARTH_SNAPSHOT_STALE_AFTER_S before as_of
+]
+
+
+class ScoreRowIn(_Input):
+    user_id: UserId
+    as_of: AsOf | None = Field(default=None, description=_AS_OF_DESCRIPTION + "; omitted = now")
+
+
+class ScoresRequest(_Input):
+    rows: list[ScoreRowIn] = Field(
+        min_length=1,
+        description=f"at most HEARTH_ONLINE_MAX_USERS (default {MAX_ONLINE_USERS:,}); more: 413",
+    )
+
+
+class ReasonCodeOut(_Output):
+    feature: str
+    value: float | None = Field(description="the applicant's value; null when not reported")
+    percentile: int | None = Field(
+        ge=0,
+        le=100,
+        description="the value's percentile in the population of the latest export at or "
+        "before as_of; null without one, or when the value is null",
+    )
+    points: float = Field(
+        le=0, description="points this feature took off, against the average applicant"
+    )
+    text: str
+
+
+class ScoreOut(_Output):
+    row: int = Field(ge=0, description="index of the request row")
+    user_id: str
+    as_of: datetime
+    snapshot_as_of: datetime = Field(description="as_of of the snapshot scored")
+    probability: float = Field(ge=0, le=1, description="probability of default")
+    points: int
+    reasons: list[ReasonCodeOut] = Field(
+        max_length=4, description="at most 4: the features that lowered the points most"
+    )
+    model_version: str
+    feature_set_version: str
+
+
+class UnscoredRow(_Output):
+    row: int = Field(ge=0)
+    user_id: str
+    as_of: datetime
+    reason: ScoreMissingReason
+
+
+class ScoresResponse(_Output):
+    model_version: str
+    feature_set_version: str
+    scores: list[ScoreOut]
+    missing: list[UnscoredRow]
+
+
+class LoggedReason(_Output):
+    feature: str
+    text: str
+    points: float
+
+
+class LoggedScore(_Output):
+    scored_at: datetime
+    as_of: datetime
+    model_version: str
+    feature_set_version: str
+    points: int
+    probability: float
+    reasons: list[LoggedReason]
+    requested_by: str
+    channel: Literal["batch", "online"]
+    batch_id: str | None
+
+
+class UserScoresResponse(_Output):
+    user_id: str
+    scores: list[LoggedScore] = Field(description="newest first")
+
+
 # --- admin ----------------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ DESCRIPTION = """\
 Hearth feature service: point-in-time stability features of consented telemetry.
 
 Authentication: `Authorization: Bearer <token>`; each token has scopes (`features:read`,
-`admin`). Every error is JSON: `{"error": {"code", "message", "details": [{"field",
+`scores:read`, `admin`). Every error is JSON: `{"error": {"code", "message", "details": [{"field",
 "reason"}]}}`, including 404 for unknown paths and 405 for unsupported methods.
 
 Rows of users without a vector are never dropped: they carry a `reason` (`unknown_user`,

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from features.service.errors import Handler
-from features.service.handlers import admin, ops
+from features.service.handlers import admin, ops, scores
 from features.service.handlers import features as feats
 from features.service.models import (
     ConsentGrantRequest,
@@ -27,11 +27,14 @@ from features.service.models import (
     OnlineResponse,
     Readiness,
     RegisterDeviceRequest,
+    ScoresRequest,
+    ScoresResponse,
+    UserScoresResponse,
 )
 from features.service.tabular import ARROW_STREAM
 from hearth.ids import ID_PATTERN
 
-Scope = Literal["features:read", "admin"]
+Scope = Literal["features:read", "scores:read", "admin"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,13 @@ AS_OF_PARAM = Param(
     required=False,
 )
 ANY_OBJECT: dict[str, object] = {"type": "object", "additionalProperties": True}
+LIMIT_PARAM = Param(
+    "limit",
+    "query",
+    {"type": "string", "pattern": "^[0-9]+$"},
+    "at most this many scores, newest first (1-1000, default 100)",
+    required=False,
+)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -152,6 +162,33 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "features:read",
         {200: Body("definitions", DefinitionsResponse)},
         errors=(503,),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/scores",
+        scores.post_scores,
+        "postScores",
+        "Score (user, as_of) rows with the model of HEARTH_SCORE_MODEL: probability, points, "
+        "at most 4 reason codes, model and feature-set versions; every score is appended to "
+        "the score log. Rows without a score are listed in missing with a reason",
+        "scores",
+        "scores:read",
+        {200: Body("scores and unscored rows", ScoresResponse)},
+        request=ScoresRequest,
+        errors=(400, 413, 503),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/users/{user_id}/scores",
+        scores.get_user_scores,
+        "getUserScores",
+        "The user's scores from the score log, newest first, with their reasons (no feature "
+        "values): the trail for an explanation request or a dispute",
+        "scores",
+        "scores:read",
+        {200: Body("the user's scores", UserScoresResponse)},
+        params=(USER_ID_PARAM, LIMIT_PARAM),
+        errors=(400, 404, 503),
     ),
     Endpoint(
         "POST",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from features.book.population import PopulationCache
+from features.book.scoring import ScoringModel
 from features.service.cache import ConsentListener, VectorCache
 from features.service.metrics import ServiceMetrics
 from features.service.resolve.bulk import BulkResolver
@@ -32,6 +34,11 @@ class ServiceState:
     bulk: BulkResolver  # historical requests, in columns
     metrics: ServiceMetrics
     openapi_json: str  # /openapi.json, rendered once from the route table
+    # With HEARTH_DATABASE_READ_URL: primary connections for WAL positions (resolve.replica);
+    # the snapshot and engine pools then read the replica.
+    primary_pool: AsyncConnectionPool | None = None
+    book_model: ScoringModel | None = None  # HEARTH_SCORE_MODEL, loaded at start
+    populations: PopulationCache = field(default_factory=PopulationCache)  # for percentiles
 
 
 STATE = web.AppKey("state", ServiceState)

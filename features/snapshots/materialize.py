@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import psycopg
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -65,7 +64,8 @@ from features.snapshots.store import (
     write_snapshots,
 )
 from hearth import ledger
-from hearth.db import Conn
+from hearth.db import Conn, connect
+from hearth.replica import catch_up
 from hearth.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 # small machine busy (one backend may scan while the other ships its arrays) without holding
 # more than three chunks in memory.
 LOADER_CONNECTIONS = 2
+# Computes and writes a planned run's chunks somewhere else (features.distributed: as tasks on a
+# Dask cluster): given the users left to do, the as_of, the chunk size and the run's timings to
+# add to, it returns how many snapshots it wrote.
+ChunkRunner = Callable[[Sequence[str], datetime, int, Timings], int]
 
 
 @dataclass(frozen=True)
@@ -126,12 +130,18 @@ def materialize(
     progress: bool = True,
     database_url: str | None = None,
     before_write: Callable[[Sequence[str]], None] | None = None,
+    read_url: str | None = None,
+    chunk_runner: ChunkRunner | None = None,
 ) -> MaterializeResult:
     """Compute and store snapshots as of ``as_of`` for ``users`` (default: every user).
 
     With ``database_url`` loader connections (:data:`LOADER_CONNECTIONS`) read the next
-    chunks while this one is computed and written. ``before_write`` is called with each
-    chunk's users between computing and writing it (tests use it to race a withdrawal).
+    chunks while this one is computed and written. With ``read_url`` (a streaming replica of
+    ``conn``'s database, ``HEARTH_DATABASE_READ_URL``) they read there instead, once it has
+    replayed everything ``conn`` had committed (hearth.replica); writes stay on ``conn``.
+    ``before_write`` is called with each chunk's users between computing and writing it (tests
+    use it to race a withdrawal). With ``chunk_runner`` the chunks are computed and written by
+    it (features.distributed), after the same planning here.
     """
     started = time.monotonic()
     _fixed_mmap_threshold()
@@ -145,9 +155,12 @@ def materialize(
         done = users_with_snapshot(conn, wanted, as_of)
         todo = [u for u in wanted if u not in done]
     timings = Timings()
-    written = _compute_and_write(
-        conn, todo, as_of, chunk_size, timings, progress, database_url, before_write
-    )
+    if chunk_runner is not None:
+        written = chunk_runner(todo, as_of, chunk_size, timings) if todo else 0
+    else:
+        written = _compute_and_write(
+            conn, todo, as_of, chunk_size, timings, progress, database_url, before_write, read_url
+        )
     result = MaterializeResult(
         as_of,
         FEATURE_SET_VERSION,
@@ -167,7 +180,7 @@ def materialize(
     return result
 
 
-def _batch(
+def snapshot_batch(
     users: Sequence[str],
     as_ofs: Sequence[datetime],
     parts: Sequence[tuple[int, ChunkResults, Sequence[int]]],
@@ -219,22 +232,32 @@ def _compute_and_write(
     progress: bool,
     database_url: str | None,
     before_write: Callable[[Sequence[str]], None] | None,
+    read_url: str | None = None,
 ) -> int:
     """Compute the snapshots of ``todo`` chunk by chunk and write each chunk as it comes;
-    how many were written."""
+    how many were written. Reads go through loader connections to ``read_url`` (a replica) or
+    ``database_url`` when either is given, writes through ``conn``."""
     written = 0
     bar = _progress(progress)
     with bar as p, contextlib.ExitStack() as stack:
+        reads = read_url or database_url
         loaders = [
-            stack.enter_context(_loader(database_url))
-            for _ in range(LOADER_CONNECTIONS if database_url and todo else 0)
+            stack.enter_context(_loader(reads, conn, replica=read_url is not None))
+            for _ in range(LOADER_CONNECTIONS if reads and todo else 0)
         ]
         task = p.add_task("materialise", total=len(todo)) if p else None
+        # The watermark is read where the rollups are read (the first loader before the loader
+        # threads start), so a replica is never asked for rollups past its own watermark.
         for known, results in iter_chunk_results(
-            conn, todo, as_of, chunk_size=chunk_size, timings=timings, loaders=loaders
+            loaders[0] if loaders else conn,
+            todo,
+            as_of,
+            chunk_size=chunk_size,
+            timings=timings,
+            loaders=loaders,
         ):
             t0 = time.perf_counter()
-            batch = _batch(known, [as_of], [(0, results, range(len(known)))])
+            batch = snapshot_batch(known, [as_of], [(0, results, range(len(known)))])
             timings.add(python_s=time.perf_counter() - t0)
             if before_write is not None:
                 before_write(known)
@@ -247,12 +270,20 @@ def _compute_and_write(
     return written
 
 
-def _loader(database_url: str | None) -> Conn:
+def _loader(database_url: str | None, primary: Conn, *, replica: bool = False) -> Conn:
     """A connection of our own that reads chunks. JIT off: the chunk queries are planned as
     expensive enough to JIT-compile, which costs ~0.1 s per query and saves nothing (their
-    time goes into index scans and array building, not expression evaluation)."""
-    loader = psycopg.connect(database_url or "", autocommit=True)
-    loader.execute("SET jit = off")
+    time goes into index scans and array building, not expression evaluation). On a replica it
+    is returned once the replica has replayed what ``primary`` had committed (a no-op on the
+    primary itself)."""
+    variable = "HEARTH_DATABASE_READ_URL" if replica else "HEARTH_DATABASE_URL"
+    loader = connect(database_url or "", autocommit=True, variable=variable)
+    try:
+        loader.execute("SET jit = off")
+        catch_up(primary, loader, get_settings().replica_max_wait_s)
+    except BaseException:
+        loader.close()
+        raise
     return loader
 
 
@@ -371,7 +402,7 @@ def _compute_write(
         for t, results in compute_span(conn, span, as_ofs, timings)
     ]
     t0 = time.perf_counter()
-    batch = _batch(plan.users, as_ofs, parts)
+    batch = snapshot_batch(plan.users, as_ofs, parts)
     del parts
     timings.add(python_s=time.perf_counter() - t0)
     if before_write is not None:
@@ -475,7 +506,7 @@ def backfill(
             assert database_url is not None
             reports = _in_processes(database_url, chunks, times, force, knowledge, processes)
         else:
-            loader = stack.enter_context(_loader(database_url)) if database_url else conn
+            loader = stack.enter_context(_loader(database_url, conn)) if database_url else conn
             planned = _prefetched(loader, chunks, times, force, watermark, knowledge, timings,
                                   threaded=bool(database_url))  # fmt: skip
             reports = (
@@ -520,11 +551,11 @@ def _in_processes(
 ) -> Iterator[tuple[Sequence[str], ChunkReport]]:
     """(chunk, report) as worker processes finish chunks (spawned: a fork would copy this
     process's connections and threads)."""
-    connect = functools.partial(psycopg.connect, database_url, autocommit=True)
+    connect_ = functools.partial(connect, database_url, autocommit=True)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
         futures = {
-            pool.submit(materialize_chunk, connect, list(part), list(as_ofs), force=force,
+            pool.submit(materialize_chunk, connect_, list(part), list(as_ofs), force=force,
                         knowledge=knowledge): part
             for part in chunks
         }  # fmt: skip

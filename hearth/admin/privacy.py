@@ -154,10 +154,12 @@ def erase_user(
         conn.execute(gate_sql(GATE_DERIVED, exclusive=True))
         require_user(conn, user_id, lock=True)
         devices = list_devices(conn, user_id)
+        # Append-only tables (the score log, migration 0075) let an erasure delete; the
+        # ledger itself still goes only when nothing else is left.
+        conn.execute("SELECT set_config('hearth.erasing', 'on', true)")
         report.add(_erase_rows(conn, user_id, [d.device_id for d in devices]))
         left = _erase_rows_left(conn, user_id, devices)
         if not any(left.values()):
-            conn.execute("SELECT set_config('hearth.erasing', 'on', true)")  # ledger may go
             for table in ("consent_events", "devices", "users"):
                 cur = conn.execute(
                     sql.SQL("DELETE FROM {} WHERE user_id = %s").format(sql.Identifier(table)),

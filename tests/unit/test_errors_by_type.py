@@ -64,6 +64,18 @@ def test_the_hint_is_for_the_terminal_only() -> None:
     assert error.message == "unknown user 'u'"  # the original is unchanged
 
 
+def test_a_located_error_leaves_the_original_alone_with_tblib_installed() -> None:
+    # Dask's distributed installs tblib's pickling support for every exception on import; with
+    # it, copy.copy of an exception shares the original's attribute dict.
+    tblib = pytest.importorskip("tblib.pickling_support")
+    tblib.install()
+    error = NotFound("unknown user 'u'", code="unknown_user", hint="add it")
+    located = error.within("line 3")
+    assert (located.message, located.code, located.hint) == ("line 3: unknown user 'u'",
+                                                             "unknown_user", "add it")  # fmt: skip
+    assert (error.message, error.args) == ("unknown user 'u'", ("unknown user 'u'",))
+
+
 def test_http_statuses() -> None:
     assert [c.http_status for c in (Invalid, NotFound, Conflict, Unavailable)] == [
         400,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, FeatureDefinition
+from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION, FeatureDefinition, definitions
 from features.catalogue.library import SPECS
 from features.catalogue.library.base import circular_variance, coefficient_of_variation
 from features.catalogue.library.mobility import geohash_centre, haversine_km
@@ -132,3 +133,16 @@ def test_definitions_catalogue() -> None:
         assert set(d.to_json()) >= {"name", "family", "version", "unit", "window_days",
                                     "category", "null_semantics", "formula"}  # fmt: skip
     assert FEATURE_SET_VERSION.startswith("fs-") and len(FEATURE_SET_VERSION) == 15
+
+
+def test_every_feature_has_a_reason_text_outside_the_version_hash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reason codes quote a feature's ``reason``; editing it is not a formula change."""
+    assert all(d.reason and len(d.reason) <= 60 for d in DEFINITIONS)
+    before = {d.name: d.version for d in definitions._definitions()}
+    changed = [dataclasses.replace(s, reason=s.reason + " (edited)") for s in SPECS]
+    monkeypatch.setattr(definitions, "SPECS", changed)
+    after = definitions._definitions()
+    assert {d.name: d.version for d in after} == before
+    assert after[0].reason.endswith("(edited)")

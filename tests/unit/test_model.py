@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from features.book.model import ModelRefused
 from features.report.model import (
     ReferenceModel,
     choose_window_set,
@@ -94,9 +95,9 @@ def test_save_load_round_trip_and_tamper_check(tmp_path: Path) -> None:
     assert loaded.feature_set_version == "fs-1"
     assert np.allclose(loaded.predict_proba(x[:100]), model.predict_proba(x[:100]))
     assert loaded.score(x[:1])[0].reason_codes == model.score(x[:1])[0].reason_codes
-    pickle_path = tmp_path / "model.pkl"
-    pickle_path.write_bytes(pickle_path.read_bytes() + b"\0")
-    with pytest.raises(ValueError, match="sha256"):
+    model_path = tmp_path / "model.skops"
+    model_path.write_bytes(model_path.read_bytes() + b"\0")
+    with pytest.raises(ModelRefused, match="sha256"):
         ReferenceModel.load(tmp_path)
 
 

@@ -464,6 +464,9 @@ class FeatureSpec:
     null_semantics: str
     citation: str
     fn: FeatureFn
+    # What the feature measures, in a few words an applicant understands (a reason code's text,
+    # docs/book.md). Presentation, not computation: the feature-set version does not hash it.
+    reason: str = ""
 
 
 SPECS: list[FeatureSpec] = []
@@ -478,12 +481,15 @@ def feature(
     windows: tuple[int, ...] = (30, 90),
     null_semantics: str = "null when the window has no input data",
     citation: str = "",
+    reason: str = "",
 ) -> Callable[[FeatureFn], FeatureFn]:
-    """Register a feature function (one definition per window: ``<name>_<w>d``)."""
+    """Register a feature function (one definition per window: ``<name>_<w>d``). ``reason``
+    names what it measures for an applicant ("Nights the phone charged overnight"): the text
+    of its reason codes."""
 
     def register(fn: FeatureFn) -> FeatureFn:
         SPECS.append(
-            FeatureSpec(name, family, unit, category, windows, null_semantics, citation, fn)
+            FeatureSpec(name, family, unit, category, windows, null_semantics, citation, fn, reason)
         )
         return fn
 

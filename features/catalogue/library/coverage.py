@@ -33,6 +33,7 @@ def _heartbeat(w: Window) -> Bool:
     category=Category.DEVICE_HEALTH,
     null_semantics="null when device_health is not consented at T (0 is a measured value)",
     citation="Björkegren & Grissen 2020 (usage regularity); docs/features.md",
+    reason="Days with any device heartbeat",
 )
 def active_day_ratio(w: Window) -> Result:
     """Share of local days in the window with at least one heartbeat.
@@ -52,6 +53,7 @@ def active_day_ratio(w: Window) -> Result:
     category=Category.DEVICE_HEALTH,
     null_semantics="null when device_health is not consented at T",
     citation="docs/features.md (share of expected heartbeats received)",
+    reason="Hours with a device heartbeat",
 )
 def heartbeat_hour_share(w: Window) -> Result:
     """Share of the window's hours with at least one heartbeat (expected: one per hour).
@@ -85,6 +87,7 @@ def _gaps(mask: Bool) -> tuple[F64, F64, Bool]:
     category=Category.DEVICE_HEALTH,
     null_semantics="null when no heartbeat in the window",
     citation="docs/features.md",
+    reason="Longest silence of the devices",
 )
 def longest_gap_days(w: Window) -> Result:
     """Longest time between consecutive heartbeat hours, silence up to T included.
@@ -104,6 +107,7 @@ def longest_gap_days(w: Window) -> Result:
     category=Category.DEVICE_HEALTH,
     null_semantics="null when no heartbeat in the window",
     citation="docs/features.md",
+    reason="Silences of the devices longer than a day",
 )
 def gaps_over_24h(w: Window) -> Result:
     """Number of silences longer than 24 h between heartbeats (silence up to T included).
@@ -124,6 +128,7 @@ def gaps_over_24h(w: Window) -> Result:
     windows=(0,),
     null_semantics="null when nothing was ever received (as of T) from a consented category",
     citation="docs/features.md (tenure)",
+    reason="Time since the first device reading",
 )
 def days_since_first_seen(w: Window) -> Result:
     """Tenure: days from the first reading ever received (ingested ≤ T) to T.
@@ -143,6 +148,7 @@ def days_since_first_seen(w: Window) -> Result:
     category=Category.CONNECTIVITY,
     null_semantics="null when connectivity is not consented at T",
     citation="docs/features.md",
+    reason="Devices online",
 )
 def active_device_count(w: Window) -> Result:
     """Devices that reported any connectivity signal (online, RSSI, network) in the window.

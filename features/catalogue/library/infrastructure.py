@@ -231,7 +231,8 @@ def _always_on_window(w: Window) -> _WindowAlwaysOn:
 @feature("always_on_uptime_ratio", family=FAMILY, unit="ratio", category=Category.CONNECTIVITY,
          null_semantics="null when no router or plug has reported by T, or connectivity is not "
                         "consented at T",
-         citation=CITATION)  # fmt: skip
+         citation=CITATION,
+         reason="Uptime of the router and plugs")  # fmt: skip
 def always_on_uptime_ratio(w: Window) -> Result:
     """Share of always-on-device-hours (routers, plugs) not inside an outage.
 
@@ -251,7 +252,8 @@ def always_on_uptime_ratio(w: Window) -> Result:
          category=Category.CONNECTIVITY,
          null_semantics="null when no router or plug has reported by T, or connectivity is not "
                         "consented at T",
-         citation=CITATION)  # fmt: skip
+         citation=CITATION,
+         reason="Outages of the router and plugs")  # fmt: skip
 def always_on_outages_per_30d(w: Window) -> Result:
     """Household outages of the always-on devices (routers, plugs) per 30 days observed.
 
@@ -272,7 +274,8 @@ def always_on_outages_per_30d(w: Window) -> Result:
 
 @feature("daily_kwh_cv", family=FAMILY, unit="ratio", category=Category.ENERGY,
          null_semantics="null with < 2 full days of energy-counter readings on any plug",
-         citation="docs/features.md (plug energy CV)")  # fmt: skip
+         citation="docs/features.md (plug energy CV)",
+         reason="Day-to-day swings in plug energy use")  # fmt: skip
 def daily_kwh_cv(w: Window) -> Result:
     """Coefficient of variation of each plug's daily energy, averaged over the user's plugs.
 
@@ -306,7 +309,8 @@ def daily_kwh_cv(w: Window) -> Result:
 
 @feature("setpoint_std_c", family=FAMILY, unit="°C", category=Category.CLIMATE,
          null_semantics="null with < 2 hours of thermostat setpoints",
-         citation=CITATION)  # fmt: skip
+         citation=CITATION,
+         reason="Spread of the thermostat setpoint")  # fmt: skip
 def setpoint_std_c(w: Window) -> Result:
     """Standard deviation of the hourly mean thermostat setpoint (0 = never touched).
 
@@ -323,7 +327,8 @@ def setpoint_std_c(w: Window) -> Result:
 
 
 @feature("setpoint_changes_per_week", family=FAMILY, unit="1/week", category=Category.CLIMATE,
-         null_semantics="null without thermostat setpoints", citation=CITATION)  # fmt: skip
+         null_semantics="null without thermostat setpoints", citation=CITATION,
+         reason="Thermostat adjustments per week")  # fmt: skip
 def setpoint_changes_per_week(w: Window) -> Result:
     """Setpoint changes between consecutive reports, per week.
 
@@ -339,7 +344,8 @@ def setpoint_changes_per_week(w: Window) -> Result:
 
 
 @feature("reboots_per_30d", family=FAMILY, unit="1/30 days", category=Category.DEVICE_HEALTH,
-         null_semantics="null without uptime reports", citation=CITATION)  # fmt: skip
+         null_semantics="null without uptime reports", citation=CITATION,
+         reason="Device reboots")  # fmt: skip
 def reboots_per_30d(w: Window) -> Result:
     """Device reboots (uptime counter going down) per 30 days, all devices of the household.
 

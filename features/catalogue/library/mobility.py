@@ -71,7 +71,8 @@ def _coverage(w: Window) -> F64:
 @feature("radius_of_gyration_km", family=FAMILY, unit="km", category=Category.LOCATION,
          null_semantics="null without location fixes",
          citation="González, Hidalgo & Barabási 2008, Nature 453:779 (bandicoot's version adds "
-         "each term twice; this one does not)")  # fmt: skip
+         "each term twice; this one does not)",
+         reason="Range of everyday movement")  # fmt: skip
 def radius_of_gyration_km(w: Window) -> Result:
     """Radius of gyration of located hours around their centre of mass (cell centres).
 
@@ -93,7 +94,8 @@ def radius_of_gyration_km(w: Window) -> Result:
 
 @feature("location_entropy", family=FAMILY, unit="ratio", category=Category.LOCATION,
          null_semantics="null without location fixes; 0 with a single place",
-         citation="Eagle & Pentland 2009; de Montjoye et al. 2016 (bandicoot)")  # fmt: skip
+         citation="Eagle & Pentland 2009; de Montjoye et al. 2016 (bandicoot)",
+         reason="Spread of time across places")  # fmt: skip
 def location_entropy(w: Window) -> Result:
     """Normalised entropy of time spent across places (0 = one place, 1 = uniform).
 
@@ -112,7 +114,8 @@ def location_entropy(w: Window) -> Result:
 
 @feature("places_80pct", family=FAMILY, unit="count", category=Category.LOCATION,
          null_semantics="null without location fixes",
-         citation="González et al. 2008; docs/features.md")  # fmt: skip
+         citation="González et al. 2008; docs/features.md",
+         reason="Places that hold most of the time")  # fmt: skip
 def places_80pct(w: Window) -> Result:
     """Fewest places that together hold 80 % of located hours.
 
@@ -133,7 +136,8 @@ def places_80pct(w: Window) -> Result:
 
 @feature("week_churn", family=FAMILY, unit="ratio", category=Category.LOCATION,
          null_semantics="null with fewer than two consecutive weeks of fixes",
-         citation="Óskarsdóttir et al. 2019 (mobility churn); docs/features.md")  # fmt: skip
+         citation="Óskarsdóttir et al. 2019 (mobility churn); docs/features.md",
+         reason="Week-to-week change in places visited")  # fmt: skip
 def week_churn(w: Window) -> Result:
     """Mean week-to-week change of the place-visit profile.
 

@@ -15,7 +15,8 @@ CITATION = "Björkegren & Grissen 2020, World Bank Econ. Rev. (phone usage and r
 
 
 @feature("low_battery_day_share", family=FAMILY, unit="ratio", category=Category.DEVICE_HEALTH,
-         null_semantics="null without battery readings", citation=CITATION)  # fmt: skip
+         null_semantics="null without battery readings", citation=CITATION,
+         reason="Days the phone battery ran low")  # fmt: skip
 def low_battery_day_share(w: Window) -> Result:
     """Share of days with battery data whose minimum battery level was below 15 %.
 
@@ -32,7 +33,8 @@ def low_battery_day_share(w: Window) -> Result:
 
 @feature("mean_daily_min_battery_pct", family=FAMILY, unit="%",
          category=Category.DEVICE_HEALTH, null_semantics="null without battery readings",
-         citation=CITATION)  # fmt: skip
+         citation=CITATION,
+         reason="Lowest daily phone battery level")  # fmt: skip
 def mean_daily_min_battery_pct(w: Window) -> Result:
     """Mean over days of the day's lowest reported battery level.
 
@@ -49,7 +51,8 @@ def mean_daily_min_battery_pct(w: Window) -> Result:
 
 @feature("charge_sessions_per_day", family=FAMILY, unit="1/day",
          category=Category.DEVICE_HEALTH, null_semantics="null without charging-state readings",
-         citation=CITATION)  # fmt: skip
+         citation=CITATION,
+         reason="Phone charging sessions per day")  # fmt: skip
 def charge_sessions_per_day(w: Window) -> Result:
     """Charging starts (0→1 of the charging flag) per day with charging-state data.
 
@@ -67,7 +70,8 @@ def charge_sessions_per_day(w: Window) -> Result:
 @feature("overnight_charge_share", family=FAMILY, unit="ratio",
          category=Category.DEVICE_HEALTH,
          null_semantics="null without night-time (00-06 local) charging-state readings",
-         citation=CITATION)  # fmt: skip
+         citation=CITATION,
+         reason="Nights the phone charged overnight")  # fmt: skip
 def overnight_charge_share(w: Window) -> Result:
     """Share of nights (local 00:00-06:00) with charging-state data on which the phone charged.
 
@@ -84,7 +88,8 @@ def overnight_charge_share(w: Window) -> Result:
 
 
 @feature("sim_changes_per_year", family=FAMILY, unit="1/year", category=Category.DEVICE_HEALTH,
-         null_semantics="null without SIM readings", citation=CITATION)  # fmt: skip
+         null_semantics="null without SIM readings", citation=CITATION,
+         reason="SIM card changes")  # fmt: skip
 def sim_changes_per_year(w: Window) -> Result:
     """SIM swaps: changes of the (hashed) SIM between consecutive reports, per year.
 

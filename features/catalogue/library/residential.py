@@ -61,7 +61,8 @@ def _nightly(w: Window) -> tuple[I64, Bool, int]:
 
 
 @feature("home_night_share", family=FAMILY, unit="ratio", category=Category.LOCATION,
-         null_semantics="null without night-time location fixes", citation=CITATION)  # fmt: skip
+         null_semantics="null without night-time location fixes", citation=CITATION,
+         reason="Nights spent at home")  # fmt: skip
 def home_night_share(w: Window) -> Result:
     """Share of observed nights whose modal night-time geohash is home.
 
@@ -79,7 +80,8 @@ def home_night_share(w: Window) -> Result:
 
 
 @feature("home_time_share", family=FAMILY, unit="ratio", category=Category.LOCATION,
-         null_semantics="null without location fixes", citation=CITATION)  # fmt: skip
+         null_semantics="null without location fixes", citation=CITATION,
+         reason="Time spent at home")  # fmt: skip
 def home_time_share(w: Window) -> Result:
     """Share of located hours spent at the home geohash.
 
@@ -128,7 +130,8 @@ def _home_changes(w: Window) -> tuple[Result, Result]:
 
 
 @feature("home_changes", family=FAMILY, unit="count", category=Category.LOCATION,
-         null_semantics="null without night-time location fixes", citation=CITATION)  # fmt: skip
+         null_semantics="null without night-time location fixes", citation=CITATION,
+         reason="Changes of home location")  # fmt: skip
 def home_changes(w: Window) -> Result:
     """How often the weekly home (modal night geohash of a local week) changed.
 
@@ -140,7 +143,8 @@ def home_changes(w: Window) -> Result:
 
 @feature("days_since_home_change", family=FAMILY, unit="days", category=Category.LOCATION,
          null_semantics="null without night fixes; censored at the window start (no change "
-         "seen: days since the first observed week)", citation=CITATION)  # fmt: skip
+         "seen: days since the first observed week)", citation=CITATION,
+         reason="Time since the last change of home")  # fmt: skip
 def days_since_home_change(w: Window) -> Result:
     """Days since the week in which the weekly home last changed (censored at the window).
 

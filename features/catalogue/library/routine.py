@@ -114,7 +114,8 @@ def _presence(w: Window) -> tuple[F64, Bool, F64]:
 
 @feature("is_presence", family=FAMILY, unit="ratio", category=Category.PRESENCE,
          null_semantics="null with < 2 days of presence data or no activity variance",
-         citation=VAN_SOMEREN)  # fmt: skip
+         citation=VAN_SOMEREN,
+         reason="Regularity of the daily routine at home")  # fmt: skip
 def is_presence(w: Window) -> Result:
     """Interdaily stability of hourly door/motion activity (0 = no 24 h pattern, 1 = perfect).
 
@@ -127,7 +128,8 @@ def is_presence(w: Window) -> Result:
 
 @feature("iv_presence", family=FAMILY, unit="ratio", category=Category.PRESENCE,
          null_semantics="null without presence data or activity variance",
-         citation=VAN_SOMEREN)  # fmt: skip
+         citation=VAN_SOMEREN,
+         reason="Fragmentation of activity at home")  # fmt: skip
 def iv_presence(w: Window) -> Result:
     """Intradaily variability of hourly door/motion activity (fragmentation; ≈2 for noise).
 
@@ -140,7 +142,8 @@ def iv_presence(w: Window) -> Result:
 
 @feature("hour_entropy_presence", family=FAMILY, unit="ratio", category=Category.PRESENCE,
          null_semantics="null without any presence event",
-         citation="Shannon 1948; Eagle & Pentland 2009 (behavioural entropy)")  # fmt: skip
+         citation="Shannon 1948; Eagle & Pentland 2009 (behavioural entropy)",
+         reason="Spread of home activity over the day")  # fmt: skip
 def hour_entropy_presence(w: Window) -> Result:
     """How spread over the local day door/motion events are (0 = one hour, 1 = uniform).
 
@@ -153,7 +156,8 @@ def hour_entropy_presence(w: Window) -> Result:
 
 @feature("autocorr_24h_presence", family=FAMILY, unit="correlation", category=Category.PRESENCE,
          null_semantics="null with too few valid hour pairs 24 h apart",
-         citation="Box & Jenkins 1976; docs/features.md")  # fmt: skip
+         citation="Box & Jenkins 1976; docs/features.md",
+         reason="Day-to-day repetition of home activity")  # fmt: skip
 def autocorr_24h_presence(w: Window) -> Result:
     """Lag-24 h autocorrelation of hourly door/motion activity (same time tomorrow).
 
@@ -166,7 +170,8 @@ def autocorr_24h_presence(w: Window) -> Result:
 
 @feature("autocorr_168h_presence", family=FAMILY, unit="correlation", category=Category.PRESENCE,
          null_semantics="null with too few valid hour pairs a week apart",
-         citation="Box & Jenkins 1976; docs/features.md")  # fmt: skip
+         citation="Box & Jenkins 1976; docs/features.md",
+         reason="Week-to-week repetition of home activity")  # fmt: skip
 def autocorr_168h_presence(w: Window) -> Result:
     """Lag-168 h autocorrelation of hourly door/motion activity (same time next week).
 
@@ -179,7 +184,8 @@ def autocorr_168h_presence(w: Window) -> Result:
 
 @feature("daily_event_cv_presence", family=FAMILY, unit="ratio", category=Category.PRESENCE,
          null_semantics="null with < 2 days of presence data or no events",
-         citation="docs/features.md (CV of daily counts)")  # fmt: skip
+         citation="docs/features.md (CV of daily counts)",
+         reason="Day-to-day swings in home activity")  # fmt: skip
 def daily_event_cv_presence(w: Window) -> Result:
     """Coefficient of variation of daily door/motion event counts.
 
@@ -201,7 +207,8 @@ def _event_time_offset(first: F64, first_off: F64, last: F64, last_off: F64) -> 
 @feature("first_door_open_circvar", family=FAMILY, unit="ratio", category=Category.PRESENCE,
          null_semantics="null without any door opening",
          citation="Fisher 1993, Statistical Analysis of Circular Data; "
-                  "docs/features.md")  # fmt: skip
+                  "docs/features.md",
+         reason="Variation in the time of the first door opening")  # fmt: skip
 def first_door_open_circvar(w: Window) -> Result:
     """Circular variance of the local time of the first door opening of each day.
 
@@ -249,7 +256,8 @@ def charge_onsets(w: Window) -> tuple[I64, F64]:
 
 @feature("charge_start_circvar", family=FAMILY, unit="ratio", category=Category.DEVICE_HEALTH,
          null_semantics="null without any observed charging start",
-         citation="Fisher 1993; docs/features.md (a plain CV breaks at midnight)")  # fmt: skip
+         citation="Fisher 1993; docs/features.md (a plain CV breaks at midnight)",
+         reason="Variation in the time the phone starts charging")  # fmt: skip
 def charge_start_circvar(w: Window) -> Result:
     """Circular variance of the local time at which the phone starts charging.
 
@@ -268,7 +276,8 @@ def charge_start_circvar(w: Window) -> Result:
 
 @feature("is_power", family=FAMILY, unit="ratio", category=Category.ENERGY,
          null_semantics="null with < 48 hours of plug power readings",
-         citation=VAN_SOMEREN)  # fmt: skip
+         citation=VAN_SOMEREN,
+         reason="Regularity of daily power use")  # fmt: skip
 def is_power(w: Window) -> Result:
     """Interdaily stability of the household's hourly mean plug power.
 
@@ -282,7 +291,8 @@ def is_power(w: Window) -> Result:
 
 @feature("iv_power", family=FAMILY, unit="ratio", category=Category.ENERGY,
          null_semantics="null without consecutive hours of power readings",
-         citation=VAN_SOMEREN)  # fmt: skip
+         citation=VAN_SOMEREN,
+         reason="Fragmentation of power use")  # fmt: skip
 def iv_power(w: Window) -> Result:
     """Intradaily variability of hourly mean plug power (consecutive reported hours).
 
@@ -296,7 +306,8 @@ def iv_power(w: Window) -> Result:
 
 @feature("hour_entropy_screen", family=FAMILY, unit="ratio", category=Category.USAGE,
          null_semantics="null without any screen-on reading",
-         citation="Shannon 1948; Eagle & Pentland 2009")  # fmt: skip
+         citation="Shannon 1948; Eagle & Pentland 2009",
+         reason="Spread of phone screen use over the day")  # fmt: skip
 def hour_entropy_screen(w: Window) -> Result:
     """How spread over the local day screen-on readings are (0 = one hour, 1 = uniform).
 

@@ -1,4 +1,5 @@
-"""Operational endpoints: liveness, readiness (database reachable), metrics, OpenAPI."""
+"""Operational endpoints: liveness, readiness (database reachable; with a read replica, its
+replay lag), metrics, OpenAPI."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ok = await state_of(request).store.ping()
+    state = state_of(request)
+    ok = await state.store.ping()
+    body: dict[str, object] = {"database": ok}
+    if state.primary_pool is not None:  # reads go to a replica: how far behind is it?
+        replica = await state.store.replica_state()
+        body["replica"] = None if replica is None else replica.to_json()
+        ok = ok and replica is not None
     return web.json_response(
-        {"status": "ready" if ok else "unavailable", "database": ok}, status=200 if ok else 503
+        {"status": "ready" if ok else "unavailable", **body}, status=200 if ok else 503
     )
 
 

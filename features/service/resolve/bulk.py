@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from features.engine import latest_as_of
 from features.service.errors import ApiError
 from features.service.resolve.engine_gateway import ComputedVector, EngineGateway
+from features.service.resolve.replica import ReplicaGate
 from features.snapshots.codec import LAYOUT, NO_WITHHELD, STORED, unpack
 from hearth.ledger import ANY_CONSENT_STEPS_SQL, consent_rule_params
 
@@ -196,13 +197,24 @@ class BulkResolver:
     ``exact`` rows without a snapshot)."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, engine: EngineGateway, max_clock_skew_s: float
+        self,
+        pool: AsyncConnectionPool,
+        engine: EngineGateway,
+        max_clock_skew_s: float,
+        gate: ReplicaGate | None = None,
     ) -> None:
         self._pool = pool
         self._engine = engine
         self._max_clock_skew_s = max_clock_skew_s
+        self._gate = gate  # the pool reads a replica: wait for it (resolve.replica)
 
     async def population(self, user_ids: Sequence[str], as_of_us: I64) -> Population:
+        """Consent of a request's users; on a replica, once it has replayed the primary's
+        position of now (a withdrawal made before the request is seen), which the request's
+        snapshot probes then read too."""
+        if self._gate is not None:
+            async with self._pool.connection() as conn:
+                await self._gate.wait(conn)
         return await population(self._pool, user_ids, as_of_us)
 
     async def resolve(

@@ -17,7 +17,9 @@ from psycopg_pool import ConnectionPool
 
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.engine import FeatureVector, compute_historical
+from features.service.resolve.replica import ReplicaGate
 from features.snapshots.codec import PackedVector, pack_vector
+from hearth.replica import Position, wait_for_replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +47,21 @@ def _convert(vector: FeatureVector | None) -> ComputedVector | None:
 
 
 class EngineGateway:
-    """Runs the engine's point-in-time computation on a sync pool connection in a thread."""
+    """Runs the engine's point-in-time computation on a sync pool connection in a thread.
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    With ``gate`` the pool reads a replica, and each computation first waits until it has
+    replayed the primary's position taken when the computation was asked for."""
+
+    def __init__(self, pool: ConnectionPool, gate: ReplicaGate | None = None) -> None:
         self._pool = pool
+        self._gate = gate
 
-    def _historical(self, rows: Sequence[tuple[str, datetime]]) -> list[ComputedVector | None]:
+    def _historical(
+        self, rows: Sequence[tuple[str, datetime]], position: Position | None = None
+    ) -> list[ComputedVector | None]:
         with self._pool.connection() as conn:
+            if position is not None and self._gate is not None:
+                wait_for_replay(conn, position, self._gate.max_wait_s)
             vectors = compute_historical(conn, rows)
         if len(vectors) != len(rows):  # the contract is one per row; never misalign rows
             raise RuntimeError("engine returned a different number of vectors than rows")
@@ -60,4 +70,5 @@ class EngineGateway:
     async def historical(self, rows: Sequence[tuple[str, datetime]]) -> list[ComputedVector | None]:
         if not rows:
             return []
-        return await asyncio.to_thread(self._historical, rows)
+        position = await self._gate.position() if self._gate is not None else None
+        return await asyncio.to_thread(self._historical, rows, position)

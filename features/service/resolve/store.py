@@ -38,9 +38,11 @@ from typing import Final
 from psycopg_pool import AsyncConnectionPool
 
 from features.engine import latest_as_of
+from features.service.resolve.replica import ReplicaGate
 from features.snapshots.codec import PackedVector
 from hearth.db import AsyncConn
 from hearth.ledger import any_active_consent_sql, consent_rule_params
+from hearth.replica import ReplayState
 
 _CONSENTED_NOW = any_active_consent_sql("r.user_id", "'infinity'::timestamptz")
 _CONSENTED_AT_AS_OF = any_active_consent_sql("r.user_id", "r.as_of")
@@ -120,8 +122,10 @@ class SnapshotStore:
         *,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_clock_skew_s: float = 600.0,
+        gate: ReplicaGate | None = None,
     ) -> None:
         self._pool = pool
+        self._gate = gate  # the pool reads a replica: wait for it (resolve.replica)
         self._max_clock_skew_s = max_clock_skew_s
         self._max_inflight = max(1, max_inflight)
         self._inflight = 0
@@ -148,6 +152,8 @@ class SnapshotStore:
             **consent_rule_params(),
         }
         async with self._pool.connection() as conn:
+            if self._gate is not None:
+                await self._gate.wait(conn)
             cur = await conn.execute(LOOKUP_SQL, params, prepare=True)
             records = await cur.fetchall()
         if len(records) != len(rows):  # never misalign rows
@@ -196,6 +202,16 @@ class SnapshotStore:
             self._inflight -= 1
             if self._queue:
                 self._schedule_flush(asyncio.get_running_loop())
+
+    async def replica_state(self) -> ReplayState | None:
+        """The replica's replay position and lag (None: no replica, or it cannot be reached)."""
+        if self._gate is None:
+            return None
+        try:
+            async with self._pool.connection(timeout=2.0) as conn:
+                return await self._gate.state(conn)
+        except Exception:
+            return None
 
     async def ping(self) -> bool:
         try:

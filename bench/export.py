@@ -1,0 +1,214 @@
+"""Bulk export benchmark: every user's vector at D to partitioned Parquet, in one process.
+
+    .venv/bin/python bench/export.py [--users 1000000] [--part-users 50000]
+
+A throwaway database (from template ``hearth_template``) gets ``--users`` users, each with
+consent to five of the seven categories and one snapshot of the whole feature set (every
+feature, values and coverage; the other two categories' cells null by consent), loaded with
+COPY (triggers off while loading; consent_state filled from the ledger). Then
+``features.book.export.export_book`` writes the book as of D in this process, sampled for peak
+RSS, against the named baseline: the per-user read through the snapshot store's current API
+(``features.snapshots.store.latest_snapshot``, one query per user) on a sample of users.
+Targets (issue 17): >= 50,000 users/s per process and <= 1 GB, on a quiet machine. Last line:
+``users_per_s=… peak_rss_mb=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
+CATEGORIES = ("location", "connectivity", "device_health", "energy", "presence")
+USERS_PER_S_TARGET = 50_000.0
+PEAK_MB_TARGET = 1000.0
+BASELINE_SAMPLE = 2_000
+
+
+def _seed(url: str, users: int) -> None:
+    import numpy as np
+    import psycopg
+
+    from features.catalogue import FEATURE_SET_VERSION
+    from features.snapshots.codec import LAYOUT, STORED
+    from hearth.ledger import CURRENT_NOTICE_VERSION
+    from hearth.migrate import migrate
+
+    # Packed as feature_snapshots stores them (features.snapshots.codec): the categories not
+    # consented withheld, their values null with coverage 0.
+    shown = np.array([c in CATEGORIES for c in LAYOUT.categories])
+    withheld = json.dumps(
+        {c: "not_consented" for c in sorted(set(LAYOUT.categories)) if c not in CATEGORIES}
+    )  # no backslash in it: COPY text as it is
+    rng = np.random.default_rng(7)
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+        for table in ("users", "consent_events"):
+            conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        with conn.cursor() as cur:
+            with cur.copy("COPY users (user_id) FROM STDIN") as copy:
+                for i in range(users):
+                    copy.write(f"x{i:07d}\n")
+            granted = (AS_OF - timedelta(days=200)).isoformat()
+            with cur.copy(
+                "COPY consent_events (user_id, category, notice_version, action, at) FROM STDIN"
+            ) as copy:
+                for i in range(users):
+                    copy.write(
+                        "".join(
+                            f"x{i:07d}\t{c}\t{CURRENT_NOTICE_VERSION}\tgrant\t{granted}\n"
+                            for c in CATEGORIES
+                        )
+                    )
+            cur.execute(
+                """INSERT INTO consent_state
+                       (user_id, purpose, category, action, notice_version, at, event_id, since)
+                   SELECT user_id, purpose, category, action, notice_version, at, event_id, at
+                     FROM consent_events"""
+            )
+            taken = (AS_OF - timedelta(hours=3)).isoformat()
+            with cur.copy(
+                "COPY feature_snapshots (user_id, as_of, feature_set_version, vals, covs, withheld)"
+                " FROM STDIN"
+            ) as copy:
+                for start in range(0, users, 10_000):
+                    n = min(10_000, users - start)
+                    values = rng.random((n, LAYOUT.width)).round(6)
+                    coverage = rng.random((n, LAYOUT.width)).round(3)
+                    values[:, ~shown] = np.nan
+                    coverage[:, ~shown] = 0.0
+                    vals = values.astype(STORED).tobytes()
+                    covs = coverage.astype(STORED).tobytes()
+                    width = LAYOUT.width * STORED.itemsize
+                    lines = []
+                    for k in range(n):
+                        row = slice(k * width, (k + 1) * width)
+                        line = (
+                            f"x{start + k:07d}\t{taken}\t{FEATURE_SET_VERSION}\t"
+                            f"\\\\x{vals[row].hex()}\t\\\\x{covs[row].hex()}\t{withheld}\n"
+                        )
+                        lines.append(line)
+                    copy.write("".join(lines))
+        for table in ("users", "consent_events"):
+            conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+        conn.execute("VACUUM ANALYZE")
+
+
+def _baseline(url: str, users: int) -> float:
+    """Users/s of one latest_snapshot() query per user (the store's current API)."""
+    import psycopg
+
+    from features.snapshots.store import latest_snapshot
+
+    sample = random.Random(3).sample(range(users), min(BASELINE_SAMPLE, users))
+    with psycopg.connect(url, autocommit=True) as conn:
+        start = time.perf_counter()
+        for i in sample:
+            latest_snapshot(conn, f"x{i:07d}", AS_OF)
+        return len(sample) / (time.perf_counter() - start)
+
+
+def _export(url: str, out: Path, part_users: int) -> tuple[float, float, int]:
+    """(seconds, peak RSS MB of this process, rows) of one export."""
+    import psutil
+
+    from features.book.export import export_book
+
+    proc = psutil.Process()
+    peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    result = export_book(
+        url, AS_OF, out, max_age=timedelta(hours=36), part_users=part_users, progress=False
+    )
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    return seconds, peak / 1e6, result.rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--part-users", type=int, default=50_000)
+    args = parser.parse_args()
+
+    import psycopg
+
+    load_start = os.getloadavg()[0]
+    base = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
+    name = f"hearth_bench_{secrets.token_hex(3)}"
+    url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
+    try:
+        t0 = time.perf_counter()
+        _seed(url, args.users)
+        print(f"seeded {args.users} users in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        load_run = os.getloadavg()[0]
+        baseline = _baseline(url, args.users)
+        with tempfile.TemporaryDirectory() as tmp:
+            seconds, peak_mb, rows = _export(url, Path(tmp) / "book", args.part_users)
+            size_mb = sum(p.stat().st_size for p in (Path(tmp) / "book").iterdir()) / 1e6
+            manifest = json.loads((Path(tmp) / "book" / "manifest.json").read_text())
+    finally:
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    load_end = os.getloadavg()[0]
+    rate = args.users / seconds
+
+    print(f"{'run':<44}{'users/s':>10}{'ratio':>8}{'peak MB':>9}{'seconds':>9}")
+    print(
+        f"{'export (parts, manifest, population)':<44}{rate:>10.0f}{rate / baseline:>8.2f}"
+        f"{peak_mb:>9.0f}{seconds:>9.1f}"
+    )
+    print(f"{'  baseline: latest_snapshot() per user':<44}{baseline:>10.0f}{1.0:>8.2f}")
+    print(
+        f"rows {rows} of {args.users} users; {len(manifest['files'])} files, {size_mb:.0f} MB; "
+        f"left out {manifest['left_out']}"
+    )
+    print("targets:")
+    print(
+        f"  >= {USERS_PER_S_TARGET:,.0f} users/s per process: "
+        f"{'PASS' if rate >= USERS_PER_S_TARGET else 'FAIL'} ({rate:,.0f})"
+    )
+    print(
+        f"  <= {PEAK_MB_TARGET:,.0f} MB peak RSS: "
+        f"{'PASS' if peak_mb <= PEAK_MB_TARGET else 'FAIL'} ({peak_mb:,.0f} MB)"
+    )
+    print(
+        f"load average (1 min): start {load_start:.2f}, export start {load_run:.2f}, "
+        f"end {load_end:.2f}"
+    )
+    if load_run > 1.5:
+        print(
+            f"WARNING: load average {load_run:.2f} > 1.5 when the export started: these "
+            "figures measure contention, not the code"
+        )
+    print(f"users_per_s={rate:.0f} peak_rss_mb={peak_mb:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The score log (migration 0075): every score given, batch or online, appended once.
+
+A row says who was scored, as of when, by which model and feature set, the points and
+probability, the reason codes (feature, text and points — never the applicant's values or
+their percentiles), who asked and when (docs/invariants.md#10). The table is append-only like
+the consent ledger; only an erasure deletes (``hearth.admin.privacy.erase_user``), and a
+withdrawal keeps the rows: the decision happened. ``GET /v1/users/{id}/scores`` reads it back,
+the trail for an explanation request or a dispute.
+
+Appends take the DERIVED gate shared (``hearth.ledger``) and keep only users that still exist:
+an erasure holds that gate exclusively while it deletes and verifies, so a score either commits
+before it (and is erased with the rest) or finds the user gone and is not written — a batch
+scored from an export made before an erasure never brings the user back.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from hearth.db import AsyncConn, Conn
+from hearth.ledger import GATE_DERIVED, gate_sql
+
+BATCH = "batch"
+ONLINE = "online"
+MAX_READ = 1_000
+
+
+@dataclass(frozen=True)
+class LogRow:
+    user_id: str
+    as_of: datetime
+    model_version: str
+    feature_set_version: str
+    points: int
+    probability: float
+    reasons: list[dict[str, Any]]  # scoring.log_reasons: feature, text, points
+    requested_by: str
+    channel: str
+    batch_id: uuid.UUID | None = None
+
+    def record(self) -> tuple[object, ...]:
+        return (
+            self.user_id,
+            self.as_of,
+            self.model_version,
+            self.feature_set_version,
+            self.points,
+            self.probability,
+            json.dumps(self.reasons, allow_nan=False),
+            self.requested_by,
+            self.channel,
+            self.batch_id,
+        )
+
+
+COLUMNS = (
+    "user_id, as_of, model_version, feature_set_version, points, probability, reasons, "
+    "requested_by, channel, batch_id"
+)
+_INSERT_SQL = f"""
+    INSERT INTO score_log ({COLUMNS})
+    SELECT r.* FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::int[],
+                           %s::float8[], %s::jsonb[], %s::text[], %s::text[], %s::uuid[])
+           AS r({COLUMNS})
+      JOIN users u ON u.user_id = r.user_id
+"""
+_STAGE_SQL = """CREATE TEMP TABLE IF NOT EXISTS score_log_stage
+                    (LIKE score_log INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"""
+_MOVE_SQL = f"""
+    INSERT INTO score_log ({COLUMNS})
+    SELECT {", ".join("s." + c for c in COLUMNS.split(", "))}
+      FROM score_log_stage s JOIN users u ON u.user_id = s.user_id
+"""
+
+
+def _columns(rows: Sequence[LogRow]) -> list[list[object]]:
+    records = [r.record() for r in rows]
+    return [list(column) for column in zip(*records, strict=True)]
+
+
+def append(conn: Conn, rows: Sequence[LogRow]) -> None:
+    """Append ``rows`` in one transaction."""
+    if rows:
+        with conn.transaction():
+            conn.execute(gate_sql(GATE_DERIVED))
+            conn.execute(_INSERT_SQL, _columns(rows))
+
+
+async def append_async(conn: AsyncConn, rows: Sequence[LogRow]) -> None:
+    if rows:
+        async with conn.transaction():
+            await conn.execute(gate_sql(GATE_DERIVED))
+            await conn.execute(_INSERT_SQL, _columns(rows))
+
+
+def copy_batch_part(conn: Conn, text: str, batch_id: uuid.UUID, part: int, count: int) -> bool:
+    """Log one part of a batch run (``text``: its rows as COPY text, columns :data:`COLUMNS`)
+    with its marker, in one transaction; False (and nothing logged) when the part was logged
+    before (a resumed run)."""
+    with conn.transaction():
+        inserted = conn.execute(
+            """INSERT INTO score_batch_parts (batch_id, part, rows) VALUES (%s, %s, %s)
+               ON CONFLICT DO NOTHING""",
+            (batch_id, part, count),
+        ).rowcount
+        if not inserted:
+            return False
+        conn.execute(_STAGE_SQL)
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY score_log_stage ({COLUMNS}) FROM STDIN") as copy:
+                copy.write(text)
+            cur.execute(gate_sql(GATE_DERIVED))  # before the move reads users
+            cur.execute(_MOVE_SQL)
+    return True
+
+
+def part_logged(conn: Conn, batch_id: uuid.UUID, part: int) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM score_batch_parts WHERE batch_id = %s AND part = %s", (batch_id, part)
+    ).fetchone()
+    return row is not None
+
+
+_READ_SQL = """
+    SELECT scored_at, as_of, model_version, feature_set_version, points, probability, reasons,
+           requested_by, channel, batch_id
+      FROM score_log WHERE user_id = %(user)s
+     ORDER BY scored_at DESC LIMIT %(limit)s
+"""
+
+
+def _entry(r: Sequence[Any]) -> dict[str, Any]:
+    scored_at, as_of, model, version, points, probability, reasons, who, channel, batch = r
+    return {
+        "scored_at": scored_at.isoformat(),
+        "as_of": as_of.isoformat(),
+        "model_version": model,
+        "feature_set_version": version,
+        "points": points,
+        "probability": probability,
+        "reasons": reasons if isinstance(reasons, list) else json.loads(str(reasons)),
+        "requested_by": who,
+        "channel": channel,
+        "batch_id": None if batch is None else str(batch),
+    }
+
+
+def read_scores(conn: Conn, user_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    """A user's scores, newest first."""
+    rows = conn.execute(_READ_SQL, {"user": user_id, "limit": limit}).fetchall()
+    return [_entry(r) for r in rows]
+
+
+async def read_scores_async(
+    conn: AsyncConn, user_id: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    cur = await conn.execute(_READ_SQL, {"user": user_id, "limit": limit})
+    return [_entry(r) for r in await cur.fetchall()]
