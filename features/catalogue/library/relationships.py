@@ -182,7 +182,8 @@ def _linked_data(g: _Graph) -> Bool:
 @feature("linkable_night_share", family=FAMILY, unit="ratio", category=_C,
          null_semantics="0 means no linkable data (no night-time network seen under consent to "
          "relationships and connectivity or location), as opposed to living alone",
-         citation=CITATION)  # fmt: skip
+         citation=CITATION,
+         reason="Nights with home network data")  # fmt: skip
 def linkable_night_share(w: Window) -> Result:
     """Share of the window's nights on which the user saw a network that could link them.
 
@@ -198,7 +199,8 @@ def linkable_night_share(w: Window) -> Result:
 @feature("household_size", family=FAMILY, unit="people", category=_C,
          null_semantics="null without linkable night-time data (see linkable_night_share); "
          "1 is a measured 'lives alone, as far as consenting users show'",
-         citation=CITATION)  # fmt: skip
+         citation=CITATION,
+         reason="Household size")  # fmt: skip
 def household_size(w: Window) -> Result:
     """Observed household size: the user and every consenting person linked to them.
 
@@ -253,7 +255,8 @@ def _churn_and_tenure(w: Window) -> tuple[Result, Result]:
 
 @feature("household_churn", family=FAMILY, unit="ratio", category=_C,
          null_semantics="null without two consecutive weeks with linkable night-time data",
-         citation=CITATION + "; Jaccard 1912")  # fmt: skip
+         citation=CITATION + "; Jaccard 1912",
+         reason="Changes in who lives in the household")  # fmt: skip
 def household_churn(w: Window) -> Result:
     """Mean Jaccard distance between the co-resident sets of consecutive observed weeks.
 
@@ -266,7 +269,8 @@ def household_churn(w: Window) -> Result:
 
 @feature("household_tenure", family=FAMILY, unit="days", category=_C,
          null_semantics="null without linkable night-time data; censored at the window start "
-         "(no change seen: days since the first observed week)", citation=CITATION)  # fmt: skip
+         "(no change seen: days since the first observed week)", citation=CITATION,
+         reason="Time since the household last changed")  # fmt: skip
 def household_tenure(w: Window) -> Result:
     """Days since the set of co-residents last changed (censored at the window start).
 
@@ -277,7 +281,8 @@ def household_tenure(w: Window) -> Result:
 
 
 @feature("household_network_stability", family=FAMILY, unit="ratio", category=_C,
-         null_semantics="null without linkable night-time data", citation=CITATION)  # fmt: skip
+         null_semantics="null without linkable night-time data", citation=CITATION,
+         reason="Nights the home network was seen")  # fmt: skip
 def household_network_stability(w: Window) -> Result:
     """Share of the window's nights on which the home network was seen by any household member.
 
@@ -295,7 +300,8 @@ def household_network_stability(w: Window) -> Result:
 
 @feature("daytime_network_regularity", family=FAMILY, unit="ratio", category=_C,
          null_semantics="null without any weekday working-hours Wi-Fi sighting; 0 when none of "
-         "them is a network shared with another consenting person", citation=CITATION)  # fmt: skip
+         "them is a network shared with another consenting person", citation=CITATION,
+         reason="Weekdays on a shared daytime network")  # fmt: skip
 def daytime_network_regularity(w: Window) -> Result:
     """Share of weekdays on which the user was on their shared daytime network.
 
