@@ -9,8 +9,12 @@ COPY (triggers off while loading; consent_state filled from the ledger). Then
 ``features.book.export.export_book`` writes the book as of D in this process, sampled for peak
 RSS, against the named baseline: the per-user read through the snapshot store's current API
 (``features.snapshots.store.latest_snapshot``, one query per user) on a sample of users.
-Targets (issue 17): >= 50,000 users/s per process and <= 1 GB, on a quiet machine. Last line:
-``users_per_s=… peak_rss_mb=…``.
+Peak RSS is sampled by bench/_common.py's ``RssSampler`` (MB = 2**20 bytes, as in every bench).
+Targets (issue 17): >= 50,000 users/s per process and <= 1,000 MB, on a quiet machine. The table,
+targets, load average and last line come from bench/_common.py (``Bench``); its load at start is
+the load once the seeding is done, when the measured work starts (the load before seeding is
+printed too). Last line: ``users_per_s=… peak_rss_mb=… load_start=… load_end=…`` (and the
+harness's warning token when the load at start was above 1.5).
 """
 
 from __future__ import annotations
@@ -19,17 +23,16 @@ import argparse
 import json
 import os
 import random
-import secrets
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._common import BASE_URL, Bench, RssSampler, load_1m, scratch_database  # noqa: E402
 
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 CATEGORIES = ("location", "connectivity", "device_health", "energy", "presence")
@@ -123,30 +126,19 @@ def _baseline(url: str, users: int) -> float:
 
 def _export(url: str, out: Path, part_users: int) -> tuple[float, float, int]:
     """(seconds, peak RSS MB of this process, rows) of one export."""
-    import psutil
-
     from features.book.export import export_book
 
-    proc = psutil.Process()
-    peak = proc.memory_info().rss
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, proc.memory_info().rss)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = RssSampler([os.getpid()])
     sampler.start()
     start = time.perf_counter()
-    result = export_book(
-        url, AS_OF, out, max_age=timedelta(hours=36), part_users=part_users, progress=False
-    )
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    return seconds, peak / 1e6, result.rows
+    try:
+        result = export_book(
+            url, AS_OF, out, max_age=timedelta(hours=36), part_users=part_users, progress=False
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        peak_mb = sampler.stop()
+    return seconds, peak_mb, result.rows
 
 
 def main() -> None:
@@ -155,59 +147,35 @@ def main() -> None:
     parser.add_argument("--part-users", type=int, default=50_000)
     args = parser.parse_args()
 
-    import psycopg
-
-    load_start = os.getloadavg()[0]
-    base = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
-    name = f"hearth_bench_{secrets.token_hex(3)}"
-    url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
-    try:
+    load_before_seed = load_1m()
+    with scratch_database(BASE_URL) as url:
         t0 = time.perf_counter()
         _seed(url, args.users)
         print(f"seeded {args.users} users in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        load_run = os.getloadavg()[0]
+        bench = Bench()  # the load when the export starts: seeding is not measured
         baseline = _baseline(url, args.users)
         with tempfile.TemporaryDirectory() as tmp:
             seconds, peak_mb, rows = _export(url, Path(tmp) / "book", args.part_users)
             size_mb = sum(p.stat().st_size for p in (Path(tmp) / "book").iterdir()) / 1e6
             manifest = json.loads((Path(tmp) / "book" / "manifest.json").read_text())
-    finally:
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    load_end = os.getloadavg()[0]
     rate = args.users / seconds
 
-    print(f"{'run':<44}{'users/s':>10}{'ratio':>8}{'peak MB':>9}{'seconds':>9}")
-    print(
-        f"{'export (parts, manifest, population)':<44}{rate:>10.0f}{rate / baseline:>8.2f}"
-        f"{peak_mb:>9.0f}{seconds:>9.1f}"
-    )
-    print(f"{'  baseline: latest_snapshot() per user':<44}{baseline:>10.0f}{1.0:>8.2f}")
+    bench.table(
+        ["run", "users/s", "ratio", "peak MB", "seconds"],
+        [
+            ["export (parts, manifest, population)", f"{rate:.0f}", f"{rate / baseline:.2f}",
+             f"{peak_mb:.0f}", f"{seconds:.1f}"],
+            ["  baseline: latest_snapshot() per user", f"{baseline:.0f}", "1.00", "", ""],
+        ],
+    )  # fmt: skip
     print(
         f"rows {rows} of {args.users} users; {len(manifest['files'])} files, {size_mb:.0f} MB; "
         f"left out {manifest['left_out']}"
     )
-    print("targets:")
-    print(
-        f"  >= {USERS_PER_S_TARGET:,.0f} users/s per process: "
-        f"{'PASS' if rate >= USERS_PER_S_TARGET else 'FAIL'} ({rate:,.0f})"
-    )
-    print(
-        f"  <= {PEAK_MB_TARGET:,.0f} MB peak RSS: "
-        f"{'PASS' if peak_mb <= PEAK_MB_TARGET else 'FAIL'} ({peak_mb:,.0f} MB)"
-    )
-    print(
-        f"load average (1 min): start {load_start:.2f}, export start {load_run:.2f}, "
-        f"end {load_end:.2f}"
-    )
-    if load_run > 1.5:
-        print(
-            f"WARNING: load average {load_run:.2f} > 1.5 when the export started: these "
-            "figures measure contention, not the code"
-        )
-    print(f"users_per_s={rate:.0f} peak_rss_mb={peak_mb:.0f}")
+    print(f"load average (1 min) before seeding: {load_before_seed:.2f}")
+    bench.target("export users/s per process", rate, ">=", USERS_PER_S_TARGET, "users/s")
+    bench.target("export peak RSS", peak_mb, "<=", PEAK_MB_TARGET, "MB")
+    bench.finish(users_per_s=f"{rate:.0f}", peak_rss_mb=f"{peak_mb:.0f}")
 
 
 if __name__ == "__main__":

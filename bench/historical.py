@@ -15,9 +15,13 @@ the same 100,000 rows x 24 features in 1.8-2.1 s at ~480 MB on this kind of mach
 The database (``hearth_bench_hist_<users>x<days>``) is kept and reused: its snapshots take a
 while to backfill (resumable: an interrupted build continues), retrieval is what is measured.
 ``--fresh`` rebuilds it; ``--build-only`` builds it and stops (before a quiet-machine run).
-Each retrieval runs ``--repeat`` times after a warm-up; the best time counts. Last line:
-``historical_24_s=… historical_all_s=… exact_rows_s=… service_rss_mb=… client_rss_mb=…
-load_start=… load_end=…``.
+Each retrieval runs ``--repeat`` times after a warm-up; the best time counts. Peak RSS: the
+service sampled from outside (``RssSampler``), the client its own ``ru_maxrss``. Targets (issue
+15): 24 features <= 1 s, all <= 2 s, <= 500 MB each for service and client. The table, targets,
+load average and last line come from bench/_common.py (``Bench``; the load at start is taken
+before the database is built or reused). Last line: ``historical_24_s=… historical_all_s=…
+exact_rows_s=… service_rss_mb=… client_rss_mb=… load_start=… load_end=…`` (and the harness's
+warning token when the load at start was above 1.5).
 """
 
 from __future__ import annotations
@@ -28,10 +32,8 @@ import importlib.util
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
@@ -42,7 +44,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import BASE_URL, with_db
+from bench._common import BASE_URL, Bench, RssSampler, drop_database, peak_rss_mb, with_db
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.snapshots.materialize import as_of_range, materialize_chunk, prepare
 from hearth.migrate import migrate
@@ -83,10 +85,11 @@ def ensure_database(users: int, days: int, fresh: bool, workers: int, chunk: int
     url = with_db(BASE_URL, name)
     with psycopg.connect(BASE_URL, autocommit=True) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists and fresh:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            exists = None
-        if not exists:
+    if exists and fresh:
+        drop_database(name)
+        exists = None
+    if not exists:
+        with psycopg.connect(BASE_URL, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
     as_ofs = _as_ofs(days)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -156,7 +159,7 @@ def child_client(url: str, users: int, days: int, rows: int, exact_rows: int, re
     result = client.historical(exact, mode="exact", features=SELECTED)
     out["exact_s"] = time.perf_counter() - t0
     out["exact_computed"] = int((result["source"] == "computed").sum())
-    out["client_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["client_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 
@@ -174,19 +177,6 @@ def _serve(db_url: str, port: int) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _peak_rss(pid: int, stop: threading.Event, out: list[float]) -> None:
-    import psutil
-
-    proc = psutil.Process(pid)
-    peak = 0
-    while not stop.wait(0.02):
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-    out.append(peak / 2**20)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10_000)
@@ -200,7 +190,7 @@ def main() -> int:
     parser.add_argument("--build-only", action="store_true", help="build the database, no run")
     args = parser.parse_args()
 
-    load_start = os.getloadavg()[0]
+    bench = Bench()
     db_url = ensure_database(args.users, args.days, args.fresh, args.workers, args.chunk_size)
     if args.build_only:
         return 0
@@ -210,73 +200,64 @@ def main() -> int:
     port = free_port()
     service = _serve(db_url, port)
     url = f"http://127.0.0.1:{port}"
-    stop, service_peak = threading.Event(), []
+    sampler: RssSampler | None = None
     try:
         wait_ready(url, deadline_s=60)
-        sampler = threading.Thread(target=_peak_rss, args=(service.pid, stop, service_peak))
+        sampler = RssSampler([service.pid])
         sampler.start()
         child = subprocess.run(
             [sys.executable, __file__, "_client", url, str(args.users), str(args.days),
              str(args.rows), str(args.exact_rows), str(args.repeat)],
             cwd=ROOT, capture_output=True, text=True, check=False,
         )  # fmt: skip
-        stop.set()
-        sampler.join()
     finally:
+        service_mb = sampler.stop() if sampler is not None else float("nan")
         service.terminate()
         service.wait(timeout=30)
     if child.returncode != 0:
         print(child.stderr, file=sys.stderr)
-        print(f"error=client_failed returncode={child.returncode}")
+        bench.finish(error="client_failed", returncode=child.returncode)
         return 1
     r = json.loads(child.stdout.strip().splitlines()[-1])
-    load_end = os.getloadavg()[0]
-    return report(args, r, service_peak[0] if service_peak else float("nan"), load_start, load_end)
+    report(bench, args, r, service_mb)
+    return 0
 
 
-def report(
-    args: argparse.Namespace, r: dict[str, Any], service_mb: float, load_start: float,
-    load_end: float,
-) -> int:  # fmt: skip
+def report(bench: Bench, args: argparse.Namespace, r: dict[str, Any], service_mb: float) -> None:
     client_mb = float(r["client_rss_mb"])
     rows, exact_rows = args.rows, args.exact_rows
     feast = sum(FEAST_S) / 2
     print(f"\n{args.users:,} users x {args.days} daily snapshots; {rows:,} training rows "
           f"(mode snapshot, max_age 1 day); best of {args.repeat}")  # fmt: skip
-    print(f"{'run':<30}{'seconds':>9}{'rows/s':>11}{'x Feast':>9}{'target':>9}{'':>6}")
+    table: list[list[str]] = []
     for label, key, target in (
         ("24 features", "historical_24_s", TARGET_24_S),
         (f"all {len(DEFINITIONS)} features", "historical_all_s", TARGET_ALL_S),
     ):
         s = float(r[key])
-        verdict = "PASS" if s <= target else "FAIL"
-        print(
-            f"{label:<30}{s:>9.2f}{rows / s:>11,.0f}{feast / s:>9.2f}{target:>8.1f}s {verdict:>5}"
-        )
+        table.append([label, f"{s:.2f}", f"{rows / s:,.0f}", f"{feast / s:.2f}"])
+        bench.target(f"{label}, {rows:,} rows", s, "<=", target, "s")
     exact_rate = exact_rows / float(r["exact_s"])
-    print(f"{f'mode exact, {exact_rows:,} rows':<30}{float(r['exact_s']):>9.2f}"
-          f"{exact_rate:>11,.0f}{'':>9}{'-':>9}")  # fmt: skip
+    table.append([f"mode exact, {exact_rows:,} rows", f"{float(r['exact_s']):.2f}",
+                  f"{exact_rate:,.0f}", ""])  # fmt: skip
+    bench.table(["run", "seconds", "rows/s", "x Feast"], table)
     print(f"computed by the engine: {r['exact_computed']:,} of {exact_rows:,} exact rows; "
           f"training rows with a reason: {r['reasons_24']} / {r['reasons_all']}")  # fmt: skip
-    rss_ok = max(service_mb, client_mb) <= TARGET_RSS_MB
-    print(f"peak RSS: service {service_mb:.0f} MB, client {client_mb:.0f} MB "
-          f"(target <= {TARGET_RSS_MB:.0f} MB each): {'PASS' if rss_ok else 'FAIL'}")  # fmt: skip
+    print(f"peak RSS: service {service_mb:.0f} MB, client {client_mb:.0f} MB")
     print(f"Feast 0.67 on the same workload (24 features): {FEAST_S[0]}-{FEAST_S[1]} s, ~480 MB")
-    print(f"load average (1 min): {load_start:.2f} at start, {load_end:.2f} at end")
-    last = (
-        f"historical_24_s={float(r['historical_24_s']):.2f} "
-        f"historical_all_s={float(r['historical_all_s']):.2f} exact_rows_s={exact_rate:.0f} "
-        f"service_rss_mb={service_mb:.0f} client_rss_mb={client_mb:.0f} "
-        f"load_start={load_start:.2f} load_end={load_end:.2f}"
+    bench.target("service peak RSS", service_mb, "<=", TARGET_RSS_MB, "MB")
+    bench.target("client peak RSS", client_mb, "<=", TARGET_RSS_MB, "MB")
+    bench.finish(
+        historical_24_s=f"{float(r['historical_24_s']):.2f}",
+        historical_all_s=f"{float(r['historical_all_s']):.2f}",
+        exact_rows_s=f"{exact_rate:.0f}",
+        service_rss_mb=f"{service_mb:.0f}",
+        client_rss_mb=f"{client_mb:.0f}",
     )
-    if load_start > 1.5:
-        last += " warning=load_above_1.5_at_start:figures_measure_contention"
-    print(last)
-    return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_client":
-        child_client(sys.argv[2], *(int(a) for a in sys.argv[3:8]))  # type: ignore[arg-type]
+        child_client(sys.argv[2], *(int(a) for a in sys.argv[3:8]))
     else:
         raise SystemExit(main())

@@ -17,14 +17,13 @@ run with over the best run without; the target is ≤ 1.20.
 Real figures only from a quiet machine: ``/work/shared/tools/measure .venv/bin/python
 bench/relationships.py``. Last line: ``users=… without_s=… with_s=… added=… graph_s=…
 peak_rss_mb=… load_start=… load_end=…`` (+ a warning token when the load at start was above
-1.5). Prints what ``bench/_common.py`` prints (written by hand until that helper is merged).
+1.5), printed through ``bench/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import secrets
 import sys
 import time
@@ -38,8 +37,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.features import AS_OF, BASE_URL, DAYS, synthesise
-from bench.fleet import drop_database, with_db
+from bench._common import BASE_URL, Bench, peak_rss_mb, scratch_database
+from bench.features import AS_OF, DAYS, synthesise
 from features.engine import DEFAULT_CHUNK_USERS, runner
 from features.rollups import refresh_rollups
 from features.snapshots.materialize import materialize
@@ -48,7 +47,6 @@ from hearth.migrate import migrate
 
 TARGET_ADDED = 0.20
 LATE_SHARE = 0.05  # bench/features.py's default: readings ingested after T
-CONTENDED_LOAD = 1.5
 MEMBERS = 2.32  # mean household size (device_sim/README.md)
 
 
@@ -125,68 +123,57 @@ def main() -> int:
     args = parser.parse_args()
     # Stored snapshots name their link ends by keyed hash (hearth.ledger.link_end_ref).
     os.environ.setdefault("HEARTH_PSEUDONYM_KEY", secrets.token_hex(16))
-    load_start = os.getloadavg()[0]
-    started = time.monotonic()
-    name = f"hearth_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(BASE_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
-    url = with_db(BASE_URL, name)
+    bench = Bench()
     runs: list[tuple[str, float, float]] = []  # (kind, seconds, graph seconds)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            migrate(conn)
-            t0 = time.perf_counter()
-            rows = synthesise(conn, url, args.users, LATE_SHARE)
-            rows += add_households(conn, url, args.users)
-            print(f"synthesised {rows:,} raw readings for {args.users:,} users x {DAYS} days "
-                  f"in {time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
-            users = [str(r[0]) for r in conn.execute("SELECT user_id FROM users ORDER BY 1")]
-            for _ in range(args.rounds):
-                for kind in ("without", "with"):
-                    with without_graph() if kind == "without" else _nothing():
-                        result = materialize(
-                            conn, AS_OF, users=users, chunk_size=args.chunk_size, force=True,
-                            progress=False, database_url=url,
-                        )  # fmt: skip
-                    runs.append((kind, result.seconds, result.timings.graph_s))
-                    print(f"  {kind:>7} graph: {result.seconds:6.1f}s", flush=True)
-            linked = conn.execute(
-                """SELECT count(*) FILTER (WHERE (hearth_snapshot_vector(feature_set_version,
-                                                  vals, covs, withheld)
-                                                  -> 'household_size_30d' ->> 'value')::float > 1),
-                          count(*) FROM feature_snapshots"""
-            ).fetchone()
-    finally:
-        if not args.keep:
-            drop_database(name)
+    with (
+        scratch_database(BASE_URL, keep=args.keep) as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        migrate(conn)
+        t0 = time.perf_counter()
+        rows = synthesise(conn, url, args.users, LATE_SHARE)
+        rows += add_households(conn, url, args.users)
+        print(f"synthesised {rows:,} raw readings for {args.users:,} users x {DAYS} days "
+              f"in {time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
+        users = [str(r[0]) for r in conn.execute("SELECT user_id FROM users ORDER BY 1")]
+        for _ in range(args.rounds):
+            for kind in ("without", "with"):
+                with without_graph() if kind == "without" else _nothing():
+                    result = materialize(
+                        conn, AS_OF, users=users, chunk_size=args.chunk_size, force=True,
+                        progress=False, database_url=url,
+                    )  # fmt: skip
+                runs.append((kind, result.seconds, result.timings.graph_s))
+                print(f"  {kind:>7} graph: {result.seconds:6.1f}s", flush=True)
+        linked = conn.execute(
+            """SELECT count(*) FILTER (WHERE (hearth_snapshot_vector(feature_set_version,
+                                              vals, covs, withheld)
+                                              -> 'household_size_30d' ->> 'value')::float > 1),
+                      count(*) FROM feature_snapshots"""
+        ).fetchone()
     best = {k: min(s for kind, s, _ in runs if kind == k) for k in ("without", "with")}
     graph_s = min(g for kind, _, g in runs if kind == "with")
     added = best["with"] / best["without"] - 1
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss = peak_rss_mb()
     print()
-    print(f"{'run':<14} {'seconds':>8} {'users/s':>8} {'vs without':>11} {'peak RSS MB':>12}")
-    for kind, secs, _ in runs:
-        print(f"{kind + ' graph':<14} {secs:>8.1f} {args.users / secs:>8.0f} "
-              f"{secs / best['without']:>11.2f} {rss:>12.0f}")  # fmt: skip
+    bench.table(
+        ["run", "seconds", "users/s", "vs without", "peak RSS MB"],
+        [
+            (f"{kind} graph", f"{secs:.1f}", f"{args.users / secs:.0f}",
+             f"{secs / best['without']:.2f}", f"{rss:.0f}")
+            for kind, secs, _ in runs
+        ],
+    )  # fmt: skip
     assert linked is not None
     print(f"users with a household (size_30d > 1): {linked[0]} of {linked[1]}")
-    verdict = "PASS" if added <= TARGET_ADDED else "FAIL"
-    print("targets:")
-    print(f"  {verdict}  relationship features add: {100 * added:.1f} % "
-          f"(target <= {100 * TARGET_ADDED:.0f} %)")  # fmt: skip
-    load_end = os.getloadavg()[0]
-    print(f"load average (1 min): {load_start:.2f} at start, {load_end:.2f} at end "
-          f"({time.monotonic() - started:.0f} s)")  # fmt: skip
-    warning = ""
-    if load_start > CONTENDED_LOAD:
-        print(f"WARNING: load at start {load_start:.2f} > {CONTENDED_LOAD}: on 2 cores these "
-              "figures measure contention, not Hearth; rerun through /work/shared/tools/measure "
-              "on a quiet machine", file=sys.stderr)  # fmt: skip
-        warning = " warning=load_start_above_1.5:figures_measure_contention"
-    print(
-        f"users={args.users} without_s={best['without']:.1f} with_s={best['with']:.1f} "
-        f"added={added:.3f} graph_s={graph_s:.1f} peak_rss_mb={rss:.0f} "
-        f"load_start={load_start:.2f} load_end={load_end:.2f}{warning}"
+    bench.target("relationship features add", 100 * added, "<=", 100 * TARGET_ADDED, "%")
+    bench.finish(
+        users=args.users,
+        without_s=f"{best['without']:.1f}",
+        with_s=f"{best['with']:.1f}",
+        added=f"{added:.3f}",
+        graph_s=f"{graph_s:.1f}",
+        peak_rss_mb=f"{rss:.0f}",
     )
     return 0
 

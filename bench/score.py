@@ -13,8 +13,11 @@ alone: no reasons, no files, no log). Online: ``--online-users`` users get conse
 snapshot; ``python -m features serve`` (a subprocess) answers ``POST /v1/scores`` for one user
 per request at a fixed offered load from another process (latency from the scheduled time, so
 queueing counts), against the named baseline ``GET /v1/users/{id}/features`` at the same load.
-Targets (issue 17): batch >= 20,000 users/s per process; online p99 <= 10 ms at 500 req/s, on
-a quiet machine. Last line: ``batch_users_s=… p99_ms=…``.
+Peak RSS of the batch is sampled by bench/_common.py's ``RssSampler`` (MB = 2**20 bytes).
+Targets (issue 17): batch >= 20,000 users/s per process; online p99 <= 10 ms at 500 req/s with no
+errors, on a quiet machine. The table, targets, load average and last line come from
+bench/_common.py (``Bench``). Last line: ``batch_users_s=… p99_ms=… load_start=… load_end=…``
+(and the harness's warning token when the load at start was above 1.5).
 """
 
 from __future__ import annotations
@@ -24,27 +27,23 @@ import asyncio
 import json
 import os
 import random
-import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._common import BASE_URL, Bench, RssSampler, scratch_database  # noqa: E402
 
 TOKEN = "bench-score-token-0123456789"
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 BATCH_TARGET = 20_000.0
 P99_TARGET_MS = 10.0
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
 
 
 # --- the online load (a child process) ----------------------------------------------------------
@@ -221,28 +220,17 @@ def _synthetic_export(directory: Path, users: int, part_users: int) -> None:
     return None
 
 
-def _peak_rss_during(work: object) -> tuple[float, float]:
+def _peak_rss_during(work: Callable[[], object]) -> tuple[float, float]:
     """(seconds, peak RSS in MB of this process) while ``work()`` runs."""
-    import psutil
-
-    proc = psutil.Process()
-    peak = proc.memory_info().rss
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, proc.memory_info().rss)
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = RssSampler([os.getpid()])
     sampler.start()
     start = time.perf_counter()
-    work()  # type: ignore[operator]
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    return seconds, peak / 1e6
+    try:
+        work()
+        seconds = time.perf_counter() - start
+    finally:
+        peak_mb = sampler.stop()
+    return seconds, peak_mb
 
 
 def _baseline_rate(model_dir: Path, export_dir: Path) -> float:
@@ -266,7 +254,7 @@ def _baseline_rate(model_dir: Path, export_dir: Path) -> float:
     )
     start = time.perf_counter()
     model.predict_proba(x)
-    return x.shape[0] / (time.perf_counter() - start)
+    return int(x.shape[0]) / (time.perf_counter() - start)
 
 
 def _wait(url: str) -> None:
@@ -292,15 +280,10 @@ def main() -> None:
     from tests.support.book import fit_model
     from tests.support.service import tokens_env
 
-    load_start = load_average()
-    base = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
-    name = f"hearth_bench_{secrets.token_hex(3)}"
-    url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
+    bench = Bench()
     service: subprocess.Popen[bytes] | None = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with scratch_database(BASE_URL) as url, tempfile.TemporaryDirectory() as tmp:
+        try:
             work = Path(tmp)
             t0 = time.perf_counter()
             _seed(url, args.users, min(args.online_users, args.users))
@@ -344,48 +327,31 @@ def main() -> None:
             online_users = min(args.online_users, args.users)
             online = _run_load(svc, online_users, args.rate, args.seconds, "scores")
             features = _run_load(svc, online_users, args.rate, args.seconds, "features")
-    finally:
-        if service is not None:
-            service.terminate()
-            service.wait(timeout=10)
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    load_end = load_average()
+        finally:
+            if service is not None:
+                service.terminate()
+                service.wait(timeout=10)
 
-    print(f"{'run':<44}{'rate':>14}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'peak MB':>9}")
-    print(
-        f"{'batch score (reasons, files, log)':<44}{batch_rate:>10.0f} u/s"
-        f"{batch_rate / baseline:>8.2f}{'':>9}{'':>9}{batch_mb:>9.0f}"
-    )
-    print(f"{'  baseline: sklearn predict_proba':<44}{baseline:>10.0f} u/s{1.0:>8.2f}")
-    print(
-        f"{f'POST /v1/scores 1 user @{args.rate:.0f} req/s':<44}{online['rps']:>8.0f} req/s"
-        f"{online['p99_ms'] / features['p99_ms']:>8.2f}{online['p50_ms']:>9.2f}"
-        f"{online['p99_ms']:>9.2f}"
-    )
-    print(
-        f"{f'  baseline: GET features @{args.rate:.0f} req/s':<44}{features['rps']:>8.0f} req/s"
-        f"{1.0:>8.2f}{features['p50_ms']:>9.2f}{features['p99_ms']:>9.2f}"
-    )
+    rate = f"{args.rate:.0f}"
+    bench.table(
+        ["run", "rate", "ratio", "p50 ms", "p99 ms", "peak MB"],
+        [
+            ["batch score (reasons, files, log)", f"{batch_rate:.0f} u/s",
+             f"{batch_rate / baseline:.2f}", "", "", f"{batch_mb:.0f}"],
+            ["  baseline: sklearn predict_proba", f"{baseline:.0f} u/s", "1.00", "", "", ""],
+            [f"POST /v1/scores 1 user @{rate} req/s", f"{online['rps']:.0f} req/s",
+             f"{online['p99_ms'] / features['p99_ms']:.2f}", f"{online['p50_ms']:.2f}",
+             f"{online['p99_ms']:.2f}", ""],
+            [f"  baseline: GET features @{rate} req/s", f"{features['rps']:.0f} req/s", "1.00",
+             f"{features['p50_ms']:.2f}", f"{features['p99_ms']:.2f}", ""],
+        ],
+    )  # fmt: skip
     print(f"errors: scores {online['errors']:.0f}, features {features['errors']:.0f}")
-    print("targets:")
-    ok_batch = batch_rate >= BATCH_TARGET
-    ok_p99 = online["p99_ms"] <= P99_TARGET_MS and online["errors"] == 0
-    print(
-        f"  batch >= {BATCH_TARGET:,.0f} users/s per process: "
-        f"{'PASS' if ok_batch else 'FAIL'} ({batch_rate:,.0f})"
-    )
-    print(
-        f"  POST /v1/scores p99 <= {P99_TARGET_MS:g} ms at {args.rate:.0f} req/s: "
-        f"{'PASS' if ok_p99 else 'FAIL'} ({online['p99_ms']:.2f} ms)"
-    )
-    print(f"load average (1 min): start {load_start:.2f}, end {load_end:.2f}")
-    if load_start > 1.5:
-        print(
-            f"WARNING: load average {load_start:.2f} > 1.5 at start: these figures measure "
-            "contention, not the code"
-        )
-    print(f"batch_users_s={batch_rate:.0f} p99_ms={online['p99_ms']:.2f}")
+    bench.target("batch users/s per process", batch_rate, ">=", BATCH_TARGET, "users/s")
+    bench.target(f"POST /v1/scores p99 at {rate} req/s", online["p99_ms"], "<=", P99_TARGET_MS,
+                 "ms")  # fmt: skip
+    bench.target("POST /v1/scores errors", online["errors"], "<=", 0)
+    bench.finish(batch_users_s=f"{batch_rate:.0f}", p99_ms=f"{online['p99_ms']:.2f}")
 
 
 if __name__ == "__main__":

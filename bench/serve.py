@@ -13,9 +13,11 @@ counts), then max throughput with a fixed number of concurrent connections. The 
 against a bare aiohttp handler returning a constant (the ceiling). Then the Python client reads
 100,000 (user, as_of) rows of those snapshots into a DataFrame (Arrow) — stored vectors at one
 as_of; the training-set workload, random times against daily snapshots, is
-bench/historical.py. Targets (issue 6): p99 <= 10 ms at 500 req/s, max throughput >= 50 % of the
-bare handler, historical <= 5 s and <= 500 MB. Last line: ``p50_ms=… p99_ms=… rps=…
-ratio_vs_bare=… historical_100k_s=… errors=… load_start=… load_end=…`` (and a warning when the
+bench/historical.py; the service's peak RSS meanwhile is sampled by bench/_common.py's
+``RssSampler``. Targets (issue 6): p99 <= 10 ms at 500 req/s, max throughput >= 50 % of the bare
+handler, historical <= 5 s and <= 500 MB. The table, targets, load average and last line come
+from bench/_common.py (``Bench``). Last line: ``p50_ms=… p99_ms=… rps=… ratio_vs_bare=…
+historical_100k_s=… errors=… load_start=… load_end=…`` (and the harness's warning token when the
 load at start was above 1.5).
 """
 
@@ -26,17 +28,16 @@ import asyncio
 import json
 import os
 import random
-import secrets
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._common import BASE_URL, Bench, RssSampler, scratch_database  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
@@ -197,33 +198,22 @@ def _wait(url: str) -> None:
 
 def _historical(url: str, users: int, rows: int, pid: int) -> tuple[float, float]:
     """(seconds, service peak RSS in MB) of ``rows`` rows into a DataFrame via Arrow."""
-    import psutil
-
     from features.client import HearthClient
 
     body_rows = [(f"b{random.randrange(users):06d}", AS_OF) for _ in range(rows)]
-    proc = psutil.Process(pid)
-    peak = proc.memory_info().rss
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, proc.memory_info().rss)
-            time.sleep(0.02)
-
     client = HearthClient(url, TOKEN, timeout_s=120)
     client.historical(body_rows[:1000])  # warm-up: imports, connections, statements
-    sampler = threading.Thread(target=sample)
+    sampler = RssSampler([pid])
     sampler.start()
     start = time.perf_counter()
-    frame = client.historical(body_rows)
-    elapsed = time.perf_counter() - start
-    done.set()
-    sampler.join()
+    try:
+        frame = client.historical(body_rows)
+        elapsed = time.perf_counter() - start
+    finally:
+        peak_mb = sampler.stop()
     assert len(frame) == rows, "historical returned a different number of rows"
     assert frame["reason"].isna().all(), "rows came back without a vector"
-    return elapsed, peak / 2**20
+    return elapsed, peak_mb
 
 
 def main() -> None:
@@ -234,82 +224,68 @@ def main() -> None:
     parser.add_argument("--historical-rows", type=int, default=100_000)
     args = parser.parse_args()
 
-    import psycopg
-
     from tests.conftest import free_port
     from tests.support.service import tokens_env
 
-    base = os.environ.get("HEARTH_DATABASE_URL", "postgresql://hearth:hearth@127.0.0.1:5432/hearth")
-    name = f"hearth_bench_{secrets.token_hex(3)}"
-    url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
-    load_start = os.getloadavg()[0]
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE hearth_template')
+    bench = Bench()
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        t0 = time.perf_counter()
-        _seed(url, args.users)
-        print(f"seeded {args.users} users in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        env = {
-            "HEARTH_DATABASE_URL": url,
-            "HEARTH_API_TOKENS": tokens_env({TOKEN: ["features:read"]}),
-        }
-        port, bare_port = free_port(), free_port()
-        service = _spawn("_serve", str(port), env=env)
-        bare = _spawn("_bare", str(bare_port))
-        procs += [service, bare]
-        svc_url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
-        _wait(svc_url)
-        _wait_bare(bare_url)
-        rows = []
-        fixed = _run_load(svc_url, args.users, args.rate, args.seconds)
-        rows.append((f"service @{args.rate:.0f} req/s", fixed))
-        bare_fixed = _run_load(bare_url, args.users, args.rate, args.seconds)
-        rows.append((f"bare @{args.rate:.0f} req/s", bare_fixed))
-        svc_max = _run_load(svc_url, args.users, 0, args.seconds / 2)
-        rows.append(("service max", svc_max))
-        bare_max = _run_load(bare_url, args.users, 0, args.seconds / 2)
-        rows.append(("bare max", bare_max))
-        hist_s, hist_mb = _historical(svc_url, args.users, args.historical_rows, service.pid)
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=10)
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(BASE_URL) as url:
+        try:
+            t0 = time.perf_counter()
+            _seed(url, args.users)
+            print(f"seeded {args.users} users in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+            env = {
+                "HEARTH_DATABASE_URL": url,
+                "HEARTH_API_TOKENS": tokens_env({TOKEN: ["features:read"]}),
+            }
+            port, bare_port = free_port(), free_port()
+            service = _spawn("_serve", str(port), env=env)
+            bare = _spawn("_bare", str(bare_port))
+            procs += [service, bare]
+            svc_url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
+            _wait(svc_url)
+            _wait_bare(bare_url)
+            rows = []
+            fixed = _run_load(svc_url, args.users, args.rate, args.seconds)
+            rows.append((f"service @{args.rate:.0f} req/s", fixed))
+            bare_fixed = _run_load(bare_url, args.users, args.rate, args.seconds)
+            rows.append((f"bare @{args.rate:.0f} req/s", bare_fixed))
+            svc_max = _run_load(svc_url, args.users, 0, args.seconds / 2)
+            rows.append(("service max", svc_max))
+            bare_max = _run_load(bare_url, args.users, 0, args.seconds / 2)
+            rows.append(("bare max", bare_max))
+            hist_s, hist_mb = _historical(svc_url, args.users, args.historical_rows, service.pid)
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(timeout=10)
 
-    load_end = os.getloadavg()[0]
-    print(f"{'run':<22}{'requests':>10}{'errors':>8}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for label, r in rows:
-        print(
-            f"{label:<22}{r['n']:>10.0f}{r['errors']:>8.0f}{r['rps']:>10.0f}"
-            f"{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
-        )
+    bench.table(
+        ["run", "requests", "errors", "rps", "p50 ms", "p99 ms"],
+        [
+            [label, f"{r['n']:.0f}", f"{r['errors']:.0f}", f"{r['rps']:.0f}",
+             f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}"]
+            for label, r in rows
+        ],
+    )  # fmt: skip
     ratio = svc_max["rps"] / bare_max["rps"]
     errors = int(fixed["errors"] + svc_max["errors"])
-
-    def verdict(ok: bool) -> str:
-        return "PASS" if ok else "FAIL"
-
-    p99_ok = verdict(fixed["p99_ms"] <= TARGET_P99_MS)
-    print(f"p99 at {args.rate:.0f} req/s: {fixed['p99_ms']:.2f} ms "
-          f"(target <= {TARGET_P99_MS:.0f} ms): {p99_ok}")  # fmt: skip
-    print(f"max throughput / bare handler: {ratio:.2f} (target >= {TARGET_RATIO:.2f}): "
-          f"{verdict(ratio >= TARGET_RATIO)}")  # fmt: skip
     print(f"historical {args.historical_rows:,} rows into a DataFrame: {hist_s:.2f}s, service peak "
-          f"RSS {hist_mb:.0f} MB (targets <= {TARGET_HISTORICAL_S:.0f} s, <= "
-          f"{TARGET_RSS_MB:.0f} MB): "
-          f"{verdict(hist_s <= TARGET_HISTORICAL_S and hist_mb <= TARGET_RSS_MB)}")  # fmt: skip
+          f"RSS {hist_mb:.0f} MB")  # fmt: skip
     print(f"errors (non-200 answers of the service): {errors}")
-    print(f"load average (1 min): {load_start:.2f} at start, {load_end:.2f} at end")
-    last = (
-        f"p50_ms={fixed['p50_ms']:.2f} p99_ms={fixed['p99_ms']:.2f} rps={svc_max['rps']:.0f} "
-        f"ratio_vs_bare={ratio:.2f} historical_100k_s={hist_s:.2f} errors={errors} "
-        f"load_start={load_start:.2f} load_end={load_end:.2f}"
+    bench.target(f"p99 at {args.rate:.0f} req/s", fixed["p99_ms"], "<=", TARGET_P99_MS, "ms")
+    bench.target("max throughput / bare handler", ratio, ">=", TARGET_RATIO)
+    bench.target(f"historical {args.historical_rows:,} rows", hist_s, "<=", TARGET_HISTORICAL_S,
+                 "s")  # fmt: skip
+    bench.target("service peak RSS during historical", hist_mb, "<=", TARGET_RSS_MB, "MB")
+    bench.finish(
+        p50_ms=f"{fixed['p50_ms']:.2f}",
+        p99_ms=f"{fixed['p99_ms']:.2f}",
+        rps=f"{svc_max['rps']:.0f}",
+        ratio_vs_bare=f"{ratio:.2f}",
+        historical_100k_s=f"{hist_s:.2f}",
+        errors=errors,
     )
-    if load_start > 1.5:
-        last += " warning=load_above_1.5_at_start:figures_measure_contention"
-    print(last)
 
 
 def _wait_bare(url: str, deadline_s: float = 10.0) -> None:
