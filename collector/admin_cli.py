@@ -35,6 +35,7 @@ from hearth.db import Conn, connect
 from hearth.errors import ConfigError, Invalid
 from hearth.formats import FORMATS
 from hearth.ledger import PURPOSES
+from hearth.notices import notice, notices
 from hearth.settings import get_settings
 from hearth.signals import DEVICE_KINDS, PURPOSE_CREDIT_SCORING, Category
 from hearth.times import parse_rfc3339
@@ -216,6 +217,11 @@ def _consent_batch(conn: Conn, args: argparse.Namespace) -> int:
 
 
 def cmd_consent(args: argparse.Namespace) -> int:
+    if args.action == "notice":  # the texts need no database
+        chosen = [notice(Category(args.category))] if args.category else notices()
+        for text in chosen:
+            _emit(text.to_json())
+        return 0
     with _connect() as conn:
         if args.batch:
             if args.action == "show":
@@ -457,7 +463,9 @@ def _add_devices(sub: SubParsers) -> None:
 
 def _add_consent(sub: SubParsers) -> None:
     """``consent grant|withdraw|show``."""
-    actions = _actions(sub, "consent", "grant, withdraw (and purge) or show consent", cmd_consent)
+    actions = _actions(
+        sub, "consent", "grant, withdraw (and purge) or show consent; notice texts", cmd_consent
+    )
     for action, help in (
         ("grant", "record a consent grant: collection of the category starts"),
         ("withdraw", "record a withdrawal and purge the user's data of the category"),
@@ -472,6 +480,11 @@ def _add_consent(sub: SubParsers) -> None:
         _batch_arg(p, "{user_id, category, at?, purpose?}")
     p = actions.add_parser("show", help="a user's consent history (JSON lines, oldest first)")
     p.add_argument("--user-id")
+    p.add_argument("--category", choices=[c.value for c in Category])
+    p.set_defaults(batch=None)
+    p = actions.add_parser(
+        "notice", help="the privacy notice of each category (its own toggle), as JSON lines"
+    )
     p.add_argument("--category", choices=[c.value for c in Category])
     p.set_defaults(batch=None)
 

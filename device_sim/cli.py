@@ -7,6 +7,10 @@ Sub-commands:
   (QoS 1, bounded window, every PUBACK awaited), withdraw the few withdrawals, print a summary.
   The three overlap (``device_sim/run.py``).
 * ``load`` — publish N valid canonical messages at a target rate, for ingest benchmarks.
+* ``register``, ``publish``, ``withdraw`` — ``run``'s phases one at a time on a generated
+  directory: register its devices and consent grants (one admin CLI call each), publish its
+  stream (late messages last), send its withdrawals. A fleet generated once is loaded with
+  the fewest processes (the end-to-end test's path).
 
 This module is argparse and output; the work is in ``generate``, ``run`` and ``load``. The
 simulator deliberately imports nothing from ``hearth``, ``collector`` or ``features``
@@ -36,8 +40,15 @@ from device_sim.publish import (
     PublishError,
     default_mqtt_url,
     parse_mqtt_url,
+    publish_files,
 )
-from device_sim.register import RegistrationError, withdraw_consent
+from device_sim.register import (
+    RegistrationError,
+    grant_consent,
+    read_credentials,
+    register_devices,
+    withdraw_consent,
+)
 from device_sim.run import RunOptions, realtime_heartbeats, run_fleet
 
 EXIT_USAGE = 2
@@ -299,6 +310,52 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0 if report.counts.acked == args.messages else 1
 
 
+def _generated(out: Path) -> Path:
+    if not (out / "devices.jsonl").is_file():
+        raise UsageError(f"--out {out}: no generated fleet (run python -m device_sim generate)")
+    return out
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    out = _generated(args.out)
+    started = time.monotonic()
+    creds = register_devices(out)
+    grants = grant_consent(out)
+    print(
+        f"devices={sum(1 for _ in (out / 'devices.jsonl').open())} credentials={len(creds)} "
+        f"grants={grants} elapsed_s={time.monotonic() - started:.1f}"
+    )
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    out = _generated(args.out)
+    mqtt_url = args.mqtt_url or default_mqtt_url()
+    try:
+        parse_mqtt_url(mqtt_url)
+    except ValueError as exc:
+        raise UsageError(f"--mqtt-url: {exc}") from None
+    creds = None if args.anonymous else read_credentials(out) or None
+    started = time.monotonic()
+    counts = Counts()
+    for pattern in ("part-*.tsv", "late-*.tsv"):  # late messages after everything else
+        files = sorted((out / "parts").glob(pattern))
+        counts.add(publish_files(mqtt_url, files, creds, args.processes, args.window))
+    elapsed = time.monotonic() - started
+    print(
+        f"published={counts.published} acked={counts.acked} refused={counts.refused} "
+        f"connect_failures={counts.connect_failures} elapsed_s={elapsed:.1f} "
+        f"rate={counts.acked / elapsed if elapsed > 0 else 0.0:.0f}"
+    )
+    lost = counts.published - counts.acked - counts.refused
+    return 0 if lost == 0 and counts.connect_failures == 0 and counts.refused == 0 else 1
+
+
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    print(f"withdrawals={withdraw_consent(_generated(args.out))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m device_sim",
@@ -345,6 +402,24 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--mqtt-url", default=None)
     lo.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     lo.set_defaults(func=cmd_load)
+
+    reg = sub.add_parser("register", help="register a generated fleet's devices and consent grants")
+    reg.add_argument("--out", type=Path, default=Path("out/sim"), help="generated directory")
+    reg.set_defaults(func=cmd_register)
+    pub = sub.add_parser("publish", help="publish a generated fleet's stream (late messages last)")
+    pub.add_argument("--out", type=Path, default=Path("out/sim"), help="generated directory")
+    pub.add_argument("--mqtt-url", default=None)
+    pub.add_argument("--processes", type=int, default=2, help="publisher processes")
+    pub.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    pub.add_argument(
+        "--anonymous",
+        action="store_true",
+        help="one connection per process instead of each device's own credentials",
+    )
+    pub.set_defaults(func=cmd_publish)
+    wd = sub.add_parser("withdraw", help="send a generated fleet's consent withdrawals (now)")
+    wd.add_argument("--out", type=Path, default=Path("out/sim"), help="generated directory")
+    wd.set_defaults(func=cmd_withdraw)
     return parser
 
 

@@ -15,6 +15,7 @@ CATEGORIES: tuple[str, ...] = (
     "presence",
     "climate",
     "usage",
+    "relationships",  # no signal of its own: links to other users (docs/invariants.md#9)
 )
 
 

@@ -52,6 +52,7 @@ class Rendered:
     late: list[str] = field(default_factory=list)  # published after everything else
     faults: Counter[str] = field(default_factory=Counter)
     base_messages: int = 0  # messages before any fault (what a healthy device would send)
+    device_days: int = 0  # UTC days of the history on which the device had messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +120,10 @@ def render_device(
     if n == 0:
         return out
     if not rates.any():  # the healthy fleet: what the general path below gives, without draws
+        out.device_days = int(np.unique((ts - cfg.start_ts) // 86400).size)
         return _render_healthy(out, hist, ts, clock)
     day_idx = (ts - cfg.start_ts) // 86400
+    out.device_days = int(np.unique(day_idx).size)
     draws = _FaultDraws.draw(cfg, n, spec.format, rng, len(spoof_ids))
     keep = ~draws.offline_days[np.clip(day_idx, 0, cfg.days)]
     out.faults["offline_device_days"] += int(draws.offline_days[np.unique(day_idx)].sum())

@@ -40,7 +40,7 @@ from device_sim.household import (
     household_specs,
     unconsented_router_spec,
 )
-from device_sim.persona import Fleet, Persona, draw_fleet, draw_persona
+from device_sim.persona import Fleet, Household, Persona, draw_fleet, draw_household
 from device_sim.world import LocalClock, format_rfc3339
 
 GROUND_TRUTH_FIELDS = (
@@ -64,6 +64,12 @@ GROUND_TRUTH_FIELDS = (
     "holidays",
     "sim_changes",
     "device_change_day",
+    "member",
+    "household_members",
+    "moved_in_day",
+    "moved_out_day",
+    "household_changes",
+    "workplace",
 )
 
 
@@ -78,6 +84,7 @@ class PartResult:
     base_by_format: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     late_lines: int = 0
+    device_days: int = 0
     sha_main: str = ""
     sha_late: str = ""
 
@@ -132,20 +139,21 @@ def plan_fleet(cfg: SimConfig) -> FleetPlan:
     for part in range(part_count(cfg)):
         records: list[dict[str, Any]] = []
         for index in _part_range(cfg, part):
-            persona = _persona_for(cfg, fleet, index)
+            household = _household_for(cfg, fleet, index)
             if index >= cfg.households:
-                spec = unconsented_router_spec(persona, _unconsented_router_ext(cfg, index))
+                spec = unconsented_router_spec(household.owner, _unconsented_router_ext(cfg, index))
                 records.append(_device_record(cfg, spec, False))
                 continue
-            records += [_device_record(cfg, spec, True) for spec in household_specs(cfg, persona)]
-            granted_at = format_rfc3339(cfg.start_ts - int(persona.grant_offset_days * 86400))
-            for cat in CATEGORIES:
-                if cat not in persona.declined:
-                    plan.grants.append(
-                        {"user_id": persona.user_id, "category": cat, "at": granted_at}
-                    )
-            for cat in persona.withdrawn:
-                plan.withdrawals.append({"user_id": persona.user_id, "category": cat})
+            records += [_device_record(cfg, spec, True) for spec in household_specs(cfg, household)]
+            for persona in household.members:
+                granted_at = format_rfc3339(cfg.start_ts - int(persona.grant_offset_days * 86400))
+                for cat in CATEGORIES:
+                    if cat not in persona.declined:
+                        plan.grants.append(
+                            {"user_id": persona.user_id, "category": cat, "at": granted_at}
+                        )
+                for cat in persona.withdrawn:
+                    plan.withdrawals.append({"user_id": persona.user_id, "category": cat})
         plan.parts.append(records)
     return plan
 
@@ -163,21 +171,25 @@ def write_plan(plan: FleetPlan, out_dir: Path) -> None:
                 f.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
-def _persona_for(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
-    """Persona of household ``index``; indices past the fleet are unconsented extra users."""
+def _household_for(cfg: SimConfig, fleet: Fleet, index: int) -> Household:
+    """Household ``index``; indices past the fleet are unconsented extra users (one member,
+    a router)."""
     if index < cfg.households:
-        return draw_persona(cfg, fleet, index)
+        return draw_household(cfg, fleet, index)
     j = index - cfg.households
-    base = draw_persona(cfg, fleet, j % cfg.households)
-    return replace(
+    base = draw_household(cfg, fleet, j % cfg.households).owner
+    user = replace(
         base,
         index=index,
         household_id=f"{cfg.prefix}-x{j:05d}",
         user_id=f"{cfg.prefix}-ux{j:05d}",
     )
+    return Household(index, user.household_id, (user,))
 
 
-def _gt_row(cfg: SimConfig, p: Persona, devices: list[DeviceHistory]) -> dict[str, Any]:
+def _gt_row(
+    cfg: SimConfig, household: Household, p: Persona, devices: list[DeviceHistory]
+) -> dict[str, Any]:
     clock = LocalClock(p.city.tz, cfg.start_ts, cfg.end_ts)
     local_app = p.application_ts + int(
         clock.offset_at(np.array([p.application_ts], dtype=np.int64))[0]
@@ -185,7 +197,7 @@ def _gt_row(cfg: SimConfig, p: Persona, devices: list[DeviceHistory]) -> dict[st
     return {
         "user_id": p.user_id,
         "household_id": p.household_id,
-        "latent_score": f"{p.stability:.6f}",
+        "latent_score": f"{p.latent:.6f}",
         "default": int(p.defaults),
         "default_probability": f"{p.default_probability:.6f}",
         "application_date": format_rfc3339(local_app)[:10],
@@ -203,6 +215,12 @@ def _gt_row(cfg: SimConfig, p: Persona, devices: list[DeviceHistory]) -> dict[st
         "holidays": len(p.holidays),
         "sim_changes": len(p.sim_change_days),
         "device_change_day": "" if p.device_change_day is None else p.device_change_day,
+        "member": p.member,
+        "household_members": len(household.members),
+        "moved_in_day": "" if p.moved_in_day is None else p.moved_in_day,
+        "moved_out_day": "" if p.moved_out_day is None else p.moved_out_day,
+        "household_changes": household.changes,
+        "workplace": "" if p.workplace is None else f"{p.city.name}:{p.workplace}",
     }
 
 
@@ -223,8 +241,8 @@ def generate_part(
         late_path.open("w", encoding="utf-8", newline="") as fl,
     ):
         for index in households:
-            persona = _persona_for(cfg, fleet, index)
-            sim = HouseholdSimulator(cfg, persona)
+            household = _household_for(cfg, fleet, index)
+            sim = HouseholdSimulator(cfg, household)
             consented = index < cfg.households
             if consented:
                 devices = sim.simulate()
@@ -245,9 +263,12 @@ def generate_part(
                 result.base_by_format[fmt] += rendered.base_messages
                 result.faults.update(rendered.faults)
                 result.late_lines += len(rendered.late)
+                result.device_days += rendered.device_days
                 result.devices.append(_device_record(cfg, dev.spec, consented))
             if consented:
-                result.ground_truth.append(_gt_row(cfg, persona, devices))
+                for member in household.members:
+                    own = [d for d in devices if d.spec.user_id == member.user_id]
+                    result.ground_truth.append(_gt_row(cfg, household, member, own))
     result.sha_main = sha_main.hexdigest()
     result.sha_late = sha_late.hexdigest()
     return result
@@ -271,6 +292,7 @@ class Generated:
     late_lines: int
     stream_sha256: str
     default_rate: float
+    device_days: int = 0  # (device, UTC day) pairs with messages: what offline faults draw on
 
     @property
     def messages(self) -> int:
@@ -338,7 +360,7 @@ def _collect_parts(
     messages: Counter[str] = Counter()
     base: Counter[str] = Counter()
     faults: Counter[str] = Counter()
-    devices = users = defaults = late = 0
+    devices = users = defaults = late = device_days = 0
     gt_path = ground_truth_path or out_dir / "ground_truth.csv"
     gt_path.parent.mkdir(parents=True, exist_ok=True)
     with gt_path.open("w", newline="") as f_gt:
@@ -351,6 +373,7 @@ def _collect_parts(
             base.update(res.base_by_format)
             faults.update(res.faults)
             late += res.late_lines
+            device_days += res.device_days
             devices += len(res.devices)
             if res.devices != plan.parts[res.index]:
                 raise RuntimeError(f"part {res.index}: simulated devices differ from the plan")
@@ -374,6 +397,7 @@ def _collect_parts(
         late_lines=late,
         stream_sha256=stream_hash.hexdigest(),
         default_rate=defaults / users if users else 0.0,
+        device_days=device_days,
     )
     _write_manifest(cfg, gen, gt_path)
     return gen
@@ -394,6 +418,7 @@ def _write_manifest(cfg: SimConfig, gen: Generated, gt_path: Path) -> None:
         "base_messages_by_format": dict(sorted(gen.base_by_format.items())),
         "faults": dict(sorted(gen.faults.items())),
         "late_lines": gen.late_lines,
+        "device_days": gen.device_days,
         "default_rate": gen.default_rate,
         "ground_truth": os.path.relpath(gt_path, gen.out_dir),
         "stream_sha256": gen.stream_sha256,

@@ -1,11 +1,14 @@
 """One household's simulated history: a day-by-day routine turned into device events.
 
 The routine (wake, leave, return, sleep, charging, nights away, holidays, outages, moves) is
-drawn per local day from the persona's traits; devices then observe it in their own format:
-the phone (OwnTracks fixes and home-region transitions), an optional phone companion app and
-router (canonical), a plug (Tasmota or Zigbee2MQTT), door, motion and climate sensors
-(Zigbee2MQTT). Events are spread over the day the way real devices report: night charging,
-morning door, evening power peak, location fixes while awake.
+drawn per local day from each member's traits; devices then observe it in their own format:
+each member's phone (OwnTracks fixes and home-region transitions) and optional phone companion
+app (canonical); the first member's router (canonical), plug (Tasmota or Zigbee2MQTT), door,
+motion and climate sensors (Zigbee2MQTT), which follow the first member's routine. Members
+share the home, its Wi-Fi and its outages while they live there (they move in and out on the
+days :mod:`device_sim.persona` drew), and live in a home of their own otherwise; coworkers
+share their workplace's Wi-Fi. Events are spread over the day the way real devices report:
+night charging, morning door, evening power peak, location fixes while awake.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import numpy as np
 
 from device_sim.config import SimConfig
 from device_sim.formats import Body, tasmota_uptime, wifi_quality
-from device_sim.persona import Persona, Traits
+from device_sim.persona import Household, Persona, Traits
 from device_sim.rand import FastRandom
-from device_sim.world import LocalClock, offset_point
+from device_sim.world import CITIES, LocalClock, offset_point
 
 # At scale 1 the devices send about 24.5 messages per household-day (measured; README,
 # "Message budget"), so scale = --messages-per-day / 24.5 hits the requested budget.
@@ -124,12 +127,19 @@ def _make_spec(
     )
 
 
-def household_specs(cfg: SimConfig, p: Persona) -> list[DeviceSpec]:
-    """The devices of a consenting household, in the order :meth:`HouseholdSimulator.simulate`
-    returns their histories. A function of the persona alone (no random draws), so a fleet can
-    be registered while it is still being simulated."""
+def household_specs(cfg: SimConfig, household: Household) -> list[DeviceSpec]:
+    """The devices of a consenting household, member by member, in the order
+    :meth:`HouseholdSimulator.simulate` returns their histories. A function of the personas
+    alone (no random draws), so a fleet can be registered while it is still being simulated."""
+    return [spec for p in household.members for spec in member_specs(cfg, p)]
+
+
+def member_specs(cfg: SimConfig, p: Persona) -> list[DeviceSpec]:
+    """One member's devices: phone(s), then the kinds in ``p.devices`` (the first member's
+    include the home's)."""
     prefix = cfg.prefix
-    owner = f"{prefix}h{p.index:05d}"
+    tag = "" if p.member == 0 else f"m{p.member}"
+    owner = f"{prefix}h{p.index:05d}{tag}"
     specs = []
     topics: tuple[str, ...]
     for name in ["phone"] + (["phone2"] if p.device_change_day is not None else []):
@@ -138,7 +148,8 @@ def household_specs(cfg: SimConfig, p: Persona) -> list[DeviceSpec]:
         specs.append(_make_spec(p, "phone", "owntracks", ext, topics))
     for kind in p.devices:
         if kind in ("phone_app", "router"):
-            ext = f"{prefix}-h{p.index:05d}-{'app' if kind == 'phone_app' else 'router'}"
+            member = f"-{tag}" if tag else ""
+            ext = f"{prefix}-h{p.index:05d}{member}-{'app' if kind == 'phone_app' else 'router'}"
             streams = ("usage", "sim") if kind == "phone_app" else ("status",)
             topics = tuple(f"hearth/v1/{ext}/{stream}" for stream in streams)
             specs.append(_make_spec(p, kind, "hearth", ext, topics))
@@ -223,13 +234,45 @@ class _PhoneBattery:
         return charging
 
 
-class HouseholdSimulator:
-    """Generates every device history of one household (deterministic in seed and index)."""
+def _workplace_wifi(cfg: SimConfig, p: Persona) -> tuple[str, str]:
+    """A shared workplace's network: a function of (seed, city, workplace) alone, so every
+    coworker's phone sees the same one."""
+    assert p.workplace is not None
+    rng = np.random.default_rng([cfg.seed, 7, CITIES.index(p.city), p.workplace])
+    return _random_ssid(rng, "en"), _random_bssid(rng)
 
-    def __init__(self, cfg: SimConfig, persona: Persona) -> None:
+
+class HouseholdSimulator:
+    """Generates every device history of one household (deterministic in seed and index):
+    the first member's devices and home, then each other member's phone and app."""
+
+    def __init__(self, cfg: SimConfig, household: Household) -> None:
+        self.household = household
+        self.first = _Resident(cfg, household.owner)
+        self.others = [_Resident(cfg, m, self.first) for m in household.members[1:]]
+        self.clock = self.first.clock
+
+    def simulate(self) -> list[DeviceHistory]:
+        out = self.first.simulate()
+        for resident in self.others:
+            out.extend(resident.simulate())
+        return out
+
+    def unconsented_router(self, ext: str) -> DeviceHistory:
+        return self.first.unconsented_router(ext)
+
+
+class _Resident:
+    """One member's routine and devices. The first member's home (Wi-Fi, outages) is the
+    household's; another member (``household`` given) shares it while living there."""
+
+    def __init__(
+        self, cfg: SimConfig, persona: Persona, household: _Resident | None = None
+    ) -> None:
         self.cfg = cfg
         self.p = persona
-        self.rng = np.random.default_rng([cfg.seed, 3, persona.index])
+        stream = [cfg.seed, 3, persona.index] + ([persona.member] if persona.member else [])
+        self.rng = np.random.default_rng(stream)
         self.r = FastRandom(self.rng)
         self.scale = cfg.messages_per_day / BASE_MESSAGES_PER_DAY
         self.clock = LocalClock(persona.city.tz, cfg.start_ts, cfg.end_ts)
@@ -237,13 +280,22 @@ class HouseholdSimulator:
         self.first_local_midnight = (local_start // 86400) * 86400
         local_end = int(self.clock.to_local(np.array([cfg.end_ts], dtype=np.int64))[0])
         self.n_days = (local_end - self.first_local_midnight) // 86400 + 1
-        self.homes_wifi = [
-            (_random_ssid(self.rng, persona.city.ssid_style), _random_bssid(self.rng))
-            for _ in persona.homes
-        ]
-        self.work_wifi = (_random_ssid(self.rng, "en"), _random_bssid(self.rng))
+        if household is None:
+            self.homes_wifi = [
+                (_random_ssid(self.rng, persona.city.ssid_style), _random_bssid(self.rng))
+                for _ in persona.homes
+            ]
+        else:
+            self.homes_wifi = household.homes_wifi
+        self.other_wifi = (_random_ssid(self.rng, persona.city.ssid_style), _random_bssid(self.rng))
+        if persona.workplace is not None:
+            self.work_wifi = _workplace_wifi(cfg, persona)
+        else:
+            self.work_wifi = (_random_ssid(self.rng, "en"), _random_bssid(self.rng))
         self.days = self._draw_days()
-        self.outages = self._draw_outages()
+        self.outages: list[tuple[int, int]] = (
+            self._draw_outages() if household is None else household.outages
+        )
         self.phone_gaps = self._draw_phone_gaps()
 
     # ---- routine -------------------------------------------------------------------------
@@ -254,6 +306,14 @@ class HouseholdSimulator:
             if day >= from_day:
                 idx = i
         return idx
+
+    def _home_point(self, day: int) -> tuple[float, float]:
+        """Where the member sleeps on local day ``day``: the household's home while a member,
+        else their own."""
+        if self.p.lives_in(day) or self.p.other_home is None:
+            _, lat, lon = self.p.homes[self._home_index(day)]
+            return lat, lon
+        return self.p.other_home
 
     def _draw_days(self) -> list[Day]:
         p, rng, n = self.p, self.rng, self.n_days
@@ -278,7 +338,7 @@ class HouseholdSimulator:
             sleep = float(
                 _clip(p.sleep_mean_h + shift + t.sleep_sd_h * normals[d, 1], wake + 10, 28.5)
             )
-            home_lat, home_lon = p.homes[self._home_index(d)][1:]
+            home_lat, home_lon = self._home_point(d)
             works = (not weekend) and (not away[d]) and uniforms[d, 0] < t.commute_prob
             out_from = out_to = math.nan
             dest = p.work
@@ -359,7 +419,7 @@ class HouseholdSimulator:
     # ---- devices -------------------------------------------------------------------------
 
     def simulate(self) -> list[DeviceHistory]:
-        specs = household_specs(self.cfg, self.p)
+        specs = member_specs(self.cfg, self.p)
         phones = [spec for spec in specs if spec.kind == "phone"]
         devices: list[DeviceHistory] = []
         devices.extend(self._phones(phones))
@@ -478,8 +538,11 @@ class HouseholdSimulator:
         }
 
     def _phone_wifi(self, place: str, d: int, ts: int) -> tuple[str, str] | None:
-        """The (SSID, BSSID) the phone is on at ``place``: home's unless in an outage, the
-        office's half the time at work."""
+        """The (SSID, BSSID) the phone is on at ``place``: home's unless in an outage (the
+        member's own home's when not living in the household), the office's half the time at
+        work."""
+        if place == "home" and not self.p.lives_in(d):
+            return self.other_wifi
         if place == "home" and not self._inside(self.outages, ts):
             return self.homes_wifi[self._home_index(d)]
         if place == "work" and self.r.random() < 0.5:

@@ -1,15 +1,23 @@
-"""Personas: a latent stability score per household, traits drawn from it, and the credit outcome.
+"""Personas: households of 1-5 members, a latent stability score per member, traits drawn from
+it, and the credit outcome.
 
-Model (documented in device_sim/README.md, "Ground truth"):
+Model (documented in device_sim/README.md, "Households" and "Ground truth"):
 
-* Each household has one user with latent stability ``s ~ N(0, 1)`` (higher = more stable).
+* A household has 1-5 members (:data:`HOUSEHOLD_SIZE_SHARES`), each a user with their own phone,
+  consent choices and ground-truth row; member 0 owns the shared home devices and never leaves.
+  Household stability ``h ~ N(0, 1)``; member stability ``s = 0.6·h + 0.8·e``, ``e ~ N(0, 1)``.
+* The other members move in or out (at most once each, before every application date) with a
+  probability that grows as ``h`` falls (:data:`MOVE_RATE_PER_YEAR`).
 * Every trait uses its own noisy copy ``z = rho·s + sqrt(1-rho²)·ε`` (rho ≈ 0.55), so traits overlap
   between stable and unstable people and no single trait is an oracle.
-* Default: ``default = 1[a - b·s + sigma·η + ε > 0]`` with ``η ~ N(0, 1)`` and
-  ``ε ~ Logistic(0, 1)``, i.e. ``P(default | s, η) = sigmoid(a - b·s + sigma·η)``. The
-  intercept ``a`` is calibrated on the fleet so the realised default rate is the target rate
-  (rounded to whole users, kept inside the band): a logistic model whose base rate is exactly
-  what the caller asked for.
+* Default: ``default = 1[a - b·s + c·m + sigma·η + ε > 0]`` with ``η ~ N(0, 1)``,
+  ``ε ~ Logistic(0, 1)`` and ``m`` the number of membership changes of the member's household
+  (``c`` = :data:`HOUSEHOLD_CHANGE_LOGODDS`: the small part of risk that household stability
+  carries). The latent score written to the ground truth is ``s - (c/b)·m``, so
+  ``P(default | latent, η) = sigmoid(a - b·latent + sigma·η)`` and the oracle sees all of it.
+  The intercept ``a`` is calibrated on the fleet so the realised default rate is the target
+  rate (rounded to whole users, kept inside the band): a logistic model whose base rate is
+  exactly what the caller asked for.
 * After the application date, future defaulters behave as if their stability dropped by
   ``distress_shift`` (more erratic routines, outages, low battery): a feature computed from data
   after the application date leaks the label and scores a much higher AUC than an honest one.
@@ -18,7 +26,7 @@ Model (documented in device_sim/README.md, "Ground truth"):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,6 +37,24 @@ DEFAULT_SLOPE = 1.2  # b: log-odds of default per SD of (-s)
 DEFAULT_NOISE_SD = 0.5  # sigma: unexplained heterogeneity on the log-odds scale
 TRAIT_LOADING = 0.55  # rho: how strongly each trait follows s
 
+# Households (device_sim/README.md, "Households").
+HOUSEHOLD_SIZE_SHARES = (0.30, 0.33, 0.18, 0.13, 0.06)  # 1, 2, 3, 4, 5 members; mean 2.32
+HOUSEHOLD_LOADING = 0.6  # member stability s = 0.6·h + 0.8·e
+# A member other than the first moves in (or, if not, out) during the history with probability
+# 1 - exp(-rate·span/365) each, rate = MOVE_RATE_PER_YEAR·exp(-MOVE_STABILITY_SLOPE·z_h),
+# z_h = 0.55·h + 0.84·ε: unstable households change more. Moves happen on local days
+# [1, days - 21): before every member's application date (7-21 days before the end).
+MOVE_RATE_PER_YEAR = 0.6
+MOVE_STABILITY_SLOPE = 0.7
+MOVE_QUIET_DAYS = 21
+# c: log-odds of default per membership change of the household (the planted household signal).
+HOUSEHOLD_CHANGE_LOGODDS = 0.4
+# Coworkers: this share of members work at a workplace shared with others of the fleet (its
+# network is seen by each of them on working days); the others work somewhere of their own.
+SHARED_WORKPLACE_SHARE = 0.4
+MEMBERS_PER_WORKPLACE = 4.0  # expected fleet members per shared workplace
+MEAN_HOUSEHOLD_SIZE = sum((i + 1) * p for i, p in enumerate(HOUSEHOLD_SIZE_SHARES))
+
 # Share of users declining each category at onboarding (location is the sensitive one).
 DECLINE_SHARE: dict[str, float] = {
     "location": 0.15,
@@ -38,6 +64,7 @@ DECLINE_SHARE: dict[str, float] = {
     "presence": 0.08,
     "climate": 0.05,
     "usage": 0.10,
+    "relationships": 0.20,  # its own toggle: linking with other users (docs/invariants.md#9)
 }
 WITHDRAW_SHARE = 0.03  # users who later withdraw one granted category
 
@@ -48,22 +75,64 @@ def _sigmoid(x: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Fleet:
-    """Fleet-level draws: latent scores, labels and application times of every household."""
+    """Fleet-level draws: household sizes and membership changes; latent scores, labels and
+    application times of every user (member k of household i is user ``first_user[i] + k``)."""
 
-    stability: FloatArray
-    default: np.ndarray  # bool per household
+    first_user: np.ndarray  # int64 [households + 1]
+    household_stability: FloatArray  # h per household
+    household_changes: np.ndarray  # int64 membership changes per household
+    moved_in_day: np.ndarray  # int64 per user: local day the member moved in, -1 never
+    moved_out_day: np.ndarray  # int64 per user: local day the member moved out, -1 never
+    stability: FloatArray  # s per user
+    latent: FloatArray  # s - (c/b)·m per user: what default depends on
+    default: np.ndarray  # bool per user
     default_probability: FloatArray
     intercept: float
-    application_ts: np.ndarray  # int64 epoch seconds
+    application_ts: np.ndarray  # int64 epoch seconds per user
+
+    def user(self, household: int, member: int = 0) -> int:
+        return int(self.first_user[household]) + member
+
+    def members(self, household: int) -> int:
+        return int(self.first_user[household + 1] - self.first_user[household])
+
+
+def _membership(
+    rng: np.random.Generator, cfg: SimConfig, h: FloatArray, first_user: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(moved-in day, moved-out day) per user and membership changes per household."""
+    n_users = int(first_user[-1])
+    owner = np.zeros(n_users, dtype=bool)
+    owner[first_user[:-1]] = True
+    household = np.repeat(np.arange(h.size), np.diff(first_user))
+    z_h = TRAIT_LOADING * h + math.sqrt(1 - TRAIT_LOADING**2) * rng.normal(size=h.size)
+    span = max(2, cfg.days - MOVE_QUIET_DAYS)
+    rate = MOVE_RATE_PER_YEAR * np.exp(-MOVE_STABILITY_SLOPE * z_h)
+    p_move = 1.0 - np.exp(-rate * span / 365.0)
+    draw_in, draw_out = rng.random(n_users), rng.random(n_users)
+    day = rng.integers(1, span, size=n_users)
+    moves_in = ~owner & (draw_in < p_move[household])
+    moves_out = ~owner & ~moves_in & (draw_out < p_move[household])
+    moved_in = np.where(moves_in, day, -1).astype(np.int64)
+    moved_out = np.where(moves_out, day, -1).astype(np.int64)
+    changes = np.bincount(household[moves_in | moves_out], minlength=h.size).astype(np.int64)
+    return moved_in, moved_out, changes
 
 
 def draw_fleet(cfg: SimConfig) -> Fleet:
-    n = cfg.households
     rng = np.random.default_rng([cfg.seed, 0xF1EE7])
-    s = rng.normal(size=n)
+    sizes = 1 + rng.choice(len(HOUSEHOLD_SIZE_SHARES), size=cfg.households,
+                           p=np.array(HOUSEHOLD_SIZE_SHARES))  # fmt: skip
+    first_user = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(first_user[-1])
+    household = np.repeat(np.arange(cfg.households), sizes)
+    h = rng.normal(size=cfg.households)
+    s = HOUSEHOLD_LOADING * h[household] + math.sqrt(1 - HOUSEHOLD_LOADING**2) * rng.normal(size=n)
     eta = rng.normal(size=n)
     eps = rng.logistic(size=n)
-    score = -DEFAULT_SLOPE * s + DEFAULT_NOISE_SD * eta + eps  # default iff a + score > 0
+    moved_in, moved_out, changes = _membership(rng, cfg, h, first_user)
+    latent = s - HOUSEHOLD_CHANGE_LOGODDS / DEFAULT_SLOPE * changes[household]
+    score = -DEFAULT_SLOPE * latent + DEFAULT_NOISE_SD * eta + eps  # default iff a + score > 0
     lo, hi = cfg.default_band
     k = round(cfg.default_rate * n)
     k = min(max(k, math.ceil(lo * n - 1e-9)), math.floor(hi * n + 1e-9))
@@ -78,14 +147,26 @@ def draw_fleet(cfg: SimConfig) -> Fleet:
     default = score + intercept > 0
     prob = np.array(
         [
-            _sigmoid(intercept - DEFAULT_SLOPE * si + DEFAULT_NOISE_SD * ei)
-            for si, ei in zip(s, eta, strict=False)
+            _sigmoid(intercept - DEFAULT_SLOPE * li + DEFAULT_NOISE_SD * ei)
+            for li, ei in zip(latent, eta, strict=False)
         ]
     )
     # Application 7-21 days before the end of history, on the hour.
     back = rng.uniform(7 * 86400, 21 * 86400, size=n).astype(np.int64)
     application_ts = ((cfg.end_ts - back) // 3600) * 3600
-    return Fleet(s, default, prob, intercept, application_ts)
+    return Fleet(
+        first_user=first_user,
+        household_stability=h,
+        household_changes=changes,
+        moved_in_day=moved_in,
+        moved_out_day=moved_out,
+        stability=s,
+        latent=latent,
+        default=default,
+        default_probability=prob,
+        intercept=intercept,
+        application_ts=application_ts,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +227,9 @@ class Holiday:
 
 @dataclass(frozen=True, slots=True)
 class Persona:
-    index: int
+    """One member of a household: a user with their own phone, traits, consent and outcome."""
+
+    index: int  # the household's
     household_id: str
     user_id: str
     stability: float
@@ -171,6 +254,32 @@ class Persona:
     declined: tuple[str, ...]
     withdrawn: tuple[str, ...]
     grant_offset_days: float  # consent granted this many days before the history starts
+    member: int = 0  # 0: the household's first member (owns the shared home devices)
+    latent: float = 0.0  # what default depends on: stability - (c/b)·household changes
+    moved_in_day: int | None = None  # local day the member joined the household
+    moved_out_day: int | None = None  # local day the member left it
+    other_home: tuple[float, float] | None = None  # where the member lives when not a member
+    workplace: int | None = None  # shared workplace (coworkers) in the city, else None
+
+    def lives_in(self, day: int) -> bool:
+        """Whether the member lives in the household on local day ``day``."""
+        if self.moved_in_day is not None and day < self.moved_in_day:
+            return False
+        return self.moved_out_day is None or day < self.moved_out_day
+
+
+@dataclass(frozen=True, slots=True)
+class Household:
+    """A household: its members (member 0 first); home, city and home devices are member 0's."""
+
+    index: int
+    household_id: str
+    members: tuple[Persona, ...]
+    changes: int = 0  # membership changes (moves in and out) during the history
+
+    @property
+    def owner(self) -> Persona:
+        return self.members[0]
 
 
 def _pick_city(rng: np.random.Generator) -> City:
@@ -248,9 +357,90 @@ def _draw_consent(rng: np.random.Generator) -> tuple[tuple[str, ...], tuple[str,
     return declined, withdrawn
 
 
+def shared_workplaces(cfg: SimConfig, city: City) -> int:
+    """How many shared workplaces the city has: about :data:`MEMBERS_PER_WORKPLACE` of the
+    fleet's members who work at a shared one each."""
+    expected = cfg.households * MEAN_HOUSEHOLD_SIZE * city.weight * SHARED_WORKPLACE_SHARE
+    return max(1, round(expected / MEMBERS_PER_WORKPLACE))
+
+
+def workplace_site(cfg: SimConfig, city: City, workplace: int) -> tuple[float, float]:
+    """Where a shared workplace is: a function of (seed, city, workplace) alone, so coworkers
+    in different households (and stream parts) agree on it."""
+    rng = np.random.default_rng([cfg.seed, 6, CITIES.index(city), workplace])
+    return offset_point(city.lat, city.lon, *(rng.normal(size=2) * 4.0))
+
+
+def _draw_work(
+    rng: np.random.Generator, cfg: SimConfig, city: City, home: tuple[float, float]
+) -> tuple[tuple[float, float], int | None]:
+    """Where the member works, and the shared workplace's number (None: a place of their own)."""
+    if rng.random() < SHARED_WORKPLACE_SHARE:
+        k = int(rng.integers(shared_workplaces(cfg, city)))
+        return workplace_site(cfg, city, k), k
+    angle = rng.uniform(0, 2 * math.pi)
+    dist = float(rng.gamma(2.0, 3.0))
+    return offset_point(home[0], home[1], dist * math.sin(angle), dist * math.cos(angle)), None
+
+
+def draw_household(cfg: SimConfig, fleet: Fleet, index: int) -> Household:
+    owner = draw_persona(cfg, fleet, index)
+    members = [owner] + [draw_member(cfg, fleet, owner, j) for j in range(1, fleet.members(index))]
+    return Household(index, owner.household_id, tuple(members), int(fleet.household_changes[index]))
+
+
+def draw_member(cfg: SimConfig, fleet: Fleet, owner: Persona, member: int) -> Persona:
+    """Member ``member`` (≥ 1) of the owner's household: own traits, phone, work, consent; the
+    household's city and homes; another home of their own while they are not a member."""
+    k = fleet.user(owner.index, member)
+    rng = np.random.default_rng([cfg.seed, 1, owner.index, member])
+    s = float(fleet.stability[k])
+    z = TRAIT_LOADING * s + math.sqrt(1 - TRAIT_LOADING**2) * rng.normal(size=N_TRAITS)
+    city = owner.city
+    home = owner.homes[0][1], owner.homes[0][2]
+    other = offset_point(city.lat, city.lon, *(rng.normal(size=2) * 6.0))
+    work, workplace = _draw_work(rng, cfg, city, home)
+    wake = float(np.clip(6.6 + 0.8 * rng.normal(), 4.5, 10.0))
+    holidays = _draw_holidays(rng, cfg, cfg.days / 365.0, home)
+    sim_days, device_change = _draw_phone_changes(rng, cfg, cfg.days / 365.0, float(z[10]))
+    app = ("phone_app",) if rng.random() < 0.5 else ()
+    declined, withdrawn = _draw_consent(rng)
+    moved_in, moved_out = int(fleet.moved_in_day[k]), int(fleet.moved_out_day[k])
+    return replace(
+        owner,
+        user_id=f"{owner.user_id}-m{member}",
+        stability=s,
+        defaults=bool(fleet.default[k]),
+        default_probability=float(fleet.default_probability[k]),
+        application_ts=int(fleet.application_ts[k]),
+        work=work,
+        wake_mean_h=wake,
+        sleep_mean_h=float(np.clip(wake + 16.2 + 0.6 * rng.normal(), 20.5, 26.5)),
+        return_mean_h=float(np.clip(18.0 + 0.8 * rng.normal(), 15.0, 21.5)),
+        drain_pct_per_h=float(np.clip(5.0 + 1.5 * rng.normal(), 2.5, 10.0)),
+        normal=traits_from(z),
+        distress=traits_from(z - cfg.distress_shift),
+        holidays=tuple(holidays),
+        sim_change_days=sim_days,
+        device_change_day=device_change,
+        devices=app,
+        declined=declined,
+        withdrawn=withdrawn,
+        grant_offset_days=float(rng.uniform(1, 60)),
+        member=member,
+        latent=float(fleet.latent[k]),
+        moved_in_day=moved_in if moved_in >= 0 else None,
+        moved_out_day=moved_out if moved_out >= 0 else None,
+        other_home=other,
+        workplace=workplace,
+    )
+
+
 def draw_persona(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
+    """The first member of household ``index``."""
     rng = np.random.default_rng([cfg.seed, 1, index])
-    s = float(fleet.stability[index])
+    k = fleet.user(index)
+    s = float(fleet.stability[k])
     eps = rng.normal(size=N_TRAITS)
     z = TRAIT_LOADING * s + math.sqrt(1 - TRAIT_LOADING**2) * eps
     normal = traits_from(z)
@@ -259,9 +449,7 @@ def draw_persona(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
     years = cfg.days / 365.0
     homes = _draw_homes(rng, cfg, city, years, z_moves=float(z[6]))
     home = homes[0][1], homes[0][2]
-    angle = rng.uniform(0, 2 * math.pi)
-    dist = float(rng.gamma(2.0, 3.0))
-    work = offset_point(home[0], home[1], dist * math.sin(angle), dist * math.cos(angle))
+    work, workplace = _draw_work(rng, cfg, city, home)
     wake = float(np.clip(6.6 + 0.8 * rng.normal(), 4.5, 10.0))
     holidays = _draw_holidays(rng, cfg, years, home)
     sim_days, device_change = _draw_phone_changes(rng, cfg, years, z_dev=float(z[10]))
@@ -273,9 +461,9 @@ def draw_persona(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
         household_id=f"{prefix}-h{index:05d}",
         user_id=f"{prefix}-u{index:05d}",
         stability=s,
-        defaults=bool(fleet.default[index]),
-        default_probability=float(fleet.default_probability[index]),
-        application_ts=int(fleet.application_ts[index]),
+        defaults=bool(fleet.default[k]),
+        default_probability=float(fleet.default_probability[k]),
+        application_ts=int(fleet.application_ts[k]),
         city=city,
         homes=tuple(homes),
         work=work,
@@ -294,4 +482,6 @@ def draw_persona(cfg: SimConfig, fleet: Fleet, index: int) -> Persona:
         declined=declined,
         withdrawn=withdrawn,
         grant_offset_days=float(rng.uniform(1, 60)),
+        latent=float(fleet.latent[k]),
+        workplace=workplace,
     )

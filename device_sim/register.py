@@ -100,6 +100,24 @@ def register_devices(
     return creds
 
 
+def read_credentials(out_dir: Path) -> Credentials:
+    """Device key → (username, password) from ``registered_devices.jsonl`` (what the last
+    registration answered), for publishing a generated fleet later."""
+    path = out_dir / "registered_devices.jsonl"
+    if not path.is_file():
+        return {}
+    keys = {(d["format"], d["external_id"]): d["key"] for d in load_devices(out_dir)}
+    creds: Credentials = {}
+    with path.open() as f:
+        for line in f:
+            rec = json.loads(line)
+            key = keys.get((rec.get("format"), rec.get("external_id")))
+            user, password = rec.get("mqtt_username"), rec.get("mqtt_password")
+            if key and user and password:
+                creds[key] = (str(user), str(password))
+    return creds
+
+
 def grant_consent(
     out_dir: Path, grants: list[dict[str, str]] | None = None, batch_name: str = ""
 ) -> int:

@@ -37,7 +37,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,6 +55,7 @@ from rich.progress import (
 
 from hearth.db import Conn
 from hearth.ledger import GATE_DERIVED, gate_sql
+from hearth.signals import LINK_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,37 @@ def pack_sql(rollup: str, buckets: str) -> str:
         RETURNING readings, octet_length(hours) AS buckets)
     SELECT count(*), coalesce(sum(buckets), 0), coalesce(sum(readings), 0) FROM ins
     """
+
+
+# The household graph's sightings (migration 0071): per (device, signal, day, dominant value)
+# of the two link signals, the hours the value was the bucket's dominant one as a bit mask and
+# the row's latest and earliest ingest, from the same per-bucket rows as the packed rollup.
+_LINK_SIGNALS_SQL = ", ".join(f"'{name}'" for name in LINK_SIGNALS)
+_SIGHTINGS_SQL = """
+    INSERT INTO network_sightings (day, device_id, user_id, signal, value, hours,
+                                   max_ingested_at, first_ingested_at)
+    SELECT time_bucket(INTERVAL '1 day', b.bucket), b.device_id, b.user_id, b.signal, b.value,
+           bit_or(1 << extract(hour FROM b.bucket AT TIME ZONE 'UTC')::int),
+           max(b.max_ingested_at), min(b.min_ingested_at)
+      FROM ({buckets}) b
+     GROUP BY 1, 2, 3, 4, 5
+"""
+
+# Which sightings a slice rewrites: every row of its days, or the rows of its dirty
+# (device, signal, day) rows.
+_SIGHTINGS_DELETE = {
+    True: "WHERE o.day >= %(d0)s AND o.day < %(d1)s",
+    False: """USING rollup_dirty d WHERE o.device_id = d.device_id AND o.signal = d.signal
+              AND o.day = d.day AND o.day >= %(d0)s AND o.day < %(d1)s""",
+}
+
+
+def write_sightings(conn: Conn, buckets: str, params: Mapping[str, Any]) -> None:
+    """Insert the network sightings of per-bucket categorical rows ``buckets`` (a query with
+    the columns of :data:`CATEGORICAL_AGGREGATE_FROM`), after the caller deleted the
+    sightings of their (device, signal, day) rows in the same transaction."""
+    link = f"SELECT * FROM ({buckets}) a WHERE a.signal IN ({_LINK_SIGNALS_SQL})"
+    conn.execute(_SIGHTINGS_SQL.format(buckets=link), params)
 
 
 @dataclass(frozen=True)
@@ -459,6 +491,11 @@ def _refresh_slice(conn: Conn, s: _Slice, since: datetime | str, everything: boo
             buckets = f"SELECT {NUMERIC_AGGREGATE} FROM {source} {where} {NUMERIC_GROUP_BY}"
         else:
             buckets = CATEGORICAL_AGGREGATE_FROM.format(source=source, where=where)
+            link_where = f"{where} AND r.signal IN ({_LINK_SIGNALS_SQL})"
+            conn.execute(f"DELETE FROM network_sightings o {_SIGHTINGS_DELETE[everything]}", window)
+            write_sightings(
+                conn, CATEGORICAL_AGGREGATE_FROM.format(source=source, where=link_where), window
+            )
         row = conn.execute(pack_sql(s.rollup, buckets), window).fetchone()
     rows, n_buckets, readings = (int(str(x)) for x in row) if row else (0, 0, 0)
     log.debug("rollups: %s %s: %d rows, %d buckets", s.rollup, s.start.date(), rows, n_buckets)
@@ -588,7 +625,8 @@ def bucket_rows(
 def write_buckets(conn: Conn, rollup: str, buckets: Sequence[dict[str, object]]) -> None:
     """Store per-bucket rows (the fields :func:`bucket_rows` returns, ``device_id`` too;
     numeric ones may leave out what a single reading implies) packed, replacing the rows of
-    their (device, signal, day). For fixtures and repairs; the rollup job packs in SQL."""
+    their (device, signal, day), and the network sightings of categorical ones. For fixtures
+    and repairs; the rollup job packs in SQL."""
     numeric = rollup == "rollup_numeric_hourly"
     fields = (
         ("bucket", "timestamptz"), ("device_id", "text"), ("user_id", "text"),
@@ -626,3 +664,11 @@ def write_buckets(conn: Conn, rollup: str, buckets: Sequence[dict[str, object]])
             params,
         )
         conn.execute(pack_sql(rollup, source), params)
+        if not numeric:
+            conn.execute(
+                f"""DELETE FROM network_sightings o USING (SELECT DISTINCT device_id, signal,
+                           time_bucket(INTERVAL '1 day', bucket) AS day FROM ({source}) s) k
+                     WHERE o.device_id = k.device_id AND o.signal = k.signal AND o.day = k.day""",
+                params,
+            )
+            write_sightings(conn, source, params)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from hearth.db import AsyncConn, Conn
+from hearth.pseudonym import DOMAIN_LINK_END, keyed_hash
+from hearth.settings import get_settings
 from hearth.signals import PURPOSE_CREDIT_SCORING, SIGNALS, Category
 
 REGISTRY_CHANNEL = "hearth_registry"  # NOTIFY on any change to users/devices (migration 0002)
@@ -300,6 +302,23 @@ def shows_snapshot_sql(row: str, categories_expr: str) -> str:
     cell that is not the withdrawn cell)."""
     return f"""hearth_snapshot_shows({row}.feature_set_version, {row}.vals, {row}.covs,
                                   {row}.withheld, {categories_expr})"""
+
+
+def consent_kept_sql(user_expr: str, category_expr: str, at_expr: str) -> str:
+    """SQL boolean: user ``user_expr``'s credit-scoring consent to ``category_expr`` is a grant
+    under the current notice now, unbroken since ``at_expr`` or earlier — nothing withdrawn it
+    since T. A stored snapshot's relationship features keep a link end only while this holds
+    for it (docs/invariants.md#9). Binds ``%(purpose)s`` and ``%(notice)s``."""
+    return f"""EXISTS (SELECT 1 FROM consent_state kept
+                 WHERE kept.user_id = {user_expr} AND kept.purpose = %(purpose)s
+                   AND kept.category = {category_expr} AND kept.action = 'grant'
+                   AND kept.notice_version = %(notice)s AND kept.since <= {at_expr})"""
+
+
+def link_end_ref(user_id: str) -> str:
+    """How a stored snapshot names the other end of a relationship link: a keyed hash of the
+    user id (``snapshot_links.link_ref``), so no table holds one user's id in another's rows."""
+    return keyed_hash(get_settings().require_pseudonym_key(), DOMAIN_LINK_END, user_id)
 
 
 def consented_categories(conn: Conn, user_id: str, at: datetime) -> set[Category]:

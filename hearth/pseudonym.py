@@ -24,6 +24,7 @@ DOMAIN_WIFI_BSSID = "wifi_bssid"
 DOMAIN_SIM_ID = "sim_id"
 DOMAIN_AUDIT_SUBJECT = "audit_subject"
 DOMAIN_DEAD_LETTER = "dead_letter"
+DOMAIN_LINK_END = "link_end"  # the other end of a stored snapshot's relationship link
 
 
 def keyed_hash(key: bytes, domain: str, value: str) -> str:

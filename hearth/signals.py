@@ -18,7 +18,9 @@ from typing import Literal
 
 class Category(StrEnum):
     """Consent scopes (docs/invariants.md, data categories). Location needs its own toggle
-    (PIPL Art. 28)."""
+    (PIPL Art. 28). ``relationships`` holds no signal of its own: it gates links between users
+    derived from the networks and homes they share (docs/invariants.md#9), its own toggle
+    because one person's data then shapes another person's features."""
 
     LOCATION = "location"
     CONNECTIVITY = "connectivity"
@@ -27,9 +29,17 @@ class Category(StrEnum):
     PRESENCE = "presence"
     CLIMATE = "climate"
     USAGE = "usage"
+    RELATIONSHIPS = "relationships"
 
 
 PURPOSE_CREDIT_SCORING = "credit_scoring"
+
+# The categories a relationship link can be derived from (a shared Wi-Fi access point, a shared
+# geohash): a link needs one of them and ``relationships`` on both ends (docs/invariants.md#9).
+LINK_CATEGORIES = (Category.CONNECTIVITY, Category.LOCATION)
+# The signals links are derived from, one per link category: the rollup job keeps their
+# sightings by value (network_sightings, features.rollups) for the household graph.
+LINK_SIGNALS = ("wifi_bssid_hash", "geohash")
 
 Kind = Literal["numeric", "categorical", "raw"]
 
@@ -196,7 +206,8 @@ def signal(name: str) -> Signal:
 
 
 def stored_signals(category: Category) -> list[str]:
-    """Names of the signals written to disk for a category (what a purge deletes)."""
+    """Names of the signals written to disk for a category (what a purge deletes); none for
+    ``relationships``, which only gates links derived from other categories."""
     return [s.name for s in SIGNALS.values() if s.category is category and s.kind != "raw"]
 
 

@@ -39,6 +39,7 @@ from features.catalogue.library.base import Chunk, LocalGrid
 from features.engine.as_of import Knowledge, known_by
 from features.engine.bins import rollup_buckets
 from features.engine.compute import ChunkResults, compute_chunk
+from features.engine.graph import load_sightings
 from features.engine.grid import grid_bounds, local_grid
 from features.engine.load import (
     Buckets,
@@ -195,6 +196,10 @@ def compute_span(
         if consent is None or k != stretch:
             consent, stretch = consent_at(conn, span, as_of), k
         chunk = chunk_at(conn, span, as_of, consent)
+        # The household graph is read per as_of (its neighbours' sightings at T).
+        chunk.sightings = load_sightings(
+            conn, span.users, span.tzs, chunk, as_of, span.watermark, span.knowledge
+        )
         t1 = time.perf_counter()
         results = compute_chunk(chunk)
         del chunk

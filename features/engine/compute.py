@@ -25,6 +25,9 @@ class ChunkResults(dict[str, tuple[np.ndarray, np.ndarray]]):
     def __init__(self) -> None:
         super().__init__()
         self.reasons: dict[str, np.ndarray] = {}
+        # Per user: the (other person, category) its relationship features depend on
+        # (features.catalogue.library.sightings.Sightings.link_ends); stored with a snapshot.
+        self.links: list[list[tuple[str, str]]] = []
 
     def reason(self, name: str, user: int) -> CellReason | None:
         codes = self.reasons.get(name)
@@ -78,6 +81,8 @@ def compute_chunk(chunk: Chunk) -> ChunkResults:
                     np.clip(np.nan_to_num(np.asarray(coverage, dtype=np.float64)), 0.0, 1.0),
                 )
         del w
+    if chunk.sightings is not None:
+        out.links = chunk.sightings.link_ends()
     return _mask_by_consent(out, chunk)
 
 

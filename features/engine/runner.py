@@ -14,6 +14,7 @@ from itertools import islice
 from features.catalogue.library.base import Chunk
 from features.engine.as_of import Knowledge
 from features.engine.compute import ChunkResults, chunk_vectors, compute_chunk
+from features.engine.graph import load_sightings
 from features.engine.load import load_chunk
 from features.engine.types import FeatureVector, Timings
 from features.rollups import read_watermark
@@ -46,6 +47,7 @@ class _ChunkLoader:
         self._watermark = watermark
         self._timings = timings
         self._knowledge = knowledge
+        self._public: set[tuple[str, str]] = set()  # networks too public to link (graph)
         self._idle: queue.SimpleQueue[Conn] = queue.SimpleQueue()
         for c in loaders:
             self._idle.put(c)
@@ -61,6 +63,12 @@ class _ChunkLoader:
         chunk = load_chunk(
             db, known, tzs, self._as_of, self._watermark, self._timings, self._knowledge
         )
+        t0 = time.perf_counter()
+        chunk.sightings = load_sightings(
+            db, known, tzs, chunk, self._as_of, self._watermark, self._knowledge, self._public
+        )
+        if self._timings is not None:
+            self._timings.add(graph_s=time.perf_counter() - t0)
         return known, chunk
 
     def load_borrowed(self, start: int) -> _Loaded | None:

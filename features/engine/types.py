@@ -44,9 +44,11 @@ class Timings:
 
     sql_s: float = 0.0
     python_s: float = 0.0
+    graph_s: float = 0.0  # loading the household graph's sightings (features.engine.graph)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, *, sql_s: float = 0.0, python_s: float = 0.0) -> None:
+    def add(self, *, sql_s: float = 0.0, python_s: float = 0.0, graph_s: float = 0.0) -> None:
         with self._lock:
             self.sql_s += sql_s
             self.python_s += python_s
+            self.graph_s += graph_s

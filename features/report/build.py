@@ -60,6 +60,9 @@ MIN_SCORED_USERS = 20
 # CV_FOLDS-fold cross-validation whose every fit runs another CV_FOLDS-fold search inside, so each
 # class must reach every inner fold.
 MIN_TRAINING_CLASS = 2 * CV_FOLDS
+# The family whose contribution the report measures by leaving it out (issue 18): the AUC the
+# same pipeline reaches without it.
+ABLATED_FAMILY = "relationships"
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,8 @@ def build_report(
         "categories": honest.categories,
         "calibration": [asdict(r) for r in v.calibration_table(y_test, fitted.p_test)],
         "leakage": leakage,
+        "family_iv": stats.by_family(honest.families),
+        "family_auc": _family_auc(honest, rows, y, train, test, kind, fitted),
         "auc_honest": fitted.auc,
         "auc_leaky": leakage["auc_leaky"],
         "reason_code_examples": _reason_examples(truth, honest, fitted, rows[test], y_test),
@@ -315,6 +320,17 @@ class FeatureStats:
         name = max(self.iv, key=lambda n: self.iv[n]) if self.iv else None
         return {"max_iv": self.iv[name] if name else None, "max_iv_feature": name}
 
+    def by_family(self, families: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Per family: its strongest feature's IV, that feature, and how many features."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, value in sorted(self.iv.items()):
+            family = families.get(name, "other")
+            entry = out.setdefault(family, {"max_iv": value, "feature": name, "features": 0})
+            entry["features"] += 1
+            if value > entry["max_iv"]:
+                entry["max_iv"], entry["feature"] = value, name
+        return out
+
     @property
     def suspect(self) -> list[str]:
         """Features whose IV is above the leakage alarm."""
@@ -347,6 +363,36 @@ def _feature_stats(
         if not np.isnan(column[train]).all():
             psi[name] = v.psi(column[train], column[test]).psi
     return FeatureStats(iv, iv_bins, psi, _coverage(table, rows))
+
+
+def _family_auc(
+    table: FeatureTable,
+    rows: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    kind: ModelKind,
+    fitted: FittedVariant,
+) -> dict[str, Any] | None:
+    """Whether :data:`ABLATED_FAMILY` adds AUC: the honest model's features (its window set,
+    as chosen) without the family's, trained and tested the same way (None when the model has
+    none of them, or nothing else)."""
+    in_model = [n for n in fitted.feature_names if table.families.get(n) == ABLATED_FAMILY]
+    rest = [n for n in fitted.feature_names if table.families.get(n) != ABLATED_FAMILY]
+    if not in_model or not rest:
+        return None
+    columns = [table.names.index(n) for n in rest]
+    x = table.values[rows][:, columns]
+    model = ReferenceModel(rest, kind=kind, feature_set_version=table.feature_set_version)
+    model.fit(x[train], y[train])
+    auc_without = v.auc(y[test], model.predict_proba(x[test]))
+    return {
+        "family": ABLATED_FAMILY,
+        "auc_with": fitted.auc,
+        "auc_without": auc_without,
+        "auc_gain": fitted.auc - auc_without,
+        "features_in_model": in_model,
+    }
 
 
 def _score_stability(fitted: FittedVariant) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from features.report.summary import (
     PSI_SHIFTED,
     PSI_WATCH,
     headline,
+    iv_strength,
     psi_status,
 )
 
@@ -432,6 +433,35 @@ Gini = 2·AUC &minus; 1; KS = max |F<sub>bad</sub> &minus; F<sub>good</sub>|.</p
 </section>"""
 
 
+def _family_section(report: dict[str, Any]) -> str:
+    """The strongest IV of each family, and what the ablated family adds to the AUC."""
+    families: dict[str, dict[str, Any]] = report.get("family_iv") or {}
+    rows = []
+    for family, entry in sorted(families.items(), key=lambda kv: -kv[1]["max_iv"]):
+        band = iv_strength(entry["max_iv"])
+        rows.append(
+            [
+                html.escape(family),
+                f"{entry['max_iv']:.4f} {_badge(band, IV_BADGE[band])}",
+                html.escape(entry["feature"]),
+                str(entry["features"]),
+            ]
+        )
+    table = _table(["family", "strongest IV", "feature", "features"], rows) if rows else ""
+    ablation = report.get("family_auc")
+    note = ""
+    if ablation:
+        gain = ablation["auc_gain"]
+        verdict = "adds" if gain > 0 else "does not add"
+        note = (
+            f"<p>The <b>{html.escape(ablation['family'])}</b> family {verdict} AUC: "
+            f"{_fmt(ablation['auc_with'])} with it, {_fmt(ablation['auc_without'])} when the "
+            f"model's other features are trained alone (gain {gain:+.4f}; in the model: "
+            f"{html.escape(', '.join(ablation['features_in_model']) or 'none')}).</p>"
+        )
+    return f"<h3>By family</h3>{table}{note}"
+
+
 def _model_sections(report: dict[str, Any]) -> str:
     """Information Value, stability, the feature table, leakage and reason codes."""
     return f"""
@@ -439,6 +469,7 @@ def _model_sections(report: dict[str, Any]) -> str:
 <p>IV = Σ(%good &minus; %bad)·WOE over quantile bins plus a separate Missing bin.
 {_IV_BANDS_TEXT}</p>
 {_iv_plot(report)}
+{_family_section(report)}
 </section>
 <section><h2>Stability (PSI, training vs test population)</h2>
 <p>PSI = Σ(A &minus; E)·ln(A/E); {_PSI_BANDS_TEXT}

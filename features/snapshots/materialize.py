@@ -196,6 +196,7 @@ def snapshot_batch(
     values: list[np.ndarray] = []
     coverage: list[np.ndarray] = []
     withheld: list[str] = []
+    links: list[tuple[int, int, str, str]] = []
     for t, results, keep in parts:
         v, c, w = pack_results(results, len(users))
         rows = np.asarray(keep, dtype=np.int64)
@@ -204,6 +205,12 @@ def snapshot_batch(
         values.append(v[rows])
         coverage.append(c[rows])
         withheld.extend(w[i] for i in rows.tolist())
+        if results.links:  # the relationship features' link ends (features.engine.graph)
+            links.extend(
+                (i, t, other, category)
+                for i in rows.tolist()
+                for other, category in results.links[i]
+            )
     return SnapshotBatch(
         users,
         as_ofs,
@@ -212,6 +219,7 @@ def snapshot_batch(
         np.concatenate(values),
         np.concatenate(coverage),
         withheld,
+        links,
     )
 
 

@@ -30,7 +30,17 @@ from features.snapshots.codec import (
     unpack,
 )
 from hearth.db import Conn
-from hearth.ledger import GATE_DERIVED, gate_sql, withdrawn_categories_sql
+from hearth.ledger import (
+    GATE_DERIVED,
+    consent_kept_sql,
+    consent_rule_params,
+    gate_sql,
+    link_end_ref,
+    withdrawn_categories_sql,
+)
+from hearth.signals import Category
+
+_RELATIONSHIPS = Category.RELATIONSHIPS.value
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,9 @@ class SnapshotBatch:
     values: npt.NDArray[np.float64]
     coverage: npt.NDArray[np.float64]
     withheld: Sequence[str]
+    # The link ends the rows' relationship features used (ChunkResults.links): (user index,
+    # as_of index, other user, link category), stored with the snapshot (snapshot_links).
+    links: Sequence[tuple[int, int, str, str]] = ()
 
     def __len__(self) -> int:
         return int(self.user.size)
@@ -80,24 +93,59 @@ def users_with_snapshot(
 # purge takes exclusively (hearth.ledger): features of a category withdrawn before the commit
 # are withheld even though the chunk was computed from data loaded before the withdrawal, and
 # users erased meanwhile are not written (docs/invariants.md#8).
+# Relationship features also depend on the other ends of the row's links (staged in
+# link_stage): one of them withdrew relationships or the link's category since T, or was
+# erased, before this commit → the row's relationship features are withheld too
+# (docs/invariants.md#9).
+_STAGED = """
+    us AS (
+        SELECT us.user_id, us.n FROM unnest(%(users)s::text[]) WITH ORDINALITY AS us(user_id, n)
+          JOIN users u ON u.user_id = us.user_id),
+    ts AS (SELECT * FROM unnest(%(as_ofs)s::timestamptz[]) WITH ORDINALITY AS ts(as_of, n))"""
 _UPSERT_SQL = f"""
-    WITH us AS (
-        SELECT us.user_id, us.n,
-               nullif({withdrawn_categories_sql("us.user_id")}, '{{}}') AS withdrawn
-          FROM unnest(%(users)s::text[]) WITH ORDINALITY AS us(user_id, n)
-          JOIN users u ON u.user_id = us.user_id)
+    WITH {_STAGED},
+    lost AS (
+        SELECT DISTINCT l.u, l.t FROM link_stage l JOIN ts ON ts.n = l.t + 1
+         WHERE NOT {consent_kept_sql("l.link_user", "l.link_category", "ts.as_of")}),
+    x AS (
+        SELECT us.user_id, ts.as_of, s.vals, s.covs, wh.doc,
+               nullif({withdrawn_categories_sql("us.user_id")}
+                      || CASE WHEN lost.u IS NULL THEN '{{}}'::text[]
+                              ELSE ARRAY['{_RELATIONSHIPS}'] END, '{{}}') AS withdrawn
+          FROM snapshot_packed_stage s
+          JOIN us ON us.n = s.u + 1
+          JOIN ts ON ts.n = s.t + 1
+          JOIN unnest(%(withheld)s::jsonb[]) WITH ORDINALITY AS wh(doc, n) ON wh.n = s.w + 1
+          LEFT JOIN lost ON lost.u = s.u AND lost.t = s.t)
     INSERT INTO feature_snapshots (user_id, as_of, feature_set_version, vals, covs, withheld)
-    SELECT us.user_id, ts.as_of, %(version)s,
-           coalesce(w.vals, s.vals), coalesce(w.covs, s.covs), coalesce(w.withheld, wh.doc)
-      FROM snapshot_packed_stage s
-      JOIN us ON us.n = s.u + 1
-      JOIN unnest(%(as_ofs)s::timestamptz[]) WITH ORDINALITY AS ts(as_of, n) ON ts.n = s.t + 1
-      JOIN unnest(%(withheld)s::jsonb[]) WITH ORDINALITY AS wh(doc, n) ON wh.n = s.w + 1
-      LEFT JOIN LATERAL hearth_snapshot_withhold(%(version)s, s.vals, s.covs, wh.doc,
-                                                 us.withdrawn) w ON us.withdrawn IS NOT NULL
+    SELECT x.user_id, x.as_of, %(version)s,
+           coalesce(w.vals, x.vals), coalesce(w.covs, x.covs), coalesce(w.withheld, x.doc)
+      FROM x
+      LEFT JOIN LATERAL hearth_snapshot_withhold(%(version)s, x.vals, x.covs, x.doc,
+                                                 x.withdrawn) w ON x.withdrawn IS NOT NULL
     ON CONFLICT (user_id, as_of, feature_set_version) DO UPDATE
        SET vals = excluded.vals, covs = excluded.covs, withheld = excluded.withheld,
            computed_at = now()
+"""
+# The link ends of the written rows (hearth/admin/purge.py finds them): replaced, and kept only
+# where the row's relationship features were written, not withheld.
+_CLEAR_LINKS_SQL = f"""
+    WITH {_STAGED}
+    DELETE FROM snapshot_links x
+     USING (SELECT DISTINCT u, t FROM snapshot_packed_stage) s
+      JOIN us ON us.n = s.u + 1 JOIN ts ON ts.n = s.t + 1
+     WHERE x.user_id = us.user_id AND x.as_of = ts.as_of
+       AND x.feature_set_version = %(version)s
+"""
+_LINKS_SQL = f"""
+    WITH {_STAGED}
+    INSERT INTO snapshot_links (user_id, as_of, feature_set_version, link_ref, link_category)
+    SELECT DISTINCT f.user_id, f.as_of, f.feature_set_version, l.link_ref, l.link_category
+      FROM link_stage l
+      JOIN us ON us.n = l.u + 1 JOIN ts ON ts.n = l.t + 1
+      JOIN feature_snapshots f ON f.user_id = us.user_id AND f.as_of = ts.as_of
+                              AND f.feature_set_version = %(version)s
+     WHERE NOT f.withheld ? '{_RELATIONSHIPS}'
 """
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
 _COPY_TRAILER = b"\xff\xff"
@@ -127,7 +175,8 @@ def _copy_rows(batch: SnapshotBatch, withheld_index: npt.NDArray[np.int32]) -> b
 
 
 def write_snapshots(conn: Conn, batch: SnapshotBatch) -> None:
-    """Upsert a batch of snapshots in one transaction, so a crash loses at most this batch."""
+    """Upsert a batch of snapshots in one transaction, so a crash loses at most this batch,
+    with the link ends their relationship features used (``batch.links``)."""
     if not len(batch):
         return
     docs, index = np.unique(np.asarray(batch.withheld, dtype=object), return_inverse=True)
@@ -137,18 +186,33 @@ def write_snapshots(conn: Conn, batch: SnapshotBatch) -> None:
             """CREATE TEMP TABLE IF NOT EXISTS snapshot_packed_stage
                    (u int4, t int4, w int4, vals bytea, covs bytea) ON COMMIT DELETE ROWS"""
         )
+        cur.execute(
+            """CREATE TEMP TABLE IF NOT EXISTS link_stage
+                   (u int4, t int4, link_user text, link_ref text, link_category text)
+                   ON COMMIT DELETE ROWS"""
+        )
+        cur.execute("CREATE INDEX IF NOT EXISTS link_stage_row ON link_stage (u, t)")
         with cur.copy("COPY snapshot_packed_stage FROM STDIN WITH (FORMAT binary)") as copy:
             copy.write(payload)
+        if batch.links:
+            refs: dict[str, str] = {}
+            with cur.copy("COPY link_stage FROM STDIN") as copy:
+                for u, t, other, category in batch.links:
+                    if other not in refs:
+                        refs[other] = link_end_ref(other)
+                    copy.write_row((u, t, other, refs[other], category))
         cur.execute(gate_sql(GATE_DERIVED))  # before the upsert reads consent_state
-        cur.execute(
-            _UPSERT_SQL,
-            {
-                "users": list(batch.users),
-                "as_ofs": list(batch.as_ofs),
-                "withheld": [str(d) for d in docs],
-                "version": FEATURE_SET_VERSION,
-            },
-        )
+        params = {
+            "users": list(batch.users),
+            "as_ofs": list(batch.as_ofs),
+            "withheld": [str(d) for d in docs],
+            "version": FEATURE_SET_VERSION,
+            **consent_rule_params(),
+        }
+        cur.execute(_UPSERT_SQL, params)
+        cur.execute(_CLEAR_LINKS_SQL, params)
+        if batch.links:
+            cur.execute(_LINKS_SQL, params)
 
 
 def layout_for(conn: Conn, version: str) -> Layout:

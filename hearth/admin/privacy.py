@@ -23,12 +23,20 @@ from hearth import ledger
 from hearth.admin.audit import audit_subject, erasure_record
 from hearth.admin.common import atomic
 from hearth.admin.devices import DeviceInfo, list_devices, revoke_broker_accounts
-from hearth.admin.purge import PurgeReport, count_rows, table_ident, user_row_filters
+from hearth.admin.purge import (
+    PurgeReport,
+    count_rows,
+    links_left,
+    purge_links,
+    table_ident,
+    user_row_filters,
+)
 from hearth.admin.users import require_user, unknown_user
 from hearth.broker import BrokerAccounts
 from hearth.db import Conn
 from hearth.errors import NotFound
 from hearth.ledger import GATE_DERIVED, GATE_INGEST, gate_sql, notify_consent
+from hearth.signals import Category
 
 
 def _jsonable(value: object) -> object:
@@ -118,13 +126,14 @@ def export_text(conn: Conn, user_id: str) -> str:
 
 
 def _erase_rows(conn: Conn, user_id: str, device_ids: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
+    # Other users' snapshots whose relationship features used this user: withheld.
+    counts: dict[str, int] = purge_links(conn, user_id, [Category.RELATIONSHIPS])
     for table, where in user_row_filters(conn):
         cur = conn.execute(
             sql.SQL("DELETE FROM {} WHERE {}").format(table_ident(table), where),
             {"user": user_id, "devices": device_ids},
         )
-        counts[table] = cur.rowcount
+        counts[table] = counts.get(table, 0) + cur.rowcount
     return counts
 
 
@@ -133,7 +142,9 @@ def _erase_rows_left(conn: Conn, user_id: str, devices: list[DeviceInfo]) -> dic
     :func:`_erase_rows` reaches, dead letters included by device id)."""
     params = {"user": user_id, "devices": [d.device_id for d in devices]}
     query = sql.SQL("SELECT count(*) FROM {} WHERE {}")
-    return {t: count_rows(conn, query, t, where, params) for t, where in user_row_filters(conn)}
+    left = {t: count_rows(conn, query, t, where, params) for t, where in user_row_filters(conn)}
+    left.update(links_left(conn, user_id, [Category.RELATIONSHIPS]))
+    return left
 
 
 def erase_user(

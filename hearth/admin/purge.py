@@ -21,8 +21,8 @@ from psycopg import sql
 from hearth.admin.audit import write_audit
 from hearth.db import Conn
 from hearth.errors import Incomplete
-from hearth.ledger import ConsentEvent, shows_snapshot_sql, withhold_snapshot_sql
-from hearth.signals import Category, stored_signals
+from hearth.ledger import ConsentEvent, link_end_ref, shows_snapshot_sql, withhold_snapshot_sql
+from hearth.signals import LINK_CATEGORIES, Category, stored_signals
 
 
 class PurgeIncomplete(Incomplete):
@@ -177,11 +177,27 @@ def _category_params(conn: Conn, user_id: str, category: Category) -> dict[str, 
         "user": user_id,
         "signals": stored_signals(category),
         "category": category.value,
+        "withheld": [c.value for c in withheld_categories(category)],
         "devices": _user_device_ids(conn, user_id),
     }
 
 
-_SNAPSHOT_CATEGORY = "ARRAY[%(category)s]::text[]"
+def withheld_categories(category: Category) -> list[Category]:
+    """The categories whose features a withdrawal of ``category`` withholds in the user's
+    snapshots: the category's, and the relationship features too when links are derived from
+    it (docs/invariants.md#9)."""
+    return [category, Category.RELATIONSHIPS] if category in LINK_CATEGORIES else [category]
+
+
+def link_categories_of(category: Category) -> list[Category]:
+    """The links a withdrawal of ``category`` ends: every link for ``relationships``, the
+    links derived from it for a category links come from, none for the others."""
+    if category is Category.RELATIONSHIPS or category in LINK_CATEGORIES:
+        return [category]
+    return []
+
+
+_SNAPSHOT_CATEGORY = "%(withheld)s::text[]"
 
 
 def purge_category_rows(conn: Conn, user_id: str, category: Category) -> dict[str, int]:
@@ -206,7 +222,64 @@ def purge_category_rows(conn: Conn, user_id: str, category: Category) -> dict[st
         params,
     )
     counts["feature_snapshots.features"] = cur.rowcount
+    counts.update(purge_links(conn, user_id, link_categories_of(category)))
     return counts
+
+
+# Stored link ends (migration 0072): the snapshots whose relationship features used the user as
+# the other end of a link of one of the given categories.
+_LINKED_SNAPSHOTS = """SELECT DISTINCT user_id, as_of, feature_set_version FROM snapshot_links
+                        WHERE link_ref = %(ref)s AND link_category = ANY(%(link_categories)s)"""
+_SAME_SNAPSHOT = """{t}.user_id = l.user_id AND {t}.as_of = l.as_of
+                    AND {t}.feature_set_version = l.feature_set_version"""
+_RELATIONSHIP_FEATURES = f"ARRAY['{Category.RELATIONSHIPS.value}']::text[]"
+
+
+def purge_links(conn: Conn, user_id: str, categories: list[Category]) -> dict[str, int]:
+    """A withdrawal or erasure at one end of relationship links: every stored snapshot whose
+    relationship features used the user through a link of ``categories`` gets them withheld
+    (null with a reason) and loses its stored link ends; the user's own link ends go as well.
+    Afterwards no row names the user as a link end (docs/invariants.md#9)."""
+    if not categories:
+        return {}
+    params = {
+        "user": user_id,
+        "ref": link_end_ref(user_id),
+        "link_categories": [c.value for c in categories],
+    }
+    withheld = withhold_snapshot_sql("s", _RELATIONSHIP_FEATURES)
+    shows = shows_snapshot_sql("s", _RELATIONSHIP_FEATURES)
+    counts: dict[str, int] = {}
+    cur = conn.execute(
+        f"UPDATE feature_snapshots s SET {withheld} FROM ({_LINKED_SNAPSHOTS}) l "
+        f"WHERE {_SAME_SNAPSHOT.format(t='s')} AND {shows}",
+        params,
+    )
+    counts["feature_snapshots.linked"] = cur.rowcount
+    cur = conn.execute(
+        f"DELETE FROM snapshot_links x USING ({_LINKED_SNAPSHOTS}) l "
+        f"WHERE {_SAME_SNAPSHOT.format(t='x')}",
+        params,
+    )
+    counts["snapshot_links.linked"] = cur.rowcount
+    cur = conn.execute("DELETE FROM snapshot_links WHERE user_id = %(user)s", params)
+    counts["snapshot_links"] = cur.rowcount
+    return counts
+
+
+def links_left(conn: Conn, user_id: str, categories: list[Category]) -> dict[str, int]:
+    """The verification of :func:`purge_links`: link ends still naming the user, and the
+    user's own."""
+    if not categories:
+        return {}
+    row = conn.execute(
+        """SELECT (SELECT count(*) FROM snapshot_links
+                    WHERE link_ref = %s AND link_category = ANY(%s)),
+                  (SELECT count(*) FROM snapshot_links WHERE user_id = %s)""",
+        (link_end_ref(user_id), [c.value for c in categories], user_id),
+    ).fetchone()
+    assert row is not None and isinstance(row[0], int) and isinstance(row[1], int)
+    return {"snapshot_links.linked": row[0], "snapshot_links": row[1]}
 
 
 def category_rows_left(conn: Conn, user_id: str, category: Category) -> dict[str, int]:
@@ -224,6 +297,7 @@ def category_rows_left(conn: Conn, user_id: str, category: Category) -> dict[str
     ).fetchone()
     assert row is not None and isinstance(row[0], int)
     left["feature_snapshots.features"] = row[0]
+    left.update(links_left(conn, user_id, link_categories_of(category)))
     return left
 
 

@@ -119,6 +119,7 @@ def test_definitions_catalogue() -> None:
     families = {s.family for s in SPECS}
     assert families == {
         "coverage", "routine", "residential", "mobility", "phone_care", "infrastructure",
+        "relationships",
     }  # fmt: skip
     assert len(SPECS) >= 24
     names = [d.name for d in DEFINITIONS]

@@ -6,6 +6,7 @@ from features.catalogue.library import (  # noqa: F401  (import for registration
     infrastructure,
     mobility,
     phone_care,
+    relationships,
     residential,
     routine,
 )

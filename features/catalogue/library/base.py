@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from features.catalogue.library.sightings import Sightings
 from hearth.signals import Category
 
 F64 = npt.NDArray[np.float64]
@@ -157,6 +158,9 @@ class Chunk:
     as_of_hours: float  # T in grid hours from the grid start (hours - 1 < as_of_hours ≤ hours)
     # [U] per category: consented at T but withdrawn since (so not in ``consented``)
     withdrawn: dict[Category, Bool] = field(default_factory=dict)
+    # Shared-network sightings of the chunk's users and their neighbours (features.engine.graph);
+    # None: not loaded, the relationship features are null.
+    sightings: Sightings | None = None
     _cache: dict[tuple[object, ...], object] = field(default_factory=dict)
 
     @property
