@@ -80,6 +80,24 @@ def _band(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _positive_rate(text: str) -> float:
+    rate = float(text)
+    if not rate > 0:
+        raise argparse.ArgumentTypeError("a rate in messages per second, above 0")
+    return rate
+
+
+def add_rate_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rate",
+        type=_positive_rate,
+        default=None,
+        help="at most this many messages per second in total (default: as fast as the broker "
+        "acknowledges; a replay of months of history should stay below what the collectors "
+        "store, or the broker's queue limit drops the rest)",
+    )
+
+
 def add_fleet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--households", type=int, default=100, help="households (one user each)")
     p.add_argument("--days", type=int, default=90, help="days of history")
@@ -239,6 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mqtt_url=mqtt_url,
         processes=args.processes,
         window=args.window,
+        rate=args.rate,
         register=not args.no_register,
         ground_truth=args.ground_truth,
     )
@@ -340,7 +359,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     counts = Counts()
     for pattern in ("part-*.tsv", "late-*.tsv"):  # late messages after everything else
         files = sorted((out / "parts").glob(pattern))
-        counts.add(publish_files(mqtt_url, files, creds, args.processes, args.window))
+        counts.add(
+            publish_files(mqtt_url, files, creds, args.processes, args.window, rate=args.rate)
+        )
     elapsed = time.monotonic() - started
     print(
         f"published={counts.published} acked={counts.acked} refused={counts.refused} "
@@ -378,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW, help="max unacknowledged publishes"
     )
+    add_rate_arg(r)
     r.add_argument("--no-register", action="store_true", help="skip registration and consent")
     r.add_argument(
         "--realtime", action="store_true", help="keep publishing in real time afterwards"
@@ -411,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--mqtt-url", default=None)
     pub.add_argument("--processes", type=int, default=2, help="publisher processes")
     pub.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    add_rate_arg(pub)
     pub.add_argument(
         "--anonymous",
         action="store_true",

@@ -313,6 +313,7 @@ class _Job:
     window: int
     worker: int
     client_tag: str
+    rate: float | None = None  # this process's messages per second (None: as fast as it can)
 
 
 class _DeviceStream:
@@ -327,6 +328,8 @@ class _DeviceStream:
         self.shared: WindowedClient | None = None
         self.previous: WindowedClient | None = None
         self.unreported = 0
+        self.started: float | None = None
+        self.sent = 0
 
     def _close_previous(self) -> None:
         if self.previous is not None:
@@ -378,10 +381,26 @@ class _DeviceStream:
             publish = client.publish
             for topic, payload in messages:
                 publish(topic, payload)
+            self._pace(len(messages))
             self.unreported += len(messages)
             if self.unreported >= 2000:
                 self.progress.put(("n", self.unreported))
                 self.unreported = 0
+
+    def _pace(self, n: int) -> None:
+        """Hold this process to ``job.rate`` messages a second on average. A broker queues
+        what its subscribers have not taken yet, up to a limit past which Mosquitto drops
+        messages (``max_queued_messages``, config/mosquitto/mosquitto.conf): a fleet replaying
+        months of history must not publish faster than the collectors store."""
+        if not self.job.rate:
+            return
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        self.sent += n
+        ahead = self.sent / self.job.rate - (now - self.started)
+        if ahead > 0:
+            time.sleep(ahead)
 
     def finish(self) -> Counts:
         self._close_previous()
@@ -425,8 +444,11 @@ class PartPublisher:
         window: int = DEFAULT_WINDOW,
         on_progress: Callable[[int], None] | None = None,
         client_tag: str = "main",
+        rate: float | None = None,
     ) -> None:
         parse_mqtt_url(mqtt_url)  # fail early on a bad URL
+        if rate is not None and rate <= 0:
+            raise ValueError("the publish rate must be positive")
         ctx = multiprocessing.get_context("fork")
         self._tasks: Any = ctx.Queue()
         self._progress: Any = ctx.Queue()
@@ -435,8 +457,9 @@ class PartPublisher:
         self._done = 0
         self._errors: list[str] = []
         self._workers = []
-        for w in range(max(1, processes)):
-            job = _Job(mqtt_url, window, w, client_tag)
+        n = max(1, processes)
+        for w in range(n):
+            job = _Job(mqtt_url, window, w, client_tag, rate / n if rate else None)
             proc = ctx.Process(
                 target=_worker_main, args=(job, self._tasks, self._progress), daemon=True
             )
@@ -505,12 +528,16 @@ def publish_files(
     window: int = DEFAULT_WINDOW,
     on_progress: Callable[[int], None] | None = None,
     client_tag: str = "main",
+    rate: float | None = None,
 ) -> Counts:
-    """Publish part files across ``processes`` worker processes; wait for every PUBACK."""
+    """Publish part files across ``processes`` worker processes (at most ``rate`` messages a
+    second in total); wait for every PUBACK."""
     names = [f for f in files if f.stat().st_size > 0]
     if not names:
         return Counts()
-    publisher = PartPublisher(mqtt_url, min(processes, len(names)), window, on_progress, client_tag)
+    publisher = PartPublisher(
+        mqtt_url, min(processes, len(names)), window, on_progress, client_tag, rate
+    )
     for name in names:
         publisher.submit(name, credentials)
     return publisher.finish()

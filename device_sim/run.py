@@ -143,6 +143,7 @@ class RunOptions:
     window: int  # max unacknowledged publishes per connection
     register: bool  # False: publish anonymously, no registration or consent
     ground_truth: Path | None = None
+    rate: float | None = None  # messages per second in total (None: as fast as possible)
 
 
 @dataclass(slots=True)
@@ -176,6 +177,7 @@ class _FleetRun:
             options.window,
             on_progress=self._advancer(self.pub_task),
             client_tag="publish",
+            rate=options.rate,
         )
         self.feeder = _Feeder(self.publisher)
         self.registration: _Registration | None = None
@@ -235,6 +237,7 @@ class _FleetRun:
             window=self.options.window,
             on_progress=self._advancer(late_task),
             client_tag="late",
+            rate=self.options.rate,
         )
 
 

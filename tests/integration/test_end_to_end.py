@@ -43,6 +43,7 @@ HOUSEHOLDS = int(os.environ.get("HEARTH_E2E_HOUSEHOLDS", "2000"))
 DAYS = int(os.environ.get("HEARTH_E2E_DAYS", "90"))
 SEED = int(os.environ.get("HEARTH_E2E_SEED", "42"))
 END = os.environ.get("HEARTH_E2E_END", "2026-11-01T00:00:00Z")
+PUBLISH_RATE = 20_000  # messages/s, as scripts/demo (DEMO_RATE)
 PYTHON = sys.executable
 
 
@@ -141,8 +142,10 @@ def test_chain_recovers_the_planted_signal(collector: dict[str, str], tmp_path: 
     _run([PYTHON, "-m", "device_sim", "register", "--out", str(sim)], env)
     phases.done("register")
     time.sleep(2)  # device_sim.run.REGISTRY_SETTLE_S: the collector's caches reload on NOTIFY
+    # Paced below what the collector stores: past the broker's queue limit it would drop.
     published = _run([PYTHON, "-m", "device_sim", "publish", "--out", str(sim), "--anonymous",
-                      "--processes", "2"], env).strip().splitlines()[-1]  # fmt: skip
+                      "--processes", "2", "--rate", str(PUBLISH_RATE)],
+                     env).strip().splitlines()[-1]  # fmt: skip
     phases.done("publish")
     assert _field(published, "published") == _field(line, "messages")
     _wait_stored(int(env["HEARTH_COLLECTOR_HTTP_PORT"]), _field(published, "acked"), 1800)
