@@ -62,7 +62,10 @@ def test_small_demo_runs_twice_with_the_same_seed(database_url: str, tmp_path: P
             assert kv["connect_failures"] == "0" and kv["published"] == kv["acked"]
             assert int(kv["published"]) > 0
             report = json.loads((out / "report" / "report.json").read_text())
-            assert report["n_users"] == 20
+            # One user per household member (households of 1-5): the ground truth's rows.
+            with (out / "ground_truth.csv").open() as truth:
+                members = sum(1 for _ in truth) - 1
+            assert members >= 20 and report["n_users"] == members
             # 20 households cannot train and validate a model; the report says why.
             assert (
                 "defaulters" in report["model_skipped_reason"]
