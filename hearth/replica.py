@@ -33,13 +33,16 @@ PRIMARY_SQL = """
 SELECT pg_current_wal_flush_lsn()::text, (SELECT system_identifier FROM pg_control_system())
 """
 # One round trip: is it a replica, of which cluster, has it replayed up to the position, and
-# how far behind is it (bytes to the position, seconds since the last replayed commit).
+# how far behind is it (bytes to the position, seconds since the last replayed commit). A
+# primary is never behind: after a crash recovery its pg_last_wal_replay_lsn() stays frozen
+# where that recovery ended, so it must not be compared with the position.
 REPLAY_SQL = """
 SELECT pg_is_in_recovery(),
        (SELECT system_identifier FROM pg_control_system()),
        pg_last_wal_replay_lsn()::text,
-       COALESCE(pg_last_wal_replay_lsn() >= %(lsn)s::pg_lsn, true),
-       pg_wal_lsn_diff(%(lsn)s::pg_lsn, pg_last_wal_replay_lsn()),
+       NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %(lsn)s::pg_lsn,
+       CASE WHEN pg_is_in_recovery()
+            THEN pg_wal_lsn_diff(%(lsn)s::pg_lsn, pg_last_wal_replay_lsn()) END,
        extract(epoch FROM now() - pg_last_xact_replay_timestamp()),
        CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END
 """

@@ -195,7 +195,7 @@ def test_a_read_url_of_another_cluster_is_refused(urls: tuple[str, str, list[str
     with psycopg.connect(primary_url, autocommit=True) as conn:
         position = primary_position(conn)
         state = wait_for_replay(conn, position, 0)  # the primary itself: nothing to wait for
-        assert not state.in_recovery and state.caught_up
+        assert not state.in_recovery and state.caught_up and state.lag_bytes == 0
         elsewhere = Position(position.lsn, position.system_identifier + 1)
         with pytest.raises(ConfigError, match="not a streaming replica of HEARTH_DATABASE_URL"):
             wait_for_replay(conn, elsewhere, 0)
