@@ -49,6 +49,7 @@ from features.engine.sql import (
     FIRST_SEEN_COLUMNS,
     FIRST_SEEN_SQL,
     NEW_RAW_SQL,
+    RECOMPUTE_SCAN_SQL,
     RECOMPUTE_SQL,
     ROLLUP_ARRAYS_SQL,
     SIGNAL_HASHES_SQL,
@@ -356,7 +357,7 @@ def _recomputed(
         bin_key(bins.d, bins.s, bins.h, read.hours),
         bin_key(keys[:, 0], keys[:, 1], keys[:, 2], read.hours),
     )
-    return usable & ~drop, _recompute(conn, kind, keys, read)
+    return usable & ~drop, _recompute(conn, kind, keys, read, bins)
 
 
 def _dirty_keys(
@@ -376,10 +377,17 @@ def _dirty_keys(
     return np.unique(np.concatenate(parts).astype(np.int64), axis=0)
 
 
-def _recompute(conn: Conn, kind: str, keys: np.ndarray, read: Read) -> list[tuple[object, ...]]:
+# Pass 2 scans the raw rows of a range instead of probing each key when the range holds at
+# most this many raw rows per key (RECOMPUTE_SCAN_SQL's costs: ~45 µs a probe, ~0.5 µs a row).
+SCAN_ROWS_PER_KEY = 50
+
+
+def _recompute(
+    conn: Conn, kind: str, keys: np.ndarray, read: Read, bins: NumericBins | CategoricalBins
+) -> list[tuple[object, ...]]:
     pairs, start, as_of = read.pairs, read.start, read.as_of
     devices = [pairs.devices[int(d)] for d in keys[:, 0]]
-    params = {
+    params: dict[str, object] = {
         "k_device": [d.device_id for d in devices],
         "k_user": [d.user_id for d in devices],
         "k_signal": [SIGNAL_NAMES[int(s)] for s in keys[:, 1]],
@@ -391,6 +399,16 @@ def _recompute(conn: Conn, kind: str, keys: np.ndarray, read: Read) -> list[tupl
         "as_of": as_of,
         "known_by": known_by(as_of, read.knowledge),
     }
+    lo_h, hi_h = int(keys[:, 2].min()), int(keys[:, 2].max()) + 1
+    # The raw rows a scan would read, from the rollups' counts of the keys' devices' buckets.
+    in_range = np.isin(bins.d, keys[:, 0]) & (bins.h >= lo_h) & (bins.h < hi_h)
+    if float(bins.n[in_range].sum()) <= SCAN_ROWS_PER_KEY * len(keys):
+        params.update(
+            k_devices=sorted({d.device_id for d in devices}),
+            lo=start + timedelta(hours=lo_h),
+            hi=start + timedelta(hours=hi_h),
+        )
+        return conn.execute(RECOMPUTE_SCAN_SQL[kind], params).fetchall()
     return conn.execute(RECOMPUTE_SQL[kind], params).fetchall()
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from features.engine import compute_historical, compute_vectors
+from features.engine import compute_historical, compute_vectors, load
 from features.rollups import read_watermark, refresh_rollups
 from features.snapshots.materialize import materialize
 from hearth.signals import Category
@@ -168,3 +168,41 @@ def test_rows_not_yet_rolled_up_are_read_from_raw(db: psycopg.Connection) -> Non
             assert other.value is None, name
         else:
             assert other.value == pytest.approx(cell.value, rel=1e-12, abs=1e-12), name
+
+
+def test_both_forms_of_recomputation_agree(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pass 2 recomputes dirty buckets either by one scan of the raw rows of their range or by
+    an index probe per bucket (features.engine.load._recompute picks by cost); both give
+    the same vector, and late rows count only once known."""
+    add_user(db, "forms-1", granted_at=T1 - timedelta(days=200))
+    add_device(db, "forms-1-phone", "forms-1", "phone")
+    arrival = T1 + timedelta(days=1)
+    rows, cat = [], []
+    for d in range(1, 60):
+        for h in (3, 9, 15, 21):
+            t = T1 - timedelta(days=d, hours=h)
+            late = (d + h) % 3 == 0  # a third of the buckets hold a row ingested after T1
+            rows.append((t, "forms-1-phone", "forms-1", "battery_pct", 30.0 + d % 9 + h, t + ING))
+            if late:
+                rows.append((t + timedelta(minutes=5), "forms-1-phone", "forms-1",
+                             "battery_pct", 5.0, arrival))  # fmt: skip
+            cat.append((t, "forms-1-phone", "forms-1", "geohash",
+                        ["u33dc0c", "u33dc1b", "u33dc2c"][(d * h) % 3],
+                        arrival if late else t + ING))  # fmt: skip
+    insert_numeric(db, rows)
+    insert_categorical(db, cat)
+    refresh_rollups(db, full=True)
+    vectors = {}
+    for form, rows_per_key in (("scan", 10**9), ("probe", -1)):
+        monkeypatch.setattr(load, "SCAN_ROWS_PER_KEY", rows_per_key)
+        vectors[form] = [
+            compute_vectors(db, ["forms-1"], at)[0].values for at in (T1, arrival + ING)
+        ]
+    assert vectors["scan"] == vectors["probe"]
+    at_t1, after = vectors["scan"]
+    assert at_t1["low_battery_day_share_30d"].value == 0.0
+    share = after["low_battery_day_share_30d"].value
+    assert share is not None and share > 0.0
+    assert at_t1["radius_of_gyration_km_30d"] != after["radius_of_gyration_km_30d"]
