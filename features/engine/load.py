@@ -62,6 +62,7 @@ from hearth.signals import Category, stored_signals
 
 Cursor = psycopg.Cursor[tuple[object, ...]]
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_SIGNAL_NAME_ARRAY = np.asarray(SIGNAL_NAMES)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,15 @@ class Pairs:
             elif signals:
                 table[di, [SIGNAL_INDEX[n] for n in signals.split(",")]] = True
         return table
+
+    @functools.cached_property
+    def _columns(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(self.params[k]) for k in ("d_device", "d_user", "d_uidx")}
+
+    def column(self, name: str) -> np.ndarray:
+        """A ``d_*`` parameter (device id, user id, user index) as a numpy array, to index by
+        device."""
+        return self._columns[name]
 
     def readable(self, d: np.ndarray, s: np.ndarray) -> np.ndarray:
         """Whether each (device index, signal index; -1: outside the catalogue) is read at
@@ -385,26 +395,25 @@ SCAN_ROWS_PER_KEY = 50
 def _recompute(
     conn: Conn, kind: str, keys: np.ndarray, read: Read, bins: NumericBins | CategoricalBins
 ) -> list[tuple[object, ...]]:
-    pairs, start, as_of = read.pairs, read.start, read.as_of
-    devices = [pairs.devices[int(d)] for d in keys[:, 0]]
+    start, as_of = read.start, read.as_of
+    d = keys[:, 0]
     params: dict[str, object] = {
-        "k_device": [d.device_id for d in devices],
-        "k_user": [d.user_id for d in devices],
-        "k_signal": [SIGNAL_NAMES[int(s)] for s in keys[:, 1]],
-        "k_bucket": [start + timedelta(hours=int(h)) for h in keys[:, 2]],
-        "k_uidx": [int(pairs.params["d_uidx"][int(d)]) for d in keys[:, 0]],  # type: ignore[index]
-        "k_didx": [int(d) for d in keys[:, 0]],
-        "k_sidx": [int(s) for s in keys[:, 1]],
-        "start": start,
-        "as_of": as_of,
-        "known_by": known_by(as_of, read.knowledge),
+        "k_device": read.pairs.column("d_device")[d].tolist(),
+        "k_user": read.pairs.column("d_user")[d].tolist(),
+        "k_signal": _SIGNAL_NAME_ARRAY[keys[:, 1]].tolist(),
+        "k_hour": keys[:, 2].tolist(),
+        "k_uidx": read.pairs.column("d_uidx")[d].tolist(),
+        "k_didx": d.tolist(),
+        "k_sidx": keys[:, 1].tolist(),
     }
+    params = as_literals(params)
+    params.update(start=start, as_of=as_of, known_by=known_by(as_of, read.knowledge))
     lo_h, hi_h = int(keys[:, 2].min()), int(keys[:, 2].max()) + 1
     # The raw rows a scan would read, from the rollups' counts of the keys' devices' buckets.
     in_range = np.isin(bins.d, keys[:, 0]) & (bins.h >= lo_h) & (bins.h < hi_h)
     if float(bins.n[in_range].sum()) <= SCAN_ROWS_PER_KEY * len(keys):
         params.update(
-            k_devices=sorted({d.device_id for d in devices}),
+            k_devices=array_literal(np.unique(read.pairs.column("d_device")[d]).tolist()),
             lo=start + timedelta(hours=lo_h),
             hi=start + timedelta(hours=hi_h),
         )

@@ -124,6 +124,16 @@ def _new_raw_sql(kind: str) -> str:
     """
 
 
+# The buckets to recompute: device, user, signal, grid hour (``k_hour``, from ``start``) and
+# the chunk's indexes, as arrays of text and integers (array literals: cheap to send).
+_KEYS = """SELECT device_id, user_id, signal,
+                  %(start)s::timestamptz + hour * INTERVAL '1 hour' AS bucket, uidx, didx, sidx
+             FROM unnest(%(k_device)s::text[], %(k_user)s::text[], %(k_signal)s::text[],
+                         %(k_hour)s::int4[], %(k_uidx)s::int4[], %(k_didx)s::int4[],
+                         %(k_sidx)s::int4[])
+                  AS k(device_id, user_id, signal, hour, uidx, didx, sidx)"""
+
+
 def _recompute_sql(kind: str) -> str:
     """Pass 2: the dirty buckets recomputed from raw rows with time < T and ingested_at ≤ T,
     with the rollup job's own aggregate expressions (features.rollups)."""
@@ -138,10 +148,7 @@ def _recompute_sql(kind: str) -> str:
         agg = CATEGORICAL_AGGREGATE_FROM.format(source="categorical_readings r", where=where)
         out = _CATEGORICAL_OUT
     return f"""
-    WITH k AS (SELECT * FROM unnest(%(k_device)s::text[], %(k_user)s::text[],
-                                    %(k_signal)s::text[], %(k_bucket)s::timestamptz[],
-                                    %(k_uidx)s::int4[], %(k_didx)s::int4[], %(k_sidx)s::int4[])
-                    AS k(device_id, user_id, signal, bucket, uidx, didx, sidx))
+    WITH k AS ({_KEYS})
     SELECT k.uidx, k.didx, k.sidx, {out}
       FROM k CROSS JOIN LATERAL ({agg}) b
     """
@@ -165,11 +172,7 @@ def _recompute_scan_sql(kind: str) -> str:
         agg = CATEGORICAL_AGGREGATE_FROM.format(source="categorical_readings r", where=where)
         out = _CATEGORICAL_OUT
     return f"""
-    WITH k AS MATERIALIZED (
-           SELECT * FROM unnest(%(k_device)s::text[], %(k_user)s::text[],
-                                %(k_signal)s::text[], %(k_bucket)s::timestamptz[],
-                                %(k_uidx)s::int4[], %(k_didx)s::int4[], %(k_sidx)s::int4[])
-                AS k(device_id, user_id, signal, bucket, uidx, didx, sidx))
+    WITH k AS MATERIALIZED ({_KEYS})
     SELECT k.uidx, k.didx, k.sidx, {out}
       FROM ({agg}) b
       JOIN k ON k.device_id = b.device_id AND k.signal = b.signal AND k.bucket = b.bucket
