@@ -227,11 +227,22 @@ def add_categorical_rows(
     bins: CategoricalBins, values: Sequence[str], rows: Sequence[Sequence[object]]
 ) -> tuple[CategoricalBins, list[str]]:
     """``bins`` (codes into ``values``) followed by recomputed (u, d, s, h, value, share, n)
-    rows, coded again over one dictionary."""
-    all_rows = [
-        (u, d, s, h, values[c], sh, n)
-        for u, d, s, h, c, sh, n in zip(
-            bins.u, bins.d, bins.s, bins.h, bins.code, bins.share, bins.n, strict=True,
-        )
-    ] + list(rows)  # fmt: skip
-    return _categorical_from_rows(all_rows)
+    rows, coded again over one sorted dictionary of the values in use (what
+    :func:`_categorical_from_rows` of all of them gives; the bins are recoded, never turned
+    into rows)."""
+    added, new_values = _categorical_from_rows(rows)
+    used = np.unique(bins.code)
+    kept = [values[i] for i in used.tolist()]
+    merged = sorted(set(kept) | set(new_values))
+    index = {v: i for i, v in enumerate(merged)}
+    old_code = np.zeros(len(values), dtype=np.int64)
+    old_code[used] = [index[v] for v in kept]
+    new_code = np.array([index[v] for v in new_values], dtype=np.int64)
+    combined = CategoricalBins(
+        **{
+            k: np.concatenate([getattr(bins, k), getattr(added, k)])
+            for k in ("u", "d", "s", "h", "share", "n")
+        },
+        code=np.concatenate([old_code[bins.code], new_code[added.code]]),
+    )
+    return combined, merged
