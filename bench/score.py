@@ -12,7 +12,9 @@ baseline, scikit-learn's ``predict_proba`` of the same model on the same matrix 
 alone: no reasons, no files, no log). Online: ``--online-users`` users get consent and a
 snapshot; ``python -m features serve`` (a subprocess) answers ``POST /v1/scores`` for one user
 per request at a fixed offered load from another process (latency from the scheduled time, so
-queueing counts), against the named baseline ``GET /v1/users/{id}/features`` at the same load.
+queueing counts), against the named baseline ``GET /v1/users/{id}/features`` at the same load
+(the latest snapshot, which is what the score reads; with ``as_of`` it would ask for a snapshot
+at exactly that time, find none, and compute every vector on demand).
 Peak RSS of the batch is sampled by bench/_common.py's ``RssSampler`` (MB = 2**20 bytes).
 Targets (issue 17): batch >= 20,000 users/s per process; online p99 <= 10 ms at 500 req/s with no
 errors, on a quiet machine. The table, targets, load average and last line come from
@@ -67,7 +69,7 @@ async def _load(url: str, users: int, rate: float, seconds: float, mode: str) ->
                 body = json.dumps({"rows": [{"user_id": user, "as_of": as_of}]})
                 request = session.post(f"{url}/v1/scores", data=body)
             else:
-                request = session.get(f"{url}/v1/users/{user}/features", params={"as_of": as_of})
+                request = session.get(f"{url}/v1/users/{user}/features")
             async with request as resp:
                 await resp.read()
                 errors += resp.status != 200

@@ -55,9 +55,14 @@ class VectorCache(Generic[V]):
     def put(self, key: Hashable, value: V, generation: int) -> None:
         if not self.enabled or generation != self.generation:
             return
-        self._data[key] = (time.monotonic() + self.ttl_s, value)
+        now = time.monotonic()
+        self._data[key] = (now + self.ttl_s, value)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+        # Expired entries at the least recently used end go too, so the cache holds about what
+        # was asked for within the last TTL or two rather than max_entries stale vectors.
+        while self._data and next(iter(self._data.values()))[0] < now:
             self._data.popitem(last=False)
 
     def invalidate(self) -> None:

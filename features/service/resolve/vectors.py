@@ -13,7 +13,7 @@ Order of decisions for each row (first match wins):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -44,6 +44,9 @@ class Outcome:
     source: Source | None = None
     computed_at: datetime | None = None
     vector: PackedVector | None = None
+    # The vector's cells (every feature, catalogue order) as JSON text once rendered: an
+    # outcome the cache keeps is rendered when it is stored, not on every request reading it.
+    cells: str | None = None
 
 
 class VectorResolver:
@@ -91,10 +94,18 @@ class VectorResolver:
                 computed = await self._compute([(u, t) for _, u, t in pending])
                 for (i, user_id, at), vector in zip(pending, computed, strict=True):
                     out[i] = _from_engine(user_id, at, rows[i][1] is None, vector)
-            if use_cache:
+            if use_cache and self.cache.enabled:
+                # Rendered once here (one pass for the whole batch): formatting every float
+                # of a vector is most of a cached GET's work.
+                fresh: list[Outcome] = []
                 for i in todo:
                     outcome = out[i]
                     assert outcome is not None
+                    fresh.append(outcome)
+                texts = features_json(fresh)
+                for i, outcome, text in zip(todo, fresh, texts, strict=True):
+                    if text is not None:
+                        outcome = out[i] = replace(outcome, cells=text)
                     user_id, as_of = rows[i]
                     self.cache.put((user_id, as_of, version), outcome, generation)
         return [o for o in out if o is not None]
@@ -161,13 +172,26 @@ def features_json(
     outcomes: Sequence[Outcome], columns: npt.NDArray[np.intp] = CATALOGUE_COLUMNS
 ) -> list[str | None]:
     """The cells of each outcome's vector (the features at ``columns``) as JSON text, rendered
-    together (:func:`features.snapshots.codec.cells_json_rows`); None without a vector."""
-    packed = [o.vector for o in outcomes if o.vector is not None]
-    if not packed:
-        return [None] * len(outcomes)
-    values, coverage = unpack(packed)
-    texts = iter(cells_json_rows(values, coverage, [p.withheld for p in packed], columns))
-    return [next(texts) if o.vector is not None else None for o in outcomes]
+    together (:func:`features.snapshots.codec.cells_json_rows`); None without a vector. All of
+    the features are an outcome's own :attr:`Outcome.cells` when it has them."""
+    every = columns is CATALOGUE_COLUMNS or np.array_equal(columns, CATALOGUE_COLUMNS)
+    packed = [
+        o.vector for o in outcomes if o.vector is not None and not (every and o.cells is not None)
+    ]
+    rendered: list[str] = []
+    if packed:
+        values, coverage = unpack(packed)
+        rendered = cells_json_rows(values, coverage, [p.withheld for p in packed], columns)
+    texts = iter(rendered)
+    out: list[str | None] = []
+    for o in outcomes:
+        if o.vector is None:
+            out.append(None)
+        elif every and o.cells is not None:
+            out.append(o.cells)
+        else:
+            out.append(next(texts))
+    return out
 
 
 def vector_json(
