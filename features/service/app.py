@@ -10,6 +10,7 @@ bounds its statements (``HEARTH_SERVICE_STATEMENT_TIMEOUT_MS``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -243,6 +244,11 @@ async def _serve(app: web.Application, settings: Settings, host: str, port: int)
             # the errno's own text is the short one. Resolver errors have a negative errno.
             reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
             raise Unavailable(f"cannot listen on {host}:{port}: {reason or exc}") from None
+        # What is loaded by now (the catalogue, a scoring model's scikit-learn objects: ~200 k
+        # objects) lives as long as the process. Frozen, a full garbage collection no longer
+        # walks it in the middle of a request (~100 ms each time: the p99 of POST /v1/scores).
+        gc.collect()
+        gc.freeze()
         log.info(
             "event=service_started address=http://%s:%d feature_set_version=%s",
             host,
