@@ -5,24 +5,26 @@
 A throwaway database (from template ``hearth_template``) gets ``--users`` users, each with
 consent to five of the seven categories and one snapshot of the whole feature set (every
 feature, values and coverage; the other two categories' cells null by consent), loaded with
-COPY (triggers off while loading; consent_state filled from the ledger). Then
-``features.book.export.export_book`` writes the book as of D in this process, sampled for peak
-RSS, against the named baseline: the per-user read through the snapshot store's current API
+COPY (triggers off while loading; consent_state filled from the ledger); then a wait (at most
+5 minutes) for the load average to fall below 1 again. Then
+``features.book.export.export_book`` writes the book as of D in a process of its own (what
+seeding left in this one is not the export's memory), sampled for peak RSS, against the named
+baseline: the per-user read through the snapshot store's current API
 (``features.snapshots.store.latest_snapshot``, one query per user) on a sample of users.
 Peak RSS is sampled by bench/_common.py's ``RssSampler`` (MB = 2**20 bytes, as in every bench).
 Targets (issue 17): >= 50,000 users/s per process and <= 1,000 MB, on a quiet machine. The table,
-targets, load average and last line come from bench/_common.py (``Bench``); its load at start is
-the load once the seeding is done, when the measured work starts (the load before seeding is
-printed too). Last line: ``users_per_s=… peak_rss_mb=… load_start=… load_end=…`` (and the
-harness's warning token when the load at start was above 1.5).
+targets, load average and last line come from bench/_common.py (``Bench``); its load at start
+is the load once the seeding is done and settled, when the measured work starts (the load
+before seeding is printed too). Last line: ``users_per_s=… peak_rss_mb=… load_start=…
+load_end=…`` (and the harness's warning token when the load at start was above 1.5).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 CATEGORIES = ("location", "connectivity", "device_health", "energy", "presence")
 USERS_PER_S_TARGET = 50_000.0
 PEAK_MB_TARGET = 1000.0
+QUIET_LOAD = 1.0  # as /work/shared/tools/measure waits for
 BASELINE_SAMPLE = 2_000
 
 
@@ -124,21 +127,42 @@ def _baseline(url: str, users: int) -> float:
         return len(sample) / (time.perf_counter() - start)
 
 
-def _export(url: str, out: Path, part_users: int) -> tuple[float, float, int]:
-    """(seconds, peak RSS MB of this process, rows) of one export."""
+def child_export(url: str, out: Path, part_users: int) -> None:
+    """The export itself, in a process of its own (so that its peak RSS is the export's, not
+    what seeding a million users left in this one): prints seconds and rows as JSON."""
     from features.book.export import export_book
 
-    sampler = RssSampler([os.getpid()])
-    sampler.start()
     start = time.perf_counter()
+    result = export_book(
+        url, AS_OF, out, max_age=timedelta(hours=36), part_users=part_users, progress=False
+    )
+    print(json.dumps({"seconds": time.perf_counter() - start, "rows": result.rows}))
+
+
+def _export(url: str, out: Path, part_users: int) -> tuple[float, float, int]:
+    """(seconds, peak RSS MB of the exporting process, rows) of one export."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, "_export", url, str(out), str(part_users)],
+        stdout=subprocess.PIPE,
+    )
+    sampler = RssSampler([child.pid])
+    sampler.start()
     try:
-        result = export_book(
-            url, AS_OF, out, max_age=timedelta(hours=36), part_users=part_users, progress=False
-        )
-        seconds = time.perf_counter() - start
+        stdout, _ = child.communicate()
     finally:
         peak_mb = sampler.stop()
-    return seconds, peak_mb, result.rows
+    if child.returncode != 0:
+        raise SystemExit(f"the export failed (exit {child.returncode})")
+    done = json.loads(stdout.decode().strip().splitlines()[-1])
+    return float(done["seconds"]), peak_mb, int(done["rows"])
+
+
+def _settle(max_wait_s: float = 300.0) -> None:
+    """Wait (bounded) for the seeding's after-effects — the server's checkpoint and autovacuum
+    — to pass, so that the export is measured on a machine as quiet as the one seeding found."""
+    deadline = time.monotonic() + max_wait_s
+    while load_1m() >= QUIET_LOAD and time.monotonic() < deadline:
+        time.sleep(5)
 
 
 def main() -> None:
@@ -152,6 +176,7 @@ def main() -> None:
         t0 = time.perf_counter()
         _seed(url, args.users)
         print(f"seeded {args.users} users in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        _settle()
         bench = Bench()  # the load when the export starts: seeding is not measured
         baseline = _baseline(url, args.users)
         with tempfile.TemporaryDirectory() as tmp:
@@ -179,4 +204,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "_export":
+        child_export(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()

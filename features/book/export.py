@@ -56,6 +56,7 @@ from hearth.errors import Invalid
 FORMAT = "hearth-export/1"
 DEFAULT_PART_USERS = 50_000
 FETCH_ROWS = 5_000
+SAMPLE_BATCH_ROWS = 10_000  # rows read at a time to sample the population
 POPULATION_FILE = "population.json"
 COVERAGE_SUFFIX = "__coverage"
 CONSENT_PREFIX = "consent__"
@@ -327,20 +328,23 @@ def _left_out(entries: Sequence[dict[str, Any]]) -> dict[str, int]:
 def _describe_population(
     out: Path, entries: Sequence[dict[str, Any]], as_of: datetime
 ) -> Population:
-    """Percentiles from every k-th exported row (in part order), one part file at a time."""
+    """Percentiles from every k-th exported row (in part order), read a batch of rows at a time
+    (memory: the sample and one batch, not a part's columns)."""
     total = sum(int(e["rows"]) for e in entries)
     step = sample_step(total)
     sampled: dict[str, list[np.ndarray]] = {n: [] for n in vectors.NAMES}
-    offset = 0  # global index of the part's first row
+    offset = 0  # global index of the batch's first row
     for entry in entries:
         if not entry["rows"]:
             continue
-        table = pq.read_table(out / entry["file"], columns=list(vectors.NAMES))
-        first = (-offset) % step
-        for name in vectors.NAMES:
-            column = table.column(name).to_numpy(zero_copy_only=False)
-            sampled[name].append(np.asarray(column, dtype=np.float64)[first::step])
-        offset += int(entry["rows"])
+        part = pq.ParquetFile(out / entry["file"])
+        for batch in part.iter_batches(batch_size=SAMPLE_BATCH_ROWS, columns=list(vectors.NAMES)):
+            first = (-offset) % step
+            for name in vectors.NAMES:
+                column = batch.column(name).to_numpy(zero_copy_only=False)
+                # A copy: a strided view would keep the whole batch alive.
+                sampled[name].append(np.array(column[first::step], dtype=np.float64))
+            offset += batch.num_rows
     columns = {n: np.concatenate(parts) if parts else np.empty(0) for n, parts in sampled.items()}
     return build_population(as_of, FEATURE_SET_VERSION, total, columns)
 
