@@ -152,7 +152,8 @@ def export_part(job: PartJob) -> dict[str, Any]:
         pq.ParquetWriter(temporary(path), schema()) as writer,
     ):
         conn.execute("SET jit = off")
-        with conn.cursor(name=f"book_export_{job.index}") as cur:
+        # Binary results: the packed vectors arrive as bytes, not hex text to decode.
+        with conn.cursor(name=f"book_export_{job.index}", binary=True) as cur:
             cur.execute(
                 vectors.RANGE_SQL,
                 vectors.params(job.as_of, max_age, after=job.after, upto=job.upto),
