@@ -134,6 +134,16 @@ _KEYS = """SELECT device_id, user_id, signal,
                   AS k(device_id, user_id, signal, hour, uidx, didx, sidx)"""
 
 
+def _raw_aggregate(kind: str, where: str) -> tuple[str, str]:
+    """The rollup job's aggregate of one kind over raw rows ``r`` filtered by ``where``, and
+    the output columns pass 2 selects from it (``b``)."""
+    if kind == "numeric":
+        agg = f"SELECT {NUMERIC_AGGREGATE} FROM numeric_readings r {where} GROUP BY 1, 2, 3, 4"
+        return agg, _NUMERIC_OUT
+    agg = CATEGORICAL_AGGREGATE_FROM.format(source="categorical_readings r", where=where)
+    return agg, _CATEGORICAL_OUT
+
+
 def _recompute_sql(kind: str) -> str:
     """Pass 2: the dirty buckets recomputed from raw rows with time < T and ingested_at ≤ T,
     with the rollup job's own aggregate expressions (features.rollups)."""
@@ -141,12 +151,7 @@ def _recompute_sql(kind: str) -> str:
                  AND r.user_id = k.user_id AND r.time >= k.bucket
                  AND r.time < k.bucket + INTERVAL '1 hour'
                  AND r.time < %(as_of)s AND r.ingested_at <= %(known_by)s"""
-    if kind == "numeric":
-        agg = f"SELECT {NUMERIC_AGGREGATE} FROM numeric_readings r {where} GROUP BY 1, 2, 3, 4"
-        out = _NUMERIC_OUT
-    else:
-        agg = CATEGORICAL_AGGREGATE_FROM.format(source="categorical_readings r", where=where)
-        out = _CATEGORICAL_OUT
+    agg, out = _raw_aggregate(kind, where)
     return f"""
     WITH k AS ({_KEYS})
     SELECT k.uidx, k.didx, k.sidx, {out}
@@ -165,12 +170,7 @@ def _recompute_scan_sql(kind: str) -> str:
                  AND r.time < %(as_of)s AND r.ingested_at <= %(known_by)s
                  AND (r.device_id, r.signal, time_bucket(INTERVAL '1 hour', r.time))
                      IN (SELECT device_id, signal, bucket FROM k)"""
-    if kind == "numeric":
-        agg = f"SELECT {NUMERIC_AGGREGATE} FROM numeric_readings r {where} GROUP BY 1, 2, 3, 4"
-        out = _NUMERIC_OUT
-    else:
-        agg = CATEGORICAL_AGGREGATE_FROM.format(source="categorical_readings r", where=where)
-        out = _CATEGORICAL_OUT
+    agg, out = _raw_aggregate(kind, where)
     return f"""
     WITH k AS MATERIALIZED ({_KEYS})
     SELECT k.uidx, k.didx, k.sidx, {out}
