@@ -213,7 +213,11 @@ def main() -> int:
     finally:
         service_mb = sampler.stop() if sampler is not None else float("nan")
         service.terminate()
-        service.wait(timeout=30)
+        try:
+            service.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a request still computing: the figures come first
+            service.kill()
+            service.wait()
     if child.returncode != 0:
         print(child.stderr, file=sys.stderr)
         bench.finish(error="client_failed", returncode=child.returncode)
