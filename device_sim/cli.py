@@ -279,8 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"register_s={timings.get('register', 0.0):.1f} publish_s={timings['publish']:.1f} "
         f"rate={rate:.0f} total_s={timings['total']:.1f}"
     )
-    lost = counts.published - counts.acked - counts.refused
-    return 0 if lost == 0 and counts.connect_failures == 0 and counts.refused == 0 else 1
+    return 0 if counts.complete else 1
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -368,8 +367,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         f"connect_failures={counts.connect_failures} elapsed_s={elapsed:.1f} "
         f"rate={counts.acked / elapsed if elapsed > 0 else 0.0:.0f}"
     )
-    lost = counts.published - counts.acked - counts.refused
-    return 0 if lost == 0 and counts.connect_failures == 0 and counts.refused == 0 else 1
+    return 0 if counts.complete else 1
 
 
 def cmd_withdraw(args: argparse.Namespace) -> int:

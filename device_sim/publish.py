@@ -74,6 +74,13 @@ class Counts:
     refused: int = 0  # PUBACK with a failure reason code (e.g. ACL: not authorised)
     connect_failures: int = 0
 
+    @property
+    def complete(self) -> bool:
+        """Every published message acknowledged by the broker, none refused, no
+        connection failed: what a run or publish exits 0 on."""
+        lost = self.published - self.acked - self.refused
+        return lost == 0 and self.connect_failures == 0 and self.refused == 0
+
     def add(self, other: Counts) -> None:
         self.published += other.published
         self.acked += other.acked
