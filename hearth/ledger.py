@@ -107,13 +107,17 @@ def consented_categories_sql(user_expr: str, at_expr: str) -> str:
          WHERE latest.action = 'grant' AND latest.notice_version = %(notice)s)"""
 
 
-def consented_categories_by_user_sql(user_filter: str, at_expr: str) -> str:
-    """SQL relation ``(user_id, categories text[])``: for the users of ``user_filter`` (a
-    condition on ``c.user_id``) with active credit-scoring consent at ``at_expr`` for some
-    category, those categories — :func:`consented_categories_sql` for a range of users in one
-    index scan (the bulk export). The caller binds :func:`consent_rule_params`."""
+def consented_categories_by_user_sql(
+    user_filter: str, at_expr: str, aggregate: str = "array_agg({})"
+) -> str:
+    """SQL relation ``(user_id, categories)``: for the users of ``user_filter`` (a condition on
+    ``c.user_id``) with active credit-scoring consent at ``at_expr`` for some category, those
+    categories — :func:`consented_categories_sql` for a range of users in one index scan (the
+    bulk export). ``categories`` is ``aggregate`` over the category column (``{}`` stands for
+    it; by default a text[]). The caller binds :func:`consent_rule_params`."""
+    categories = aggregate.format("latest.category")
     return f"""(
-        SELECT latest.user_id, array_agg(latest.category) AS categories FROM (
+        SELECT latest.user_id, {categories} AS categories FROM (
             SELECT DISTINCT ON (c.user_id, c.category)
                    c.user_id, c.category, c.action, c.notice_version
               FROM consent_events c
@@ -274,12 +278,13 @@ def withdrawn_categories_sql(user_expr: str) -> str:
                    AND ws.action = 'withdraw')"""
 
 
-def withdrawn_categories_by_user_sql(user_filter: str) -> str:
-    """SQL relation ``(user_id, categories text[])``: :func:`withdrawn_categories_sql` for the
-    users of ``user_filter`` (a condition on ``ws.user_id``) in one scan; users without a
-    withdrawal are absent."""
+def withdrawn_categories_by_user_sql(user_filter: str, aggregate: str = "array_agg({})") -> str:
+    """SQL relation ``(user_id, categories)``: :func:`withdrawn_categories_sql` for the users of
+    ``user_filter`` (a condition on ``ws.user_id``) in one scan, ``categories`` being
+    ``aggregate`` over the category column (as in :func:`consented_categories_by_user_sql`);
+    users without a withdrawal are absent."""
     return f"""(
-        SELECT ws.user_id, array_agg(ws.category) AS categories FROM consent_state ws
+        SELECT ws.user_id, {aggregate.format("ws.category")} AS categories FROM consent_state ws
          WHERE ws.purpose = '{PURPOSE_CREDIT_SCORING}' AND ws.action = 'withdraw'
            AND {user_filter}
          GROUP BY ws.user_id)"""

@@ -52,19 +52,30 @@ Bool = NDArray[np.bool_]
 # The storage-specific columns: the stored vector, packed (features.snapshots.codec).
 _VECTOR_COLUMNS = "f.vals, f.covs"
 
+# A set of categories as an int, bit k for CATEGORIES[k] (a category not there: no bit), so a
+# row carries one int, not a text[] (cheaper to aggregate, send and decode).
+_CATEGORY_ARRAY = "ARRAY[" + ", ".join(f"'{c}'" for c in CATEGORIES) + "]::text[]"
+_BITS = f"bit_or(1 << (array_position({_CATEGORY_ARRAY}, {{}}) - 1))"  # aggregate of {} rows
+
+
+def _bits_of(categories: str) -> str:
+    """SQL int: the bits of text[] ``categories`` (0: none)."""
+    return f"(SELECT coalesce({_BITS.format('x')}, 0) FROM unnest({categories}) x)"
+
+
 # Online (a few users): per user, lateral lookups.
 _SQL = f"""
 SELECT u.user_id, c.consented, s.as_of, s.vals, s.covs
   FROM users u
  CROSS JOIN LATERAL (
-       SELECT ARRAY(SELECT unnest({consented_categories_sql("u.user_id", "%(as_of)s")})
-                    EXCEPT SELECT unnest({withdrawn_categories_sql("u.user_id")})) AS consented
+       SELECT {_bits_of(consented_categories_sql("u.user_id", "%(as_of)s"))}
+              & ~{_bits_of(withdrawn_categories_sql("u.user_id"))} AS consented
  ) c
   LEFT JOIN LATERAL (
        SELECT f.as_of, {_VECTOR_COLUMNS} FROM feature_snapshots f
         WHERE f.user_id = u.user_id AND f.feature_set_version = %(version)s
           AND f.as_of <= %(as_of)s AND f.as_of > %(oldest)s
-          AND cardinality(c.consented) > 0
+          AND c.consented <> 0
         ORDER BY f.as_of DESC LIMIT 1
  ) s ON true
  WHERE {{users}}
@@ -76,30 +87,32 @@ def _in_range(column: str) -> str:
     return f"{column} > %(after)s AND (%(upto)s::text IS NULL OR {column} <= %(upto)s)"
 
 
-# The export (a range of user ids): each table read once, in user-id order.
+# The export (a range of user ids): each table read once, in user-id order, merge-joined; no
+# per-user subquery. A user's latest snapshot is their row with no later one (lead() over the
+# primary key's order: no sort, no second lookup for vals/covs).
 RANGE_SQL = f"""
 WITH s AS (
-    SELECT DISTINCT ON (f.user_id) f.user_id, f.as_of
-      FROM feature_snapshots f
-     WHERE f.feature_set_version = %(version)s AND f.as_of <= %(as_of)s
-       AND f.as_of > %(oldest)s AND {_in_range("f.user_id")}
-     ORDER BY f.user_id, f.as_of DESC
+    SELECT l.user_id, l.as_of, l.vals, l.covs FROM (
+        SELECT f.user_id, f.as_of, {_VECTOR_COLUMNS},
+               lead(f.as_of) OVER (PARTITION BY f.user_id ORDER BY f.as_of) AS later
+          FROM feature_snapshots f
+         WHERE f.feature_set_version = %(version)s AND f.as_of <= %(as_of)s
+           AND f.as_of > %(oldest)s AND {_in_range("f.user_id")}
+    ) l
+     WHERE l.later IS NULL
 )
 SELECT u.user_id, c.consented, s.as_of,
-       CASE WHEN cardinality(c.consented) > 0 THEN f.vals END AS vals,
-       CASE WHEN cardinality(c.consented) > 0 THEN f.covs END AS covs
+       CASE WHEN c.consented <> 0 THEN s.vals END AS vals,
+       CASE WHEN c.consented <> 0 THEN s.covs END AS covs
   FROM users u
-  LEFT JOIN {consented_categories_by_user_sql(_in_range("c.user_id"), "%(as_of)s")} g
+  LEFT JOIN {consented_categories_by_user_sql(_in_range("c.user_id"), "%(as_of)s", _BITS)} g
          ON g.user_id = u.user_id
-  LEFT JOIN {withdrawn_categories_by_user_sql(_in_range("ws.user_id"))} w
+  LEFT JOIN {withdrawn_categories_by_user_sql(_in_range("ws.user_id"), _BITS)} w
          ON w.user_id = u.user_id
  CROSS JOIN LATERAL (
-       SELECT ARRAY(SELECT unnest(g.categories) EXCEPT SELECT unnest(w.categories))
-              AS consented
+       SELECT coalesce(g.categories & ~coalesce(w.categories, 0), 0) AS consented
  ) c
   LEFT JOIN s ON s.user_id = u.user_id
-  LEFT JOIN feature_snapshots f
-         ON f.user_id = s.user_id AND f.as_of = s.as_of AND f.feature_set_version = %(version)s
  WHERE {_in_range("u.user_id")}
  ORDER BY u.user_id
 """
@@ -151,15 +164,10 @@ def _decode_vectors(rows: Sequence[Sequence[Any]]) -> tuple[F64, F64]:
 def decode(rows: Sequence[Sequence[Any]]) -> BookVectors:
     """Rows of :data:`RANGE_SQL` / :data:`USERS_SQL` as arrays, consent applied."""
     users = [str(r[0]) for r in rows]
-    consented = np.zeros((len(rows), len(CATEGORIES)), dtype=np.bool_)
-    position = {c: k for k, c in enumerate(CATEGORIES)}
-    for i, r in enumerate(rows):
-        for category in r[1] or ():
-            k = position.get(str(category))
-            if k is not None:
-                consented[i, k] = True
+    bits = np.array([r[1] or 0 for r in rows], dtype=np.int64)
+    consented = (bits[:, None] >> np.arange(len(CATEGORIES))) & 1 == 1
     values, coverage = _decode_vectors(rows)
-    allowed = consented[:, [position[c] for c in FEATURE_CATEGORIES]]
+    allowed = consented[:, [CATEGORIES.index(c) for c in FEATURE_CATEGORIES]]
     values[~allowed] = np.nan
     coverage[~allowed] = 0.0
     has_consent: list[bool] = [bool(x) for x in np.asarray(consented.any(axis=1)).tolist()]
