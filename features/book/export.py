@@ -114,29 +114,26 @@ def left_out_name(index: int) -> str:
     return f"left_out-{index:05d}.parquet"
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _timestamps(times: Sequence[datetime | None]) -> pa.Array:
-    """UTC timestamps from aware datetimes, through int64 microseconds (no tz lookups)."""
-    micros = np.array([0 if t is None else (t - _EPOCH) // _MICROSECOND for t in times], np.int64)
-    missing = np.array([t is None for t in times], dtype=np.bool_)
-    return pa.array(micros, pa.timestamp("us", tz="UTC"), mask=missing)
+_SCHEMA = schema()
 
 
 def _batch(book: vectors.BookVectors, keep: np.ndarray) -> pa.RecordBatch:
-    rows = np.flatnonzero(keep)
+    rows: slice | np.ndarray = slice(None) if keep.all() else np.flatnonzero(keep)
+    # Transposed: one contiguous array per column (decode gives column-major matrices).
+    values = book.values.T[:, rows]
+    coverage = book.coverage.T[:, rows].astype(np.float32)
+    consented = book.consented.T[:, rows]
+    users, times = book.user_ids, book.snapshot_as_of
+    if not isinstance(rows, slice):
+        users, times = [users[i] for i in rows], [times[i] for i in rows]
     columns: list[pa.Array] = [
-        pa.array([book.user_ids[i] for i in rows], pa.string()),
-        _timestamps([book.snapshot_as_of[i] for i in rows]),
+        pa.array(users, pa.string()),
+        pa.array(times, pa.timestamp("us", tz="UTC")),
     ]
-    columns += [pa.array(book.consented[rows, k]) for k in range(len(vectors.CATEGORIES))]
-    values = book.values[rows]
-    coverage = book.coverage[rows].astype(np.float32)
-    columns += [floats(values[:, j]) for j in range(values.shape[1])]
-    columns += [pa.array(coverage[:, j], pa.float32()) for j in range(coverage.shape[1])]
-    return pa.RecordBatch.from_arrays(columns, schema=schema())
+    columns += [pa.array(column) for column in consented]
+    columns += [floats(column) for column in values]
+    columns += [pa.array(column, pa.float32()) for column in coverage]
+    return pa.RecordBatch.from_arrays(columns, schema=_SCHEMA)
 
 
 def export_part(job: PartJob) -> dict[str, Any]:
@@ -160,13 +157,13 @@ def export_part(job: PartJob) -> dict[str, Any]:
             )
             while batch := cur.fetchmany(job.fetch_rows):
                 book = vectors.decode(batch)
-                keep = np.asarray([r is None for r in book.left_out], dtype=np.bool_)
-                left += [(u, r) for u, r in zip(book.user_ids, book.left_out, strict=True) if r]
-                if keep.any():
-                    writer.write_batch(_batch(book, keep))
-                    kept = [u for u, k in zip(book.user_ids, keep, strict=True) if k]
-                    first = first or kept[0]
-                    last = kept[-1]
+                kept = np.flatnonzero(book.in_book)
+                if len(kept) < len(book):
+                    left += [(u, r) for u, r in zip(book.user_ids, book.left_out, strict=True) if r]
+                if len(kept):
+                    writer.write_batch(_batch(book, book.in_book))
+                    first = first or book.user_ids[kept[0]]
+                    last = book.user_ids[kept[-1]]
                     rows += len(kept)
         conn.rollback()
     if rows:

@@ -7,12 +7,14 @@ notice) and a snapshot of the current feature set no older than ``max_age``; oth
 left out with a reason (:data:`NO_CONSENT`, :data:`NO_SNAPSHOT`). Features of a category not
 consented at D, or withdrawn since (docs/invariants.md#8), are null whatever the snapshot holds.
 The export (:mod:`.export`) and online scores (``POST /v1/scores``) both read through here, so
-the same (user, D) gives the same vector.
+the same (user, D) gives the same vector. Both queries give one row per user: user id, the
+categories consented at D as bits of an int (bit k: ``CATEGORIES[k]``; granted minus withdrawn,
+subtracted in SQL), the snapshot's as_of and its packed vector (null without consent).
 
 The storage-specific part — which columns hold the vector and how they are decoded — is
 :data:`_VECTOR_COLUMNS` and :func:`_decode_vectors`, nothing else: snapshots are packed
 (``vals``/``covs``, big-endian float64 in the feature set's column order, migration 0055;
-decoded by :func:`features.snapshots.codec.unpack`). A withheld category's values are already
+decoded by :func:`features.snapshots.codec.stored_matrix`). A withheld category's values are already
 null in ``vals``; the book applies consent at D on top.
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
-from features.snapshots.codec import CATALOGUE_COLUMNS, PackedVector, unpack
+from features.snapshots.codec import CATALOGUE_COLUMNS, stored_matrix
 from hearth.db import AsyncConn, Conn
 from hearth.ledger import (
     consent_rule_params,
@@ -126,6 +128,7 @@ class BookVectors:
     user_ids: list[str]
     snapshot_as_of: list[datetime | None]
     left_out: list[str | None]
+    in_book: Bool  # [n]: left_out[i] is None
     consented: Bool  # [n, len(CATEGORIES)]
     values: F64  # [n, len(NAMES)], NaN: null, or category not consented
     coverage: F64  # [n, len(NAMES)], 0 where not consented
@@ -147,38 +150,44 @@ def params(as_of: datetime, max_age: timedelta, **extra: object) -> dict[str, ob
     }
 
 
-def _decode_vectors(rows: Sequence[Sequence[Any]]) -> tuple[F64, F64]:
-    """The storage-specific decoding: rows' packed ``vals``, ``covs`` (columns 3 and 4; None:
-    no vector) → (values, coverage) in NAMES order, NaN and 0 without a vector."""
-    values = np.full((len(rows), len(NAMES)), np.nan)
-    coverage = np.zeros((len(rows), len(NAMES)))
-    have = [i for i, r in enumerate(rows) if r[3] is not None]
+def _decode_vectors(vals: Sequence[Any], covs: Sequence[Any]) -> tuple[F64, F64]:
+    """The storage-specific decoding: rows' packed ``vals``, ``covs`` (None: no vector) →
+    (values, coverage) [n, len(NAMES)] in NAMES order, NaN and 0 without a vector; column-major
+    (each feature's column contiguous, as Arrow takes it)."""
+    values = np.full((len(NAMES), len(vals)), np.nan)
+    coverage = np.zeros((len(NAMES), len(vals)))
+    have = [i for i, v in enumerate(vals) if v is not None]
+    rows: slice | list[int] = slice(None) if len(have) == len(vals) else have
     if have:
-        packed = [PackedVector(bytes(rows[i][3]), bytes(rows[i][4])) for i in have]
-        stored_values, stored_coverage = unpack(packed)  # in the layout's column order
-        values[have] = stored_values[:, CATALOGUE_COLUMNS]
-        coverage[have] = stored_coverage[:, CATALOGUE_COLUMNS]
-    return values, coverage
+        for out, packed in ((values, vals), (coverage, covs)):
+            stored = stored_matrix(packed if isinstance(rows, slice) else [packed[i] for i in rows])
+            out[:, rows] = stored.T[CATALOGUE_COLUMNS]  # layout → NAMES order, native floats
+    return values.T, coverage.T
 
 
 def decode(rows: Sequence[Sequence[Any]]) -> BookVectors:
-    """Rows of :data:`RANGE_SQL` / :data:`USERS_SQL` as arrays, consent applied."""
-    users = [str(r[0]) for r in rows]
-    bits = np.array([r[1] or 0 for r in rows], dtype=np.int64)
-    consented = (bits[:, None] >> np.arange(len(CATEGORIES))) & 1 == 1
-    values, coverage = _decode_vectors(rows)
+    """Rows of :data:`RANGE_SQL` / :data:`USERS_SQL` — user id, consented categories as bits,
+    snapshot as_of, vals, covs — as arrays, consent applied."""
+    users, bits, as_of, vals, covs = (
+        (list(c) for c in zip(*rows, strict=True)) if rows else [[]] * 5
+    )
+    consented = (np.array(bits, dtype=np.int64)[:, None] >> np.arange(len(CATEGORIES))) & 1 == 1
+    values, coverage = _decode_vectors(vals, covs)
     allowed = consented[:, [CATEGORIES.index(c) for c in FEATURE_CATEGORIES]]
     values[~allowed] = np.nan
     coverage[~allowed] = 0.0
-    has_consent: list[bool] = [bool(x) for x in np.asarray(consented.any(axis=1)).tolist()]
+    has_consent = consented.any(axis=1)
+    has_snapshot = np.array([t is not None for t in as_of], dtype=np.bool_)
+    in_book = has_consent & has_snapshot
     left_out = [
-        None if ok and r[2] is not None else (NO_CONSENT if not ok else NO_SNAPSHOT)
-        for ok, r in zip(has_consent, rows, strict=True)
+        None if ok else (NO_SNAPSHOT if consent else NO_CONSENT)
+        for ok, consent in zip(in_book.tolist(), has_consent.tolist(), strict=True)
     ]
     return BookVectors(
         user_ids=users,
-        snapshot_as_of=[r[2] if isinstance(r[2], datetime) else None for r in rows],
+        snapshot_as_of=as_of,
         left_out=left_out,
+        in_book=in_book,
         consented=consented,
         values=values,
         coverage=coverage,

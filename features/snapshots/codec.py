@@ -144,13 +144,19 @@ def pack_vector(vector: FeatureVector) -> PackedVector:
 def unpack(rows: Sequence[PackedVector], layout: Layout = LAYOUT) -> tuple[F64, F64]:
     """Values and coverage of packed rows as native [R, F] matrices (one copy, no loop per
     cell). A row whose width is not the layout's is an error, never a misaligned column."""
-    width = layout.width * STORED.itemsize
-    if any(len(r.vals) != width or len(r.covs) != width for r in rows):
-        raise ValueError(f"packed vector is not {layout.width} features wide")
-    n = len(rows)
-    values = np.frombuffer(b"".join([r.vals for r in rows]), dtype=STORED).reshape(n, -1)
-    coverage = np.frombuffer(b"".join([r.covs for r in rows]), dtype=STORED).reshape(n, -1)
+    values = stored_matrix([r.vals for r in rows], layout)
+    coverage = stored_matrix([r.covs for r in rows], layout)
     return values.astype(np.float64), coverage.astype(np.float64)
+
+
+def stored_matrix(packed: Sequence[bytes], layout: Layout = LAYOUT) -> npt.NDArray[Any]:
+    """One packed column (``vals`` or ``covs``) of R rows as a read-only [R, F] matrix of
+    :data:`STORED` floats: a view of the joined bytes, converted by whoever reads it. A row
+    whose width is not the layout's is an error, never a misaligned column."""
+    width = layout.width * STORED.itemsize
+    if set(map(len, packed)) - {width}:
+        raise ValueError(f"packed vector is not {layout.width} features wide")
+    return np.frombuffer(b"".join(packed), dtype=STORED).reshape(len(packed), layout.width)
 
 
 @functools.lru_cache(maxsize=256)
