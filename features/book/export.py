@@ -149,6 +149,9 @@ def export_part(job: PartJob) -> dict[str, Any]:
         pq.ParquetWriter(temporary(path), schema()) as writer,
     ):
         conn.execute("SET jit = off")
+        # Every table's range in index order, merge-joined: the planner's bitmap scan of the
+        # part's consent events then sorts them all (about a quarter of the query's time).
+        conn.execute("SET enable_bitmapscan = off")
         # Binary results: the packed vectors arrive as bytes, not hex text to decode.
         with conn.cursor(name=f"book_export_{job.index}", binary=True) as cur:
             cur.execute(
