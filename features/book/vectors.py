@@ -14,8 +14,8 @@ subtracted in SQL), the snapshot's as_of and its packed vector (null without con
 The storage-specific part — which columns hold the vector and how they are decoded — is
 :data:`_VECTOR_COLUMNS` and :func:`_decode_vectors`, nothing else: snapshots are packed
 (``vals``/``covs``, big-endian float64 in the feature set's column order, migration 0055;
-decoded by :func:`features.snapshots.codec.stored_matrix`). A withheld category's values are already
-null in ``vals``; the book applies consent at D on top.
+read by :func:`features.snapshots.codec.stored_matrix`). A withheld category's values are
+already null in ``vals``; the book applies consent at D on top.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ _VECTOR_COLUMNS = "f.vals, f.covs"
 # A set of categories as an int, bit k for CATEGORIES[k] (a category not there: no bit), so a
 # row carries one int, not a text[] (cheaper to aggregate, send and decode).
 _CATEGORY_ARRAY = "ARRAY[" + ", ".join(f"'{c}'" for c in CATEGORIES) + "]::text[]"
-_BITS = f"bit_or(1 << (array_position({_CATEGORY_ARRAY}, {{}}) - 1))"  # aggregate of {} rows
+# SQL aggregate: the bits of the categories in column {} (for str.format).
+_BITS = f"bit_or(1 << (array_position({_CATEGORY_ARRAY}, {{}}) - 1))"
 
 
 def _bits_of(categories: str) -> str:
@@ -169,7 +170,7 @@ def decode(rows: Sequence[Sequence[Any]]) -> BookVectors:
     """Rows of :data:`RANGE_SQL` / :data:`USERS_SQL` — user id, consented categories as bits,
     snapshot as_of, vals, covs — as arrays, consent applied."""
     users, bits, as_of, vals, covs = (
-        (list(c) for c in zip(*rows, strict=True)) if rows else [[]] * 5
+        (list(c) for c in zip(*rows, strict=True)) if rows else ([] for _ in range(5))
     )
     consented = (np.array(bits, dtype=np.int64)[:, None] >> np.arange(len(CATEGORIES))) & 1 == 1
     values, coverage = _decode_vectors(vals, covs)
