@@ -16,9 +16,10 @@ row of the export, in user-id order), so memory stays flat however many users th
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -40,16 +41,21 @@ class Population:
     feature_set_version: str
     n_users: int
     grids: Mapping[str, tuple[float, ...] | None]  # feature → 99 percentiles, or None
+    # The grids as arrays, made once: online scores look up a few values per request.
+    _arrays: dict[str, F64] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in self.grids.items() if v}
+        object.__setattr__(self, "_arrays", arrays)
 
     def percentiles(self, name: str, values: F64) -> F64:
         """Percentile (0-100, whole numbers) of each value; NaN for a missing value or a
         feature without a grid. Below the 1st percentile is 0, above the 99th 100; a value
         equal to several grid points takes their middle level; between two, linear."""
         values = np.asarray(values, dtype=np.float64)
-        grid = self.grids.get(name)
-        if grid is None:
+        q = self._arrays.get(name)
+        if q is None:
             return np.full(values.shape, np.nan)
-        q = np.asarray(grid, dtype=np.float64)
         lo = np.searchsorted(q, values, side="left")
         hi = np.searchsorted(q, values, side="right")
         tied = (lo + hi - 1) / 2.0 + 1.0
@@ -63,8 +69,24 @@ class Population:
         return np.where(np.isnan(values), np.nan, np.rint(level))
 
     def percentile(self, name: str, value: float) -> int | None:
-        out = float(self.percentiles(name, np.asarray([value]))[0])
-        return None if math.isnan(out) else int(out)
+        """:meth:`percentiles` of one value (None for NaN), in plain Python: online scores ask
+        for a few per request, where numpy's cost per call is most of the work. The same
+        operations in the same order on the same doubles, so the same result as a batch."""
+        grid = self.grids.get(name)
+        if not grid or math.isnan(value):
+            return None
+        if value < grid[0]:
+            return 0
+        if value > grid[-1]:
+            return 100
+        lo, hi = bisect.bisect_left(grid, value), bisect.bisect_right(grid, value)
+        if hi > lo:
+            level = (lo + hi - 1) / 2.0 + 1.0
+        else:
+            below, above = min(max(lo - 1, 0), len(grid) - 1), min(max(lo, 0), len(grid) - 1)
+            span = grid[above] - grid[below]
+            level = lo + ((value - grid[below]) / span if span > 0 else 0.0)
+        return round(level)  # half to even, as np.rint
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,7 +131,9 @@ def sample_step(n_rows: int) -> int:
     return max(1, math.ceil(n_rows / SAMPLE_ROWS))
 
 
-_LATEST_SQL = """
+# The latest export's population at or before %(as_of)s (columns: as_of, n_users, computed_at);
+# online scores read it in the same statement as the vectors (features.service.handlers.scores).
+LATEST_SQL = """
     SELECT as_of, n_users, computed_at FROM feature_populations
      WHERE feature_set_version = %(version)s AND as_of <= %(as_of)s
      ORDER BY as_of DESC LIMIT 1
@@ -151,21 +175,21 @@ def save_population(conn: Conn, population: Population) -> None:
 
 
 class PopulationCache:
-    """The population of the latest export at or before an as_of, for online scores: one
-    small query per call finds which export (and when it was computed); its grids are read
-    once and kept (the last :data:`CACHED` populations)."""
+    """The population of the latest export at or before an as_of, for online scores. Which
+    export that is (a row of :data:`LATEST_SQL`, read by the caller with its own query) is
+    looked up per request, so a new export counts at once; the export's grids are read once
+    and kept (the last :data:`CACHED` populations)."""
 
     CACHED = 8
 
     def __init__(self) -> None:
         self._grids: dict[tuple[str, datetime, datetime], Population] = {}
 
-    async def get(self, conn: AsyncConn, as_of: datetime, version: str) -> Population | None:
-        cur = await conn.execute(_LATEST_SQL, {"as_of": as_of, "version": version})
-        head = await cur.fetchone()
-        if head is None:
-            return None
+    async def get(self, conn: AsyncConn, head: Sequence[object], version: str) -> Population | None:
+        """The population :data:`LATEST_SQL`'s row ``head`` names (all None: no export)."""
         found_as_of, n_users, computed_at = head
+        if found_as_of is None:
+            return None
         assert isinstance(found_as_of, datetime) and isinstance(computed_at, datetime)
         key = (version, found_as_of, computed_at)
         if key not in self._grids:

@@ -15,9 +15,11 @@ scored from an export made before an erasure never brings the user back.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,18 +59,28 @@ class LogRow:
             self.batch_id,
         )
 
+    def document(self) -> dict[str, object]:
+        """The row as migration 0077's append function reads it, one JSON object."""
+        return {
+            "user_id": self.user_id,
+            "as_of": self.as_of.isoformat(),
+            "model_version": self.model_version,
+            "feature_set_version": self.feature_set_version,
+            "points": self.points,
+            "probability": self.probability,
+            "reasons": self.reasons,
+            "requested_by": self.requested_by,
+            "channel": self.channel,
+            "batch_id": None if self.batch_id is None else str(self.batch_id),
+        }
+
 
 COLUMNS = (
     "user_id, as_of, model_version, feature_set_version, points, probability, reasons, "
     "requested_by, channel, batch_id"
 )
-_INSERT_SQL = f"""
-    INSERT INTO score_log ({COLUMNS})
-    SELECT r.* FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::int[],
-                           %s::float8[], %s::jsonb[], %s::text[], %s::text[], %s::uuid[])
-           AS r({COLUMNS})
-      JOIN users u ON u.user_id = r.user_id
-"""
+# Migration 0077: the gate, then the rows of users that still exist, in one statement.
+_APPEND_SQL = "SELECT hearth_score_log_append(%s, %s::jsonb)"
 _STAGE_SQL = """CREATE TEMP TABLE IF NOT EXISTS score_log_stage
                     (LIKE score_log INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"""
 _MOVE_SQL = f"""
@@ -78,24 +90,93 @@ _MOVE_SQL = f"""
 """
 
 
-def _columns(rows: Sequence[LogRow]) -> list[list[object]]:
-    records = [r.record() for r in rows]
-    return [list(column) for column in zip(*records, strict=True)]
+def _append_params(rows: Sequence[LogRow]) -> tuple[int, str]:
+    return GATE_DERIVED, json.dumps([r.document() for r in rows], allow_nan=False)
 
 
 def append(conn: Conn, rows: Sequence[LogRow]) -> None:
-    """Append ``rows`` in one transaction."""
+    """Append ``rows`` in one statement (its own transaction, or the caller's)."""
     if rows:
-        with conn.transaction():
-            conn.execute(gate_sql(GATE_DERIVED))
-            conn.execute(_INSERT_SQL, _columns(rows))
+        conn.execute(_APPEND_SQL, _append_params(rows))
 
 
 async def append_async(conn: AsyncConn, rows: Sequence[LogRow]) -> None:
     if rows:
-        async with conn.transaction():
-            await conn.execute(gate_sql(GATE_DERIVED))
-            await conn.execute(_INSERT_SQL, _columns(rows))
+        await conn.execute(_APPEND_SQL, _append_params(rows))
+
+
+class GroupAppender:
+    """Online appends, group-committed: the rows of requests that arrive while a writer is busy
+    or lingering (``linger_s`` once woken) go to the log together, in one statement and one
+    commit. :meth:`append` returns once its rows are committed, so an answer is still sent only
+    after its score is logged; when a write fails, every request in it gets the error.
+    ``writers`` tasks (one connection each), started by :meth:`start`; :meth:`close` writes
+    what is pending and stops them."""
+
+    def __init__(
+        self,
+        connection: Callable[[], AbstractAsyncContextManager[AsyncConn]],
+        writers: int = 1,
+        linger_s: float = 0.0,
+    ) -> None:
+        self._connection = connection  # e.g. a pool's ``connection``: a writable database
+        self._writers = writers
+        self._linger_s = linger_s
+        self._pending: list[tuple[Sequence[LogRow], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name=f"score-log-{i}") for i in range(self._writers)
+        ]
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        await asyncio.gather(*self._tasks)
+
+    async def append(self, rows: Sequence[LogRow]) -> None:
+        if not rows:
+            return
+        if self._closing or not any(not t.done() for t in self._tasks):
+            raise RuntimeError("the score log's writer is not running")
+        done = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)
+        self._pending.append((rows, done))
+        self._wake.set()
+        # Shielded: a request cancelled while it waits (its client went away) leaves its
+        # rows to be logged, since the score was given.
+        await asyncio.shield(done)
+
+    async def _run(self) -> None:
+        while self._pending or not self._closing:
+            await self._wake.wait()
+            if self._linger_s and not self._closing:
+                await asyncio.sleep(self._linger_s)
+            batch, self._pending = self._pending, []
+            self._wake.clear()
+            if not batch:
+                continue
+            try:
+                async with self._connection() as conn:
+                    await append_async(conn, [row for rows, _ in batch for row in rows])
+            except Exception as exc:  # every waiting request answers with it
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    """Mark an outcome read: a request that went away leaves nobody to read its error."""
+    if not done.cancelled():
+        done.exception()
 
 
 def copy_batch_part(conn: Conn, text: str, batch_id: uuid.UUID, part: int, count: int) -> bool:

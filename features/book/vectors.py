@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
 from features.snapshots.codec import CATALOGUE_COLUMNS, stored_matrix
-from hearth.db import AsyncConn, Conn
+from hearth.db import Conn
 from hearth.ledger import (
     consent_rule_params,
     consented_categories_by_user_sql,
@@ -168,9 +168,10 @@ def _decode_vectors(vals: Sequence[Any], covs: Sequence[Any]) -> tuple[F64, F64]
 
 def decode(rows: Sequence[Sequence[Any]]) -> BookVectors:
     """Rows of :data:`RANGE_SQL` / :data:`USERS_SQL` — user id, consented categories as bits,
-    snapshot as_of, vals, covs — as arrays, consent applied."""
+    snapshot as_of, vals, covs, then any columns of the caller's own — as arrays, consent
+    applied."""
     users, bits, as_of, vals, covs = (
-        (list(c) for c in zip(*rows, strict=True)) if rows else ([] for _ in range(5))
+        (list(c) for c in list(zip(*rows, strict=True))[:5]) if rows else ([] for _ in range(5))
     )
     consented = (np.array(bits, dtype=np.int64)[:, None] >> np.arange(len(CATEGORIES))) & 1 == 1
     values, coverage = _decode_vectors(vals, covs)
@@ -201,10 +202,3 @@ def read_users(
     """The vectors at ``as_of`` of the given users that exist (unknown ones are absent)."""
     rows = conn.execute(USERS_SQL, params(as_of, max_age, users=list(user_ids))).fetchall()
     return decode(rows)
-
-
-async def read_users_async(
-    conn: AsyncConn, user_ids: Sequence[str], as_of: datetime, max_age: timedelta
-) -> BookVectors:
-    cur = await conn.execute(USERS_SQL, params(as_of, max_age, users=list(user_ids)))
-    return decode(await cur.fetchall())

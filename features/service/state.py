@@ -9,6 +9,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from features.book.population import PopulationCache
+from features.book.score_log import GroupAppender
 from features.book.scoring import ScoringModel
 from features.service.cache import ConsentListener, VectorCache
 from features.service.metrics import ServiceMetrics
@@ -33,6 +34,8 @@ class ServiceState:
     resolver: VectorResolver
     bulk: BulkResolver  # historical requests, in columns
     metrics: ServiceMetrics
+    score_log: GroupAppender  # POST /v1/scores' appends, group-committed on the primary
+    score_log_pool: AsyncConnectionPool
     openapi_json: str  # /openapi.json, rendered once from the route table
     # With HEARTH_DATABASE_READ_URL: primary connections for WAL positions (resolve.replica);
     # the snapshot and engine pools then read the replica.

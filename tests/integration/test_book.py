@@ -20,10 +20,12 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
+from features.book import score_log
 from features.book.batch import score_export
 from features.book.export import export_book
 from features.book.files import JOURNAL_FILE, sha256_of
 from features.book.model import MODEL_FILE
+from features.book.score_log import ONLINE, LogRow
 from features.catalogue import FEATURE_SET_VERSION, sync_definitions
 from features.service.app import create_app
 from hearth import admin
@@ -338,6 +340,21 @@ def test_online_scores_are_logged_with_who_asked_and_read_back(world: World, ser
     assert _call(service, f"/v1/users/{user}/scores", READER)[0] == 403
     assert _call(service, "/v1/scores", READER, {"rows": [{"user_id": user}]})[0] == 403
     assert _call(service, "/v1/users/bk-nobody/scores", SCORER)[0] == 404
+
+
+def test_an_append_keeps_only_users_that_exist(world: World) -> None:
+    """Migration 0077's one-statement append: the gate, then only rows of existing users (an
+    erasure that committed first leaves nothing to log)."""
+    rows = [
+        LogRow(user, D, "m-0077", FEATURE_SET_VERSION, 600, 0.1, [], "cli:test", ONLINE)
+        for user in (BOOK[3], "bk-never-existed")
+    ]
+    with psycopg.connect(world.database_url, autocommit=True) as conn:
+        score_log.append(conn, rows)
+        logged = conn.execute(
+            "SELECT user_id FROM score_log WHERE model_version = 'm-0077'"
+        ).fetchall()
+    assert logged == [(BOOK[3],)]
 
 
 def test_withdrawal_keeps_the_score_log_and_erasure_removes_it(world: World) -> None:

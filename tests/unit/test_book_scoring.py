@@ -139,6 +139,26 @@ def test_percentiles_place_a_value_in_the_population() -> None:
     assert len(LEVELS) == 99
 
 
+def test_one_value_percentile_is_the_batch_percentile() -> None:
+    """Online reasons use the scalar path, batches the vectorised one: they must agree on
+    every value — grid points, ties, between points, both ends, missing."""
+    rng = np.random.default_rng(11)
+    data = {
+        "smooth": rng.normal(size=5_000),
+        "ties": rng.integers(0, 6, size=5_000).astype(np.float64),
+        "skewed": rng.exponential(size=5_000) ** 3,
+    }
+    population = build_population(datetime(2026, 5, 1, tzinfo=UTC), "fs-x", 5_000, data)
+    for name, values in data.items():
+        grid = np.asarray(population.grids[name])
+        probes = np.r_[
+            grid, (grid[:-1] + grid[1:]) / 2, rng.choice(values, 2_000), -1e9, 1e9, np.nan
+        ]
+        batch = population.percentiles(name, probes)
+        one = [population.percentile(name, float(v)) for v in probes]
+        assert [None if np.isnan(b) else int(b) for b in batch] == one
+
+
 def test_a_tampered_model_file_is_refused(model_dir: Path, tmp_path: Path) -> None:
     card = read_card(model_dir)
     data = (model_dir / MODEL_FILE).read_bytes()

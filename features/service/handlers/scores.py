@@ -20,8 +20,8 @@ import numpy as np
 from aiohttp import web
 
 from features.book import vectors
-from features.book.population import PopulationCache
-from features.book.score_log import ONLINE, LogRow, append_async, read_scores_async
+from features.book.population import LATEST_SQL, PopulationCache
+from features.book.score_log import ONLINE, LogRow, read_scores_async
 from features.book.scoring import ScoringModel, log_reasons, reason_codes, score_matrix
 from features.catalogue import FEATURE_SET_VERSION
 from features.service.auth import CALLER
@@ -36,6 +36,15 @@ MIN_MAX_BODY = 64 * 1024
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1_000
 _POSITIONS = {name: j for j, name in enumerate(vectors.NAMES)}
+# The vectors at as_of and which export's population gives the percentiles, in one statement
+# (a statement is a round trip and a wake-up of the database: the hot path's largest cost). Both
+# bind as_of and version; the model's feature-set version is the service's (``_model``).
+_SCORE_SQL = f"""
+SELECT v.*, p.as_of, p.n_users, p.computed_at
+  FROM ({vectors.USERS_SQL}) v
+  LEFT JOIN LATERAL ({LATEST_SQL}) p ON true
+ ORDER BY v.user_id
+"""
 
 
 def _json(body: object) -> web.Response:
@@ -68,7 +77,9 @@ async def _score_group(
     max_age: timedelta,
 ) -> dict[str, dict[str, Any] | str]:
     """user → score fields, or the reason it has none."""
-    book = await vectors.read_users_async(conn, users, as_of, max_age)
+    cur = await conn.execute(_SCORE_SQL, vectors.params(as_of, max_age, users=users))
+    rows = await cur.fetchall()
+    book = vectors.decode(rows)
     out: dict[str, dict[str, Any] | str] = dict.fromkeys(users, vectors.UNKNOWN_USER)
     scored_rows = [i for i, r in enumerate(book.left_out) if r is None]
     for user, reason in zip(book.user_ids, book.left_out, strict=True):
@@ -76,7 +87,7 @@ async def _score_group(
             out[user] = reason
     if not scored_rows:
         return out
-    population = await populations.get(conn, as_of, model.feature_set_version)
+    population = await populations.get(conn, rows[0][-3:], model.feature_set_version)
     columns = [_POSITIONS[f] for f in model.features]
     x = book.values[np.ix_(scored_rows, columns)]
     consented = {c: book.consent_of(c)[scored_rows] for c in vectors.CATEGORIES}
@@ -124,7 +135,7 @@ async def post_scores(request: web.Request) -> web.Response:
                 results[(user, as_of)] = result
                 if isinstance(result, dict):
                     log.append(_log_row(model, user, as_of, result, caller))
-        await append_async(conn, log)  # before the answer: no score goes unlogged
+    await state.score_log.append(log)  # before the answer: no score goes unlogged
     scores, missing = [], []
     for index, (user, as_of) in enumerate(rows):
         result = results[(user, as_of)]
