@@ -12,7 +12,8 @@ baseline, scikit-learn's ``predict_proba`` of the same model on the same matrix 
 alone: no reasons, no files, no log). Online: ``--online-users`` users get consent and a
 snapshot; ``python -m features serve`` (a subprocess) answers ``POST /v1/scores`` for one user
 per request at a fixed offered load from another process (latency from the scheduled time, so
-queueing counts), against the named baseline ``GET /v1/users/{id}/features`` at the same load
+queueing counts; one second of the same load first, not counted, opens the service's
+connections and prepares its statements), against the named baseline ``GET /v1/users/{id}/features`` at the same load
 (the latest snapshot, which is what the score reads; with ``as_of`` it would ask for a snapshot
 at exactly that time, find none, and compute every vector on demand).
 Peak RSS of the batch is sampled by bench/_common.py's ``RssSampler`` (MB = 2**20 bytes).

@@ -16,9 +16,10 @@ scored from an export made before an erasure never brings the user back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -106,12 +107,14 @@ async def append_async(conn: AsyncConn, rows: Sequence[LogRow]) -> None:
 
 
 class GroupAppender:
-    """Online appends, group-committed: the rows of requests that arrive while a writer is busy
-    or lingering (``linger_s`` once woken) go to the log together, in one statement and one
-    commit. :meth:`append` returns once its rows are committed, so an answer is still sent only
-    after its score is logged; when a write fails, every request in it gets the error.
-    ``writers`` tasks (one connection each), started by :meth:`start`; :meth:`close` writes
-    what is pending and stops them."""
+    """Online appends, group-committed: the rows of requests that arrive while a writer is busy,
+    or that it waits for, go to the log together, in one statement and one commit. Once woken,
+    the writer waits up to ``linger_s`` for requests still scoring (inside :meth:`coming`), not
+    a fixed time: alone, a request's rows are written at once. :meth:`submit` / :meth:`append`
+    complete once the rows are committed, so an answer is still sent only after its score is
+    logged; when a write fails, every request in it gets the error. ``writers`` tasks (one
+    connection each), started by :meth:`start`; :meth:`close` writes what is pending and stops
+    them."""
 
     def __init__(
         self,
@@ -123,7 +126,9 @@ class GroupAppender:
         self._writers = writers
         self._linger_s = linger_s
         self._pending: list[tuple[Sequence[LogRow], asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # rows are pending (or closing)
+        self._coming = 0  # requests inside coming(): rows may follow
+        self._all_in: asyncio.Future[None] | None = None  # a lingering writer's: coming is 0
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -138,24 +143,53 @@ class GroupAppender:
         self._wake.set()
         await asyncio.gather(*self._tasks)
 
-    async def append(self, rows: Sequence[LogRow]) -> None:
-        if not rows:
-            return
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """Around a request's scoring, up to its :meth:`submit`: a woken writer waits (at most
+        ``linger_s``) for its rows to join the same write."""
+        self._coming += 1
+        try:
+            yield
+        finally:
+            self._coming -= 1
+            if not self._coming and self._all_in is not None:
+                _settle(self._all_in)
+
+    def submit(self, rows: Sequence[LogRow]) -> Awaitable[None]:
+        """Queue ``rows``; the awaitable completes when they are committed."""
         if self._closing or not any(not t.done() for t in self._tasks):
             raise RuntimeError("the score log's writer is not running")
         done = asyncio.get_running_loop().create_future()
+        if not rows:
+            done.set_result(None)
+            return done
         done.add_done_callback(_retrieved)
         self._pending.append((rows, done))
         self._wake.set()
         # Shielded: a request cancelled while it waits (its client went away) leaves its
         # rows to be logged, since the score was given.
-        await asyncio.shield(done)
+        return asyncio.shield(done)
+
+    async def append(self, rows: Sequence[LogRow]) -> None:
+        await self.submit(rows)
+
+    async def _linger(self) -> None:
+        """Until no request is inside :meth:`coming`, or ``linger_s`` has passed."""
+        if not self._coming or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        self._all_in = loop.create_future()
+        timer = loop.call_later(self._linger_s, _settle, self._all_in)
+        try:
+            await self._all_in
+        finally:
+            timer.cancel()
+            self._all_in = None
 
     async def _run(self) -> None:
         while self._pending or not self._closing:
             await self._wake.wait()
-            if self._linger_s and not self._closing:
-                await asyncio.sleep(self._linger_s)
+            await self._linger()
             batch, self._pending = self._pending, []
             self._wake.clear()
             if not batch:
@@ -171,6 +205,11 @@ class GroupAppender:
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _retrieved(done: asyncio.Future[None]) -> None:

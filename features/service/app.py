@@ -53,9 +53,9 @@ log = logging.getLogger("features.service")
 DEFAULT_CACHE_ENTRIES = 100_000
 DEFAULT_CACHE_TTL_S = 5.0
 ADMIN_CONNECTIONS = 2  # admin operations at once; more wait their turn
-# How long the score log's writer waits, once woken, for more requests' scores: at 500 scores/s
-# it about doubles the rows per statement (1.7 instead of 1.3), and each statement is a wake-up
-# of the database, the largest cost of POST /v1/scores on 2 cores (bench/score.py, docs/book.md).
+# How long the score log's writer, once woken, waits at most for requests still scoring to add
+# their rows (features.book.score_log.GroupAppender: alone, a score is written at once). Each
+# statement is a wake-up of the database, the largest cost of POST /v1/scores on 2 cores.
 SCORE_LOG_LINGER_S = 0.001
 
 

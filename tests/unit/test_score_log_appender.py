@@ -100,3 +100,19 @@ async def test_a_request_that_goes_away_still_has_its_score_logged() -> None:
     db.hold.set()
     await appender.close()
     assert db.statements == [["gone"]]
+
+
+async def test_the_writer_waits_for_requests_still_scoring_and_no_longer() -> None:
+    db = StandIn()
+    appender = GroupAppender(db.connection, linger_s=30.0)
+    appender.start()
+    # Alone, a request's rows are written at once, not after the linger.
+    await asyncio.wait_for(appender.append([_row("alone")]), 5.0)
+    with appender.coming():  # a request still scoring
+        first = asyncio.create_task(appender.append([_row("a")]))
+        await asyncio.sleep(0.05)  # room for a wrong early write
+        assert db.statements == [["alone"]]
+        second = appender.submit([_row("b")])
+    await asyncio.wait_for(asyncio.gather(first, second), 5.0)  # leaving coming() ends the wait
+    assert db.statements == [["alone"], ["a", "b"]]
+    await appender.close()

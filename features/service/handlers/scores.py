@@ -127,15 +127,17 @@ async def post_scores(request: web.Request) -> web.Response:
     caller = request.get(CALLER, "unknown")
     results: dict[tuple[str, datetime], dict[str, Any] | str] = {}
     log: list[LogRow] = []
-    async with state.async_pool.connection() as conn:
-        for as_of, users in groups.items():
-            for user, result in (
-                await _score_group(conn, state.populations, model, as_of, users, max_age)
-            ).items():
-                results[(user, as_of)] = result
-                if isinstance(result, dict):
-                    log.append(_log_row(model, user, as_of, result, caller))
-    await state.score_log.append(log)  # before the answer: no score goes unlogged
+    with state.score_log.coming():  # the log's writer waits (≤ 1 ms) for these scores
+        async with state.async_pool.connection() as conn:
+            for as_of, users in groups.items():
+                for user, result in (
+                    await _score_group(conn, state.populations, model, as_of, users, max_age)
+                ).items():
+                    results[(user, as_of)] = result
+                    if isinstance(result, dict):
+                        log.append(_log_row(model, user, as_of, result, caller))
+        logged = state.score_log.submit(log)
+    await logged  # before the answer: no score goes unlogged
     scores, missing = [], []
     for index, (user, as_of) in enumerate(rows):
         result = results[(user, as_of)]
