@@ -27,6 +27,7 @@ scratch database cloned from ``hearth_template``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -34,7 +35,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -176,6 +177,22 @@ class RssSampler(threading.Thread):
         self.stop_flag.set()
         self.join()
         return self.peak / 2**20
+
+
+async def offer_at_rate(one: Callable[[float], Awaitable[None]], rate: float, n: int) -> float:
+    """An open-loop load: ``n`` calls of ``one(scheduled)`` started at ``rate`` per second
+    whatever the answers' latency (latency counts from the scheduled time, so queueing counts);
+    the seconds until the last one finished."""
+    start = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - start
 
 
 def with_db(url: str, name: str) -> str:

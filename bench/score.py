@@ -13,9 +13,10 @@ alone: no reasons, no files, no log). Online: ``--online-users`` users get conse
 snapshot; ``python -m features serve`` (a subprocess) answers ``POST /v1/scores`` for one user
 per request at a fixed offered load from another process (latency from the scheduled time, so
 queueing counts; one second of the same load first, not counted, opens the service's
-connections and prepares its statements), against the named baseline ``GET /v1/users/{id}/features`` at the same load
-(the latest snapshot, which is what the score reads; with ``as_of`` it would ask for a snapshot
-at exactly that time, find none, and compute every vector on demand).
+connections and prepares its statements), against the named baseline
+``GET /v1/users/{id}/features`` at the same load (the latest snapshot, which is what the score
+reads; with ``as_of`` it would ask for a snapshot at exactly that time, find none, and compute
+every vector on demand).
 Peak RSS of the batch is sampled by bench/_common.py's ``RssSampler`` (MB = 2**20 bytes).
 Targets (issue 17): batch >= 20,000 users/s per process; online p99 <= 10 ms at 500 req/s with no
 errors, on a quiet machine. The table, targets, load average and last line come from
@@ -41,7 +42,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import BASE_URL, Bench, RssSampler, scratch_database  # noqa: E402
+from bench._common import (  # noqa: E402
+    BASE_URL,
+    Bench,
+    RssSampler,
+    offer_at_rate,
+    scratch_database,
+)
 
 TOKEN = "bench-score-token-0123456789"
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
@@ -77,25 +84,12 @@ async def _load(url: str, users: int, rate: float, seconds: float, mode: str) ->
                 errors += resp.status != 200
             latencies.append(time.perf_counter() - scheduled)
 
-        async def offer(n: int) -> float:
-            """``n`` requests at ``rate``; the seconds they took."""
-            start = time.perf_counter()
-            tasks = []
-            for i in range(n):
-                scheduled = start + i / rate
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(scheduled)))
-            await asyncio.gather(*tasks)
-            return time.perf_counter() - start
-
         # Warm-up at the offered rate, not counted: the service's connections are opened and
         # its statements prepared as concurrency needs them (one at a time would use one).
-        await offer(int(rate * WARM_UP_S))
+        await offer_at_rate(one, rate, int(rate * WARM_UP_S))
         latencies.clear()
         errors = 0
-        elapsed = await offer(int(rate * seconds))
+        elapsed = await offer_at_rate(one, rate, int(rate * seconds))
     latencies.sort()
     return {
         "n": len(latencies),

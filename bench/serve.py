@@ -37,7 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import BASE_URL, Bench, RssSampler, scratch_database  # noqa: E402
+from bench._common import (  # noqa: E402
+    BASE_URL,
+    Bench,
+    RssSampler,
+    offer_at_rate,
+    scratch_database,
+)
 
 TOKEN = "bench-token-0123456789abcdef"
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
@@ -93,15 +99,7 @@ async def _load(
         latencies.clear()
         start = time.perf_counter()
         if rate > 0:
-            tasks = []
-            n = int(rate * seconds)
-            for i in range(n):
-                scheduled = start + i / rate
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(scheduled)))
-            await asyncio.gather(*tasks)
+            await offer_at_rate(one, rate, int(rate * seconds))
         else:
             end = start + seconds
 
