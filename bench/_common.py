@@ -51,8 +51,21 @@ BASE_URL = os.environ.get(
 )
 
 
+QUIET_LOAD = 1.0  # as /work/shared/tools/measure waits for
+
+
 def load_1m() -> float:
     return os.getloadavg()[0]
+
+
+def settle(max_wait_s: float = 300.0) -> None:
+    """Wait (bounded) for a setup's after-effects — written pages reaching the disk, the
+    server's checkpoint and autovacuum — to pass, so that what follows is measured on a machine
+    as quiet as the one the setup found."""
+    os.sync()
+    deadline = time.monotonic() + max_wait_s
+    while load_1m() >= QUIET_LOAD and time.monotonic() < deadline:
+        time.sleep(5)
 
 
 @dataclass(frozen=True)

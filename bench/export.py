@@ -34,13 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import BASE_URL, Bench, RssSampler, load_1m, scratch_database  # noqa: E402
+from bench._common import BASE_URL, Bench, RssSampler, load_1m, scratch_database, settle  # noqa: E402
 
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 CATEGORIES = ("location", "connectivity", "device_health", "energy", "presence")
 USERS_PER_S_TARGET = 50_000.0
 PEAK_MB_TARGET = 1000.0
-QUIET_LOAD = 1.0  # as /work/shared/tools/measure waits for
 BASELINE_SAMPLE = 2_000
 
 
@@ -157,14 +156,6 @@ def _export(url: str, out: Path, part_users: int) -> tuple[float, float, int]:
     return float(done["seconds"]), peak_mb, int(done["rows"])
 
 
-def _settle(max_wait_s: float = 300.0) -> None:
-    """Wait (bounded) for the seeding's after-effects — the server's checkpoint and autovacuum
-    — to pass, so that the export is measured on a machine as quiet as the one seeding found."""
-    deadline = time.monotonic() + max_wait_s
-    while load_1m() >= QUIET_LOAD and time.monotonic() < deadline:
-        time.sleep(5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -176,7 +167,7 @@ def main() -> None:
         t0 = time.perf_counter()
         _seed(url, args.users)
         print(f"seeded {args.users} users in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        _settle()
+        settle()
         bench = Bench()  # the load when the export starts: seeding is not measured
         baseline = _baseline(url, args.users)
         with tempfile.TemporaryDirectory() as tmp:

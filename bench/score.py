@@ -16,7 +16,8 @@ queueing counts; one second of the same load first, not counted, opens the servi
 connections and prepares its statements), against the named baseline
 ``GET /v1/users/{id}/features`` at the same load (the latest snapshot, which is what the score
 reads; with ``as_of`` it would ask for a snapshot at exactly that time, find none, and compute
-every vector on demand).
+every vector on demand). The online load starts once the batch's writes are on disk and the
+load average is below 1 again (at most 5 minutes: bench/_common.py's ``settle``).
 Peak RSS of the batch is sampled by bench/_common.py's ``RssSampler`` (MB = 2**20 bytes).
 Targets (issue 17): batch >= 20,000 users/s per process; online p99 <= 10 ms at 500 req/s with no
 errors, on a quiet machine. The table, targets, load average and last line come from
@@ -48,6 +49,7 @@ from bench._common import (  # noqa: E402
     RssSampler,
     offer_at_rate,
     scratch_database,
+    settle,
 )
 
 TOKEN = "bench-score-token-0123456789"
@@ -312,6 +314,7 @@ def main() -> None:
                 )
             )
             batch_rate = args.users / batch_s
+            settle()  # the batch's writes (score log, files) are not the online load's weather
 
             port = free_port()
             env = {
