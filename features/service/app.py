@@ -120,6 +120,7 @@ def _service_state(
         score_log_pool=score_log_pool,
         openapi_json=json.dumps(build_openapi(ENDPOINTS)),
         primary_pool=primary_pool,
+        replica_gate=gate,
         book_model=_book_model(settings),
     )
 

@@ -15,6 +15,7 @@ from features.service.cache import ConsentListener, VectorCache
 from features.service.metrics import ServiceMetrics
 from features.service.resolve.bulk import BulkResolver
 from features.service.resolve.engine_gateway import EngineGateway
+from features.service.resolve.replica import ReplicaGate
 from features.service.resolve.store import SnapshotStore
 from features.service.resolve.vectors import Outcome, VectorResolver
 from hearth.settings import Settings
@@ -40,6 +41,7 @@ class ServiceState:
     # With HEARTH_DATABASE_READ_URL: primary connections for WAL positions (resolve.replica);
     # the snapshot and engine pools then read the replica.
     primary_pool: AsyncConnectionPool | None = None
+    replica_gate: ReplicaGate | None = None  # with a read URL: replica reads wait for it
     book_model: ScoringModel | None = None  # HEARTH_SCORE_MODEL, loaded at start
     populations: PopulationCache = field(default_factory=PopulationCache)  # for percentiles
 

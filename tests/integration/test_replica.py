@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -31,6 +32,7 @@ from hearth.settings import get_settings, load_settings
 from tests.conftest import _with_dbname
 from tests.integration.population import populate
 from tests.integration.private_db import private_database
+from tests.support.book import fit_model
 from tests.support.service import serve_in_thread
 
 AS_OF = datetime(2026, 5, 1, tzinfo=UTC)
@@ -262,3 +264,34 @@ def test_the_service_reads_the_replica_and_reports_its_lag(
         status, body = answer
         assert status == 200
         assert body["features"] == served["features"] and body["as_of"] == served["as_of"]
+
+
+def test_online_scores_read_the_replica_and_log_on_the_primary(
+    urls: tuple[str, str, list[str]], tmp_path: Path
+) -> None:
+    """The score log is written on the primary: a replica refuses writes, and until the
+    group-committed writer got its own primary connection the append went to the read pool."""
+    primary_url, replica_url, users = urls
+    _materialize(primary_url, users[:3], AS_OF, None)
+    settings = load_settings(
+        database_url=primary_url,
+        database_read_url=replica_url,
+        replica_max_wait_s=30,
+        api_tokens=json.dumps({TOKEN: ["scores:read"]}),
+        score_model=str(fit_model(tmp_path / "model")),
+    )
+    rows = [{"user_id": u, "as_of": (AS_OF + timedelta(hours=1)).isoformat()} for u in users[:3]]
+    with serve_in_thread(settings) as base:
+        request = urllib.request.Request(
+            base + "/v1/scores",
+            data=json.dumps({"rows": rows}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            body = json.loads(resp.read())
+    assert sorted(s["user_id"] for s in body["scores"]) == users[:3], body
+    with psycopg.connect(primary_url, autocommit=True) as conn:
+        logged = conn.execute(
+            "SELECT user_id FROM score_log WHERE channel = 'online' ORDER BY 1"
+        ).fetchall()
+    assert [r[0] for r in logged] == users[:3]

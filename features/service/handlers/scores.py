@@ -4,9 +4,11 @@
 exactly as a batch run does (:mod:`features.book`): the vector at as_of is the latest snapshot
 within ``HEARTH_SNAPSHOT_STALE_AFTER_S`` with only the categories consented at as_of
 (:mod:`features.book.vectors`), the percentiles come from the latest export's population, and
-every score is appended to the score log, with the caller's token label, before the answer is
-sent. ``GET /v1/users/{id}/scores`` reads that log back: the trail for an explanation request or
-a dispute (docs/book.md).
+every score is appended to the score log (on the primary), with the caller's token label, before
+the answer is sent. On a replica (``HEARTH_DATABASE_READ_URL``) the reads wait until it has
+replayed the primary's position of now, as every read endpoint's do. ``GET
+/v1/users/{id}/scores`` reads that log back: the trail for an explanation request or a dispute
+(docs/book.md).
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ async def post_scores(request: web.Request) -> web.Response:
     log: list[LogRow] = []
     with state.score_log.coming():  # the log's writer waits (≤ 1 ms) for these scores
         async with state.async_pool.connection() as conn:
+            if state.replica_gate is not None:  # a withdrawal made before the request counts
+                await state.replica_gate.wait(conn)
             for as_of, users in groups.items():
                 for user, result in (
                     await _score_group(conn, state.populations, model, as_of, users, max_age)
