@@ -78,8 +78,23 @@ def fresh_database(prefix: str) -> Iterator[str]:
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
     yield url
+    drop_database(name)
+
+
+def drop_database(name: str, deadline_s: float = 30.0) -> None:
+    """Drop database ``name``, closing its sessions. TimescaleDB's scheduler for a new database
+    (a superuser's session, which this role may not end) can be starting just then and make a
+    forced drop fail: try again until it has gone."""
+    deadline = time.monotonic() + deadline_s
     with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        while True:
+            try:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import psycopg
 
 from hearth.migrate import migrate
-from tests.conftest import BASE_DATABASE_URL, _with_dbname
+from tests.conftest import BASE_DATABASE_URL, _with_dbname, drop_database
 
 
 @contextmanager
@@ -31,4 +31,4 @@ def private_database() -> Iterator[tuple[str, str]]:
     finally:
         with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)

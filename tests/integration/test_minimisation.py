@@ -20,7 +20,7 @@ from collector.retention import run_retention
 from hearth import admin
 from hearth.db import Conn
 from hearth.errors import Invalid
-from tests.conftest import Broker
+from tests.conftest import Broker, drop_database
 from tests.integration.consent_fixtures import add_dead_letter, seed_user, unique
 from tests.integration.fleet import (
     CollectorFactory,
@@ -227,8 +227,7 @@ def test_migrations_bring_rows_written_before_them_in_line(monkeypatch: pytest.M
                 "SELECT hypertable, horizon FROM raw_retention_horizons"
             ).fetchall() == [("numeric_readings", datetime(2020, 3, 1, tzinfo=UTC))]
     finally:
-        with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as server:
-            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 def _legacy_rows(conn: Conn) -> None:

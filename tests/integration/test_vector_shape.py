@@ -31,7 +31,7 @@ from hearth.db import Conn
 from hearth.settings import load_settings
 from hearth.signals import Category
 from hearth.vectors import CellReason, withdrawn_cell
-from tests.conftest import BASE_DATABASE_URL, ROOT, _with_dbname
+from tests.conftest import BASE_DATABASE_URL, ROOT, _with_dbname, drop_database
 from tests.support.builders import add_device, add_user, insert_numeric
 from tests.support.service import VECTOR_SQL, serve_in_thread
 
@@ -196,8 +196,7 @@ def test_migrations_restore_dropped_keys_and_pack_vectors(
     try:
         _migrate_legacy(name, every, monkeypatch)
     finally:
-        with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as server:
-            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 def _migrate_legacy(name: str, every: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
