@@ -43,6 +43,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psutil
 import psycopg
 
+from tests.support.database import drop_database as drop_throwaway_database
+
 CONTENDED_LOAD = 1.5
 WARNING = "warning=load_start_above_1.5:figures_measure_contention"
 BASE_URL = os.environ.get(
@@ -214,17 +216,8 @@ def with_db(url: str, name: str) -> str:
 
 
 def drop_database(name: str, base_url: str = BASE_URL) -> None:
-    """Drop a scratch database; an autovacuum worker may hold it for a moment."""
-    deadline = time.monotonic() + 30
-    with psycopg.connect(base_url, autocommit=True) as admin:
-        while True:
-            try:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                return
-            except psycopg.errors.InsufficientPrivilege:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+    """Drop a scratch database (tests.support.database: retried while a session holds it)."""
+    drop_throwaway_database(name, base_url)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from hearth.migrate import migrate
+from tests.support.database import drop_database as drop_throwaway_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_DATABASE_URL = os.environ.get(
@@ -81,20 +82,9 @@ def fresh_database(prefix: str) -> Iterator[str]:
     drop_database(name)
 
 
-def drop_database(name: str, deadline_s: float = 30.0) -> None:
-    """Drop database ``name``, closing its sessions. TimescaleDB's scheduler for a new database
-    (a superuser's session, which this role may not end) can be starting just then and make a
-    forced drop fail: try again until it has gone."""
-    deadline = time.monotonic() + deadline_s
-    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as admin:
-        while True:
-            try:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                return
-            except psycopg.errors.InsufficientPrivilege:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+def drop_database(name: str) -> None:
+    """Drop a test database of the session's server (tests.support.database)."""
+    drop_throwaway_database(name, BASE_DATABASE_URL)
 
 
 @pytest.fixture

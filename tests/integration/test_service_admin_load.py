@@ -125,9 +125,7 @@ def test_reads_stay_fast_while_a_large_withdrawal_runs(database_url: str) -> Non
     assert failures == []
     assert result["status"] == 200, result
     assert result["body"]["counts"]["numeric_readings"] == ROWS  # the purge really ran
-    # Enough GETs for a p99 that is not just the slowest one. How many fit in the purge's
-    # fraction of a second depends on the machine: 82 on a loaded CI run, so not 100.
-    assert len(latencies) >= 50, len(latencies)
+    assert len(latencies) >= 100, len(latencies)
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     assert p99 < P99_LIMIT_S, f"p99 {p99 * 1000:.1f} ms over {len(latencies)} GETs"
