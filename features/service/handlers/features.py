@@ -34,6 +34,7 @@ from features.service.tabular import (
     ARROW_END,
     ARROW_STREAM,
     CSV,
+    NDJSON,
     arrow_batch,
     arrow_request,
     arrow_schema,
@@ -194,6 +195,8 @@ class _Stream:
         self.columns = columns
         self.include_coverage = include_coverage
         self.schema = arrow_schema(columns, include_coverage, version)
+        # NDJSON cells always carry their coverage; CSV and Arrow only when asked.
+        self.shows_coverage = include_coverage or kind == NDJSON
 
     def begin(self) -> bytes:
         if self.kind == ARROW_STREAM:
@@ -240,6 +243,7 @@ async def _stream_rows(
             state.bulk.resolve(
                 start, users[start:end], as_of_us[start:end], consent[start:end],
                 mode=options.mode, max_age=max_age, version=stream.version,
+                columns=stream.columns, coverage=stream.shows_coverage,
             )
         )  # fmt: skip
 
