@@ -357,6 +357,32 @@ def test_an_append_keeps_only_users_that_exist(world: World) -> None:
     assert logged == [(BOOK[3],)]
 
 
+def test_an_append_finds_its_users_by_key_not_by_scanning_them(
+    own_database: tuple[str, str],
+) -> None:
+    """Migration 0078: an online append looks its users up by primary key. With 20,000 users,
+    0077's join was planned as a hash join over a sequential scan of all of them per append
+    (1.5 ms of server CPU for one row)."""
+    url, _ = own_database
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.cursor().copy("COPY users (user_id) FROM STDIN") as copy:
+            for i in range(20_000):
+                copy.write_row((f"scan-{i:05d}",))
+        conn.execute("ANALYZE users")
+    rows = [
+        LogRow(user, D, "m-0078", FEATURE_SET_VERSION, 600, 0.1, [], "cli:test", ONLINE)
+        for user in ("scan-00042", "scan-never")
+    ]
+    with psycopg.connect(url) as conn:  # one transaction: its own table statistics
+        score_log.append(conn, rows)
+        scans = conn.execute(
+            "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'users'"
+        ).fetchone()
+        logged = conn.execute("SELECT user_id FROM score_log").fetchall()
+    assert scans is not None and scans[0] == 0 and scans[1] >= 1, scans
+    assert logged == [("scan-00042",)]
+
+
 def test_withdrawal_keeps_the_score_log_and_erasure_removes_it(world: World) -> None:
     user = BOOK[2]
     with psycopg.connect(world.database_url, autocommit=True) as conn:
