@@ -11,8 +11,9 @@ The same decisions as :mod:`features.service.resolve.vectors`, first match wins,
 The consent decisions are made once per user for the whole request (:class:`Population`: each
 user's "some category consented" as a step function of time, one query,
 :data:`hearth.ledger.ANY_CONSENT_STEPS_SQL`); each chunk of rows then costs one statement whose
-answer comes back as a handful of byte strings — the snapshots' packed values laid end to end
-— decoded by ``np.frombuffer`` (:func:`resolve_chunk`).
+answer comes back as a handful of byte strings — the requested features of the snapshots'
+packed values laid end to end — decoded by ``np.frombuffer`` (:func:`probe_sql`,
+:func:`decode_probe`).
 """
 
 from __future__ import annotations
