@@ -28,7 +28,7 @@ import pytest
 from collector.broker.sync import SYNC_APPLICATION_NAME
 from hearth import admin
 from hearth.ledger import REGISTRY_CHANNEL
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fresh_database
 from tests.integration.auth_broker import AuthBroker, Client, connect, start_auth_broker
 from tests.integration.consent_fixtures import unique
 from tests.integration.fleet import CollectorProcess, wait_until
@@ -47,16 +47,27 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Rig]:
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    # A registry of its own: the watcher test reconciles every device of the registry into a
+    # fresh broker at start, and the session's database holds the other modules' thousands
+    # (2,118 in one CI run: over a minute of dynamic-security writes before it watched).
     state: Path = tmp_path_factory.mktemp("lifecycle")
-    ab = start_auth_broker(state, database_url)
-    collector = ab.collector(state / "collector.log")
-    try:
-        collector.start()
-        yield Rig(ab, collector, database_url)
-    finally:
-        collector.stop()
-        ab.stop()
+    with fresh_database("hearth_lifecycle") as database_url:
+        ab = start_auth_broker(state, database_url)
+        collector = ab.collector(state / "collector.log")
+        try:
+            collector.start()
+            yield Rig(ab, collector, database_url)
+        finally:
+            collector.stop()
+            ab.stop()
+
+
+@pytest.fixture
+def db(rig: Rig) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit connection to the rig's own database (this module's ``db``)."""
+    with psycopg.connect(rig.database_url, autocommit=True) as conn:
+        yield conn
 
 
 def _connects_at_once(rig: Rig, creds: dict[str, object], returned: float) -> None:
