@@ -1,4 +1,6 @@
-"""Routine regularity: how much the household's day repeats (plugs, doors, screen, charging).
+"""Routine regularity: how much the household's day repeats (plugs, doors, screen, charging), and
+the phone's own routine (wake-up, bedtime, weekday commute), which a member without home
+sensors shows too.
 
 Van Someren et al. (1999) define interdaily stability (IS) and intradaily variability (IV) on a
 complete hourly series. Telemetry here is sparse and has outages, so both are written in their
@@ -204,6 +206,71 @@ def _event_time_offset(first: F64, first_off: F64, last: F64, last_off: F64) -> 
     return np.where(first == 1, first_off, np.where(last == 1, last_off, 1800.0))
 
 
+def _circular_sums(users: I64, tod: F64, n_users: int) -> tuple[F64, F64, F64]:
+    """[U] count, Σ cos θ and Σ sin θ of each user's times of day ``tod`` (θ = 2π·t/24 h)."""
+    theta = 2.0 * np.pi * tod / 24.0
+    k = np.bincount(users, minlength=n_users).astype(np.float64)
+    c: F64 = np.bincount(users, weights=np.cos(theta), minlength=n_users).astype(np.float64)
+    s: F64 = np.bincount(users, weights=np.sin(theta), minlength=n_users).astype(np.float64)
+    return k, c, s
+
+
+def per_user_circular_variance(w: Window, users: I64, tod: F64, min_days: int = 1) -> F64:
+    """[U] circular variance 1 - |mean_k e^{iθ_k}|, θ_k = 2π·t_k/24 h, of each user's event
+    times ``tod`` (local hours); NaN with fewer than ``min_days`` events."""
+    k, c, s = _circular_sums(users, tod, w.U)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.maximum(0.0, 1.0 - np.hypot(c, s) / k)
+    return np.where(k >= max(1, min_days), value, np.nan)
+
+
+def daily_event_times(
+    w: Window, signal: str, value: float, *, last: bool = False, day_starts_h: float = 0.0
+) -> tuple[I64, F64, I64]:
+    """(user, local time of day in hours, weekday 0 = Monday) of each user's first (or, with
+    ``last``, last) reading equal to ``value`` (0 or 1) per day, a day running from local
+    ``day_starts_h`` to the same time the next day (04:00 keeps a night's events with the
+    evening before; 12:00 keeps a bedtime after midnight with its evening). Only days whose
+    first (last) event the window can hold count.
+
+    Inside an hour's bin the exact time is the first (last) reading when it has ``value``,
+    else the other end's, else the middle of the hour (the rollups keep only those)."""
+    key = ("daily_event_times", signal, value, last, day_starts_h)
+    if key in w._cache:
+        return w._cache[key]  # type: ignore[return-value]
+    b, _, _ = w.series(signal)
+    m = (b.max == value) if value == 1 else (b.min == value)
+    u, h = b.u[m], b.h[m] - w.c0
+    near, far = (b.last, b.first) if last else (b.first, b.last)
+    near_off, far_off = (b.last_off, b.first_off) if last else (b.first_off, b.last_off)
+    off = np.where(near[m] == value, near_off[m], np.where(far[m] == value, far_off[m], 1800.0))
+    t = w.tod[u, h] + off / 3600.0
+    early = (t < day_starts_h).astype(np.int64)  # still the previous day's
+    day = w.day[u, h] - early + 1  # ≥ 0
+    # A day cut by the window has an unknown first (last) event: its start is before the
+    # window (the day before its first local day), or its end after T (the last hour's day,
+    # unless that hour closes it).
+    if last:
+        end_tod = w.tod[:, -1]
+        open_day = w.day[:, -1] - (end_tod < day_starts_h) + 1
+        open_day[(end_tod + 1.0) % 24.0 == day_starts_h % 24.0] = -1
+        whole = day != open_day[u]
+    else:
+        whole = day >= 1
+    u, h, off, t, early, day = u[whole], h[whole], off[whole], t[whole], early[whole], day[whole]
+    weekday = (w.chunk.grid.weekday[:, w.c0 :][u, h] - early) % 7
+    group = u * (w.D + 1) + day
+    order = np.lexsort((h + off / 3600.0, group))
+    if last:
+        order = order[::-1]
+    pick = np.ones(order.size, dtype=bool)
+    pick[1:] = group[order][1:] != group[order][:-1]
+    chosen = order[pick]
+    out = (u[chosen], t[chosen] % 24.0, weekday[chosen])
+    w._cache[key] = out
+    return out
+
+
 @feature("first_door_open_circvar", family=FAMILY, unit="ratio", category=Category.PRESENCE,
          null_semantics="null without any door opening",
          citation="Fisher 1993, Statistical Analysis of Circular Data; "
@@ -215,24 +282,114 @@ def first_door_open_circvar(w: Window) -> Result:
     Formula: 1 - |mean_d e^{iθ_d}|, θ_d = 2π·t_d/24 h, t_d = local time of day's first open
     Window: 30, 90 days. Unit: ratio (0 = same time every day). Category: presence.
     """
-    # Sparse: only bins with an opening matter; the earliest per (user, local day) wins.
-    b, _, _ = w.series("contact_open")
-    m = b.max == 1
-    u, h = b.u[m], b.h[m] - w.c0
-    off = _event_time_offset(b.first[m], b.first_off[m], b.last[m], b.last_off[m])
-    key = u * w.D + w.day[u, h]
-    order = np.lexsort((h + off / 3600.0, key))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    pick = order[first]
-    u, h, off = u[pick], h[pick], off[pick]
-    theta = 2.0 * np.pi * (w.tod[u, h] + off / 3600.0) / 24.0
-    k = np.bincount(u, minlength=w.U).astype(np.float64)
-    c = np.bincount(u, weights=np.cos(theta), minlength=w.U)
-    s = np.bincount(u, weights=np.sin(theta), minlength=w.U)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.where(k > 0, np.maximum(0.0, 1.0 - np.hypot(c, s) / k), np.nan)
-    return value, w.day_coverage(w.has("contact_open"))
+    users, tod, _ = daily_event_times(w, "contact_open", 1)
+    return per_user_circular_variance(w, users, tod), w.day_coverage(w.has("contact_open"))
+
+
+# Phone routine: wake-up, bedtime and the weekday commute, from what the phone itself reports,
+# so a household member without home sensors shows their own routine (docs/features.md).
+WAKE_DAY_STARTS_H = 4.0  # a screen-on at 02:00 belongs to the night before, not to the wake-up
+BEDTIME_DAY_STARTS_H = 12.0  # a bedtime after midnight belongs to the evening before
+MIN_ROUTINE_DAYS = 2  # one day has no variance to speak of
+SLEEP_REGULARITY = (
+    "Phillips et al. 2017, Sci. Rep. 7:3216 (sleep regularity); Fisher 1993 (circular variance)"
+)
+
+
+def _circvar_of_days(w: Window, signal: str, value: float, *, last: bool, starts_h: float,
+                     weekdays_only: bool = False) -> Result:  # fmt: skip
+    users, tod, weekday = daily_event_times(w, signal, value, last=last, day_starts_h=starts_h)
+    if weekdays_only:
+        keep = weekday < 5
+        users, tod = users[keep], tod[keep]
+    value_ = per_user_circular_variance(w, users, tod, MIN_ROUTINE_DAYS)
+    return value_, w.day_coverage(w.has(signal))
+
+
+@feature("wake_time_circvar", family=FAMILY, unit="ratio", category=Category.USAGE,
+         null_semantics="null with fewer than 2 days with a screen-on",
+         citation=SLEEP_REGULARITY,
+         reason="Irregular wake-up time")  # fmt: skip
+def wake_time_circvar(w: Window) -> Result:
+    """Circular variance of the wake-up time: the first screen-on of each day from 04:00.
+
+    Formula: 1 - |mean_d e^{iθ_d}|, θ_d = 2π·t_d/24 h, t_d = local time of the day's first
+    screen_on = 1 (days run 04:00-04:00)
+    Window: 30, 90 days. Unit: ratio (0 = same time every day). Category: usage.
+    """
+    return _circvar_of_days(w, "screen_on", 1, last=False, starts_h=WAKE_DAY_STARTS_H)
+
+
+@feature("bedtime_circvar", family=FAMILY, unit="ratio", category=Category.USAGE,
+         null_semantics="null with fewer than 2 days with a screen-off",
+         citation=SLEEP_REGULARITY,
+         reason="Irregular bedtime")  # fmt: skip
+def bedtime_circvar(w: Window) -> Result:
+    """Circular variance of the bedtime: the last screen-off of each day from noon to noon.
+
+    Formula: 1 - |mean_d e^{iθ_d}|, θ_d = 2π·t_d/24 h, t_d = local time of the last
+    screen_on = 0 of the day (days run 12:00-12:00)
+    Window: 30, 90 days. Unit: ratio (0 = same time every night). Category: usage.
+    """
+    return _circvar_of_days(w, "screen_on", 0, last=True, starts_h=BEDTIME_DAY_STARTS_H)
+
+
+def _circular_mean_h(users: I64, tod: F64, n_users: int) -> tuple[F64, F64]:
+    """[U] circular mean time of day (hours) and count of ``tod`` per user."""
+    k, c, s = _circular_sums(users, tod, n_users)
+    return (np.arctan2(s, c) * 24.0 / (2.0 * np.pi)) % 24.0, k
+
+
+@feature("weekend_wake_shift_h", family=FAMILY, unit="hours", category=Category.USAGE,
+         null_semantics="null with fewer than 2 weekend or 2 weekday wake-ups",
+         citation="Wittmann et al. 2006, Chronobiol. Int. 23(1-2):497-509 (social jetlag); "
+                  "here on wake-up time",
+         reason="Wake-up time shifts on weekends")  # fmt: skip
+def weekend_wake_shift_h(w: Window) -> Result:
+    """How far the weekend wake-up time is from the weekday one (social jetlag).
+
+    Formula: |circmean(t_d, Saturday/Sunday) - circmean(t_d, Monday-Friday)| on the 24 h
+    circle, t_d = local time of the day's first screen_on = 1 (days run 04:00-04:00)
+    Window: 30, 90 days. Unit: hours (0-12). Category: usage.
+    """
+    users, tod, weekday = daily_event_times(w, "screen_on", 1, day_starts_h=WAKE_DAY_STARTS_H)
+    weekend = weekday >= 5
+    end_mean, end_k = _circular_mean_h(users[weekend], tod[weekend], w.U)
+    week_mean, week_k = _circular_mean_h(users[~weekend], tod[~weekend], w.U)
+    shift = np.abs(end_mean - week_mean)
+    shift = np.minimum(shift, 24.0 - shift)
+    ok = (end_k >= MIN_ROUTINE_DAYS) & (week_k >= MIN_ROUTINE_DAYS)
+    return np.where(ok, shift, np.nan), w.day_coverage(w.has("screen_on"))
+
+
+@feature("weekday_departure_circvar", family=FAMILY, unit="ratio", category=Category.LOCATION,
+         null_semantics="null with fewer than 2 weekdays with a home-region leave",
+         citation="Fisher 1993 (circular variance); docs/features.md (commute regularity)",
+         reason="Irregular time of leaving home on weekdays")  # fmt: skip
+def weekday_departure_circvar(w: Window) -> Result:
+    """Circular variance of the time the phone first leaves its home region on weekdays.
+
+    Formula: 1 - |mean_d e^{iθ_d}|, θ_d = 2π·t_d/24 h, t_d = local time of the weekday's first
+    region_event = 0 (leave; days run 04:00-04:00, Monday-Friday)
+    Window: 30, 90 days. Unit: ratio (0 = same time every weekday). Category: location.
+    """
+    return _circvar_of_days(w, "region_event", 0, last=False, starts_h=WAKE_DAY_STARTS_H,
+                            weekdays_only=True)  # fmt: skip
+
+
+@feature("weekday_return_circvar", family=FAMILY, unit="ratio", category=Category.LOCATION,
+         null_semantics="null with fewer than 2 weekdays with a home-region enter",
+         citation="Fisher 1993 (circular variance); docs/features.md (commute regularity)",
+         reason="Irregular time of coming home on weekdays")  # fmt: skip
+def weekday_return_circvar(w: Window) -> Result:
+    """Circular variance of the time the phone last enters its home region on weekdays.
+
+    Formula: 1 - |mean_d e^{iθ_d}|, θ_d = 2π·t_d/24 h, t_d = local time of the weekday's last
+    region_event = 1 (enter; days run 04:00-04:00, Monday-Friday)
+    Window: 30, 90 days. Unit: ratio (0 = same time every weekday). Category: location.
+    """
+    return _circvar_of_days(w, "region_event", 1, last=True, starts_h=WAKE_DAY_STARTS_H,
+                            weekdays_only=True)  # fmt: skip
 
 
 def charge_onsets(w: Window) -> tuple[I64, F64]:
@@ -265,13 +422,7 @@ def charge_start_circvar(w: Window) -> Result:
     Window: 30, 90 days. Unit: ratio (0 = always the same time). Category: device_health.
     """
     users, tod = charge_onsets(w)
-    theta = 2.0 * np.pi * tod / 24.0
-    k = np.bincount(users, minlength=w.U).astype(np.float64)
-    c = np.bincount(users, weights=np.cos(theta), minlength=w.U)
-    s = np.bincount(users, weights=np.sin(theta), minlength=w.U)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.maximum(0.0, 1.0 - np.hypot(c, s) / k)
-    return np.where(k > 0, value, np.nan), w.day_coverage(w.has("charging"))
+    return per_user_circular_variance(w, users, tod), w.day_coverage(w.has("charging"))
 
 
 @feature("is_power", family=FAMILY, unit="ratio", category=Category.ENERGY,
