@@ -24,7 +24,7 @@ FIRST = T - DAYS * DAY  # midnight of the window's first day
 
 def circvar(hours: list[float]) -> float:
     """1 - |mean e^{iθ}|, θ = 2π·t/24 h: the expected value, from the planted times."""
-    return 1.0 - abs(np.mean(np.exp(2j * np.pi * np.asarray(hours) / 24.0)))
+    return float(1.0 - abs(np.mean(np.exp(2j * np.pi * np.asarray(hours) / 24.0))))
 
 
 def _weekday(day: int) -> int:
