@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import re
+from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -114,11 +116,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--max-age",
         help="oldest snapshot taken, before as_of (default: HEARTH_SNAPSHOT_STALE_AFTER_S)",
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--workers",
         type=int,
         default=0,
         help="local worker processes for the parts (default 0: in this process)",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:8786",
+        help="run the parts as tasks on this Dask cluster; its workers write the part files, "
+        "so --out must be a directory they share (HEARTH_DASK_SCHEDULER is not used here)",
     )
     parser.add_argument(
         "--force", action="store_true", help="start over in an --out of another run"
@@ -132,15 +141,33 @@ def _max_age(args: argparse.Namespace) -> timedelta:
     return timedelta(seconds=get_settings().snapshot_stale_after_s)
 
 
-def _executor(args: argparse.Namespace) -> Executor | None:
-    """Local processes for ``--workers N``. (A Dask cluster's executor,
-    ``distributed.Client(address).get_executor()``, runs the same parts.)"""
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Executor | None]:
+    """Where the parts run: ``--workers N`` local processes, the Dask cluster of ``--scheduler``
+    (its executor runs the same parts), or None (in this process). Only an explicit
+    ``--scheduler``: a cluster's workers write the part files, and HEARTH_DASK_SCHEDULER is set
+    where they do not share the command's output directory (docker-compose.yml's demo)."""
     if args.workers < 0:
         raise Invalid("--workers must be 0 or more")
-    if not args.workers:
-        return None
-    # spawn: a forked child would inherit the progress bar's thread and open sockets.
-    return ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
+    if args.workers:
+        # spawn: a forked child would inherit the progress bar's thread and open sockets.
+        pool = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            yield pool
+        finally:
+            pool.shutdown(cancel_futures=True)
+        return
+    if not args.scheduler:
+        yield None
+        return
+    # Imported when a cluster is asked for: Dask's import costs about a second (features.cli).
+    from features import distributed
+
+    settings = get_settings()
+    options = distributed.ClusterOptions.resolve(args.scheduler, None, settings)
+    assert options is not None
+    with distributed.cluster_executor(options, distributed.local_worker_env(settings)) as ex:
+        yield ex
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -178,8 +205,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.part_users < 1:
         raise Invalid("--part-users must be at least 1")
     as_of = parse_as_of(args.as_of)
-    executor = _executor(args)
-    try:
+    with _executor(args) as executor:
         result = export_book(
             get_settings().database_url,
             as_of,
@@ -190,9 +216,6 @@ def _export(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             force=args.force,
         )
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
     print(
         f"as_of={result.as_of.isoformat()} version={result.feature_set_version} "
         f"rows={result.rows} left_out_no_consent={result.left_out.get('no_consent', 0)} "
@@ -208,8 +231,7 @@ def _score(args: argparse.Namespace) -> int:
 
     as_of = parse_as_of(args.as_of)
     url = get_settings().database_url
-    executor = _executor(args)
-    try:
+    with _executor(args) as executor:
         export_dir = args.export
         if export_dir is None:
             export_dir = args.out / "export"
@@ -233,9 +255,6 @@ def _score(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             force=args.force,
         )
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
     print(
         f"as_of={result.as_of.isoformat()} model_version={result.model_version} "
         f"feature_set_version={result.feature_set_version} rows={result.rows} "

@@ -18,7 +18,12 @@ chunk to the cluster and shows one progress bar for the whole run:
   fails the run with its own typed error; a cluster without workers fails it after a bound.
 """
 
-from features.distributed.cluster import ClusterOptions, dask_client, local_worker_env
+from features.distributed.cluster import (
+    ClusterOptions,
+    cluster_executor,
+    dask_client,
+    local_worker_env,
+)
 from features.distributed.run import chunk_runner, historical_runner
 from features.distributed.tasks import DatabaseIdentity
 
@@ -26,6 +31,7 @@ __all__ = [
     "ClusterOptions",
     "DatabaseIdentity",
     "chunk_runner",
+    "cluster_executor",
     "dask_client",
     "historical_runner",
     "local_worker_env",

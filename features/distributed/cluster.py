@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from distributed import Client, LocalCluster
@@ -124,3 +125,15 @@ def dask_client(options: ClusterOptions, env: Mapping[str, str]) -> Iterator[Cli
                 hint="start workers with `dask worker <scheduler address>`",
             ) from None
         yield client
+
+
+@contextlib.contextmanager
+def cluster_executor(options: ClusterOptions, env: Mapping[str, str]) -> Iterator[Executor]:
+    """The cluster as a ``concurrent.futures`` executor (the book's export and scoring parts
+    run on any executor), shut down on exit."""
+    with dask_client(options, env) as client:
+        executor: Executor = client.get_executor()
+        try:
+            yield executor
+        finally:
+            executor.shutdown(wait=True)

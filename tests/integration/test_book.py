@@ -216,6 +216,41 @@ def test_export_resumes_where_it_stopped_and_refuses_another_run(
         )
 
 
+@pytest.mark.slow
+def test_export_and_score_on_a_dask_cluster_give_the_same_files(
+    world: World, tmp_path: Path
+) -> None:
+    # Imported here: Dask's import costs about a second.
+    from distributed import LocalCluster
+
+    export, scores = tmp_path / "export", tmp_path / "scores"
+    with LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=1,
+        processes=True,
+        dashboard_address=":0",
+        env={"HEARTH_DATABASE_URL": world.database_url},
+    ) as cluster:
+        address = cluster.scheduler_address
+        proc = _cli(world.database_url, "export", "--as-of", D.isoformat(), "--out", str(export),
+                    "--max-age", "36h", "--part-users", "40", "--no-progress",
+                    "--scheduler", address)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        proc = _cli(world.database_url, "score", "--model", str(world.model), "--as-of",
+                    D.isoformat(), "--export", str(export), "--out", str(scores), "--no-progress",
+                    "--requested-by", "test:dask", "--scheduler", address)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        ran = cluster.scheduler.transition_counter
+    parts = json.loads((world.export / "manifest.json").read_text())["files"]
+    assert ran >= 2 * len(parts)  # the parts were tasks of the cluster, not run here
+    # The same Parquet files, byte for byte, as the in-process export of the fixture.
+    assert json.loads((export / "manifest.json").read_text())["files"] == parts
+    fields = ("probability", "points", "reasons", "model_version", "feature_set_version")
+    here, there = _rows(world.scores, "scores"), _rows(scores, "scores")
+    assert set(here) == set(there)
+    for user, row in here.items():
+        assert {f: row[f] for f in fields} == {f: there[user][f] for f in fields}, user
+
+
 def test_batch_scores_every_exported_user_with_reasons_and_logs_each(world: World) -> None:
     manifest = json.loads((world.scores / "manifest.json").read_text())
     scores = _rows(world.scores, "scores")
