@@ -200,10 +200,13 @@ def daily_event_cv_presence(w: Window) -> Result:
     return coefficient_of_variation(daily, day_ok), cov
 
 
-def _event_time_offset(first: F64, first_off: F64, last: F64, last_off: F64) -> F64:
-    """Seconds into the hour of a 0→1 event: the first reading if it is already 1, else the
-    last reading (the change happened within the hour), else the middle of the hour."""
-    return np.where(first == 1, first_off, np.where(last == 1, last_off, 1800.0))
+def _event_time_offset(
+    first: F64, first_off: F64, last: F64, last_off: F64, value: float = 1.0
+) -> F64:
+    """Seconds into the hour of an event (a reading equal to ``value``, 1 for a 0→1 change):
+    the first reading if it has the value, else the last one (the change happened within
+    the hour), else the middle of the hour. Swap the ends for the hour's last such event."""
+    return np.where(first == value, first_off, np.where(last == value, last_off, 1800.0))
 
 
 def _circular_sums(users: I64, tod: F64, n_users: int) -> tuple[F64, F64, F64]:
@@ -241,9 +244,10 @@ def daily_event_times(
     b, _, _ = w.series(signal)
     m = (b.max == value) if value == 1 else (b.min == value)
     u, h = b.u[m], b.h[m] - w.c0
-    near, far = (b.last, b.first) if last else (b.first, b.last)
-    near_off, far_off = (b.last_off, b.first_off) if last else (b.first_off, b.last_off)
-    off = np.where(near[m] == value, near_off[m], np.where(far[m] == value, far_off[m], 1800.0))
+    if last:  # the hour's last such reading: look from its end
+        off = _event_time_offset(b.last[m], b.last_off[m], b.first[m], b.first_off[m], value)
+    else:
+        off = _event_time_offset(b.first[m], b.first_off[m], b.last[m], b.last_off[m], value)
     t = w.tod[u, h] + off / 3600.0
     early = (t < day_starts_h).astype(np.int64)  # still the previous day's
     day = w.day[u, h] - early + 1  # ≥ 0
