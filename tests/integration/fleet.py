@@ -153,6 +153,16 @@ def publish_all(
 
 
 # -- the collector under test -----------------------------------------------------------------
+def replay_env(start: datetime) -> dict[str, str]:
+    """Settings under which a collector stores a simulated history that began at ``start``.
+
+    A replayed fleet has a fixed end in the past (so its stream is the same on every run): the
+    collector must accept events that old, and keep them (retention may not be shorter).
+    """
+    days = str(max((datetime.now(UTC) - start).days + 2, 90))
+    return {"HEARTH_MAX_EVENT_AGE_DAYS": days, "HEARTH_RETENTION_DAYS": days}
+
+
 def wait_until(
     condition: Callable[[], bool], deadline_s: float, what: str, interval_s: float = 0.1
 ) -> None:

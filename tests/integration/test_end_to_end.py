@@ -33,12 +33,13 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, Broker, free_port
+from tests.integration.fleet import replay_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -78,17 +79,14 @@ class Phases:
 
 
 def _env(database_url: str, broker: Broker) -> dict[str, str]:
-    # The history ends at a fixed time in the past: the collector must accept events that old.
     start = datetime.fromisoformat(END.replace("Z", "+00:00")) - timedelta(days=DAYS)
-    age = (datetime.now(UTC) - start).days + 2
     env = dict(os.environ)
     env.update(
         HEARTH_DATABASE_URL=database_url,
         HEARTH_MQTT_URL=broker.url,
         HEARTH_MQTT_CLIENT_ID=f"hearth-e2e-{os.getpid()}",
         HEARTH_COLLECTOR_HTTP_PORT=str(free_port()),
-        HEARTH_MAX_EVENT_AGE_DAYS=str(max(age, 90)),
-        HEARTH_RETENTION_DAYS=str(max(age, 90)),
+        **replay_env(start),
     )
     return env
 
