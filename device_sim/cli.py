@@ -99,7 +99,7 @@ def add_rate_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_fleet_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--households", type=int, default=100, help="households (one user each)")
+    p.add_argument("--households", type=int, default=100, help="households (1-5 members each)")
     p.add_argument("--days", type=int, default=90, help="days of history")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--end", help="end of history, RFC 3339 (default: now floored to the hour)")
