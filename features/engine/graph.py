@@ -68,7 +68,9 @@ _WEEKDAYS_SQL = ", ".join(str(d + 1) for d in WORK_WEEKDAYS)  # isodow: Monday =
 # public and not read further. For the others (not the chunk's users), their rows of the
 # window: nights and days as offsets from ``base``, the owners' first local grid day, and the
 # rows not usable as they are (``stale``) as (device, bucket) to recompute from raw. The last
-# rows (``user_id`` NULL) give each key's count of people.
+# rows (``user_id`` NULL) give each key's count of people. A row's hours (a 24-bit mask) become
+# buckets through its three bytes joined to ``bits`` (each byte value's set bits): testing all
+# 24 bits of every row (generate_series) was half of the statement's time.
 _SIGHTING_KEY = """b.signal = n.signal AND b.value = n.value
                   AND b.day >= %(start_day)s AND b.day < %(as_of)s
                   AND b.first_ingested_at <= %(known_by)s"""  # else nothing in it known at T
@@ -80,6 +82,9 @@ _NEIGHBOURS_SQL = f"""
     k AS MATERIALIZED (
         SELECT * FROM unnest(%(k_idx)s::int4[], %(k_key)s::int4[], %(k_tz)s::text[],
                              %(k_base)s::date[]) AS k(idx, key, tz, base)),
+    bits AS MATERIALIZED (
+        SELECT byte, bit FROM generate_series(1, 255) AS byte, generate_series(0, 7) AS bit
+         WHERE byte & (1 << bit) <> 0),
     walk(key, user_id, n) AS (
         SELECT n.key, (SELECT b.user_id FROM network_sightings b WHERE {_SIGHTING_KEY}
                         ORDER BY b.user_id LIMIT 1), 1
@@ -110,10 +115,13 @@ _NEIGHBOURS_SQL = f"""
                  FROM network_sightings b
                 WHERE {_SIGHTING_KEY} AND b.user_id = q.user_id
                OFFSET 0) r  -- one index range per (key, person): never flattened into a join
+         CROSS JOIN LATERAL (VALUES (0, r.hours & 255), (8, (r.hours >> 8) & 255),
+                                    (16, r.hours >> 16)) AS part(shift, byte)
+          JOIN bits ON bits.byte = part.byte
          CROSS JOIN LATERAL (
-               SELECT r.signal, r.device_id, r.day + h * INTERVAL '1 hour' AS bucket,
-                      r.max_ingested_at
-                 FROM generate_series(0, 23) AS h WHERE r.hours & (1 << h) <> 0) b
+               SELECT r.signal, r.device_id,
+                      r.day + (part.shift + bits.bit) * INTERVAL '1 hour' AS bucket,
+                      r.max_ingested_at) b
           LEFT JOIN x ON x.device_id = b.device_id AND x.signal = b.signal
                      AND x.bucket = b.bucket
          WHERE b.bucket >= %(start)s AND b.bucket < %(as_of)s),
