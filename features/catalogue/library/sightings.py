@@ -81,14 +81,16 @@ class Sightings:
         withdrawal or erasure at the other end finds and withholds what was derived from it."""
         out: list[set[tuple[str, str]]] = [set() for _ in range(self.n_users)]
         others = self.person != self.owner
-        for u, p, k in zip(
-            self.owner[others].tolist(),
-            self.person[others].tolist(),
-            self.key[others].tolist(),
-            strict=True,
-        ):
+        # Rows repeat each (user, person, kind of key) once per night or day seen: reduce them
+        # to the distinct triples first (one code each) rather than visit every row.
+        wifi = self.key_wifi[self.key[others]].astype(np.int64)
+        n_people = max(len(self.people), 1)
+        codes = np.unique((self.owner[others] * n_people + self.person[others]) * 2 + wifi)
+        for code in codes.tolist():
+            pair, is_wifi = divmod(code, 2)
+            u, p = divmod(pair, n_people)
             who = self.people[p]
-            kind = Category.CONNECTIVITY if self.key_wifi[k] else Category.LOCATION
+            kind = Category.CONNECTIVITY if is_wifi else Category.LOCATION
             out[u].add((who, Category.RELATIONSHIPS.value))
             out[u].add((who, kind.value))
         return [sorted(s) for s in out]
