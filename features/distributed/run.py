@@ -128,13 +128,19 @@ def gather(
     watchdog.start()
     try:
         for f in as_completed(futures):
-            if watchdog.reason is None and f.cancelled() and not client.nthreads():
-                # Workers leaving the cluster can have their tasks cancelled before the
-                # watchdog's verdict: wait for it, so the run fails with its reason and hint.
-                watchdog.join(NO_WORKERS_S + 2 * POLL_S)
             if watchdog.reason is not None:
                 raise watchdog.reason
-            results[f.key] = _result(f)
+            try:
+                results[f.key] = _result(f)
+            except Unavailable:
+                if watchdog.reason is None and f.cancelled():
+                    # Not by this run: workers leaving the cluster can have their tasks
+                    # cancelled before the watchdog's verdict. Wait for it, so such a run fails
+                    # with its reason and hint; any other cancellation fails once it is over.
+                    watchdog.join(NO_WORKERS_S + 2 * POLL_S)
+                if watchdog.reason is not None:
+                    raise watchdog.reason from None
+                raise
             advance(weight[f.key])
     except BaseException:
         client.cancel(list(futures))
