@@ -338,13 +338,10 @@ def correct(
     watermark replaced by their buckets recomputed from raw rows as of T (usually nothing to
     do); categorical codes into the returned dictionary."""
     keep, fixed_numeric = _recomputed(conn, "numeric", numeric, usable, read)
-    if keep is not None:
-        numeric = numeric.select(keep)
+    numeric = add_numeric_rows(numeric, fixed_numeric, keep)
     keep, fixed_cat = _recomputed(conn, "categorical", categorical, cat_usable, read)
     if keep is not None:
         categorical = select_categorical(categorical, keep)
-    if fixed_numeric:
-        numeric = add_numeric_rows(numeric, fixed_numeric)
     if fixed_cat:
         categorical, values = add_categorical_rows(categorical, values, fixed_cat)
     return numeric, categorical, values

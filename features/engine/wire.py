@@ -102,8 +102,31 @@ def text_codes(blob: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, list[
             codes[pick] = len(dictionary)
             dictionary.append(b"")
             continue
-        values = blob[starts[pick][:, None] + np.arange(width)].view(f"S{width}").ravel()
-        distinct, inverse = np.unique(values, return_inverse=True)
-        codes[pick] = inverse.ravel() + len(dictionary)
-        dictionary.extend(bytes(v) for v in distinct)
+        # Each value's bytes as a row: a strided view of the blob gathered by start offset
+        # (an index per byte would be an int64 for every byte of text).
+        windows = np.lib.stride_tricks.sliding_window_view(blob, width)
+        rows = windows[starts[pick]]
+        first, inverse = _distinct_rows(rows)
+        codes[pick] = inverse + len(dictionary)
+        dictionary.extend(bytes(r) for r in rows[first])
     return codes, dictionary
+
+
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For byte strings as the rows of a [n, width] ``uint8`` array: a row index of each
+    distinct one, in byte order, and each row's position among them (what ``np.unique`` of
+    the ``S<width>`` strings gives). Sorted by their first 8 bytes as big-endian integers,
+    which order them as the strings do; only when two strings share those bytes does it sort
+    the strings themselves (string comparison is several times slower, and hashes and cells
+    rarely share 8 leading bytes)."""
+    n, width = rows.shape
+    head = np.zeros((n, 8), dtype=np.uint8)
+    head[:, : min(width, 8)] = rows[:, :8]
+    _, first, inverse = np.unique(head.view(">u8").ravel(), return_index=True,
+                                  return_inverse=True)  # fmt: skip
+    inverse = inverse.ravel()
+    if width > 8 and not (rows == rows[first][inverse]).all():
+        strings = np.ascontiguousarray(rows).view(f"S{width}").ravel()
+        _, first, inverse = np.unique(strings, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+    return first, inverse
