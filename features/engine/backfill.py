@@ -44,15 +44,18 @@ from features.engine.grid import grid_bounds, local_grid
 from features.engine.load import (
     Buckets,
     Pairs,
+    RecomputeMemo,
     as_literals,
     build_chunk,
     correct,
     decode_rollups,
     device_params,
     first_known,
+    known_by_us,
     pairs_at,
     read_at,
     read_rollups,
+    recompute_memo,
     window_bins,
 )
 from features.engine.sql import FIRST_SEEN_SPAN_COLUMNS, FIRST_SEEN_SPAN_SQL
@@ -81,6 +84,8 @@ class Span:
     tenure: list[dict[str, np.ndarray]]
     start: datetime  # the first T's grid start: the span's first hour
     hours: int  # hours from ``start`` to the end of the last T's grid
+    # Buckets recomputed from raw at one T, reused at later ones reading the same raw rows
+    memo: RecomputeMemo
 
     @functools.cached_property
     def grid(self) -> LocalGrid:
@@ -140,8 +145,14 @@ def load_span(
         early = inside["bucket"] < last_start_us
         names = _TENURE + (("first_time",) if kind == "numeric" else ())
         tenure.append({n: np.concatenate([earlier[n], inside[n][early]]) for n in names})
+    py_s = time.perf_counter() - t1
+    hours = int((end - start) / timedelta(hours=1))
+    t2 = time.perf_counter()
+    memo = recompute_memo(
+        conn, params, devices, buckets, start, hours, known_by_us(times[0], knowledge)
+    )
     if timings is not None:
-        timings.add(sql_s=sql_s, python_s=time.perf_counter() - t1)
+        timings.add(sql_s=sql_s + time.perf_counter() - t2, python_s=py_s)
     return Span(
         list(users),
         list(tzs),
@@ -152,7 +163,8 @@ def load_span(
         buckets,
         tenure,
         start,
-        int((end - start) / timedelta(hours=1)),
+        hours,
+        memo,
     )
 
 
@@ -169,7 +181,7 @@ def chunk_at(conn: Conn, span: Span, as_of: datetime, pairs: Pairs) -> Chunk:
     numeric, usable, categorical, cat_usable, values = window_bins(span.buckets, read)
     first_rows = first_known(span.tenure, read)
     numeric, categorical, values = correct(
-        conn, read, numeric, usable, categorical, cat_usable, values
+        conn, read, numeric, usable, categorical, cat_usable, values, span.memo
     )
     grid = span.grid_at(read.start, read.hours)
     return build_chunk(read, grid, numeric, categorical, values, first_rows)

@@ -19,9 +19,10 @@ The feature functions (features.catalogue.library) then run vectorised over the 
 from __future__ import annotations
 
 import functools
+import operator
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -48,6 +49,7 @@ from features.engine.sql import (
     ARRAY_COLUMNS,
     FIRST_SEEN_COLUMNS,
     FIRST_SEEN_SQL,
+    INGEST_TIMES_SQL,
     NEW_RAW_SQL,
     RECOMPUTE_SCAN_SQL,
     RECOMPUTE_SQL,
@@ -55,7 +57,7 @@ from features.engine.sql import (
     SIGNAL_HASHES_SQL,
 )
 from features.engine.types import Timings
-from features.engine.wire import array_literal, fetch_arrays, pg_us, text_codes
+from features.engine.wire import HOUR_US, array_literal, fetch_arrays, pg_us, text_codes
 from hearth import ledger
 from hearth.db import Conn
 from hearth.signals import Category, stored_signals
@@ -173,9 +175,13 @@ class Read:
 
     @property
     def known_by_us(self) -> int:
-        """The latest ``ingested_at`` known at T as binary timestamptz (bins compare it)."""
-        at = known_by(self.as_of, self.knowledge)
-        return pg_us(at) if isinstance(at, datetime) else np.iinfo(np.int64).max
+        return known_by_us(self.as_of, self.knowledge)
+
+
+def known_by_us(as_of: datetime, knowledge: Knowledge) -> int:
+    """The latest ``ingested_at`` known at T as binary timestamptz (bins compare it)."""
+    at = known_by(as_of, knowledge)
+    return pg_us(at) if isinstance(at, datetime) else int(np.iinfo(np.int64).max)
 
 
 def read_at(
@@ -333,13 +339,15 @@ def correct(
     categorical: CategoricalBins,
     cat_usable: np.ndarray,
     values: list[str],
+    memo: RecomputeMemo | None = None,
 ) -> tuple[NumericBins, CategoricalBins, list[str]]:
     """Pass 2: the bins not usable as they are and those with raw rows newer than the rollup
     watermark replaced by their buckets recomputed from raw rows as of T (usually nothing to
-    do); categorical codes into the returned dictionary."""
-    keep, fixed_numeric = _recomputed(conn, "numeric", numeric, usable, read)
+    do); categorical codes into the returned dictionary. With ``memo`` (a backfill's) buckets
+    recomputed at an earlier as_of from the same raw rows are taken from it."""
+    keep, fixed_numeric = _recomputed(conn, "numeric", numeric, usable, read, memo)
     numeric = add_numeric_rows(numeric, fixed_numeric, keep)
-    keep, fixed_cat = _recomputed(conn, "categorical", categorical, cat_usable, read)
+    keep, fixed_cat = _recomputed(conn, "categorical", categorical, cat_usable, read, memo)
     if keep is not None:
         categorical = select_categorical(categorical, keep)
     if fixed_cat:
@@ -353,9 +361,10 @@ def _recomputed(
     bins: NumericBins | CategoricalBins,
     usable: np.ndarray,
     read: Read,
+    memo: RecomputeMemo | None = None,
 ) -> tuple[np.ndarray | None, list[tuple[object, ...]]]:
     """Pass 2 for one kind: which rollup bins to keep (None: all of them) and the buckets
-    recomputed from raw rows in place of the others."""
+    recomputed from raw rows in place of the others, in (device, signal, hour) order."""
     stale = (bins.d[~usable], bins.s[~usable], bins.h[~usable])
     keys = _dirty_keys(conn, kind, read, stale)
     if keys.size == 0:
@@ -364,7 +373,17 @@ def _recomputed(
         bin_key(bins.d, bins.s, bins.h, read.hours),
         bin_key(keys[:, 0], keys[:, 1], keys[:, 2], read.hours),
     )
-    return usable & ~drop, _recompute(conn, kind, keys, read, bins)
+    if memo is None:
+        rows = _recompute(conn, kind, keys, read, bins)
+    else:
+        rows = memo.recompute(conn, kind, keys, read, bins)
+    # One order however the rows came (one statement, or a memo and a statement): the bins'
+    # order is the chunk's, and a backfill's chunk is the single-date run's bin for bin.
+    rows.sort(key=_ROW_KEY)
+    return usable & ~drop, rows
+
+
+_ROW_KEY = operator.itemgetter(1, 2, 3)  # a recomputed row's (device, signal, hour)
 
 
 def _dirty_keys(
@@ -416,6 +435,137 @@ def _recompute(
         )
         return conn.execute(RECOMPUTE_SCAN_SQL[kind], params).fetchall()
     return conn.execute(RECOMPUTE_SQL[kind], params).fetchall()
+
+
+@dataclass
+class RecomputeMemo:
+    """Buckets recomputed from raw at one as_of of a backfill, reused at the later ones that
+    read the same raw rows (features.engine.backfill).
+
+    A bucket that ended by T is recomputed from its raw rows ingested by T
+    (:data:`features.engine.sql.RECOMPUTE_SQL`). Its rows' ingest times, read once for the
+    span (:data:`features.engine.sql.INGEST_TIMES_SQL`), tell how many of them are known at
+    each T; two as_ofs that know as many know the same ones (a later T knows a superset), so
+    the bucket recomputed at the first of them stands for the other. Late rows arriving after
+    every T of a range (the usual case) make a bucket stale at all of them: it is recomputed
+    once instead of at every as_of. Only cut-offs before ``read_us`` (when the ingest times
+    were read) are reused: a row ingested later is not in them. A bucket that holds T, and
+    keys outside the span's candidates, are recomputed as before.
+    """
+
+    start_us: int  # the span's first hour (binary timestamptz); keys count hours from it
+    read_us: int  # the database clock when the ingest times were read, less a margin
+    # Per kind: candidate keys ((device · signals + signal) · hours + hour, ascending), the
+    # offsets of each key's ingest times in ``times`` (K + 1) and the times (µs, ascending
+    # within a key)
+    keys: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    hours: int  # hours of the span: the keys' hour range
+    rows: dict[tuple[str, int, int], tuple[object, ...] | None] = field(default_factory=dict)
+
+    def key_codes(self, keys: np.ndarray, offset: int) -> np.ndarray:
+        """Codes of [K, 3] (device, signal, hour from a grid starting ``offset`` hours into
+        the span) keys."""
+        return bin_key(keys[:, 0], keys[:, 1], keys[:, 2] + offset, self.hours)
+
+    def recompute(
+        self,
+        conn: Conn,
+        kind: str,
+        keys: np.ndarray,
+        read: Read,
+        bins: NumericBins | CategoricalBins,
+    ) -> list[tuple[object, ...]]:
+        """What :func:`_recompute` gives for ``keys`` at T (in any order), from the memo
+        where an earlier as_of read the same raw rows of a bucket."""
+        offset = (pg_us(read.start) - self.start_us) // HOUR_US
+        known_us = read.known_by_us
+        if known_us >= self.read_us:
+            return _recompute(conn, kind, keys, read, bins)
+        codes, bounds, times = self.keys[kind]
+        if not codes.size:
+            return _recompute(conn, kind, keys, read, bins)
+        code = self.key_codes(keys, offset)
+        pos = np.minimum(np.searchsorted(codes, code), codes.size - 1)
+        ended = (keys[:, 2] + 1) * HOUR_US <= pg_us(read.as_of) - pg_us(read.start)
+        reusable = ended & (codes[pos] == code)
+        known = np.concatenate([[0], np.cumsum(times <= known_us)])
+        count = known[bounds[pos + 1]] - known[bounds[pos]]
+        out: list[tuple[object, ...]] = []
+        missing: list[int] = []
+        versions: dict[int, tuple[str, int, int]] = {}
+        triples = zip(reusable.tolist(), code.tolist(), count.tolist(), strict=True)
+        for i, (ok, c, n) in enumerate(triples):
+            version = (kind, c, n)
+            if not ok:
+                missing.append(i)
+            elif version in self.rows:
+                row = self.rows[version]
+                if row is not None:  # the hour as T's grid counts it
+                    out.append((*row[:3], int(keys[i, 2]), *row[4:]))
+            else:
+                missing.append(i)
+                versions[i] = version
+        if missing:
+            fresh = _recompute(conn, kind, keys[missing], read, bins)
+            by_key = {(r[1], r[2], r[3]): r for r in fresh}
+            for i, version in versions.items():
+                self.rows[version] = by_key.get(tuple(keys[i].tolist()))
+            out.extend(fresh)
+        return out
+
+
+def recompute_memo(
+    conn: Conn,
+    params: dict[str, object],
+    devices: Sequence[ledger.UserDevice],
+    buckets: Buckets,
+    start: datetime,
+    hours: int,
+    known_by_us: int,
+) -> RecomputeMemo:
+    """A backfill span's memo: the ingest times of the raw rows of every rollup bucket of
+    the span not wholly known at its first as_of (``known_by_us``), the only ones pass 2 can
+    recompute at a later as_of without holding it."""
+    start_us = pg_us(start)
+    # Rows get ingested_at = now() at their transaction's start: one still open when the
+    # times are read may hold an earlier time than the read's; ten minutes cover any.
+    now = conn.execute("SELECT now() - INTERVAL '10 minutes'").fetchone()
+    read_us = pg_us(now[0]) if now is not None and isinstance(now[0], datetime) else 0
+    dev_id = np.asarray([d.device_id for d in devices])
+    dev_user = np.asarray([d.user_id for d in devices])
+    keys: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for kind, b in (("numeric", buckets.numeric), ("categorical", buckets.categorical)):
+        late = (b["ingested"] > known_by_us) & (b["s"] >= 0)
+        d, s = b["d"][late], b["s"][late]
+        h = (b["bucket"][late] - start_us) // HOUR_US
+        rows: list[tuple[object, ...]] = []
+        if d.size:
+            key_params = as_literals(
+                {
+                    "k_device": dev_id[d].tolist(),
+                    "k_user": dev_user[d].tolist(),
+                    "k_signal": _SIGNAL_NAME_ARRAY[s].tolist(),
+                    "k_hour": h.tolist(),
+                    "k_uidx": [0] * int(d.size),
+                    "k_didx": d.tolist(),
+                    "k_sidx": s.tolist(),
+                }
+            )
+            key_params.update(
+                start=params["start"],
+                k_devices=array_literal(np.unique(dev_id[d]).tolist()),
+                lo=start + timedelta(hours=int(h.min())),
+                hi=start + timedelta(hours=int(h.max()) + 1),
+            )
+            with conn.cursor(binary=True) as cur:
+                rows = cur.execute(INGEST_TIMES_SQL[kind], key_params).fetchall()
+        dsh = np.array([r[:3] for r in rows], dtype=np.int64).reshape(-1, 3)
+        code = bin_key(dsh[:, 0], dsh[:, 1], dsh[:, 2], hours)
+        blobs = [r[3] if isinstance(r[3], bytes) else b"" for r in rows]
+        bounds = np.concatenate([[0], np.cumsum([len(x) // 8 for x in blobs])]).astype(np.int64)
+        times = np.frombuffer(b"".join(blobs), dtype=">i8").astype(np.int64)
+        keys[kind] = (code, bounds, times)
+    return RecomputeMemo(start_us, read_us, keys, hours)
 
 
 def build_chunk(

@@ -127,7 +127,8 @@ def _new_raw_sql(kind: str) -> str:
 # The buckets to recompute: device, user, signal, grid hour (``k_hour``, from ``start``) and
 # the chunk's indexes, as arrays of text and integers (array literals: cheap to send).
 _KEYS = """SELECT device_id, user_id, signal,
-                  %(start)s::timestamptz + hour * INTERVAL '1 hour' AS bucket, uidx, didx, sidx
+                  %(start)s::timestamptz + hour * INTERVAL '1 hour' AS bucket, uidx, didx, sidx,
+                  hour
              FROM unnest(%(k_device)s::text[], %(k_user)s::text[], %(k_signal)s::text[],
                          %(k_hour)s::int4[], %(k_uidx)s::int4[], %(k_didx)s::int4[],
                          %(k_sidx)s::int4[])
@@ -180,7 +181,35 @@ def _recompute_scan_sql(kind: str) -> str:
     """
 
 
+def _ingest_times_sql(kind: str) -> str:
+    """Per key, the ``ingested_at`` of every raw row of its bucket, ascending, as binary
+    timestamptz end to end: which rows a recompute from raw reads at any T after the bucket
+    (those ingested by T), so a backfill can tell when two as_ofs read the same ones
+    (:class:`features.engine.load.RecomputeMemo`). One scan of the keys' devices' rows from
+    ``lo`` to ``hi`` hash-joined to the keys (probing each key, as RECOMPUTE_SQL does, visits
+    every hypertable chunk's index: ~200 µs a key here). Rows in key order; a key without raw
+    rows has none."""
+    return f"""
+    WITH k AS MATERIALIZED ({_KEYS})
+    SELECT k.didx, k.sidx, k.hour, b.ingested
+      FROM (SELECT r.device_id, r.user_id, r.signal,
+                   time_bucket(INTERVAL '1 hour', r.time) AS bucket,
+                   string_agg(timestamptz_send(r.ingested_at), ''::bytea
+                              ORDER BY r.ingested_at) AS ingested
+              FROM {kind}_readings r
+             WHERE r.device_id = ANY(%(k_devices)s::text[])
+               AND r.time >= %(lo)s AND r.time < %(hi)s
+               AND (r.device_id, r.signal, time_bucket(INTERVAL '1 hour', r.time))
+                   IN (SELECT device_id, signal, bucket FROM k)
+             GROUP BY 1, 2, 3, 4) b
+      JOIN k ON k.device_id = b.device_id AND k.signal = b.signal AND k.bucket = b.bucket
+            AND k.user_id = b.user_id
+     ORDER BY 1, 2, 3
+    """
+
+
 NEW_RAW_SQL = {kind: _new_raw_sql(kind) for kind in _KINDS}
+INGEST_TIMES_SQL = {kind: _ingest_times_sql(kind) for kind in _KINDS}
 RECOMPUTE_SQL = {kind: _recompute_sql(kind) for kind in _KINDS}
 RECOMPUTE_SCAN_SQL = {kind: _recompute_scan_sql(kind) for kind in _KINDS}
 
