@@ -18,6 +18,7 @@ from features.engine.runner import (
     compute_historical,
     compute_vectors,
     iter_chunk_results,
+    users_by_as_of,
 )
 from features.engine.types import FeatureCell, FeatureVector, Timings
 
@@ -37,4 +38,5 @@ __all__ = [
     "iter_chunk_results",
     "latest_as_of",
     "load_span",
+    "users_by_as_of",
 ]

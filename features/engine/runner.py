@@ -141,14 +141,18 @@ def compute_vectors(
     *,
     chunk_size: int = DEFAULT_CHUNK_USERS,
     knowledge: Knowledge = Knowledge.INGESTED,
+    loaders: Sequence[Conn] = (),
 ) -> list[FeatureVector]:
-    """On-demand vectors of the known users among ``user_ids`` as of ``as_of``.
+    """On-demand vectors of the known users among ``user_ids`` as of ``as_of``; with
+    ``loaders``, the next chunks are read while one is computed (:func:`iter_chunk_results`).
 
     Unknown users are omitted (the caller decides what that means).
     """
     computed_at = datetime.now(UTC)
     out: list[FeatureVector] = []
-    chunks = iter_chunk_results(conn, user_ids, as_of, chunk_size=chunk_size, knowledge=knowledge)
+    chunks = iter_chunk_results(
+        conn, user_ids, as_of, chunk_size=chunk_size, knowledge=knowledge, loaders=loaders
+    )
     for known, results in chunks:
         out.extend(chunk_vectors(known, as_of.astimezone(UTC), results, computed_at))
     return out
@@ -159,13 +163,21 @@ def compute_historical(
     rows: Sequence[tuple[str, datetime]],
     *,
     knowledge: Knowledge = Knowledge.INGESTED,
+    loaders: Sequence[Conn] = (),
 ) -> list[FeatureVector | None]:
-    """One vector per (user, as_of) row, in order; None where the user is unknown."""
+    """One vector per (user, as_of) row, in order; None where the user is unknown. With
+    ``loaders``, an as_of's next chunks are read while one is computed."""
+    by_time = users_by_as_of(rows)
+    found: dict[tuple[str, datetime], FeatureVector] = {}
+    for at, users in by_time.items():
+        for vec in compute_vectors(conn, users, at, knowledge=knowledge, loaders=loaders):
+            found[(vec.user_id, at)] = vec
+    return [found.get((u, at.astimezone(UTC))) for u, at in rows]
+
+
+def users_by_as_of(rows: Sequence[tuple[str, datetime]]) -> dict[datetime, list[str]]:
+    """The users of (user, as_of) rows per as_of (UTC), in order: one engine pass each."""
     by_time: dict[datetime, list[str]] = {}
     for user, at in rows:
         by_time.setdefault(at.astimezone(UTC), []).append(user)
-    found: dict[tuple[str, datetime], FeatureVector] = {}
-    for at, users in by_time.items():
-        for vec in compute_vectors(conn, users, at, knowledge=knowledge):
-            found[(vec.user_id, at)] = vec
-    return [found.get((u, at.astimezone(UTC))) for u, at in rows]
+    return by_time

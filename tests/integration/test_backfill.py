@@ -28,6 +28,7 @@ import pytest
 
 from features.catalogue import FEATURE_SET_VERSION
 from features.engine import Knowledge, compute_span, iter_chunk_results, load_span
+from features.engine import load as load_module
 from features.rollups import read_watermark, refresh_rollups
 from features.snapshots.codec import LAYOUT, STORED
 from features.snapshots.materialize import as_of_range, backfill, materialize
@@ -100,6 +101,18 @@ def fleet(own_database: tuple[str, str]) -> Iterator[str]:
             for j in range(5):
                 t = arrival - timedelta(days=10, hours=j * 7, minutes=k * 13)
                 late.append((t, "bf-kolkata-phone", "bf-kolkata", "battery_pct", 2.0, arrival))
+        # One bucket known three ways: a reading on time, one arriving between the first two
+        # as_ofs and one between the fourth and the fifth (a backfill must recompute it at
+        # the second as_of, not reuse the first's: RecomputeMemo).
+        hour = (D1 - timedelta(days=20)).replace(minute=0) + timedelta(hours=5)
+        late += [
+            (hour + timedelta(minutes=5, seconds=17), "bf-kolkata-phone", "bf-kolkata",
+             "battery_pct", 61.0, hour + timedelta(minutes=8)),
+            (hour + timedelta(minutes=25, seconds=17), "bf-kolkata-phone", "bf-kolkata",
+             "battery_pct", 7.0, D1 + timedelta(hours=2)),
+            (hour + timedelta(minutes=45, seconds=17), "bf-kolkata-phone", "bf-kolkata",
+             "battery_pct", 93.0, D1 + timedelta(days=3, hours=2)),
+        ]  # fmt: skip
         # bf-quiet's phone reports from 60 days before D1 on, and two readings from long
         # before arrive late: one inside the span (before the grids of the later as_ofs), one
         # before it. Tenure changes when each arrives.
@@ -204,6 +217,47 @@ def test_span_results_equal_single_date_results_replayed_history(fleet: str) -> 
                 other = from_span[t][name]
                 assert np.array_equal(value, other[0], equal_nan=True), (t, name)
                 assert np.array_equal(coverage, other[1], equal_nan=True), (t, name)
+
+
+def test_a_late_bucket_is_recomputed_once_while_what_is_known_of_it_stays_the_same(
+    fleet: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A span's memo (features.engine.load.RecomputeMemo) recomputes a late bucket again only
+    when an as_of knows more of its raw rows; the arrays are those of recomputing everything
+    at every as_of."""
+    recomputed: list[int] = []
+    real = load_module._recompute
+
+    def counting(conn: Conn, kind: str, keys: np.ndarray, *args: object) -> object:
+        recomputed.append(len(keys))
+        return real(conn, kind, keys, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(load_module, "_recompute", counting)
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        tz = ledger.user_timezones(conn, USERS)
+        tzs, watermark = [tz[u] for u in USERS], read_watermark(conn)
+        span = load_span(conn, USERS, tzs, AS_OFS, watermark)
+        with_memo = dict(compute_span(conn, span))
+        keys_with_memo, memo = sum(recomputed), span.memo
+        recomputed.clear()
+        span = load_span(conn, USERS, tzs, AS_OFS, watermark)
+        span.memo.read_us = 0  # no cut-off is before it: every as_of recomputes
+        without = dict(compute_span(conn, span))
+        keys_without = sum(recomputed)
+    # Most recomputing here is of the buckets holding each T and of rows above the watermark,
+    # which no memo can spare; the late buckets of the span are recomputed once each.
+    assert 0 < keys_with_memo < keys_without, (keys_with_memo, keys_without)
+    for t in AS_OFS:
+        for name, (value, coverage) in without[t].items():
+            assert np.array_equal(value, with_memo[t][name][0], equal_nan=True), (t, name)
+            assert np.array_equal(coverage, with_memo[t][name][1], equal_nan=True), (t, name)
+    # The bucket known three ways was recomputed for two of them (before and after its first
+    # late reading arrived; after the second it is usable as rolled up).
+    versions: dict[int, set[int]] = {}
+    for kind, code, count in memo.rows:
+        if kind == "numeric":
+            versions.setdefault(code, set()).add(count)
+    assert any(len(counts) == 2 for counts in versions.values())
 
 
 def test_backfill_is_resumable(fleet: str) -> None:

@@ -8,18 +8,29 @@ pool so it never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from features.catalogue import DEFINITIONS, FEATURE_SET_VERSION
-from features.engine import FeatureVector, compute_historical
+from features.engine import (
+    DEFAULT_CHUNK_USERS,
+    FeatureVector,
+    compute_historical,
+    users_by_as_of,
+)
 from features.service.resolve.replica import ReplicaGate
 from features.snapshots.codec import PackedVector, pack_vector
+from hearth.db import Conn
 from hearth.replica import Position, wait_for_replay
+
+# How long a batch may wait for a loader connection from the engine's pool (seconds): long
+# enough for the pool to open one below its max size, short enough to never hold up a batch.
+_LOADER_WAIT_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +67,32 @@ class EngineGateway:
         self._pool = pool
         self._gate = gate
 
+    @contextmanager
+    def _loader(self, rows: Sequence[tuple[str, datetime]]) -> Iterator[tuple[Conn, ...]]:
+        """A second pool connection to read an as_of's next chunk while one is computed,
+        when some as_of has more than one chunk of users and the pool has one to spare at
+        once; otherwise none (the batch is computed one chunk after the other). Never waits:
+        two batches each holding a connection must not wait for each other's second."""
+        if max(map(len, users_by_as_of(rows).values()), default=0) <= DEFAULT_CHUNK_USERS:
+            yield ()
+            return
+        try:
+            conn = self._pool.getconn(timeout=_LOADER_WAIT_S)
+        except PoolTimeout:
+            yield ()
+            return
+        try:
+            yield (conn,)
+        finally:
+            self._pool.putconn(conn)
+
     def _historical(
         self, rows: Sequence[tuple[str, datetime]], position: Position | None = None
     ) -> list[ComputedVector | None]:
-        with self._pool.connection() as conn:
+        with self._pool.connection() as conn, self._loader(rows) as loaders:
             if position is not None and self._gate is not None:
                 wait_for_replay(conn, position, self._gate.max_wait_s)
-            vectors = compute_historical(conn, rows)
+            vectors = compute_historical(conn, rows, loaders=loaders)
         if len(vectors) != len(rows):  # the contract is one per row; never misalign rows
             raise RuntimeError("engine returned a different number of vectors than rows")
         return [_convert(v) for v in vectors]
