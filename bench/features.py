@@ -45,7 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import BASE_URL, Bench, drop_database, peak_rss_mb, with_db
 from bench.fleet import DEFAULT_DAYS, DEFAULT_HOUSEHOLDS, clone_fleet, ensure_fleet
 from features import distributed
-from features.engine import DEFAULT_CHUNK_USERS, Knowledge, compute_vectors, iter_chunk_results
+from features.engine import (
+    DEFAULT_CHUNK_USERS,
+    DEFAULT_SPAN_USERS,
+    Knowledge,
+    compute_vectors,
+    iter_chunk_results,
+)
 from features.rollups import refresh_rollups
 from features.snapshots.materialize import materialize
 from hearth.ledger import CURRENT_NOTICE_VERSION
@@ -186,7 +192,7 @@ BACKFILL_TARGET_RSS_MB = 1024.0
 
 
 def run_backfill(
-    url: str, users: list[str], days: int, chunk_size: int, processes: int
+    url: str, users: list[str], days: int, chunk_size: int | None, processes: int
 ) -> tuple[float, float]:
     """Backfill ``days`` daily snapshots (ending at AS_OF) of ``users`` on a fresh table as an
     operator runs it, ``python -m features materialize --from … --to … --processes N`` in a
@@ -207,8 +213,9 @@ def run_backfill(
         listing.write_text("\n".join(users))
         command = [sys.executable, "-m", "features", "materialize", "--from", first.isoformat(),
                    "--to", AS_OF.isoformat(), "--every", "1d", "--users-file", str(listing),
-                   "--chunk-size", str(chunk_size), "--processes", str(processes), "--force",
-                   "--no-progress"]  # fmt: skip
+                   "--processes", str(processes), "--force", "--no-progress"]  # fmt: skip
+        if chunk_size is not None:  # else the command's own default (DEFAULT_SPAN_USERS)
+            command += ["--chunk-size", str(chunk_size)]
         with out.open("w") as stdout, err.open("w") as stderr:
             run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
             tree, peak = psutil.Process(run.pid), 0
@@ -297,7 +304,8 @@ def synthetic_run(
                 args.dask_figures = dask_runs(conn, url, users, counts, args.chunk_size)
             if args.backfill_days:
                 backfilled = run_backfill(url, users[: steps[-1]], args.backfill_days,
-                                          args.chunk_size, args.backfill_processes)  # fmt: skip
+                                          args.backfill_chunk_size,
+                                          args.backfill_processes)  # fmt: skip
         some = users[: min(len(users), 2_500)]
         event_s = engine_pass(url, some, AS_OF, Knowledge.EVENT)
         ingested_s = engine_pass(url, some, AS_OF, Knowledge.INGESTED)
@@ -348,6 +356,9 @@ def main() -> int:
     parser.add_argument("--fleet-days", type=int, default=DEFAULT_DAYS)
     parser.add_argument("--no-fleet", action="store_true", help="synthetic data only")
     parser.add_argument("--keep", action="store_true", help="do not drop the database")
+    parser.add_argument("--backfill-chunk-size", type=int,
+                        help="the backfill's users per chunk (default: the command's, "
+                        f"{DEFAULT_SPAN_USERS})")  # fmt: skip
     parser.add_argument("--backfill-processes", type=int, default=2,
                         help="the backfill's worker processes (a core each)")  # fmt: skip
     parser.add_argument("--backfill-days", type=int, default=0,

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypedDict
 
-from features.engine import DEFAULT_CHUNK_USERS, as_of_problem, latest_as_of
+from features.engine import DEFAULT_CHUNK_USERS, DEFAULT_SPAN_USERS, as_of_problem, latest_as_of
 from features.rollups import DEFAULT_JOBS, refresh_rollups, rollup_progress
 from features.service.console.summary import refresh_console_summaries
 from features.snapshots.materialize import MaterializeResult, as_of_range, backfill, materialize
@@ -46,7 +46,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     who = m.add_mutually_exclusive_group()
     who.add_argument("--users", help="comma-separated user ids (default: every user)")
     who.add_argument("--users-file", type=Path, help="file with one user id per line")
-    m.add_argument("--chunk-size", type=int, help="users per chunk (memory bound; default 250)")
+    m.add_argument(
+        "--chunk-size",
+        type=int,
+        help=f"users per chunk (memory bound; default {DEFAULT_CHUNK_USERS}, "
+        f"a backfill {DEFAULT_SPAN_USERS})",
+    )
     m.add_argument("--force", action="store_true", help="recompute users already materialised")
     m.add_argument(
         "--processes",
@@ -177,9 +182,9 @@ class _RunOptions(TypedDict):
     database_url: str
 
 
-def _run_options(args: argparse.Namespace) -> _RunOptions:
+def _run_options(args: argparse.Namespace, default_chunk: int = DEFAULT_CHUNK_USERS) -> _RunOptions:
     """What a single-date run and a backfill both take from the command line."""
-    chunk_size = DEFAULT_CHUNK_USERS if args.chunk_size is None else int(args.chunk_size)
+    chunk_size = default_chunk if args.chunk_size is None else int(args.chunk_size)
     if chunk_size < 1:
         raise Invalid("--chunk-size must be at least 1")
     return _RunOptions(
@@ -200,7 +205,7 @@ def _backfill(args: argparse.Namespace) -> int:
     as_ofs = backfill_as_ofs(args.start, args.end, args.every)
     if args.processes < 1:
         raise Invalid("--processes must be at least 1")
-    options = _run_options(args)
+    options = _run_options(args, DEFAULT_SPAN_USERS)
     with connect(options["database_url"], autocommit=True) as conn:
         result = backfill(conn, as_ofs, processes=args.processes, **options)
     print(

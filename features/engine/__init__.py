@@ -11,7 +11,7 @@ This module is the public API.
 """
 
 from features.engine.as_of import Knowledge, as_of_problem, latest_as_of
-from features.engine.backfill import Span, compute_span, load_span
+from features.engine.backfill import DEFAULT_SPAN_USERS, Span, compute_span, load_span
 from features.engine.compute import REASON_CODES, ChunkResults
 from features.engine.runner import (
     DEFAULT_CHUNK_USERS,
@@ -24,6 +24,7 @@ from features.engine.types import FeatureCell, FeatureVector, Timings
 
 __all__ = [
     "DEFAULT_CHUNK_USERS",
+    "DEFAULT_SPAN_USERS",
     "REASON_CODES",
     "ChunkResults",
     "FeatureCell",

@@ -45,6 +45,7 @@ from rich.text import Text
 from features.catalogue import FEATURE_SET_VERSION, sync_definitions
 from features.engine import (
     DEFAULT_CHUNK_USERS,
+    DEFAULT_SPAN_USERS,
     ChunkResults,
     Knowledge,
     Span,
@@ -472,7 +473,7 @@ def backfill(
     as_ofs: Sequence[datetime],
     *,
     users: Sequence[str] | None = None,
-    chunk_size: int = DEFAULT_CHUNK_USERS,
+    chunk_size: int = DEFAULT_SPAN_USERS,
     force: bool = False,
     refresh: bool = True,
     progress: bool = True,
