@@ -18,10 +18,11 @@ at T (:func:`features.engine.load.pairs_at`) as a per-(device, signal) mask, the
 ingested by T (:func:`features.engine.load.window_bins`), tenure from the buckets before T's
 grid known at T (:func:`features.engine.load.first_known`), and pass 2 — late buckets, the
 bucket holding T and rows newer than the rollup watermark recomputed from raw at T
-(:func:`features.engine.load.correct`). The chunk is the same bins in the same order, the
-same value dictionary, the same tenure and consent arrays, so computing it
-(:func:`features.engine.compute.compute_chunk`) gives bit for bit the vectors of a single-date
-run (docs/invariants.md#8; ``tests/integration/test_backfill.py``).
+(:func:`features.engine.load.correct`; a late bucket recomputed at an earlier T from the same
+raw rows comes from the span's :class:`features.engine.load.RecomputeMemo`). The chunk is the
+same bins in the same order, the same value dictionary, the same tenure and consent arrays, so
+computing it (:func:`features.engine.compute.compute_chunk`) gives bit for bit the vectors of
+a single-date run (docs/invariants.md#8; ``tests/integration/test_backfill.py``).
 """
 
 from __future__ import annotations
