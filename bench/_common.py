@@ -172,19 +172,28 @@ def peak_rss_mb() -> float:
 
 
 class RssSampler(threading.Thread):
-    """Peak RSS over some other processes (each one's own peak), sampled every 20 ms."""
+    """Peak RSS over some other processes (each one's own peak), sampled every 20 ms; with
+    ``tree``, of each process and its descendants together (a command and its workers)."""
 
-    def __init__(self, pids: Sequence[int]) -> None:
+    def __init__(self, pids: Sequence[int], tree: bool = False) -> None:
         super().__init__(daemon=True)
         self.procs = [psutil.Process(p) for p in pids]
+        self.tree = tree
         self.peak = 0
         self.stop_flag = threading.Event()
+
+    def _rss(self, p: psutil.Process) -> int:
+        total = 0
+        for q in [p, *(p.children(recursive=True) if self.tree else ())]:
+            with contextlib.suppress(psutil.Error):
+                total += q.memory_info().rss
+        return total
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
             for p in self.procs:
                 with contextlib.suppress(psutil.Error):
-                    self.peak = max(self.peak, p.memory_info().rss)
+                    self.peak = max(self.peak, self._rss(p))
             self.stop_flag.wait(0.02)
 
     def stop(self) -> float:

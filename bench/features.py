@@ -42,7 +42,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import BASE_URL, Bench, drop_database, peak_rss_mb, with_db
+from bench._common import BASE_URL, Bench, RssSampler, drop_database, peak_rss_mb, with_db
 from bench.fleet import DEFAULT_DAYS, DEFAULT_HOUSEHOLDS, clone_fleet, ensure_fleet
 from features import distributed
 from features.engine import (
@@ -197,12 +197,10 @@ def run_backfill(
     """Backfill ``days`` daily snapshots (ending at AS_OF) of ``users`` on a fresh table as an
     operator runs it, ``python -m features materialize --from … --to … --processes N`` in a
     process of its own: (its ``seconds=``, the peak RSS in MB of that process and its workers,
-    sampled every 50 ms). Its own process, because this one still holds what the single-date
+    sampled every 20 ms). Its own process, because this one still holds what the single-date
     runs before it allocated (~600 MB that is not the backfill's)."""
     import subprocess
     import tempfile
-
-    import psutil
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE feature_snapshots")
@@ -218,22 +216,17 @@ def run_backfill(
             command += ["--chunk-size", str(chunk_size)]
         with out.open("w") as stdout, err.open("w") as stderr:
             run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
-            tree, peak = psutil.Process(run.pid), 0
-            while run.poll() is None:
-                with contextlib.suppress(psutil.Error):
-                    rss = tree.memory_info().rss
-                    for child in tree.children(recursive=True):
-                        with contextlib.suppress(psutil.Error):
-                            rss += child.memory_info().rss
-                    peak = max(peak, rss)
-                time.sleep(0.05)
+            sampler = RssSampler([run.pid], tree=True)
+            sampler.start()
+            run.wait()
+            peak_mb = sampler.stop()
         if run.returncode != 0:
             raise SystemExit(f"the backfill command failed ({run.returncode}): "
                              f"{err.read_text().strip()[-2000:]}")  # fmt: skip
         said = dict(f.split("=", 1) for f in out.read_text().split() if "=" in f)
     if int(said["written"]) != len(users) * days:
         raise SystemExit(f"the backfill wrote {said['written']} snapshots, not {len(users) * days}")
-    return float(said["seconds"]), peak / 2**20
+    return float(said["seconds"]), peak_mb
 
 
 def dask_runs(

@@ -156,9 +156,7 @@ def load_span(
     py_s = time.perf_counter() - t1
     hours = int((end - start) / timedelta(hours=1))
     t2 = time.perf_counter()
-    memo = recompute_memo(
-        conn, params, devices, buckets, start, hours, known_by_us(times[0], knowledge)
-    )
+    memo = recompute_memo(conn, devices, buckets, start, hours, known_by_us(times[0], knowledge))
     if timings is not None:
         timings.add(sql_s=sql_s + time.perf_counter() - t2, python_s=py_s)
     return Span(

@@ -408,31 +408,44 @@ def _dirty_keys(
 SCAN_ROWS_PER_KEY = 50
 
 
+def _key_params(
+    keys: np.ndarray, device: np.ndarray, user: np.ndarray, uidx: np.ndarray, start: datetime
+) -> dict[str, object]:
+    """The ``k_*`` parameters of [K, 3] (device, signal, hour from ``start``) keys
+    (:data:`features.engine.sql.RECOMPUTE_SQL`), given each device's id, user and user index,
+    with ``k_devices``, ``lo`` and ``hi`` for the statements that scan the keys' devices' raw
+    rows from the first key's hour to the end of the last one's."""
+    d = keys[:, 0]
+    params = as_literals(
+        {
+            "k_device": device[d].tolist(),
+            "k_user": user[d].tolist(),
+            "k_signal": _SIGNAL_NAME_ARRAY[keys[:, 1]].tolist(),
+            "k_hour": keys[:, 2].tolist(),
+            "k_uidx": uidx[d].tolist(),
+            "k_didx": d.tolist(),
+            "k_sidx": keys[:, 1].tolist(),
+        }
+    )
+    params.update(
+        start=start,
+        k_devices=array_literal(np.unique(device[d]).tolist()),
+        lo=start + timedelta(hours=int(keys[:, 2].min())),
+        hi=start + timedelta(hours=int(keys[:, 2].max()) + 1),
+    )
+    return params
+
+
 def _recompute(
     conn: Conn, kind: str, keys: np.ndarray, read: Read, bins: NumericBins | CategoricalBins
 ) -> list[tuple[object, ...]]:
-    start, as_of = read.start, read.as_of
-    d = keys[:, 0]
-    params: dict[str, object] = {
-        "k_device": read.pairs.column("d_device")[d].tolist(),
-        "k_user": read.pairs.column("d_user")[d].tolist(),
-        "k_signal": _SIGNAL_NAME_ARRAY[keys[:, 1]].tolist(),
-        "k_hour": keys[:, 2].tolist(),
-        "k_uidx": read.pairs.column("d_uidx")[d].tolist(),
-        "k_didx": d.tolist(),
-        "k_sidx": keys[:, 1].tolist(),
-    }
-    params = as_literals(params)
-    params.update(start=start, as_of=as_of, known_by=known_by(as_of, read.knowledge))
+    column = read.pairs.column
+    params = _key_params(keys, column("d_device"), column("d_user"), column("d_uidx"), read.start)
+    params.update(as_of=read.as_of, known_by=known_by(read.as_of, read.knowledge))
     lo_h, hi_h = int(keys[:, 2].min()), int(keys[:, 2].max()) + 1
     # The raw rows a scan would read, from the rollups' counts of the keys' devices' buckets.
     in_range = np.isin(bins.d, keys[:, 0]) & (bins.h >= lo_h) & (bins.h < hi_h)
     if float(bins.n[in_range].sum()) <= SCAN_ROWS_PER_KEY * len(keys):
-        params.update(
-            k_devices=array_literal(np.unique(read.pairs.column("d_device")[d]).tolist()),
-            lo=start + timedelta(hours=lo_h),
-            hi=start + timedelta(hours=hi_h),
-        )
         return conn.execute(RECOMPUTE_SCAN_SQL[kind], params).fetchall()
     return conn.execute(RECOMPUTE_SQL[kind], params).fetchall()
 
@@ -462,11 +475,6 @@ class RecomputeMemo:
     hours: int  # hours of the span: the keys' hour range
     rows: dict[tuple[str, int, int], tuple[object, ...] | None] = field(default_factory=dict)
 
-    def key_codes(self, keys: np.ndarray, offset: int) -> np.ndarray:
-        """Codes of [K, 3] (device, signal, hour from a grid starting ``offset`` hours into
-        the span) keys."""
-        return bin_key(keys[:, 0], keys[:, 1], keys[:, 2] + offset, self.hours)
-
     def recompute(
         self,
         conn: Conn,
@@ -484,7 +492,7 @@ class RecomputeMemo:
         codes, bounds, times = self.keys[kind]
         if not codes.size:
             return _recompute(conn, kind, keys, read, bins)
-        code = self.key_codes(keys, offset)
+        code = bin_key(keys[:, 0], keys[:, 1], keys[:, 2] + offset, self.hours)  # span hours
         pos = np.minimum(np.searchsorted(codes, code), codes.size - 1)
         ended = (keys[:, 2] + 1) * HOUR_US <= pg_us(read.as_of) - pg_us(read.start)
         reusable = ended & (codes[pos] == code)
@@ -516,7 +524,6 @@ class RecomputeMemo:
 
 def recompute_memo(
     conn: Conn,
-    params: dict[str, object],
     devices: Sequence[ledger.UserDevice],
     buckets: Buckets,
     start: datetime,
@@ -531,34 +538,19 @@ def recompute_memo(
     # times are read may hold an earlier time than the read's; ten minutes cover any.
     now = conn.execute("SELECT now() - INTERVAL '10 minutes'").fetchone()
     read_us = pg_us(now[0]) if now is not None and isinstance(now[0], datetime) else 0
-    dev_id = np.asarray([d.device_id for d in devices])
-    dev_user = np.asarray([d.user_id for d in devices])
+    device = np.asarray([d.device_id for d in devices])
+    user = np.asarray([d.user_id for d in devices])
+    no_uidx = np.zeros(len(devices), dtype=np.int64)  # the statement does not return it
     keys: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for kind, b in (("numeric", buckets.numeric), ("categorical", buckets.categorical)):
         late = (b["ingested"] > known_by_us) & (b["s"] >= 0)
-        d, s = b["d"][late], b["s"][late]
-        h = (b["bucket"][late] - start_us) // HOUR_US
+        hour = (b["bucket"][late] - start_us) // HOUR_US
+        late_keys = np.stack([b["d"][late], b["s"][late], hour], axis=1).astype(np.int64)
         rows: list[tuple[object, ...]] = []
-        if d.size:
-            key_params = as_literals(
-                {
-                    "k_device": dev_id[d].tolist(),
-                    "k_user": dev_user[d].tolist(),
-                    "k_signal": _SIGNAL_NAME_ARRAY[s].tolist(),
-                    "k_hour": h.tolist(),
-                    "k_uidx": [0] * int(d.size),
-                    "k_didx": d.tolist(),
-                    "k_sidx": s.tolist(),
-                }
-            )
-            key_params.update(
-                start=params["start"],
-                k_devices=array_literal(np.unique(dev_id[d]).tolist()),
-                lo=start + timedelta(hours=int(h.min())),
-                hi=start + timedelta(hours=int(h.max()) + 1),
-            )
+        if late_keys.size:
+            params = _key_params(late_keys, device, user, no_uidx, start)
             with conn.cursor(binary=True) as cur:
-                rows = cur.execute(INGEST_TIMES_SQL[kind], key_params).fetchall()
+                rows = cur.execute(INGEST_TIMES_SQL[kind], params).fetchall()
         dsh = np.array([r[:3] for r in rows], dtype=np.int64).reshape(-1, 3)
         code = bin_key(dsh[:, 0], dsh[:, 1], dsh[:, 2], hours)
         blobs = [r[3] if isinstance(r[3], bytes) else b"" for r in rows]

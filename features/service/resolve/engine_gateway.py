@@ -73,7 +73,10 @@ class EngineGateway:
         when some as_of has more than one chunk of users and the pool has one to spare at
         once; otherwise none (the batch is computed one chunk after the other). Never waits:
         two batches each holding a connection must not wait for each other's second."""
-        if max(map(len, users_by_as_of(rows).values()), default=0) <= DEFAULT_CHUNK_USERS:
+        if (
+            len(rows) <= DEFAULT_CHUNK_USERS
+            or max(map(len, users_by_as_of(rows).values())) <= DEFAULT_CHUNK_USERS
+        ):
             yield ()
             return
         try:
