@@ -18,8 +18,12 @@ _CATEGORICAL_SIGNALS = tuple(s.name for s in SIGNALS.values() if s.kind == "cate
 SIGNAL_INDEX = {name: i for i, name in enumerate(_NUMERIC_SIGNALS + _CATEGORICAL_SIGNALS)}
 SIGNAL_NAMES = list(SIGNAL_INDEX)
 _INDEX_FIELDS = ("u", "d", "s", "h")
-# A recomputed numeric row (features.engine.sql.RECOMPUTE_SQL): index fields, then statistics.
-_NUMERIC_ROW_FIELDS = _INDEX_FIELDS + NUMERIC_FIELDS
+# A recomputed row (features.engine.sql.RECOMPUTE_SQL): index fields, then statistics.
+ROW_FIELDS = {
+    "numeric": _INDEX_FIELDS + NUMERIC_FIELDS,
+    "categorical": (*_INDEX_FIELDS, "value", "share", "n"),
+}
+Columns = dict[str, np.ndarray]  # recomputed rows as columns, ROW_FIELDS[kind] each
 
 
 def bin_key(d: np.ndarray, s: np.ndarray, h: np.ndarray, hours: int) -> np.ndarray:
@@ -163,21 +167,42 @@ def _numeric_from_columns(cols: Mapping[str, object]) -> NumericBins:
     return NumericBins(**ints, **floats)  # type: ignore[arg-type]
 
 
-def _categorical_from_rows(rows: Sequence[Sequence[object]]) -> tuple[CategoricalBins, list[str]]:
-    """(u, d, s, h, value, share, n) rows → bins with value codes (the chunk's dictionary)."""
-    if not rows:
+def columns_of(kind: str, rows: Sequence[Sequence[object]] = ()) -> Columns:
+    """Recomputed rows (:data:`ROW_FIELDS` of ``kind`` each) as columns: indexes int64,
+    statistics float64 (NULL: NaN), values as Python strings."""
+    fields = ROW_FIELDS[kind]
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(fields)
+    return {
+        f: np.asarray(
+            v, dtype=np.int64 if f in _INDEX_FIELDS else object if f == "value" else np.float64
+        )
+        for f, v in zip(fields, values, strict=True)
+    }
+
+
+def take_columns(cols: Columns, rows: np.ndarray) -> Columns:
+    """The rows at ``rows`` (indexes or a mask) of every column."""
+    return {k: v[rows] for k, v in cols.items()}
+
+
+def concat_columns(parts: Sequence[Columns]) -> Columns:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _categorical_from_columns(cols: Columns) -> tuple[CategoricalBins, list[str]]:
+    """Recomputed categorical columns → bins with value codes (the chunk's dictionary)."""
+    if not cols["d"].size:
         z = np.zeros(0, dtype=np.int64)
         return CategoricalBins(z, z, z, z, z, z.astype(float), z.astype(float)), []
-    u, d, s, h, value, share, n = zip(*rows, strict=True)
-    values, code = np.unique(np.array(value, dtype=str), return_inverse=True)
+    values, code = np.unique(np.array(cols["value"], dtype=str), return_inverse=True)
     bins = CategoricalBins(
-        u=np.array(u, dtype=np.int64),
-        d=np.array(d, dtype=np.int64),
-        s=np.array(s, dtype=np.int64),
-        h=np.array(h, dtype=np.int64),
+        u=cols["u"],
+        d=cols["d"],
+        s=cols["s"],
+        h=cols["h"],
         code=code.astype(np.int64).ravel(),
-        share=np.array(share, dtype=np.float64),
-        n=np.array(n, dtype=np.float64),
+        share=cols["share"],
+        n=cols["n"],
     )
     return bins, [str(v) for v in values]
 
@@ -234,27 +259,24 @@ def _kept_then(a: np.ndarray, keep: np.ndarray | None, b: np.ndarray) -> np.ndar
 
 
 def add_numeric_rows(
-    bins: NumericBins, rows: Sequence[Sequence[object]], keep: np.ndarray | None = None
+    bins: NumericBins, added: Columns, keep: np.ndarray | None = None
 ) -> NumericBins:
-    """``bins`` (those where ``keep``, when given) followed by recomputed rows
-    (:data:`_NUMERIC_ROW_FIELDS` each)."""
-    if not rows:
+    """``bins`` (those where ``keep``, when given) followed by recomputed rows (columns of
+    :data:`ROW_FIELDS` ``["numeric"]``)."""
+    if not added["d"].size:
         return bins if keep is None else bins.select(keep)
-    columns = dict(zip(_NUMERIC_ROW_FIELDS, zip(*rows, strict=True), strict=True))
-    added = _numeric_from_columns(columns)
-    return NumericBins(
-        **{k: _kept_then(getattr(bins, k), keep, getattr(added, k)) for k in _NUMERIC_ROW_FIELDS}
-    )
+    fields = ROW_FIELDS["numeric"]
+    return NumericBins(**{k: _kept_then(getattr(bins, k), keep, added[k]) for k in fields})
 
 
 def add_categorical_rows(
-    bins: CategoricalBins, values: Sequence[str], rows: Sequence[Sequence[object]]
+    bins: CategoricalBins, values: Sequence[str], rows: Columns
 ) -> tuple[CategoricalBins, list[str]]:
     """``bins`` (codes into ``values``) followed by recomputed (u, d, s, h, value, share, n)
     rows, coded again over one sorted dictionary of the values in use (what
-    :func:`_categorical_from_rows` of all of them gives; the bins are recoded, never turned
-    into rows)."""
-    added, new_values = _categorical_from_rows(rows)
+    :func:`_categorical_from_columns` of all of them gives; the bins are recoded, never
+    turned into rows)."""
+    added, new_values = _categorical_from_columns(rows)
     used = np.unique(bins.code)
     kept = [values[i] for i in used.tolist()]
     merged = sorted(set(kept) | set(new_values))

@@ -19,7 +19,6 @@ The feature functions (features.catalogue.library) then run vectorised over the 
 from __future__ import annotations
 
 import functools
-import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,15 +32,19 @@ from features.engine.as_of import Knowledge, known_by
 from features.engine.bins import (
     SIGNAL_INDEX,
     SIGNAL_NAMES,
+    Columns,
     add_categorical_rows,
     add_numeric_rows,
     bin_key,
     categorical_from_arrays,
+    columns_of,
+    concat_columns,
     earliest_known,
     fill_single_readings,
     numeric_from_arrays,
     rollup_buckets,
     select_categorical,
+    take_columns,
     window_rows,
 )
 from features.engine.grid import grid_bounds, local_grid
@@ -350,7 +353,7 @@ def correct(
     keep, fixed_cat = _recomputed(conn, "categorical", categorical, cat_usable, read, memo)
     if keep is not None:
         categorical = select_categorical(categorical, keep)
-    if fixed_cat:
+    if fixed_cat["d"].size:
         categorical, values = add_categorical_rows(categorical, values, fixed_cat)
     return numeric, categorical, values
 
@@ -362,28 +365,21 @@ def _recomputed(
     usable: np.ndarray,
     read: Read,
     memo: RecomputeMemo | None = None,
-) -> tuple[np.ndarray | None, list[tuple[object, ...]]]:
+) -> tuple[np.ndarray | None, Columns]:
     """Pass 2 for one kind: which rollup bins to keep (None: all of them) and the buckets
     recomputed from raw rows in place of the others, in (device, signal, hour) order."""
     stale = (bins.d[~usable], bins.s[~usable], bins.h[~usable])
-    keys = _dirty_keys(conn, kind, read, stale)
+    keys, codes = _dirty_keys(conn, kind, read, stale)
     if keys.size == 0:
-        return (None if usable.all() else usable), []
-    drop = np.isin(
-        bin_key(bins.d, bins.s, bins.h, read.hours),
-        bin_key(keys[:, 0], keys[:, 1], keys[:, 2], read.hours),
-    )
+        return (None if usable.all() else usable), columns_of(kind)
+    drop = _find(codes, bin_key(bins.d, bins.s, bins.h, read.hours)) >= 0
     if memo is None:
         rows = _recompute(conn, kind, keys, read, bins)
     else:
         rows = memo.recompute(conn, kind, keys, read, bins)
     # One order however the rows came (one statement, or a memo and a statement): the bins'
     # order is the chunk's, and a backfill's chunk is the single-date run's bin for bin.
-    rows.sort(key=_ROW_KEY)
-    return usable & ~drop, rows
-
-
-_ROW_KEY = operator.itemgetter(1, 2, 3)  # a recomputed row's (device, signal, hour)
+    return usable & ~drop, take_columns(rows, np.lexsort((rows["h"], rows["s"], rows["d"])))
 
 
 def _dirty_keys(
@@ -391,16 +387,23 @@ def _dirty_keys(
     kind: str,
     read: Read,
     stale: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> np.ndarray:
-    """(device, signal, hour) keys [K, 3] of buckets to recompute from raw."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(device, signal, hour) keys [K, 3] of buckets to recompute from raw, in that order,
+    and their :func:`features.engine.bins.bin_key` codes (ascending)."""
     parts = [np.stack(stale, axis=1)] if stale[0].size else []
     if read.check_new_raw:
         rows = conn.execute(NEW_RAW_SQL[kind], read.params).fetchall()
         if rows:
             parts.append(np.array(rows, dtype=np.int64))
     if not parts:
-        return np.zeros((0, 3), dtype=np.int64)
-    return np.unique(np.concatenate(parts).astype(np.int64), axis=0)
+        return np.zeros((0, 3), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    keys = np.concatenate(parts).astype(np.int64)
+    # Distinct by code (ascending codes are (device, signal, hour) order): np.unique over
+    # rows (axis=0) sorts a structured view, several times slower.
+    codes, first = np.unique(
+        bin_key(keys[:, 0], keys[:, 1], keys[:, 2], read.hours), return_index=True
+    )
+    return keys[first], codes
 
 
 # Pass 2 scans the raw rows of a range instead of probing each key when the range holds at
@@ -438,16 +441,36 @@ def _key_params(
 
 def _recompute(
     conn: Conn, kind: str, keys: np.ndarray, read: Read, bins: NumericBins | CategoricalBins
-) -> list[tuple[object, ...]]:
+) -> Columns:
     column = read.pairs.column
     params = _key_params(keys, column("d_device"), column("d_user"), column("d_uidx"), read.start)
     params.update(as_of=read.as_of, known_by=known_by(read.as_of, read.knowledge))
     lo_h, hi_h = int(keys[:, 2].min()), int(keys[:, 2].max()) + 1
     # The raw rows a scan would read, from the rollups' counts of the keys' devices' buckets.
     in_range = np.isin(bins.d, keys[:, 0]) & (bins.h >= lo_h) & (bins.h < hi_h)
-    if float(bins.n[in_range].sum()) <= SCAN_ROWS_PER_KEY * len(keys):
-        return conn.execute(RECOMPUTE_SCAN_SQL[kind], params).fetchall()
-    return conn.execute(RECOMPUTE_SQL[kind], params).fetchall()
+    scan = float(bins.n[in_range].sum()) <= SCAN_ROWS_PER_KEY * len(keys)
+    sql = RECOMPUTE_SCAN_SQL[kind] if scan else RECOMPUTE_SQL[kind]
+    return columns_of(kind, conn.execute(sql, params).fetchall())
+
+
+def _no_versions(kind: str) -> tuple[np.ndarray, np.ndarray, Columns]:
+    z = np.zeros(0, dtype=np.int64)
+    return z, z, columns_of(kind)
+
+
+def _find(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """Each needle's index in ``haystack`` (distinct int64 codes, any order); -1 if absent."""
+    if not haystack.size:
+        return np.full(needles.size, -1, dtype=np.int64)
+    order = np.argsort(haystack)
+    p = order[np.minimum(np.searchsorted(haystack, needles, sorter=order), order.size - 1)]
+    out: np.ndarray = np.where(haystack[p] == needles, p, -1)
+    return out
+
+
+# Versions code a key and its count of known rows as key · _COUNTS + count: counts of raw
+# rows in one hourly bucket stay far below it (one a second is 3,600).
+_COUNTS = 1 << 24
 
 
 @dataclass
@@ -473,7 +496,15 @@ class RecomputeMemo:
     # within a key)
     keys: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
     hours: int  # hours of the span: the keys' hour range
-    rows: dict[tuple[str, int, int], tuple[object, ...] | None] = field(default_factory=dict)
+    # Per kind: recomputed buckets as columns (``h`` as the span counts hours), and their
+    # versions, key code · _COUNTS + rows known, ascending, with each one's row in the
+    # columns (-1: no raw row known, no bucket)
+    stored: dict[str, tuple[np.ndarray, np.ndarray, Columns]] = field(default_factory=dict)
+
+    def versions(self, kind: str) -> list[tuple[int, int]]:
+        """The (key code, rows known) of every bucket recomputed so far."""
+        v = self.stored[kind][0] if kind in self.stored else np.zeros(0, dtype=np.int64)
+        return list(zip((v // _COUNTS).tolist(), (v % _COUNTS).tolist(), strict=True))
 
     def recompute(
         self,
@@ -482,44 +513,43 @@ class RecomputeMemo:
         keys: np.ndarray,
         read: Read,
         bins: NumericBins | CategoricalBins,
-    ) -> list[tuple[object, ...]]:
+    ) -> Columns:
         """What :func:`_recompute` gives for ``keys`` at T (in any order), from the memo
         where an earlier as_of read the same raw rows of a bucket."""
         offset = (pg_us(read.start) - self.start_us) // HOUR_US
         known_us = read.known_by_us
-        if known_us >= self.read_us:
-            return _recompute(conn, kind, keys, read, bins)
         codes, bounds, times = self.keys[kind]
-        if not codes.size:
+        if known_us >= self.read_us or not codes.size:
             return _recompute(conn, kind, keys, read, bins)
         code = bin_key(keys[:, 0], keys[:, 1], keys[:, 2] + offset, self.hours)  # span hours
-        pos = np.minimum(np.searchsorted(codes, code), codes.size - 1)
+        pos = _find(codes, code)
         ended = (keys[:, 2] + 1) * HOUR_US <= pg_us(read.as_of) - pg_us(read.start)
-        reusable = ended & (codes[pos] == code)
+        reusable = ended & (pos >= 0)
         known = np.concatenate([[0], np.cumsum(times <= known_us)])
-        count = known[bounds[pos + 1]] - known[bounds[pos]]
-        out: list[tuple[object, ...]] = []
-        missing: list[int] = []
-        versions: dict[int, tuple[str, int, int]] = {}
-        triples = zip(reusable.tolist(), code.tolist(), count.tolist(), strict=True)
-        for i, (ok, c, n) in enumerate(triples):
-            version = (kind, c, n)
-            if not ok:
-                missing.append(i)
-            elif version in self.rows:
-                row = self.rows[version]
-                if row is not None:  # the hour as T's grid counts it
-                    out.append((*row[:3], int(keys[i, 2]), *row[4:]))
-            else:
-                missing.append(i)
-                versions[i] = version
-        if missing:
-            fresh = _recompute(conn, kind, keys[missing], read, bins)
-            by_key = {(r[1], r[2], r[3]): r for r in fresh}
-            for i, version in versions.items():
-                self.rows[version] = by_key.get(tuple(keys[i].tolist()))
-            out.extend(fresh)
-        return out
+        pos = np.maximum(pos, 0)
+        version = code * _COUNTS + (known[bounds[pos + 1]] - known[bounds[pos]])
+        versions, at, columns = self.stored.get(kind) or _no_versions(kind)
+        stored = np.where(reusable, _find(versions, version), -1)
+        hit = stored >= 0
+        row = np.where(hit, at[np.maximum(stored, 0)] if at.size else -1, -1)
+        missing = keys[~hit]
+        fresh = _recompute(conn, kind, missing, read, bins) if missing.size else columns_of(kind)
+        # Store what was recomputed of the reusable keys (found by their keys in T's grid).
+        new = reusable & ~hit
+        if new.any():
+            found = _find(
+                bin_key(fresh["d"], fresh["s"], fresh["h"], read.hours),
+                bin_key(keys[new, 0], keys[new, 1], keys[new, 2], read.hours),
+            )
+            versions = np.concatenate([versions, version[new]])
+            at = np.concatenate([at, np.where(found >= 0, columns["d"].size + found, -1)])
+            columns = concat_columns([columns, dict(fresh, h=fresh["h"] + offset)])
+            order = np.argsort(versions)
+            self.stored[kind] = (versions[order], at[order], columns)
+        # The stored buckets with the hour as T's grid counts it, then the fresh ones.
+        reused = take_columns(columns, row[row >= 0])
+        reused["h"] = reused["h"] - offset
+        return concat_columns([reused, fresh])
 
 
 def recompute_memo(

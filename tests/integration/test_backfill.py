@@ -254,9 +254,8 @@ def test_a_late_bucket_is_recomputed_once_while_what_is_known_of_it_stays_the_sa
     # The bucket known three ways was recomputed for two of them (before and after its first
     # late reading arrived; after the second it is usable as rolled up).
     versions: dict[int, set[int]] = {}
-    for kind, code, count in memo.rows:
-        if kind == "numeric":
-            versions.setdefault(code, set()).add(count)
+    for code, count in memo.versions("numeric"):
+        versions.setdefault(code, set()).add(count)
     assert any(len(counts) == 2 for counts in versions.values())
 
 
