@@ -246,15 +246,14 @@ def select_categorical(b: CategoricalBins, mask: np.ndarray) -> CategoricalBins:
     )
 
 
-def _kept_then(a: np.ndarray, keep: np.ndarray | None, b: np.ndarray) -> np.ndarray:
-    """``a[keep]`` (all of ``a`` when ``keep`` is None) followed by ``b``, written once into
-    one new array (a chunk's columns are large: a mask and a concatenation would copy twice)."""
-    if keep is None:
+def _kept_then(a: np.ndarray, kept: np.ndarray | None, b: np.ndarray) -> np.ndarray:
+    """``a[kept]`` (indexes; all of ``a`` when None) followed by ``b``, written once into one
+    new array (a chunk's columns are large: a gather and a concatenation would copy twice)."""
+    if kept is None:
         return np.concatenate([a, b])
-    kept = int(np.count_nonzero(keep))
-    out = np.empty(kept + b.size, dtype=np.result_type(a, b))
-    np.compress(keep, a, out=out[:kept])
-    out[kept:] = b
+    out = np.empty(kept.size + b.size, dtype=np.result_type(a, b))
+    np.take(a, kept, out=out[: kept.size])
+    out[kept.size :] = b
     return out
 
 
@@ -265,8 +264,10 @@ def add_numeric_rows(
     :data:`ROW_FIELDS` ``["numeric"]``)."""
     if not added["d"].size:
         return bins if keep is None else bins.select(keep)
+    # The kept rows' indexes once for every column (a mask is searched again per column).
+    kept = None if keep is None else np.flatnonzero(keep)
     fields = ROW_FIELDS["numeric"]
-    return NumericBins(**{k: _kept_then(getattr(bins, k), keep, added[k]) for k in fields})
+    return NumericBins(**{k: _kept_then(getattr(bins, k), kept, added[k]) for k in fields})
 
 
 def add_categorical_rows(
