@@ -453,6 +453,20 @@ def _recompute(
     return columns_of(kind, conn.execute(sql, params).fetchall())
 
 
+def _versionable(
+    code: np.ndarray, bounds: np.ndarray, times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The memo's candidate keys (codes, offsets into ``times``, ingest times) less those
+    whose versions would not fit an int64 (key code · _COUNTS + count): such a key is
+    recomputed at every as_of, as without a memo."""
+    per_key = np.diff(bounds)
+    fits = (per_key < _COUNTS) & (code < np.iinfo(np.int64).max // _COUNTS)
+    if fits.all():
+        return code, bounds, times
+    kept = np.concatenate([[0], np.cumsum(per_key[fits])]).astype(np.int64)
+    return code[fits], kept, times[np.repeat(fits, per_key)]
+
+
 def _no_versions(kind: str) -> tuple[np.ndarray, np.ndarray, Columns]:
     z = np.zeros(0, dtype=np.int64)
     return z, z, columns_of(kind)
@@ -586,6 +600,7 @@ def recompute_memo(
         blobs = [r[3] if isinstance(r[3], bytes) else b"" for r in rows]
         bounds = np.concatenate([[0], np.cumsum([len(x) // 8 for x in blobs])]).astype(np.int64)
         times = np.frombuffer(b"".join(blobs), dtype=">i8").astype(np.int64)
+        code, bounds, times = _versionable(code, bounds, times)
         keys[kind] = (code, bounds, times)
     return RecomputeMemo(start_us, read_us, keys, hours)
 
