@@ -545,7 +545,8 @@ class RecomputeMemo:
         versions, at, columns = self.stored.get(kind) or _no_versions(kind)
         stored = np.where(reusable, _find(versions, version), -1)
         hit = stored >= 0
-        row = np.where(hit, at[np.maximum(stored, 0)] if at.size else -1, -1)
+        row = np.full(len(keys), -1, dtype=np.int64)  # each hit's row in the columns
+        row[hit] = at[stored[hit]]
         missing = keys[~hit]
         fresh = _recompute(conn, kind, missing, read, bins) if missing.size else columns_of(kind)
         # Store what was recomputed of the reusable keys (found by their keys in T's grid).
